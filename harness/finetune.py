@@ -1,0 +1,465 @@
+"""LoRA fine-tuning from recipe files: spam classification, instruction SFT (chat), poems.
+
+    python -m harness finetune spam                      # harness/recipes/spam.toml -> adapters/smollm2-135m-spam/
+    python -m harness finetune path/to/my_recipe.toml --data-dir ../shared/datasets
+    python -m harness finetune chat --max-steps 2 --out /tmp/try   # a quick smoke run
+
+A recipe names the base, the task, the dataset and split, the LoRA settings and the optimisation settings.
+Training checkpoints the adapter, the optimiser and the RNG state every `save_every` steps and at each epoch end
+(under <out>/checkpoint/), so a killed run resumes where it stopped; the same seed gives the same adapter.
+The output folder holds adapter_config.json, adapter_model.safetensors, recipe.toml, training.png, history.json
+and a README.md card; `python -m harness card NAME` measures the card's metrics (see harness/evaluate.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from harness.cli import UserError
+from harness.paths import PROJECT_ROOT, adapters_dir, check_name
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+TASKS = ("spam", "chat", "poem_zh", "poem_en")
+
+
+@dataclass
+class Recipe:
+    """One adapter's training recipe (a TOML file; every field below may appear in it)."""
+    name: str
+    task: Literal["spam", "chat", "poem_zh", "poem_en"]
+    dataset: str
+    base: str = "smollm2-135m-instruct"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str = "test"
+    max_train_items: int | None = None       # a deterministic subset (seeded) to fit the time budget
+    max_eval_items: int | None = 200
+    forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
+    labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    modules_to_save: list[str] = field(default_factory=list)
+    epochs: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    batch_size: int = 8
+    max_length: int = 128
+    seed: int = 123
+    save_every: int = 50
+    description: str = ""
+
+    def __post_init__(self):
+        check_name(self.name, "adapter name")
+        if self.task not in TASKS:
+            raise UserError(f"recipe {self.name}: task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "spam" and "score" not in self.modules_to_save:
+            raise UserError(f"recipe {self.name}: a spam classifier must train its head: modules_to_save = ['score']")
+        for k in ("r", "alpha", "epochs", "batch_size", "max_length", "save_every"):
+            if getattr(self, k) < 1:
+                raise UserError(f"recipe {self.name}: {k} must be at least 1")
+        if not 0 < self.learning_rate < 1:
+            raise UserError(f"recipe {self.name}: learning_rate must be in (0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"recipe {self.name}: dropout must be in [0, 1)")
+
+
+def recipe_path(recipe: str) -> Path:
+    p = Path(recipe)
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise UserError(f"recipe file {p} not found")
+        return p
+    check_name(recipe, "recipe name")
+    p = RECIPES_DIR / f"{recipe}.toml"
+    if not p.is_file():
+        raise UserError(f"unknown recipe {recipe!r}. Available: {', '.join(list_recipes())}; or pass a .toml file")
+    return p
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def load_recipe(recipe: str) -> Recipe:
+    path = recipe_path(recipe)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: {e}") from None
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+    missing = [k for k in ("name", "task", "dataset") if k not in raw]
+    if missing:
+        raise UserError(f"{path}: missing keys {missing}")
+    return Recipe(**raw)
+
+
+def recipe_toml(r: Recipe) -> str:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+    return "".join(f"{k} = {val(v)}\n" for k, v in asdict(r).items() if v is not None)
+
+
+# ---------------------------------------------------------------- examples
+
+def _subset(items: list[dict], n: int | None, seed: int) -> list[dict]:
+    if n is None or len(items) <= n:
+        return items
+    rng = random.Random(seed)
+    return rng.sample(items, n)
+
+
+def load_examples(r: Recipe, split: str, data_dir: str | None, limit: int | None) -> list[dict]:
+    from harness.data import load_split
+    items = load_split(r.dataset, split, data_dir=data_dir)
+    if r.forms:
+        items = [it for it in items if it.get("form") in r.forms]
+    if not items:
+        raise UserError(f"recipe {r.name}: no items in {r.dataset}:{split}" + (f" with forms {r.forms}" if r.forms else ""))
+    return _subset(items, limit, r.seed)
+
+
+def prompt_and_target(renderer, r: Recipe, item: dict) -> tuple[str, str]:
+    """The rendered prompt and the text the model must learn to produce (loss only on the latter)."""
+    if r.task == "chat":
+        return renderer.render_instruction(item["instruction"], item.get("input", "")), item["output"]
+    return renderer.render_instruction(item["prompt"]), item["poem"]
+
+
+def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict:
+    """input_ids and labels: -100 on the prompt; the target and the closing EOS carry labels."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    t = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + t)[:max_length]
+    labels = ([-100] * len(p) + t)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_spam(tokenizer, item: dict, labels: list[str], max_length: int) -> dict:
+    ids = tokenizer(item["text"], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return {"input_ids": ids or [tokenizer.eos_token_id], "label": labels.index(item["label"])}
+
+
+def collate(batch: list[dict], pad_id: int):
+    """Right padding (training): pad ids, mask 0, labels -100."""
+    import torch
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if "labels" in batch[0]:
+        out["labels"] = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        mask[i, :n] = 1
+        if "labels" in b:
+            out["labels"][i, :n] = torch.tensor(b["labels"])
+    if "label" in batch[0]:
+        out["labels"] = torch.tensor([b["label"] for b in batch])
+    return out
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding on CPU): shuffle, sort within windows of 16
+    batches, cut, shuffle the batches. Deterministic for a seed."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(r: Recipe):
+    """(peft model, tokenizer, renderer) for the recipe's base, LoRA attached, base frozen."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from harness.models import LoadedModel, load_tokenizer, resolve_base, weights_dir
+
+    spec = resolve_base(r.base)
+    where = weights_dir(spec)
+    tok = load_tokenizer(spec, where)
+    torch.manual_seed(r.seed)
+    if r.task == "spam":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            where, num_labels=len(r.labels), dtype=torch.float32, use_safetensors=True,
+            id2label=dict(enumerate(r.labels)), label2id={l: i for i, l in enumerate(r.labels)})
+        model.config.pad_token_id = tok.pad_token_id
+        task_type = "SEQ_CLS"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True)
+        task_type = "CAUSAL_LM"
+    cfg = LoraConfig(task_type=task_type, r=r.r, lora_alpha=r.alpha, lora_dropout=r.dropout,
+                     target_modules=list(r.target_modules), modules_to_save=list(r.modules_to_save) or None)
+    model.name_or_path = spec.upstream or spec.location or spec.name   # what plain peft users load it onto
+    model = get_peft_model(model, cfg)
+    renderer = LoadedModel(spec.name, spec, None, tok, "cpu")
+    return model, tok, renderer
+
+
+def _evaluate(model, batches, task: str) -> dict:
+    import torch
+    model.eval()
+    loss_sum, n_tok, correct, n = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for b in batches:
+            out = model(**b)
+            if task == "spam":
+                k = b["labels"].numel()
+                loss_sum += float(out.loss) * k
+                n_tok += k
+                correct += int((out.logits.argmax(-1) == b["labels"]).sum())
+                n += k
+            else:
+                k = int((b["labels"][:, 1:] != -100).sum())
+                loss_sum += float(out.loss) * k
+                n_tok += k
+    model.train()
+    res = {"loss": loss_sum / max(n_tok, 1)}
+    if task == "spam":
+        res["accuracy"] = correct / max(n, 1)
+    return res
+
+
+def _save_checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path) -> None:
+    import torch
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+
+
+def _load_checkpoint(model, optimizer, scheduler, ckpt: Path) -> dict:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    extra = torch.load(ckpt / "optimizer.pt", weights_only=True)   # tensors and numbers only, no pickled code
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def plot_history(history: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_acc = any("accuracy" in e for e in history["epochs"])
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    steps = history["steps"]
+    if steps:
+        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], alpha=0.4, label="train (step)")
+    ep = history["epochs"]
+    ax.plot([e["step"] for e in ep], [e["train_loss"] for e in ep], "o-", label="train (epoch)")
+    ax.plot([e["step"] for e in ep], [e["val_loss"] for e in ep], "s-", label="validation")
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title(title), ax.legend()
+    if has_acc:
+        ax = axes[0][1]
+        ax.plot([e["epoch"] for e in ep], [e.get("train_accuracy") for e in ep], "o-", label="train")
+        ax.plot([e["epoch"] for e in ep], [e.get("accuracy") for e in ep], "s-", label="validation")
+        ax.set_xlabel("epoch"), ax.set_ylabel("accuracy"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, max_steps: int | None = None,
+             threads: int | None = None) -> Path:
+    """Train the recipe's adapter into `out` (default adapters/<name>/); returns the folder."""
+    import torch
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out) if out else adapters_dir() / r.name
+    t_start = time.perf_counter()
+    model, tok, renderer = build_model(r)
+    train_items = load_examples(r, r.train_split, data_dir, r.max_train_items)
+    eval_items = load_examples(r, r.eval_split, data_dir, r.max_eval_items)
+    if r.task == "spam":
+        enc = lambda it: encode_spam(tok, it, r.labels, r.max_length)  # noqa: E731
+    else:
+        enc = lambda it: encode_causal(tok, *prompt_and_target(renderer, r, it), r.max_length)  # noqa: E731
+    train = [enc(it) for it in train_items]
+    evals = [enc(it) for it in eval_items]
+    eval_batches = [collate(evals[i:i + r.batch_size], tok.pad_token_id) for i in range(0, len(evals), r.batch_size)]
+
+    steps_per_epoch = len(length_batches([len(t["input_ids"]) for t in train], r.batch_size, 0))
+    total = steps_per_epoch * r.epochs if max_steps is None else min(max_steps, steps_per_epoch * r.epochs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=r.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(r.warmup_steps, total // 10 + 1), total)
+
+    ckpt = out / "checkpoint"
+    state = {"step": 0, "seconds": 0.0, "history": {"steps": [], "epochs": []}}
+    if (ckpt / "state.json").is_file():
+        state = _load_checkpoint(model, optimizer, scheduler, ckpt)
+        print(f"resuming {r.name} from step {state['step']} ({ckpt})")
+    history = state["history"]
+    model.train()
+    step = state["step"]
+    bar = tqdm(total=total, initial=step, desc=f"finetune {r.name}", unit="step")
+    seconds_before, t0 = state["seconds"], time.perf_counter()
+    for epoch in range(step // steps_per_epoch, r.epochs):
+        batches = length_batches([len(t["input_ids"]) for t in train], r.batch_size, r.seed * 1000 + epoch)
+        run_loss, run_n, correct, seen = 0.0, 0, 0, 0
+        for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            if step >= total:
+                break
+            batch = collate([train[i] for i in batches[b]], tok.pad_token_id)
+            outp = model(**batch)
+            outp.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = float(outp.loss.detach())
+            run_loss, run_n = run_loss + loss, run_n + 1
+            if r.task == "spam":
+                correct += int((outp.logits.argmax(-1) == batch["labels"]).sum())
+                seen += batch["labels"].numel()
+            history["steps"].append({"step": step, "loss": loss})
+            bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+            bar.update(1)
+            if step % r.save_every == 0:
+                state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
+                _save_checkpoint(model, optimizer, scheduler, state, ckpt)
+        val = _evaluate(model, eval_batches, r.task)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(run_n, 1), "val_loss": val["loss"]}
+        if r.task == "spam":
+            row.update(train_accuracy=correct / max(seen, 1), accuracy=val["accuracy"])
+        history["epochs"].append(row)
+        tqdm.write(json.dumps(row))
+        state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
+        _save_checkpoint(model, optimizer, scheduler, state, ckpt)
+        if step >= total:
+            break
+    bar.close()
+    train_seconds = seconds_before + time.perf_counter() - t0
+    model.save_pretrained(out)
+    (out / "recipe.toml").write_text(recipe_toml(r), encoding="utf-8")
+    meta = {"train_items": len(train), "eval_items": len(evals), "steps": step, "train_seconds": round(train_seconds, 1),
+            "wall_seconds_total": round(time.perf_counter() - t_start, 1), "history": history,
+            "data": _data_meta(r.dataset), "torch_threads": torch.get_num_threads()}
+    (out / "history.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+    plot_history(history, out / "training.png", r.name)
+    write_card(out, r, meta)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return out
+
+
+def _data_meta(dataset: str) -> dict:
+    from harness.paths import cache_dir
+    p = cache_dir() / "data" / dataset / "meta.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def write_card(out: Path, r: Recipe, meta: dict, metrics_md: str | None = None) -> Path:
+    """The adapter's README.md: base, data, split, hyperparameters, training time, measured metrics."""
+    card = out / "README.md"
+    if metrics_md is None and card.is_file():
+        old = card.read_text(encoding="utf-8")
+        metrics_md = old.split("## Metrics", 1)[1] if "## Metrics" in old else None
+    data = meta.get("data", {})
+    sources = data.get("sources") or data.get("files") or {}
+    src_lines = "\n".join(f"  - `{k}`: sha256 `{v.get('sha256', v) if isinstance(v, dict) else v}`"
+                          for k, v in sources.items()) if isinstance(sources, dict) else f"  - {sources}"
+    hp = {k: v for k, v in asdict(r).items() if k not in ("name", "description")}
+    epochs = "\n".join(f"| {e['epoch']} | {e['step']} | {e['train_loss']:.4f} | {e['val_loss']:.4f} |"
+                       + (f" {e.get('train_accuracy', 0):.4f} | {e.get('accuracy', 0):.4f} |" if 'accuracy' in e else "")
+                       for e in meta["history"]["epochs"])
+    acc_head = " train acc | val acc |" if r.task == "spam" else ""
+    acc_sep = "---|---|" if r.task == "spam" else ""
+    text = f"""---
+base_model: {r.base}
+library_name: peft
+tags: [lora, {r.task}, ftbench]
+license: apache-2.0
+---
+# {r.name}
+
+{r.description or f'LoRA adapter for {r.task} on {r.base}.'}
+
+- **Base**: `{r.base}` (see `harness/registry.toml`); task `{r.task}`; peft LoRA
+  (`{'SEQ_CLS' if r.task == 'spam' else 'CAUSAL_LM'}`), r={r.r}, alpha={r.alpha}, dropout={r.dropout},
+  target modules {', '.join(r.target_modules)}{'; trained head: ' + ', '.join(r.modules_to_save) if r.modules_to_save else ''}.
+- **Data**: `{r.dataset}` split `{r.train_split}` ({meta['train_items']} items{', a seeded subset' if r.max_train_items else ''}),
+  validation `{r.eval_split}` ({meta['eval_items']} items). Split recipe: `eval_sets/{r.dataset}.toml`.
+{src_lines}
+- **Training**: {meta['steps']} steps, {meta['train_seconds']:.0f} s of training on {meta.get('torch_threads', '?')} CPU threads
+  (2-core CPU, no GPU), seed {r.seed}.
+- **Reproduce**: `python -m harness data prepare {r.dataset} --data-dir DIR` then
+  `python -m harness finetune {r.name if (RECIPES_DIR / (r.name + '.toml')).exists() else r.task}`.
+
+Hyperparameters (the full recipe is `recipe.toml` beside this card):
+
+```
+{json.dumps(hp, ensure_ascii=False)}
+```
+
+| epoch | step | train loss | val loss |{acc_head}
+|---|---|---|---|{acc_sep}
+{epochs}
+
+![training curves](training.png)
+
+## Metrics
+{metrics_md.strip() if metrics_md else 'Not measured yet: run `python -m harness card ' + r.name + '`.'}
+"""
+    card.write_text(text, encoding="utf-8")
+    return card
+
+
+def finetune_cmd(recipe: str, data_dir: str | None = None, out: str | None = None, max_steps: int | None = None,
+                 threads: int | None = None) -> int:
+    """Train a LoRA adapter from a recipe.
+
+    recipe: a recipe name from harness/recipes/ (spam, chat, poem_zh, poem_en) or a .toml file
+    data_dir: a local copy of the datasets (e.g. ../shared/datasets) instead of downloading
+    out: output folder (default adapters/<recipe name>/)
+    max_steps: stop after this many optimiser steps (smoke runs)
+    threads: torch CPU threads (default: torch's choice)
+    """
+    r = load_recipe(recipe)
+    folder = finetune(r, Path(out) if out else None, data_dir=data_dir, max_steps=max_steps, threads=threads)
+    rel = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
+    print(f"adapter written to {rel}")
+    return 0

@@ -1,0 +1,264 @@
+"""Leaderboard CSVs as a pure function of the per-item rows files results/runs/<task>/*.jsonl.
+
+    python -m harness leaderboard                 # every task -> results/leaderboard_<task>.csv
+    python -m harness leaderboard --task chat     # one task
+    python -m pytest tests/test_leaderboard.py -q
+
+One leaderboard row per (task, eval_set, model, adapter, adapter_sha, judge, judge_digest,
+judge_prompt_version): a retrained adapter or a changed judge never averages into an older row.
+Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
+``parse_rate`` = n_parsed / n. Within one group, a repeated item_id keeps its last row and is counted
+in ``n_duplicates`` (should be 0; anything else points at the writer).
+
+n_parsed counts the rows usable for the task's main metric: with a judge, rows with parsed=True and a
+score; without a judge (judge ""), rows with rouge_l (chat) or form_ok (poem); for spam, rows with a
+label and a pred (the parsed flag is ignored there: no judge is parsed). Tables are sorted by the main score: spam by accuracy; chat by score_mean then rouge_l; poem by
+score_mean then form_ok_rate (missing values last).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from harness.cli import UserError
+from harness.metrics import bootstrap_mean_ci, classification_metrics, distinct_n, looping, repetition_rate
+
+REQUIRED = ("task", "eval_set", "item_id", "model")
+GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "judge", "judge_digest",
+             "judge_prompt_version")
+COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
+TASK_COLUMNS = {
+    "chat": ["rouge_l", "rouge_l_ci_low", "rouge_l_ci_high"],
+    "poem": ["form_ok_rate", "n_form", "distinct_2", "repetition", "looping_rate"],
+    "spam": ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "precision", "precision_ci_low",
+             "precision_ci_high", "recall", "recall_ci_low", "recall_ci_high", "f1", "f1_ci_low",
+             "f1_ci_high", "tp", "fp", "tn", "fn"],
+}
+TAIL_COLUMNS = ["avg_response_tokens", "gen_tokens_per_s", "n_duplicates", "created_at", "git_commit"]
+SORT_BY = {"spam": ["accuracy", "f1"], "chat": ["score_mean", "rouge_l"], "poem": ["score_mean", "form_ok_rate"]}
+PRINT_COLUMNS = ["eval_set", "model", "adapter", "judge", "n", "n_parsed", "score_mean", "ci_low", "ci_high",
+                 "rouge_l", "form_ok_rate", "distinct_2", "repetition", "accuracy", "precision", "recall", "f1"]
+
+
+def columns_for(task: str) -> list[str]:
+    """The CSV columns of a task's leaderboard, in order."""
+    return [*COMMON_COLUMNS, *TASK_COLUMNS.get(task, []), *TAIL_COLUMNS]
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of one JSONL rows file; blank lines skipped.
+
+    A line that is not a JSON object or lacks task/eval_set/item_id/model raises UserError naming the
+    file and line number.
+    """
+    path = Path(path)
+    rows = []
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read rows file {path}: {e.strerror}") from None
+    fix = ("fix or delete that line, or delete the file and rerun `python -m harness run ...` "
+           "for that model and eval set to rewrite it")
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); {fix}") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}; {fix}")
+            missing = [k for k in REQUIRED if row.get(k) in (None, "")]
+            if missing:
+                raise UserError(f"{path}:{lineno}: row lacks {', '.join(missing)}; {fix}")
+            rows.append(row)
+    return rows
+
+
+def group_key(row: dict) -> tuple[str, ...]:
+    """The leaderboard identity of a row (see GROUP_KEY); absent fields count as ""."""
+    return tuple(str(row.get(k) or "") for k in GROUP_KEY)
+
+
+def group_rows(rows: Iterable[dict]) -> dict[tuple[str, ...], list[dict]]:
+    """Rows grouped by `group_key`, in first-seen order."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+    return groups
+
+
+def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
+    """Keep the last row per item_id (file order); returns (rows, number dropped)."""
+    last = {}
+    for r in rows:
+        last[str(r["item_id"])] = r
+    return list(last.values()), len(rows) - len(last)
+
+
+def _num(v) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None if v is None else float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _mean(values: list) -> float:
+    vals = [v for v in (_num(x) for x in values) if v is not None]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def is_scored(row: dict) -> bool:
+    """True if the judge produced a usable score for this row."""
+    return bool(row.get("parsed")) and _num(row.get("score")) is not None
+
+
+def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """One leaderboard row (a dict over `columns_for(task)`) from the rows of one group.
+
+    All rows must share the same `group_key` (ValueError otherwise). Poem rows missing distinct_2 or
+    repetition get them computed from the response with harness.metrics.
+    """
+    if not rows:
+        raise ValueError("summarize needs at least one row")
+    keys = {group_key(r) for r in rows}
+    if len(keys) > 1:
+        raise ValueError(f"summarize got rows of {len(keys)} groups; split them with group_rows first")
+    rows, n_dup = dedupe(rows)
+    key = dict(zip(GROUP_KEY, group_key(rows[0])))
+    task = key["task"]
+    out: dict = {c: math.nan for c in columns_for(task)}
+    out.update(key)
+    n = len(rows)
+    scored = [r for r in rows if is_scored(r)]
+    mean, lo, hi = bootstrap_mean_ci([_num(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
+    out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup)
+    n_parsed = len(scored)
+
+    if task == "spam":
+        usable = [r for r in rows if r.get("pred") not in (None, "") and r.get("label") not in (None, "")]
+        n_parsed = len(usable)
+        if usable:
+            m = classification_metrics([str(r["label"]) for r in usable], [str(r["pred"]) for r in usable],
+                                       positive="spam", n_boot=max(200, n_boot // 2), seed=seed)
+            out.update({k: m[k] for k in TASK_COLUMNS["spam"]})
+    elif task == "chat":
+        rl = [_num(r.get("rouge_l")) for r in rows]
+        m, l, h = bootstrap_mean_ci(rl, n_boot=n_boot, seed=seed)
+        out.update(rouge_l=m, rouge_l_ci_low=l, rouge_l_ci_high=h)
+        if not key["judge"]:
+            n_parsed = sum(v is not None for v in rl)
+    elif task == "poem":
+        form = [r.get("form_ok") for r in rows if r.get("form_ok") is not None]
+        out["n_form"] = len(form)
+        out["form_ok_rate"] = sum(bool(v) for v in form) / len(form) if form else math.nan
+        d2 = [_num(r.get("distinct_2")) if r.get("distinct_2") is not None
+              else distinct_n(str(r.get("response") or ""), 2) for r in rows]
+        rep = [_num(r.get("repetition")) if r.get("repetition") is not None
+               else repetition_rate(str(r.get("response") or "")) for r in rows]
+        out["distinct_2"], out["repetition"] = _mean(d2), _mean(rep)
+        out["looping_rate"] = sum(looping(str(r.get("response") or "")) for r in rows) / n
+        if not key["judge"]:
+            n_parsed = len(form)
+    out["n_parsed"] = n_parsed
+    out["parse_rate"] = n_parsed / n
+
+    toks = [_num(r.get("response_tokens")) for r in rows]
+    out["avg_response_tokens"] = _mean(toks)
+    timed = [(t, _num(r.get("gen_seconds"))) for t, r in zip(toks, rows)]
+    timed = [(t, s) for t, s in timed if t is not None and s is not None and s > 0]
+    if timed:
+        out["gen_tokens_per_s"] = sum(t for t, _ in timed) / sum(s for _, s in timed)
+    latest = max(rows, key=lambda r: str(r.get("created_at") or ""))
+    out["created_at"] = str(latest.get("created_at") or "")
+    out["git_commit"] = str(latest.get("git_commit") or "")
+    return out
+
+
+def _task_dirs(runs_dir: Path, task: str | None) -> list[Path]:
+    available = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if task is None:
+        return [runs_dir / t for t in available]
+    if task not in available:
+        have = ", ".join(available) or "none"
+        raise UserError(f"no runs for task {task!r} under {runs_dir} (tasks with runs: {have}); "
+                        f"create some with `python -m harness run --model M --eval-set E`")
+    return [runs_dir / task]
+
+
+def run_files(runs_dir: str | Path, task: str | None = None) -> list[Path]:
+    """The rows files results/runs/<task>/*.jsonl (all tasks, or one), sorted."""
+    return [f for d in _task_dirs(Path(runs_dir), task) for f in sorted(d.glob("*.jsonl"))]
+
+
+def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int = 2000) -> dict:
+    """{task: pandas.DataFrame} with one row per group, sorted by the task's main score (best first).
+
+    Tasks without any rows are left out; an unknown ``task`` raises UserError listing those with runs.
+    """
+    import pandas as pd
+
+    rows = [r for f in run_files(runs_dir, task) for r in read_rows(f)]
+    if task is not None:
+        rows = [r for r in rows if r["task"] == task]
+    by_task: dict[str, list[dict]] = {}
+    for key, group in group_rows(rows).items():
+        by_task.setdefault(key[0], []).append(summarize(group, n_boot=n_boot))
+    tables = {}
+    for t, recs in sorted(by_task.items()):
+        df = pd.DataFrame(recs, columns=columns_for(t))
+        sort = [c for c in SORT_BY.get(t, ["score_mean"]) if c in df.columns]
+        df = df.sort_values(sort + ["model", "adapter"], ascending=[False] * len(sort) + [True, True],
+                            na_position="last", kind="mergesort").reset_index(drop=True)
+        tables[t] = df
+    return tables
+
+
+def write_leaderboards(runs_dir: str | Path, out_dir: str | Path, task: str | None = None) -> list[Path]:
+    """Write out_dir/leaderboard_<task>.csv for every task with runs (floats rounded to 4 places,
+    written atomically); returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t, df in build_leaderboard(runs_dir, task).items():
+        path = out_dir / f"leaderboard_{t}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        df.round(4).to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def leaderboard_cmd(task: str | None = None, runs_dir: str | None = None, out_dir: str | None = None) -> int:
+    """Write results/leaderboard_<task>.csv from the rows files results/runs/<task>/*.jsonl and print them.
+
+    task: only this task (spam, chat, poem); default all tasks with runs
+    runs_dir: folder holding <task>/<run_id>.jsonl (default results/runs)
+    out_dir: where the CSVs go (default results/)
+    """
+    import pandas as pd
+
+    from harness.paths import results_dir
+
+    runs = Path(runs_dir) if runs_dir else results_dir() / "runs"
+    out = Path(out_dir) if out_dir else results_dir()
+    if not run_files(runs, task):
+        raise UserError(f"no rows files (*.jsonl) under {runs}; create some with "
+                        f"`python -m harness run --model M --eval-set E`")
+    tables = build_leaderboard(runs, task)
+    paths = write_leaderboards(runs, out, task)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
+        for t, df in tables.items():
+            cols = [c for c in PRINT_COLUMNS if c in df.columns and not df[c].isna().all()]
+            print(f"\n== {t} ==")
+            print(df[cols].round(3).to_string(index=False))
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
