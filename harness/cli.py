@@ -1,7 +1,8 @@
 """The signature is the CLI: build argparse sub-commands from typed functions.
 
-A command is a plain function with annotated keyword parameters and a docstring. Parameters without a
-default are positional; the rest become ``--flags`` (``snake_case`` -> ``--snake-case``). ``bool``
+A command is a plain function with annotated parameters and a docstring. Every parameter is a ``--flag``
+(``snake_case`` -> ``--snake-case``), required when it has no default; positional-only parameters (before
+``/`` in the signature) are positional arguments. ``bool``
 defaults become ``--flag/--no-flag``; ``list[str]`` takes one or more values. The first docstring
 paragraph is the help text; lines ``name: text`` in the docstring describe parameters.
 """
@@ -49,8 +50,10 @@ def _add_params(parser: argparse.ArgumentParser, fn: Callable) -> None:
             kw["choices"] = list(typing.get_args(tp))
         else:
             kw["type"] = tp
-        if p.default is inspect.Parameter.empty:
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
             parser.add_argument(name, **kw)
+        elif p.default is inspect.Parameter.empty:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, **kw)
         else:
             kw["default"] = p.default
             if kw.get("help") and p.default is not None and tp is not bool:
@@ -100,8 +103,10 @@ def main(commands: dict[str, tuple[str, str]], argv: list[str] | None = None) ->
     fn = ns.pop("_fn")
     ns.pop("command", None)
     ns.pop("subcommand", None)
+    positional = [ns.pop(n) for n, p in inspect.signature(fn).parameters.items()
+                  if p.kind is inspect.Parameter.POSITIONAL_ONLY]
     try:
-        result = fn(**ns)
+        result = fn(*positional, **ns)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

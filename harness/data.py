@@ -635,7 +635,7 @@ def load_eval_set(name: str) -> EvalSet:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def prepare_cmd(name: str, data_dir: str | None = None) -> int:
+def prepare_cmd(name: str, /, data_dir: str | None = None) -> int:
     """Download (sha256-checked) or read a local copy of a dataset and write its splits as JSONL.
 
     name: dataset (sms_spam, instruction, poems_zh, poems_en; see eval_sets/*.toml)

@@ -146,9 +146,12 @@ def prompt_and_target(renderer, r: Recipe, item: dict) -> tuple[str, str]:
     return renderer.render_instruction(item["prompt"]), item["poem"]
 
 
-def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict:
-    """input_ids and labels: -100 on the prompt; the target and the closing EOS carry labels."""
+def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict | None:
+    """input_ids and labels: -100 on the prompt; the target and the closing EOS carry labels.
+    None when the prompt leaves no room for the target within max_length (the caller skips and counts it)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(p) >= max_length - 1:
+        return None
     t = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (p + t)[:max_length]
     labels = ([-100] * len(p) + t)[:max_length]
@@ -319,15 +322,21 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
         enc = lambda it: encode_spam(tok, it, r.labels, r.max_length)  # noqa: E731
     else:
         enc = lambda it: encode_causal(tok, *prompt_and_target(renderer, r, it), r.max_length)  # noqa: E731
-    train = [enc(it) for it in train_items]
-    evals = [enc(it) for it in eval_items]
+    train = [e for e in map(enc, train_items) if e is not None]
+    evals = [e for e in map(enc, eval_items) if e is not None]
+    skipped = len(train_items) + len(eval_items) - len(train) - len(evals)
+    if skipped:
+        print(f"skipped {skipped} items whose prompt alone fills max_length={r.max_length}")
+    if not train or not evals:
+        raise UserError(f"recipe {r.name}: no training or validation item fits max_length={r.max_length}")
     eval_batches = [collate(evals[i:i + r.batch_size], tok.pad_token_id) for i in range(0, len(evals), r.batch_size)]
 
     steps_per_epoch = len(length_batches([len(t["input_ids"]) for t in train], r.batch_size, 0))
-    total = steps_per_epoch * r.epochs if max_steps is None else min(max_steps, steps_per_epoch * r.epochs)
+    full = steps_per_epoch * r.epochs      # the schedule always spans the whole run: --max-steps only pauses it
+    total = full if max_steps is None else min(max_steps, full)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=r.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(r.warmup_steps, total // 10 + 1), total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(r.warmup_steps, full // 10 + 1), full)
 
     ckpt = out / "checkpoint"
     state = {"step": 0, "seconds": 0.0, "history": {"steps": [], "epochs": []}}
@@ -382,7 +391,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     (out / "history.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
     plot_history(history, out / "training.png", r.name)
     write_card(out, r, meta)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if step >= full:
+        shutil.rmtree(ckpt, ignore_errors=True)   # finished; a --max-steps stop keeps it to resume from
     return out
 
 
@@ -448,7 +458,7 @@ Hyperparameters (the full recipe is `recipe.toml` beside this card):
     return card
 
 
-def finetune_cmd(recipe: str, data_dir: str | None = None, out: str | None = None, max_steps: int | None = None,
+def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = None, max_steps: int | None = None,
                  threads: int | None = None) -> int:
     """Train a LoRA adapter from a recipe.
 

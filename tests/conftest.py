@@ -1,10 +1,15 @@
 """Shared fixtures: tiny models built from configs (no network), an isolated cache and adapters dir."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models gain nothing from threads; spare the other core
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402

@@ -1,0 +1,622 @@
+"""The evaluation pipeline: eval set -> batched greedy generation -> judge -> per-item rows -> leaderboard.
+
+    python -m harness run --model smollm2-135m-instruct --eval-set instructions_own --judge ollama:llama3
+    python -m harness run --model smollm2-135m-instruct --adapter smollm2-135m-alpaca --eval-set instructions_own \\
+        --judge transformers:smollm2-135m-instruct          # fully offline
+    python -m harness run --eval-set sms_own --adapter smollm2-135m-spam                      # spam: no judge
+    python -m harness generate-set --eval-set poems_own --output poems.jsonl
+    python -m harness judge --responses instruction-data-with-response.json --output scored.jsonl
+    python -m harness bench judge
+
+Every generation and judgment goes to the store (harness.store) as it completes, keyed by content: a rerun
+generates and judges only what is missing (kill -9 at any point, rerun the same command, nothing is lost,
+duplicated or redone). Rows land in results/runs/<task>/<run_id>.jsonl (rewritten atomically), then the
+leaderboard CSVs are rebuilt from all rows files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.cli import UserError
+from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
+from harness.paths import PROJECT_ROOT, results_dir
+from harness.store import Store, content_key, generation_key, judgment_key, now_iso
+
+
+# ---------------------------------------------------------------- small helpers
+
+def slug(text: str) -> str:
+    """A file-name-safe label: lowercase, [a-z0-9._-]; a path becomes its last part plus a short hash."""
+    text = str(text)
+    if "/" in text or "\\" in text:
+        text = f"{Path(text).name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "x"
+
+
+def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None) -> str:
+    return "__".join(slug(x) for x in (eval_set, model, adapter or "base", judge or "nojudge"))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def base_fingerprint(spec: Any) -> str:
+    """What identifies a base model's weights beyond its name: the embedded package's version, or a local
+    model's weight files (size + mtime), so a replaced model never reuses stale generations."""
+    parts: dict[str, Any] = {"source": spec.source, "location": spec.location, "file": spec.file}
+    if spec.package:
+        from importlib import metadata
+        try:
+            parts["package"] = f"{spec.package}=={metadata.version(spec.package)}"
+        except metadata.PackageNotFoundError:
+            parts["package"] = spec.package
+    loc = Path(spec.location) if spec.location else None
+    if loc is not None and loc.exists():
+        files = [loc] if loc.is_file() else sorted(p for p in loc.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+        parts["files"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return content_key(parts)[:16]
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+# ---------------------------------------------------------------- judging through the store
+
+def request_key(judge: Judge, req: JudgeRequest) -> str:
+    prompt = judge.prompt(req.task)
+    return judgment_key(judge.name, judge.digest, prompt.version, prompt.sha256, judge.options,
+                        {"task": req.task, **req.fields})
+
+
+def judge_with_store(judge: Judge, reqs: list[JudgeRequest], store: Store, retry_unparsed: bool = False,
+                     progress: bool = True) -> tuple[list[dict], int]:
+    """Judgment rows (store rows) for every request, asking the judge only for the missing ones (each stored
+    as it completes). retry_unparsed: ask again for stored answers that held no score. Returns (rows, asked)."""
+    keys = [request_key(judge, r) for r in reqs]
+    have = store.get("judgments", keys)
+    todo: dict[str, JudgeRequest] = {}
+    for k, r in zip(keys, reqs):
+        if k not in todo and (k not in have or (retry_unparsed and not have[k]["parsed"])):
+            todo[k] = r
+    key_of = {id(r): k for k, r in todo.items()}
+
+    def save(req: JudgeRequest, j) -> None:
+        prompt = judge.prompt(req.task)
+        store.put("judgments", [{
+            "key": key_of[id(req)], "judge": judge.name, "judge_digest": judge.digest,
+            "prompt_version": prompt.version, "prompt_sha": prompt.sha256, "options": judge.options,
+            "item": {"task": req.task, "id": req.id, **req.fields}, "score": j.score, "parsed": j.parsed,
+            "raw": j.raw, "reason": j.reason, "attempts": j.attempts, "seconds": j.seconds}])
+
+    if todo:
+        judge_many(judge, list(todo.values()), on_done=save, progress=progress)
+        have = store.get("judgments", keys)
+    return [have[k] for k in keys], len(todo)
+
+
+# ---------------------------------------------------------------- generation through the store
+
+@dataclass
+class _Gen:
+    text: str
+    response_tokens: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: list[str], gcfg, store: Store,
+                         progress: bool) -> tuple[list[_Gen], int]:
+    from harness.generation import generate_batch
+
+    digest = base_fingerprint(lm.spec)
+    cfg_key = gcfg.as_key()
+    keys = [generation_key(lm.name, adapter_sha, cfg_key, p, digest) for p in prompts]
+    have = store.get("generations", keys)
+    missing = list(dict.fromkeys(k for k in keys if k not in have))
+    if missing:
+        prompt_of = dict(zip(keys, prompts))
+        # sort by length once, so each batch_size chunk is one batch of similar lengths; commit per batch
+        missing.sort(key=lambda k: len(prompt_of[k]))
+        bar = _bar(len(missing), "generating", progress)
+        try:
+            for start in range(0, len(missing), gcfg.batch_size):
+                chunk = missing[start:start + gcfg.batch_size]
+                gens = generate_batch(lm, [prompt_of[k] for k in chunk], gcfg, adapter=adapter)
+                store.put("generations", [{
+                    "key": k, "model": lm.name, "adapter": adapter or "", "adapter_sha": adapter_sha,
+                    "config": cfg_key, "prompt": g.prompt, "response": g.text, "prompt_tokens": g.prompt_tokens,
+                    "response_tokens": g.new_tokens, "seconds": g.seconds,
+                    "extra": {"finish_reason": g.finish_reason, "model_digest": digest}}
+                    for k, g in zip(chunk, gens)])
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        have = store.get("generations", keys)
+    return [_Gen(have[k]["response"], int(have[k]["response_tokens"] or 0), float(have[k]["seconds"] or 0.0),
+                 have[k].get("extra") or {}) for k in keys], len(missing)
+
+
+def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[str], batch_size: int,
+                         store: Store, progress: bool) -> tuple[list[_Gen], int]:
+    from harness.generation import classify
+
+    digest = base_fingerprint(lm.spec)
+    cfg_key = {"mode": "classify", "zero_shot": adapter is None}
+    keys = [generation_key(lm.name, adapter_sha, cfg_key, t, digest) for t in texts]
+    have = store.get("generations", keys)
+    missing = list(dict.fromkeys(k for k in keys if k not in have))
+    if missing:
+        text_of = dict(zip(keys, texts))
+        bar = _bar(len(missing), "classifying", progress)
+        try:
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start:start + batch_size]
+                t0 = time.perf_counter()
+                probs = classify(lm, [text_of[k] for k in chunk], adapter)
+                per = (time.perf_counter() - t0) / len(chunk)
+                store.put("generations", [{
+                    "key": k, "model": lm.name, "adapter": adapter or "", "adapter_sha": adapter_sha,
+                    "config": cfg_key, "prompt": text_of[k], "response": max(p, key=p.get), "prompt_tokens": None,
+                    "response_tokens": 0, "seconds": per, "extra": {"probs": p, "model_digest": digest}}
+                    for k, p in zip(chunk, probs)])
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        have = store.get("generations", keys)
+    return [_Gen(have[k]["response"], 0, float(have[k]["seconds"] or 0.0), have[k].get("extra") or {})
+            for k in keys], len(missing)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+@dataclass
+class RunResult:
+    run_id: str
+    task: str
+    path: Path
+    rows: list[dict]
+    generated: int            # items generated (or classified) in this run; the rest came from the store
+    judged: int               # items sent to the judge in this run
+    leaderboards: list[Path]
+
+
+def _load_items(eval_set: str, limit: int | None):
+    from harness.data import load_eval_set
+
+    es = load_eval_set(eval_set)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    return es, es.items[:limit] if limit else list(es.items)
+
+
+def _request_text(task: str, item: dict) -> str:
+    if task == "chat":
+        return item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
+    return item["prompt"] if task == "poem" else item["text"]
+
+
+def _judge_fields(task: str, item: dict, response: str) -> dict:
+    if task == "chat":
+        return {"instruction": item["instruction"], "input": item.get("input") or "", "output": item["output"],
+                "response": response}
+    return {"prompt": item["prompt"], "lang": item["lang"], "form": item["form"], "title": item.get("title", ""),
+            "response": response}
+
+
+def _adapter_sha(lm, adapter: str | None, task: str) -> str:
+    if not adapter:
+        return ""
+    info = lm.attach(adapter)
+    if task != "spam" and info.kind == "seq_cls":
+        raise UserError(f"adapter {adapter!r} is a spam classifier; use it with a spam eval set "
+                        f"(e.g. --eval-set sms_own), or pick a chat/poem adapter for this one")
+    return info.sha256
+
+
+def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None = DEFAULT_JUDGE,
+        limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256, workers: int = 4, *,
+        judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
+        retry_unparsed: bool = False, progress: bool = True, write: bool = True,
+        run_dir: Path | None = None) -> RunResult:
+    """Generate (batched, greedy, cached), judge (cached), score and write one rows file; update the leaderboards.
+
+    judge None or "" = no judge (spam never has one). lm: an already loaded model to reuse. write=False: only
+    fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default results/runs; the
+    leaderboard CSVs go to its parent).
+    """
+    from harness.generation import GenerationConfig
+    from harness.models import default_base, load_model
+
+    es, items = _load_items(eval_set, limit)
+    task = es.task
+    jcfg = None
+    if task != "spam" and (judge or judge_config):
+        jcfg = judge_config or JudgeConfig(spec=judge or DEFAULT_JUDGE, workers=workers)
+    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    own_store = store is None
+    store = store or Store()
+    the_judge: Judge | None = None
+    try:
+        if jcfg is not None and jcfg.backend != "transformers":
+            the_judge = open_judge(jcfg)                       # health check before any generation
+        if lm is None:
+            lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
+        adapter_sha = _adapter_sha(lm, adapter, task)
+
+        if task == "spam":
+            outs, generated = _classify_with_store(lm, adapter or None, adapter_sha, [it["text"] for it in items],
+                                                   batch_size, store, progress)
+        else:
+            if task == "chat":
+                prompts = [lm.render_instruction(it["instruction"], it.get("input") or "") for it in items]
+            else:
+                prompts = [lm.render_instruction(it["prompt"]) for it in items]
+            outs, generated = _generate_with_store(lm, adapter or None, adapter_sha, prompts, gcfg, store, progress)
+
+        judged_rows: list[dict | None] = [None] * len(items)
+        asked = 0
+        if jcfg is not None:
+            if the_judge is None:
+                the_judge = open_judge(jcfg, lm=lm)
+            reqs = [JudgeRequest(it["id"], task, _judge_fields(task, it, o.text)) for it, o in zip(items, outs)]
+            judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
+
+        rows = _rows(es.name, task, lm.name, adapter or "", adapter_sha, items, outs, judged_rows,
+                     the_judge, jcfg)
+    finally:
+        if the_judge is not None:
+            the_judge.close()
+        if own_store:
+            store.close()
+
+    rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None)
+    runs = run_dir or results_dir() / "runs"
+    path = runs / task / f"{rid}.jsonl"
+    boards: list[Path] = []
+    if write:
+        from harness.leaderboard import write_leaderboards
+        _write_jsonl_atomic(path, rows)
+        boards = write_leaderboards(runs, runs.parent, task=task)
+    return RunResult(rid, task, path, rows, generated, asked, boards)
+
+
+def _rows(eval_set, task, model, adapter, adapter_sha, items, outs, judged, judge, jcfg) -> list[dict]:
+    from harness.metrics import distinct_n, form_check, repetition_rate, rouge_l
+
+    created, commit = now_iso(), git_commit()
+    rows = []
+    for it, o, j in zip(items, outs, judged):
+        row: dict[str, Any] = {
+            "task": task, "eval_set": eval_set, "item_id": it["id"], "model": model, "adapter": adapter,
+            "adapter_sha": adapter_sha, "judge": jcfg.spec if jcfg else "",
+            "judge_digest": judge.digest if judge else "",
+            "judge_prompt_version": jcfg.prompt_version if jcfg else "",
+            "prompt": _request_text(task, it), "response": o.text,
+            "reference": it.get("output", it.get("label", "")) if task != "poem" else "",
+            "response_tokens": o.response_tokens, "gen_seconds": round(o.seconds, 4),
+            "score": j["score"] if j else None, "parsed": bool(j["parsed"]) if j else False,
+            "judge_raw": j["raw"] if j else "",
+        }
+        if task == "chat":
+            row["rouge_l"] = round(rouge_l(o.text, it["output"]), 4)
+        elif task == "poem":
+            fc = form_check(o.text, it["form"], it["lang"])
+            row.update(lang=it["lang"], form=it["form"], form_ok=bool(fc["ok"]), form_problem=fc["problem"],
+                       distinct_2=round(distinct_n(o.text, 2), 4), repetition=round(repetition_rate(o.text), 4))
+        else:
+            probs = o.extra.get("probs") or {}
+            row.update(label=it["label"], pred=o.text, p_spam=round(float(probs.get("spam", 0.0)), 6),
+                       parsed=True)
+        row.update(created_at=created, git_commit=commit)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- reading responses files
+
+BOOK_FIELDS = ("instruction", "output", "model_response")
+
+
+def read_responses(path: str | Path) -> list[dict]:
+    """Rows with instruction, input, output (reference) and model_response, as in the book's
+    instruction-data-with-response.json: a JSON array file or JSONL. Poem rows (prompt, form, lang,
+    model_response) are accepted too. Errors name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"responses file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    fix = "each row needs instruction, input (may be empty), output and model_response"
+    entries: list[tuple[int, Any]] = []
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        # line of each element: count newlines before each top-level object start
+        decoder, pos, lines = json.JSONDecoder(), text.index("[") + 1, []
+        for _ in data:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            lines.append(text.count("\n", 0, pos) + 1)
+            _, pos = decoder.raw_decode(text, pos)
+        entries = list(zip(lines, data))
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); {fix}, "
+                                "one JSON object per line (or a JSON array file)") from None
+    rows = []
+    for lineno, row in entries:
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}; {fix}")
+        poem = "form" in row and "prompt" in row
+        need = ("prompt", "form", "lang", "model_response") if poem else BOOK_FIELDS
+        missing = [k for k in need if not isinstance(row.get(k), str)]
+        if missing:
+            raise UserError(f"{path}:{lineno}: missing or non-string {', '.join(missing)}; {fix}"
+                            + (" (poem rows: prompt, form, lang, title, model_response)" if poem else ""))
+        if not poem and not isinstance(row.get("input", ""), str):
+            raise UserError(f"{path}:{lineno}: input must be a string (use \"\" for none)")
+        rows.append({**row, "_line": lineno})
+    if not rows:
+        raise UserError(f"{path} holds no rows; {fix}")
+    return rows
+
+
+def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_JUDGE, workers: int = 4, *,
+               judge_config: JudgeConfig | None = None, store: Store | None = None, retry_unparsed: bool = False,
+               progress: bool = True) -> list[dict]:
+    """Score a responses file; write `output` (JSONL: each input row + score, parsed, judge_raw, judge...)."""
+    rows = read_responses(responses)
+    cfg = judge_config or JudgeConfig(spec=judge, workers=workers)
+    reqs = []
+    for row in rows:
+        rid = str(row.get("id", row["_line"]))
+        if "form" in row and "prompt" in row:
+            reqs.append(JudgeRequest(rid, "poem", _judge_fields("poem", row, row["model_response"])))
+        else:
+            reqs.append(JudgeRequest(rid, "chat", _judge_fields("chat", row, row["model_response"])))
+    own_store = store is None
+    store = store or Store()
+    try:
+        with open_judge(cfg) as the_judge:
+            judged, _ = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)
+            digest = the_judge.digest
+    finally:
+        if own_store:
+            store.close()
+    out = []
+    for row, j in zip(rows, judged):
+        row = {k: v for k, v in row.items() if k != "_line"}
+        row.update(score=j["score"], parsed=bool(j["parsed"]), judge_raw=j["raw"], judge=cfg.spec,
+                   judge_digest=digest, judge_prompt_version=cfg.prompt_version)
+        out.append(row)
+    _write_jsonl_atomic(Path(output), out)
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+
+def _judge_cfg(judge: str, workers: int, judge_num_ctx: int) -> JudgeConfig:
+    return JudgeConfig(spec=judge, workers=workers, num_ctx=judge_num_ctx)
+
+
+def _need(value: str | None, flag: str, choices: str = "") -> str:
+    if not value:
+        raise UserError(f"{flag} is required" + (f"; {choices}" if choices else ""))
+    return value
+
+
+def _eval_sets_hint() -> str:
+    from harness.data import list_eval_sets
+    return "available eval sets: " + ", ".join(list_eval_sets())
+
+
+def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str | None = None,
+            judge: str = DEFAULT_JUDGE, limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
+            workers: int = 4, no_judge: bool = False, judge_num_ctx: int = 4096, retry_unparsed: bool = False,
+            store: str | None = None) -> int:
+    """Generate, judge and score an eval set; write results/runs/<task>/<run_id>.jsonl and the leaderboard.
+
+    Generations and judgments are cached in the store: a rerun (or a run killed and restarted) only does
+    what is missing.
+
+    model: base model (registry name, local directory or .gguf); default the embedded smollm2-135m-instruct
+    eval_set: eval set name (see `python -m harness data list`)
+    adapter: LoRA adapter name under adapters/ (default: the base alone)
+    judge: ollama:<model> | openai:<model>@<url> | transformers:<base>[+adapter] | none
+    limit: only the first N items
+    batch_size: generation batch size
+    max_new_tokens: generation budget per response
+    workers: concurrent judge requests
+    no_judge: skip the judge (ROUGE-L / form checks only); same as --judge none
+    judge_num_ctx: the judge's context (Ollama num_ctx); prompts that do not fit are refused
+    retry_unparsed: ask the judge again for stored answers that held no score
+    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    """
+    eval_set = _need(eval_set, "--eval-set", _eval_sets_hint())
+    t0 = time.perf_counter()
+    no_judge = no_judge or (judge or "").strip().lower() in ("", "none", "no")
+    jcfg = None if no_judge else _judge_cfg(judge, workers, judge_num_ctx)
+    st = Store(store) if store else None
+    try:
+        res = run(model, adapter, eval_set, None if no_judge else judge, limit, batch_size, max_new_tokens,
+                  workers, judge_config=jcfg, store=st, retry_unparsed=retry_unparsed)
+    finally:
+        if st:
+            st.close()
+    _print_summary(res, time.perf_counter() - t0)
+    return 0
+
+
+def _print_summary(res: RunResult, seconds: float) -> None:
+    rows = res.rows
+    n = len(rows)
+    print(f"{res.run_id}: {n} items ({res.generated} generated, {n - res.generated} from the store; "
+          f"{res.judged} sent to the judge) in {seconds:.1f} s")
+    if res.task == "spam":
+        acc = sum(r["pred"] == r["label"] for r in rows) / n
+        print(f"  accuracy {acc:.3f}")
+    else:
+        judged = [r for r in rows if r["judge"]]
+        if judged:
+            scores = [r["score"] for r in judged if r["parsed"] and r["score"] is not None]
+            mean = f"{sum(scores) / len(scores):.1f}" if scores else "n/a"
+            print(f"  judge {judged[0]['judge']}: score mean {mean}, parsed {len(scores)}/{len(judged)}"
+                  + ("  (unparsed answers are kept in judge_raw; --retry-unparsed asks again)"
+                     if len(scores) < len(judged) else ""))
+        if res.task == "chat":
+            print(f"  rouge_l mean {sum(r['rouge_l'] for r in rows) / n:.3f}")
+        else:
+            print(f"  form ok {sum(r['form_ok'] for r in rows)}/{n}, "
+                  f"distinct-2 {sum(r['distinct_2'] for r in rows) / n:.3f}")
+    print(f"  rows: {res.path}")
+    for p in res.leaderboards:
+        print(f"  leaderboard: {p}")
+
+
+def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adapter: str | None = None,
+                     limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
+                     output: str | None = None, store: str | None = None) -> int:
+    """Generate responses for an eval set (batched, greedy, cached, resumable) and write them as JSONL rows
+    with instruction, input, output and model_response (the book's format; poems: prompt, form, lang, title).
+
+    model: base model (default the embedded smollm2-135m-instruct)
+    eval_set: eval set name (see `python -m harness data list`)
+    adapter: LoRA adapter name (default: the base alone)
+    limit: only the first N items
+    batch_size: generation batch size
+    max_new_tokens: generation budget per response
+    output: the JSONL file to write (default $FTBENCH_CACHE/responses/<run_id>.jsonl)
+    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    """
+    from harness.paths import cache_dir
+
+    eval_set = _need(eval_set, "--eval-set", _eval_sets_hint())
+    st = Store(store) if store else None
+    t0 = time.perf_counter()
+    try:
+        res = run(model, adapter, eval_set, None, limit, batch_size, max_new_tokens, store=st, write=False)
+    finally:
+        if st:
+            st.close()
+    from harness.data import load_eval_set
+    items = {it["id"]: it for it in load_eval_set(eval_set).items}
+    out = []
+    for r in res.rows:
+        it = items[r["item_id"]]
+        base = {"id": it["id"], **{k: v for k, v in it.items() if k != "id"}}
+        if res.task == "spam":
+            base.update(pred=r["pred"], p_spam=r["p_spam"])
+        else:
+            base["model_response"] = r["response"]
+        out.append(base)
+    path = Path(output) if output else cache_dir() / "responses" / f"{res.run_id}.jsonl"
+    _write_jsonl_atomic(path, out)
+    print(f"{len(out)} responses ({res.generated} generated, {len(out) - res.generated} from the store) "
+          f"in {time.perf_counter() - t0:.1f} s -> {path}")
+    return 0
+
+
+def judge_cmd(responses: str | None = None, output: str | None = None, judge: str = DEFAULT_JUDGE,
+              workers: int = 4, judge_num_ctx: int = 4096, retry_unparsed: bool = False,
+              store: str | None = None) -> int:
+    """Score a responses file made elsewhere with a judge (cached, resumable): rows with instruction, input,
+    output (reference) and model_response, as in the book's instruction-data-with-response.json.
+
+    responses: a JSON array file or JSONL
+    output: the JSONL to write (each row + score, parsed, judge_raw, judge, judge_digest)
+    judge: ollama:<model> | openai:<model>@<url> | transformers:<base>[+adapter]
+    workers: concurrent judge requests
+    judge_num_ctx: the judge's context (Ollama num_ctx); prompts that do not fit are refused
+    retry_unparsed: ask the judge again for stored answers that held no score
+    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    """
+    responses = _need(responses, "--responses", "a JSON array or JSONL of rows with instruction, input, output, "
+                                               "model_response")
+    output = _need(output, "--output", "the JSONL file to write")
+    t0 = time.perf_counter()
+    st = Store(store) if store else None
+    try:
+        rows = judge_file(responses, output, judge_config=_judge_cfg(judge, workers, judge_num_ctx), store=st,
+                          retry_unparsed=retry_unparsed)
+    finally:
+        if st:
+            st.close()
+    scores = [r["score"] for r in rows if r["parsed"]]
+    mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
+    print(f"Number of scores: {len(scores)} of {len(rows)} (unparsed kept with parsed=false)")
+    print(f"Average score: {mean}   [{rows[0]['judge']}, {time.perf_counter() - t0:.1f} s] -> {output}")
+    return 0
+
+
+def bench_judge_cmd(n: int = 40, delay: float = 0.2, workers: int = 4) -> int:
+    """Judge throughput against the fake Ollama server (answers in `delay` s): 1 vs N workers, cold vs warm cache.
+
+    n: items to judge
+    delay: seconds the fake server takes per answer
+    workers: the parallel run's workers
+    """
+    from harness.fake_ollama import FakeOllama
+
+    reqs = [JudgeRequest(f"bench-{i}", "chat", {
+        "instruction": f"Rewrite sentence {i} in the passive voice.", "input": f"The cat chased mouse number {i}.",
+        "output": f"Mouse number {i} was chased by the cat.", "response": f"Mouse {i} was chased by the cat."})
+        for i in range(n)]
+
+    def timed(fake: FakeOllama, store: Store, w: int) -> tuple[float, int]:
+        before = fake.count("/api/chat")
+        t0 = time.perf_counter()
+        with open_judge(JudgeConfig("ollama:llama3", host=fake.url, workers=w)) as j:
+            rows, _ = judge_with_store(j, reqs, store, progress=False)
+        assert len(rows) == n
+        return time.perf_counter() - t0, fake.count("/api/chat") - before
+
+    with FakeOllama(delay=delay) as fake, tempfile.TemporaryDirectory() as tmp:
+        with Store(Path(tmp) / "one.sqlite") as s1:
+            t1, r1 = timed(fake, s1, 1)
+        with Store(Path(tmp) / "many.sqlite") as s4:
+            t4, r4 = timed(fake, s4, workers)
+            tw, rw = timed(fake, s4, workers)
+    par, warm = t1 / t4, t4 / tw
+    print(f"judge benchmark: {n} items, fake Ollama answering in {delay:.2f} s")
+    print(f"  1 worker,  cold: {t1:7.3f} s  ({n / t1:6.1f} items/s, {r1} requests)")
+    print(f"  {workers} workers, cold: {t4:7.3f} s  ({n / t4:6.1f} items/s, {r4} requests)")
+    print(f"  {workers} workers, warm: {tw:7.3f} s  ({n / tw:6.1f} items/s, {rw} requests)")
+    print(f"  {workers} workers vs 1: {par:.2f}x faster (target >= 3.5x: {'met' if par >= 3.5 else 'NOT met'})")
+    print(f"  warm vs cold:      {warm:.0f}x faster (target >= 50x: {'met' if warm >= 50 else 'NOT met'})")
+    return 0

@@ -1,0 +1,436 @@
+"""The Gradio app driven through gradio_client: build_demo() launched in-process on a free port with a tiny model
+and tiny adapters (a chat LoRA and a spam classifier) in a temporary adapters folder. Plus the app's logic
+functions called directly (harness/app_logic.py).
+
+    python -m pytest tests/test_app.py -q
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import socket
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+from tiny import build_adapter
+
+import app as app_module
+from harness import app_logic as L
+from harness.cli import UserError
+from harness.generation import GenerationConfig, classify, generate_batch, generate_pair, zero_shot_spam
+
+GREEDY = dict(temperature=0.0, top_p=0.9, seed=0, rep=1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("adapters")
+    build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
+    build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama_dir, adapters, tmp_path_factory):
+    """(url, state) of the app on a free port; the state is shared with the tests to look inside."""
+    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=adapters,
+                       results_folder=tmp_path_factory.mktemp("results"), judge_host=f"127.0.0.1:{free_port()}")
+    state.warmup()
+    demo = app_module.build_demo(state)
+    port = free_port()
+    app_module.launch(demo, port=port, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/", state
+    demo.close()
+
+
+@pytest.fixture
+def client(served):
+    from gradio_client import Client
+    return Client(served[0], verbose=False)
+
+
+def text_of(content) -> str:
+    return L.message_text(content)
+
+
+def chat_args(message, history=(), adapter="base", max_new_tokens=24, system=""):
+    g = GREEDY
+    return (message, list(history), system, adapter, g["temperature"], g["top_p"], max_new_tokens, g["seed"],
+            g["rep"])
+
+
+def expected_chat(lm, messages, adapter, max_new_tokens=24) -> str:
+    prompt = lm.render_chat(messages, None, max_new_tokens)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.0)
+    return generate_batch(lm, [prompt], cfg, adapter=adapter)[0].text
+
+
+def clean(text: str) -> str:
+    """What the Chatbot shows of a reply (Gradio runs inspect.cleandoc on message text)."""
+    return inspect.cleandoc(text)
+
+
+# ---------------------------------------------------------------- endpoints
+
+def test_stable_api_names(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/chat", "/classify", "/poem", "/compare"} <= names
+
+
+def test_chat_streams_and_continues_the_conversation(client, served):
+    lm = served[1].lm
+    job = client.submit(*chat_args("Hello", adapter="tiny-chat"), api_name="/chat")
+    updates = list(job)
+    history, cleared, prompt, info = job.outputs()[-1]
+    assert len(updates) > 2, "the reply streams in several updates"
+    assert cleared == ""
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    want = expected_chat(lm, [{"role": "user", "content": "Hello"}], "tiny-chat")
+    assert text_of(history[1]["content"]) == clean(want)
+    assert prompt == lm.render_chat([{"role": "user", "content": "Hello"}], None, 24)
+    assert info["adapter"] == "tiny-chat" and info["new_tokens"] == 24 and info["tokens_per_s"] > 0
+    assert info["prompt_tokens"] == lm.count_tokens(prompt)
+
+    # the second turn: the history as returned goes back in, and the prompt holds both turns
+    history2, _, prompt2, _ = client.predict(*chat_args("What is the capital of France?", history), api_name="/chat")
+    assert len(history2) == 4 and text_of(history2[2]["content"]) == "What is the capital of France?"
+    assert "Hello" in prompt2 and "What is the capital of France?" in prompt2
+    assert prompt2.startswith(prompt[: len(prompt) - len("<|im_start|>assistant\n")])
+
+
+def test_long_history_is_trimmed_to_the_context(client, served):
+    lm = served[1].lm
+    long_turn = "spam ham yes no answer classify message label " * 40          # ~300 tokens per turn
+    history = []
+    for i in range(3):
+        history += [{"role": "user", "content": [{"type": "text", "text": f"{i} {long_turn}"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
+    _, _, prompt, info = client.predict(*chat_args("Hello", history, max_new_tokens=16), api_name="/chat")
+    assert info["history_trimmed"] is True
+    assert lm.count_tokens(prompt) + 16 <= lm.context_length
+    assert prompt.rstrip().endswith("<|im_start|>assistant") and "Hello" in prompt
+
+
+@pytest.fixture
+def slow_model(served):
+    """Every forward pass of the model takes >= 20 ms and is counted (so a stop can be timed)."""
+    lm = served[1].lm
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        time.sleep(0.02)
+
+    handle = lm.model.get_input_embeddings().register_forward_hook(hook)
+    yield calls
+    handle.remove()
+
+
+def wait_for(predicate, timeout=10.0):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if predicate():
+            return time.perf_counter() - t0
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("how", ["cancel", "stop"])
+def test_stop_halts_the_model_not_just_the_display(client, served, slow_model, how):
+    state = served[1]
+    job = client.submit(*chat_args("Tell me a long story", max_new_tokens=400), api_name="/chat")
+    wait_for(lambda: job.outputs() and text_of(job.outputs()[-1][0][-1]["content"]))   # some reply is shown
+    stats = state.last_stats[client.session_hash]
+    assert stats.finish_reason == "" and stats.new_tokens < 400
+    t0 = time.perf_counter()
+    if how == "cancel":
+        job.cancel()                                   # what the UI's Stop (cancels=[chat]) does, from the API
+    else:
+        client.predict(api_name="/stop")               # the Stop button's own callback: sets the stop event
+    wait_for(lambda: stats.finish_reason != "", timeout=5)
+    stopped_in = time.perf_counter() - t0
+    passes = slow_model["n"]
+    time.sleep(0.5)
+    assert slow_model["n"] == passes, "no forward pass after the stop"
+    assert stats.finish_reason == "cancelled"
+    assert stats.new_tokens < 200
+    assert stopped_in < 1.0
+    if how == "stop":
+        wait_for(lambda: job.done())
+        history = job.outputs()[-1][0]
+        assert text_of(history[-1]["content"]), "the partial reply is kept"
+
+
+def test_four_concurrent_jobs_complete_with_their_own_answers(served):
+    from gradio_client import Client
+    url, state = served
+    lm = state.lm
+    asks = [("Hello", "base"), ("What is the capital of France?", "tiny-chat"),
+            ("Hi mum, this is my new number.", "base"), ("Write a sonnet about the sea.", "tiny-chat")]
+    want = [expected_chat(lm, [{"role": "user", "content": m}], a) for m, a in asks]
+    clients = [Client(url, verbose=False) for _ in asks]       # four users
+    jobs = [c.submit(*chat_args(m, adapter=a), api_name="/chat") for c, (m, a) in zip(clients, asks)]
+    spam_job = clients[0].submit("Free entry! Win a prize now", "tiny-spam", 0.5, api_name="/classify")
+    results = [j.result(timeout=120) for j in jobs]
+    for (m, a), w, (history, _, _, info) in zip(asks, want, results):
+        assert text_of(history[0]["content"]) == m
+        assert text_of(history[1]["content"]) == clean(w)
+        assert info["adapter"] == (a if a != "base" else "(none: base model)")
+    label, _ = spam_job.result(timeout=60)
+    direct = classify(lm, ["Free entry! Win a prize now"], adapter="tiny-spam")[0]
+    assert {c["label"]: pytest.approx(c["confidence"], abs=1e-5) for c in label["confidences"]} == direct
+
+
+def test_classify_with_the_adapter_and_zero_shot(client, served):
+    lm = served[1].lm
+    text = "Free entry! Win a prize now, claim your reward at the link."
+    label, verdict = client.predict(text, "tiny-spam", 0.5, api_name="/classify")
+    probs = {c["label"]: c["confidence"] for c in label["confidences"]}
+    direct = classify(lm, [text], adapter="tiny-spam")[0]
+    assert probs == pytest.approx(direct, abs=1e-5)
+    assert f"**{L.spam_verdict(direct, 0.5)}**" in verdict and "tiny-spam" in verdict
+
+    label0, verdict0 = client.predict(text, "base", 0.5, api_name="/classify")
+    assert {c["label"]: c["confidence"] for c in label0["confidences"]} == pytest.approx(
+        zero_shot_spam(lm, [text])[0], abs=1e-5)
+    assert "zero-shot" in verdict0
+
+    # the threshold decides: 0 -> always spam, 1 -> spam only if p(spam) == 1
+    assert client.predict(text, "tiny-spam", 0.0, api_name="/classify")[1].startswith("**spam**")
+    assert client.predict(text, "tiny-spam", 1.0, api_name="/classify")[1].startswith("**ham**")
+
+
+def test_classify_file_gives_a_downloadable_csv(client, tmp_path):
+    import pandas as pd
+    from gradio_client import handle_file
+
+    good = tmp_path / "msgs.csv"
+    pd.DataFrame({"id": [1, 2, 3], "text": ["Win a prize now", "See you at noon, mum", "=cmd|' /C calc'!A0"],
+                  "label": ["spam", "ham", "ham"]}).to_csv(good, index=False)
+    out, summary, preview = client.predict(handle_file(str(good)), "tiny-spam", 0.5, api_name="/classify_file")
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["text", "prediction", "p_spam", "label", "correct"]
+    assert len(df) == 3 and set(df["prediction"]) <= {"spam", "ham"}
+    assert df["text"][2].startswith("'="), "a formula-looking message is defused for spreadsheets"
+    assert "3 messages" in summary and "accuracy" in summary
+
+    lines = tmp_path / "msgs.txt"
+    lines.write_text("Win a prize now\n\nSee you at noon\n", encoding="utf-8")
+    out2, summary2, _ = client.predict(handle_file(str(lines)), "base", 0.5, api_name="/classify_file")
+    assert len(pd.read_csv(out2)) == 2 and "zero-shot" in summary2
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("message,category\nhello,ham\n", encoding="utf-8")
+    with pytest.raises(Exception, match="no `text` column.*message, category"):
+        client.predict(handle_file(str(bad)), "tiny-spam", 0.5, api_name="/classify_file")
+
+
+def test_poem_streams_with_a_form_check(client, served):
+    lm = served[1].lm
+    job = client.submit("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 32, 0, 1.0, api_name="/poem")
+    updates = list(job)
+    poem, summary, check, prompt, info = job.outputs()[-1]
+    assert len(updates) > 2
+    assert prompt == lm.render_instruction("写一首五言绝句，题目：春夜")
+    cfg = GenerationConfig(max_new_tokens=32, repetition_penalty=1.0)
+    assert poem == generate_batch(lm, [prompt], cfg, adapter=None)[0].text.strip()
+    assert check["expected_lines"] == 4 and check["expected_chars"] == 5 and "五言绝句" in summary
+    assert summary.startswith("✅" if check["ok"] else "❌")
+
+    _, _, check_en, prompt_en, _ = client.predict("the sea", "English", "sonnet", "base", 0.7, 0.9, 16, 3, 1.1,
+                                                  api_name="/poem")
+    assert "Write a sonnet about the sea." in prompt_en and check_en["expected_lines"] == 14
+    with pytest.raises(Exception, match="not a zh form"):
+        client.predict("春夜", "中文", "sonnet", "base", 0.7, 0.9, 16, 0, 1.1, api_name="/poem")
+
+
+def test_compare_base_and_adapter_in_one_batch_without_a_judge(client, served):
+    lm = served[1].lm
+    base, tuned, s_base, s_tuned, notice, prompt, info = client.predict(
+        "Rewrite the sentence in passive voice.", "tiny-chat", 0.0, 0.9, 16, 0, 1.0, api_name="/compare")
+    want_base, want_tuned = generate_pair(lm, prompt, "tiny-chat", GenerationConfig(max_new_tokens=16,
+                                                                                     repetition_penalty=1.0))
+    assert (base, tuned) == (want_base.text, want_tuned.text) and base != tuned
+    assert s_base == s_tuned == "—"
+    assert notice.startswith("No judge scores") and "ollama serve" in notice
+    assert info["adapter"] == "tiny-chat"
+
+
+def test_compare_with_a_judge_on_a_fake_ollama(served):
+    fake_ollama = pytest.importorskip("harness.fake_ollama")
+    state = served[1]
+    old = state.judge_host
+    with fake_ollama.FakeOllama(answers=['{"score": 35, "reason": "weak"}', '{"score": 80, "reason": "good"}']) \
+            as fake:
+        state.judge_host = fake.host
+        try:
+            r = L.compare(state, "Name three colors.", "tiny-chat", L.Sampling(temperature=0, max_new_tokens=8))
+        finally:
+            state.judge_host = old
+        assert r["scores"] == [35.0, 80.0]
+        assert fake.count("/api/chat") == 2
+        assert r["base"] in fake.chat_bodies()[0]["messages"][0]["content"]
+    assert "ollama:llama3" in r["judge_notice"]
+
+
+@pytest.mark.parametrize("endpoint,args", [
+    ("/chat", chat_args("")),
+    ("/chat", chat_args("   \n ")),
+    ("/classify", ("", "tiny-spam", 0.5)),
+    ("/poem", ("", "中文", "五言绝句", "base", 0.7, 0.9, 16, 0, 1.1)),
+    ("/compare", ("", "tiny-chat", 0.0, 0.9, 16, 0, 1.0)),
+])
+def test_empty_input_is_a_message_not_a_traceback(client, endpoint, args):
+    with pytest.raises(Exception) as err:
+        client.predict(*args, api_name=endpoint)
+    assert "is empty" in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("endpoint,args", [
+    ("/chat", chat_args("Hello", adapter="../tiny-chat")),
+    ("/chat", chat_args("Hello", adapter="../../etc/passwd")),
+    ("/classify", ("Hello", "../tiny-spam", 0.5)),
+    ("/poem", ("春夜", "中文", "五言绝句", "tiny-chat/../x", 0.7, 0.9, 16, 0, 1.1)),
+    ("/compare", ("Hello", "..", 0.0, 0.9, 16, 0, 1.0)),
+])
+def test_adapter_names_with_paths_are_rejected(client, endpoint, args):
+    with pytest.raises(Exception, match="invalid adapter name"):
+        client.predict(*args, api_name=endpoint)
+
+
+def test_wrong_kind_of_adapter_and_too_long_input_name_the_fix(client, served):
+    with pytest.raises(Exception, match="is a seq_cls .*adapter"):
+        client.predict(*chat_args("Hello", adapter="tiny-spam"), api_name="/chat")
+    with pytest.raises(Exception, match="available classifier adapters: tiny-spam"):
+        client.predict("Hello", "nope", 0.5, api_name="/classify")
+    too_long = "x" * (served[1].limits.message_chars + 1)
+    with pytest.raises(Exception, match="too long .*shorten it"):
+        client.predict(*chat_args(too_long), api_name="/chat")
+    with pytest.raises(Exception, match="temperature must be between 0 and 2"):
+        client.predict("Hello", [], "", "base", 9.0, 0.9, 16, 0, 1.0, api_name="/chat")
+
+
+# ---------------------------------------------------------------- logic without a server
+
+def test_read_messages_formats_and_errors(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text('Text,Label\n"Hello, mum",HAM\n,spam\nWin now,spam\n', encoding="utf-8")
+    assert L.read_messages(f) == (["Hello, mum", "Win now"], ["ham", "spam"])
+    f.write_text("one message\nanother one, with a comma\n", encoding="utf-8")
+    f2 = f.rename(tmp_path / "a.txt")
+    assert L.read_messages(f2) == (["one message", "another one, with a comma"], None)
+    for content, match in [("", "is empty"), ("text\n\n", "no messages"), ("a,b\n1,2\n", "no `text` column")]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(content, encoding="utf-8")
+        with pytest.raises(UserError, match=match):
+            L.read_messages(bad)
+    bad.write_bytes(b"text\n\xff\xfe broken\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        L.read_messages(bad)
+    bad.write_text("text\n" + "hi\n" * 5, encoding="utf-8")
+    with pytest.raises(UserError, match="limit is 3"):
+        L.read_messages(bad, L.Limits(csv_rows=3))
+
+
+def test_poem_prompts_and_form_report():
+    assert L.poem_instruction("春夜", "中文", "七言律诗") == "写一首七言律诗，题目：春夜"
+    assert L.poem_instruction("the sea", "English", "free verse") == "Write a free verse poem about the sea."
+    assert L.poem_forms("English") == ("sonnet", "free verse") and L.poem_forms("zh")[0] == "五言绝句"
+    with pytest.raises(UserError, match="language must be"):
+        L.poem_lang("Klingon")
+    ok = L.form_report("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "五言绝句", "中文")
+    assert ok["ok"] and ok["summary"].startswith("✅")
+    bad = L.form_report("床前明月光，疑是地上霜。", "五言绝句", "中文")
+    assert not bad["ok"] and "2 lines, expected 4" in bad["summary"]
+
+
+def test_sampling_is_validated():
+    assert L.Sampling.from_ui(0, 0.9, 64.0, 3.0, 1.0).config().do_sample is False
+    cfg = L.Sampling.from_ui(0.8, 0.5, 32, 7, None).config()
+    assert cfg.do_sample and cfg.temperature == 0.8 and cfg.seed == 7 and cfg.max_new_tokens == 32
+    with pytest.raises(UserError, match="top-p"):
+        L.Sampling(top_p=0)
+    with pytest.raises(UserError, match="max new tokens"):
+        L.Sampling.from_ui(0.3, 0.9, 100000, 0)
+    with pytest.raises(UserError, match="must be numbers"):
+        L.Sampling.from_ui("hot", 0.9, 10, 0)
+
+
+def test_leaderboard_without_and_with_csvs(tmp_path):
+    v = L.leaderboard_view(folder=tmp_path)
+    assert v["table"] is None and v["figure"] is None
+    assert "No leaderboard yet" in v["notice"] and "python -m harness run" in v["notice"]
+
+    import pandas as pd
+    pd.DataFrame({"task": ["spam", "spam"], "eval_set": ["sms_own", "sms_spam:test"], "model": ["m", "m"],
+                  "adapter": ["", "m-spam"], "judge": ["", ""], "n": [44, 500], "accuracy": [0.6, 0.97],
+                  "accuracy_ci_low": [0.45, 0.95], "accuracy_ci_high": [0.75, 0.98], "f1": [0.5, 0.9]}
+                 ).to_csv(tmp_path / "leaderboard_spam.csv", index=False)
+    (tmp_path / "leaderboard_chat.csv").write_text("not,a\n\"broken", encoding="utf-8")
+    v = L.leaderboard_view("spam", folder=tmp_path)
+    assert v["task"] == "spam" and len(v["table"]) == 2 and v["metric"] == "accuracy"
+    assert v["metrics"] == ["accuracy", "f1"] and v["eval_sets"] == ["sms_own", "sms_spam:test"]
+    ax = v["figure"].axes[0]
+    assert len(ax.patches) == 2 and ax.containers[0].errorbar is not None    # bars with CI error bars
+    assert "unreadable: leaderboard_chat.csv" in v["notice"]
+    assert len(L.leaderboard_view("spam", "sms_own", folder=tmp_path)["table"]) == 1
+    assert len(L.leaderboard_view("spam", None, "M-SPAM", folder=tmp_path)["table"]) == 1
+    assert "nothing matches" in L.leaderboard_view("spam", None, "zzz", folder=tmp_path)["notice"]
+
+
+def test_spam_examples_come_from_the_own_eval_set():
+    examples, note = L.spam_examples(6)
+    if not examples:
+        pytest.skip(f"sms_own not readable here: {note}")
+    assert len(examples) == 6 and "sms_own" in note
+
+
+def test_adapters_switch_without_reloading_and_base_switch_frees_memory(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    folder = tmp_path / "adapters"
+    build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
+    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder)
+    lm = state.get_model()
+    list(L.chat_turn(state, "Hello", [], adapter="tiny-chat", sampling=L.Sampling(max_new_tokens=4)))
+    list(L.chat_turn(state, "Hello", [], adapter="base", sampling=L.Sampling(max_new_tokens=4)))
+    assert state.get_model() is lm and state.lm.active is None, "per-request adapters, no global switch"
+    assert "tiny-chat" in L.status_line(state, "tiny-chat") and "1 adapter(s)" in L.status_line(state, "base")
+    old_model = weakref.ref(lm.model)
+    del lm
+    state.switch_base(str(tiny_gpt2_dir))
+    gc.collect()
+    assert old_model() is None, "the old base is freed"
+    assert state.base_name == str(Path(tiny_gpt2_dir).resolve()) and state.adapters() == []
+    with pytest.raises(UserError, match="trained on base"):
+        state.resolve_adapter("tiny-chat", "causal")
+    with pytest.raises(UserError, match="Still using"):
+        state.switch_base(str(tmp_path / "nowhere"))
+    assert state.lm is not None and state.base_name == str(Path(tiny_gpt2_dir).resolve())
+
+
+def test_stop_only_stops_its_own_session(tiny_llama_dir):
+    state = L.AppState(model=str(tiny_llama_dir))
+    with state.running("alice") as (ev_a, _), state.running("bob") as (ev_b, _):
+        assert state.stop("alice") == 1
+        assert ev_a.is_set() and not ev_b.is_set()
+    assert state.stop("alice") == 0 and state._running == {}
+
+
+def test_chat_turn_stops_from_another_thread(tiny_llama_dir):
+    state = L.AppState(model=str(tiny_llama_dir))
+    gen = L.chat_turn(state, "Tell me a long story", [], sampling=L.Sampling(temperature=0, max_new_tokens=400),
+                      session="s")
+    next(gen)
+    next(gen)
+    threading.Timer(0.05, state.stop, ("s",)).start()
+    for history, info in gen:
+        pass
+    assert info["finish_reason"] == "cancelled" and info["new_tokens"] < 400

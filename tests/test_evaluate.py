@@ -1,0 +1,239 @@
+"""The pipeline end to end with a tiny model and the fake Ollama server: rows, cache, resume, bad input.
+
+    python -m pytest tests/test_evaluate.py -q
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import UserError
+from harness.evaluate import judge_cmd, judge_with_store, read_responses, run, run_id_for, slug
+from harness.fake_ollama import FakeOllama
+from harness.judge import JudgeConfig, JudgeRequest, open_judge
+from harness.paths import PROJECT_ROOT
+from harness.store import Store
+
+ROW_FIELDS = {"task", "eval_set", "item_id", "model", "adapter", "adapter_sha", "judge", "judge_digest",
+              "judge_prompt_version", "prompt", "response", "reference", "response_tokens", "gen_seconds", "score",
+              "parsed", "judge_raw", "created_at", "git_commit"}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama_dir):
+    from harness.models import load_model
+    return load_model(str(tiny_llama_dir))
+
+
+def _book_rows(n: int) -> list[dict]:
+    return [{"instruction": f"Rewrite sentence {i} in the passive voice.", "input": f"The cat chased mouse {i}.",
+             "output": f"Mouse {i} was chased by the cat.", "model_response": f"Mouse {i} was chased by the cat."}
+            for i in range(n)]
+
+
+def _jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------- run
+
+def test_chat_run_writes_rows_and_leaderboard_then_reruns_from_the_cache(tiny_lm, tmp_path, monkeypatch):
+    with FakeOllama(answers=["garbage", "still no number"]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        res = run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=8, batch_size=2,
+                  workers=1, lm=tiny_lm, progress=False)
+        first = fake.count("/api/chat")
+        assert res.generated == 4 and res.judged == 4 and first == 5       # the garbage item was re-asked once
+        rows = [json.loads(x) for x in res.path.read_text(encoding="utf-8").splitlines()]
+        assert len(rows) == 4 and ROW_FIELDS <= set(rows[0]) and "rouge_l" in rows[0]
+        assert res.path == tmp_path / "results" / "runs" / "chat" / f"{res.run_id}.jsonl"
+        assert [r["parsed"] for r in rows].count(False) == 1                # kept, not dropped
+        bad = next(r for r in rows if not r["parsed"])
+        assert bad["score"] is None and "garbage" in bad["judge_raw"] and "still no number" in bad["judge_raw"]
+        assert rows[0]["judge"] == "ollama:llama3" and rows[0]["judge_digest"] == fake.digest
+        assert all(b["options"]["temperature"] == 0 and b["options"]["seed"] == 123 for b in fake.chat_bodies())
+        board = tmp_path / "results" / "leaderboard_chat.csv"
+        assert res.leaderboards == [board] and "ollama:llama3" in board.read_text()
+
+        fake.reset()
+        again = run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=8, batch_size=2,
+                    lm=tiny_lm, progress=False)
+        assert fake.count("/api/chat") == 0 and again.generated == 0 and again.judged == 0
+        assert [r["response"] for r in again.rows] == [r["response"] for r in rows]
+        assert [r["score"] for r in again.rows] == [r["score"] for r in rows]
+
+        more = run(None, None, "instructions_own", "ollama:llama3", limit=6, max_new_tokens=8, lm=tiny_lm,
+                   progress=False)
+        assert more.generated == 2 and more.judged == 2 and fake.count("/api/chat") == 2   # only the new items
+        assert len(more.path.read_text().splitlines()) == 6                   # rewritten, not appended
+
+
+def test_generation_config_change_regenerates(tiny_lm):
+    a = run(None, None, "instructions_own", None, limit=2, max_new_tokens=4, lm=tiny_lm, progress=False)
+    b = run(None, None, "instructions_own", None, limit=2, max_new_tokens=5, lm=tiny_lm, progress=False)
+    assert a.generated == 2 and b.generated == 2 and a.rows[0]["judge"] == ""
+
+
+def test_judge_cache_invalidates_exactly_what_changed(tmp_path):
+    reqs = [JudgeRequest(str(i), "chat", {"instruction": f"q{i}", "input": "", "output": "a", "response": "r"})
+            for i in range(5)]
+    with FakeOllama() as fake, Store(tmp_path / "s.sqlite") as st:
+        cfg = JudgeConfig("ollama:llama3", host=fake.url)
+        with open_judge(cfg) as j:
+            assert judge_with_store(j, reqs, st, progress=False)[1] == 5
+            changed = list(reqs)
+            changed[2] = JudgeRequest("2", "chat", {**reqs[2].fields, "response": "a new answer"})
+            assert judge_with_store(j, changed, st, progress=False)[1] == 1
+        assert fake.count("/api/chat") == 6
+        fake.digest = "0" * 64                                   # the judge model was re-pulled
+        with open_judge(cfg) as j:
+            assert judge_with_store(j, reqs, st, progress=False)[1] == 5
+        with open_judge(JudgeConfig("ollama:llama3", host=fake.url, seed=1)) as j:    # other options
+            assert judge_with_store(j, reqs, st, progress=False)[1] == 5
+
+
+def test_poem_run_has_form_fields(tiny_lm, monkeypatch):
+    with FakeOllama() as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        res = run(None, None, "poems_own", "ollama:llama3", limit=2, max_new_tokens=8, lm=tiny_lm, progress=False)
+        prompt = fake.chat_bodies()[0]["messages"][0]["content"]
+    row = res.rows[0]
+    assert res.task == "poem" and row["lang"] in ("zh", "en") and isinstance(row["form_ok"], bool)
+    assert {"distinct_2", "repetition", "form"} <= set(row) and row["parsed"]
+    assert "imagery" in prompt and row["form"] in prompt
+
+
+def test_spam_run_classifies_zero_shot_without_a_judge(tiny_lm):
+    with FakeOllama() as fake:
+        res = run(None, None, "sms_own", "ollama:llama3", limit=5, lm=tiny_lm, progress=False)
+        assert fake.count(None) == 0                              # spam never calls a judge
+    row = res.rows[0]
+    assert row["judge"] == "" and row["pred"] in ("spam", "ham") and 0 <= row["p_spam"] <= 1
+    assert row["label"] in ("spam", "ham") and res.path.parent.name == "spam"
+
+
+def test_run_id_is_a_safe_file_name():
+    rid = run_id_for("sms_spam:test", "/tmp/x/tiny-llama", None, "openai:m@http://h:8000/v1")
+    assert "/" not in rid and ":" not in rid and rid.startswith("sms_spam-test__tiny-llama-")
+    assert slug("Ollama:Llama3") == "ollama-llama3"
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_eval_set_lists_the_available_ones():
+    with pytest.raises(UserError, match="instructions_own"):
+        run(None, None, "no_such_set", None)
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_book_rows(1)[0]) + "\n\n" + '{"instruction": "x", "output": \n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"r\.jsonl:3: not valid JSON"):
+        read_responses(path)
+    path.write_text(json.dumps(_book_rows(1)[0]) + "\n" + json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    with pytest.raises(UserError, match=r"r\.jsonl:2: missing or non-string model_response"):
+        read_responses(path)
+
+
+def test_json_array_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "r.json"
+    rows = _book_rows(2)
+    del rows[1]["output"]
+    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    with pytest.raises(UserError, match=r"r\.json:8: missing or non-string output"):
+        read_responses(path)
+    path.write_text("[\n  {\"instruction\": \"x\",\n  \"output\" \"y\"}\n]")
+    with pytest.raises(UserError, match=r"r\.json:3: not valid JSON"):
+        read_responses(path)
+
+
+def test_judge_cmd_scores_the_books_json_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "instruction-data-with-response.json"
+    path.write_text(json.dumps(_book_rows(3), indent=4), encoding="utf-8")
+    with FakeOllama(answers=["I'd rate the model response an 85 out of 100."]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        assert judge_cmd(str(path), str(tmp_path / "out.jsonl")) == 0
+        out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert out[0]["score"] == 85 and all(r["parsed"] for r in out) and out[0]["model_response"]
+        assert out[0]["judge"] == "ollama:llama3" and out[0]["judge_digest"] == fake.digest
+        assert "Number of scores: 3 of 3" in capsys.readouterr().out
+        fake.reset()
+        judge_cmd(str(path), str(tmp_path / "out2.jsonl"))
+        assert fake.count("/api/chat") == 0                       # second run: all from the store
+
+
+def test_server_down_exits_nonzero_within_seconds(tmp_path):
+    responses = _jsonl(tmp_path / "r.jsonl", _book_rows(2))
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{_closed_port()}"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "harness", "judge", "--responses", responses, "--output",
+                           str(tmp_path / "o.jsonl")], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and time.perf_counter() - t0 < 15
+    assert "is Ollama running? start it with `ollama serve`" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kill_9_mid_judging_then_rerun_loses_and_redoes_nothing(tmp_path, monkeypatch):
+    n, workers = 12, 2
+    responses = _jsonl(tmp_path / "r.jsonl", _book_rows(n))
+    with FakeOllama(delay=0.25) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "judge", "--responses", responses, "--output",
+                                 str(tmp_path / "o.jsonl"), "--workers", str(workers)], cwd=PROJECT_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while fake.count("/api/chat") < 5 and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sent_before = fake.count("/api/chat")
+        with Store() as st:
+            stored = st.rows("judgments")
+        done_before = {r["item"]["instruction"] for r in stored}
+        assert 3 <= len(stored) < n and not (tmp_path / "o.jsonl").exists()
+        assert sent_before <= len(stored) + workers               # at most the requests in flight were lost
+
+        fake.reset()
+        judge_cmd(responses, str(tmp_path / "o.jsonl"), workers=workers)
+        asked_again = {b["messages"][0]["content"] for b in fake.chat_bodies()}
+    assert fake.count("/api/chat") == n - len(stored)               # nothing redone
+    assert not any(instr in text for instr in done_before for text in asked_again)
+    with Store() as st:
+        assert st.count("judgments") == n                           # nothing lost, nothing twice
+    out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(out) == n and len({r["instruction"] for r in out}) == n and all(r["parsed"] for r in out)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_generation_then_rerun_generates_only_the_rest(tiny_llama_dir, tiny_lm):
+    cmd = [sys.executable, "-m", "harness", "generate-set", "--model", str(tiny_llama_dir), "--eval-set",
+           "instructions_own", "--batch-size", "2", "--max-new-tokens", "24"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    with Store() as st:
+        while st.count("generations") < 4 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stored = st.count("generations")
+    assert 4 <= stored < 34, "the subprocess finished before it could be killed: make the test's work bigger"
+    res = run(None, None, "instructions_own", None, max_new_tokens=24, batch_size=2, lm=tiny_lm, progress=False)
+    with Store() as st:
+        assert st.count("generations") == 34
+    assert res.generated == 34 - stored and len(res.rows) == 34

@@ -1,0 +1,129 @@
+"""LoRA fine-tuning end to end on tiny models: recipes, label masking, frozen base, resumable, reloadable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import data
+from harness.cli import UserError
+from harness.finetune import Recipe, encode_causal, finetune, list_recipes, load_recipe, prompt_and_target
+from harness.models import load_model
+
+
+def write_split(name: str, splits: dict[str, list[dict]]) -> None:
+    """Prepared splits as harness.data writes them (the tests never read ../shared)."""
+    folder = data._data_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (folder / "meta.json").write_text(json.dumps({"format_version": data.FORMAT_VERSION, "name": name,
+                                                  "sources": {"fake": "0" * 64}}))
+
+
+def fake_data():
+    sms = [{"id": f"s{i}", "text": (f"WIN a prize {i} now, claim it" if i % 2 else f"see you at {i} mum"),
+            "label": "spam" if i % 2 else "ham"} for i in range(24)]
+    write_split("sms_spam", {"train": sms[:16], "validation": sms[16:], "test": sms[16:]})
+    ins = [{"id": f"i{i}", "instruction": f"Rewrite sentence {i} in passive voice.", "input": "The cat chased the mouse.",
+            "output": "The mouse was chased by the cat."} for i in range(12)]
+    write_split("instruction", {"train": ins[:8], "validation": ins[8:], "test": ins[8:]})
+    poems = [{"id": f"p{i}", "lang": "zh", "form": "五言绝句", "title": "春夜", "prompt": "写一首五言绝句，题目：春夜",
+              "poem": "春眠不觉晓，\n处处闻啼鸟。\n夜来风雨声，\n花落知多少。"} for i in range(12)]
+    write_split("poems_zh", {"train": poems[:8], "validation": poems[8:], "test": poems[8:]})
+
+
+def tiny_recipe(base: Path, task: str, **kw) -> Recipe:
+    dataset = {"spam": "sms_spam", "chat": "instruction", "poem_zh": "poems_zh"}[task]
+    args = dict(name=f"tiny-{task.replace('_', '-')}", task=task, dataset=dataset, base=str(base), r=4, alpha=8,
+                target_modules=["q_proj", "v_proj"], batch_size=4, max_length=128, learning_rate=1e-2, epochs=1,
+                save_every=1, modules_to_save=["score"] if task == "spam" else [])
+    args.update(kw)
+    return Recipe(**args)
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_file_loads_and_validates(name):
+    r = load_recipe(name)
+    assert r.base == "smollm2-135m-instruct" and r.epochs >= 1 and r.target_modules
+    assert (r.task == "spam") == ("score" in r.modules_to_save)
+
+
+def test_bad_recipes_are_rejected(tmp_path):
+    with pytest.raises(UserError, match="unknown recipe"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ntask = "chat"\ndataset = "instruction"\nlerning_rate = 0.1\n')
+    with pytest.raises(UserError, match="unknown keys.*lerning_rate"):
+        load_recipe(str(bad))
+    with pytest.raises(UserError, match="modules_to_save"):
+        Recipe(name="x", task="spam", dataset="sms_spam")
+    with pytest.raises(ValueError):
+        Recipe(name="../x", task="chat", dataset="instruction")
+
+
+def test_label_masking_covers_exactly_the_response(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir))
+    r = tiny_recipe(tiny_llama_dir, "chat", max_length=512)
+    item = {"instruction": "Rewrite the sentence.", "input": "The cat chased the mouse.",
+            "output": "The mouse was chased by the cat."}
+    prompt, target = prompt_and_target(lm, r, item)
+    ex = encode_causal(lm.tokenizer, prompt, target, r.max_length)
+    labelled = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
+    assert lm.tokenizer.decode(labelled) == target + lm.tokenizer.eos_token
+    n_prompt = len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert all(l == -100 for l in ex["labels"][:n_prompt]) and all(l != -100 for l in ex["labels"][n_prompt:])
+    assert "### Response" not in prompt and "<|im_start|>assistant" in prompt   # the chat template, not Alpaca
+
+
+@pytest.mark.parametrize("task", ["spam", "chat", "poem_zh"])
+def test_finetune_end_to_end(task, tiny_llama_dir, tmp_path):
+    fake_data()
+    base_before = load_file(str(tiny_llama_dir / "model.safetensors"))
+    r = tiny_recipe(tiny_llama_dir, task)
+    out = finetune(r, tmp_path / "adapters" / r.name, max_steps=2)
+    for f in ("adapter_config.json", "adapter_model.safetensors", "recipe.toml", "README.md", "training.png",
+              "history.json"):
+        assert (out / f).is_file(), f
+    card = (out / "README.md").read_text()
+    assert r.name in card and "sha256" in card and "seconds" not in card or "s of training" in card
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero: training changed it"
+    if task == "spam":
+        assert any(".score." in k for k in weights), "the classification head is saved"
+    after = load_file(str(tiny_llama_dir / "model.safetensors"))
+    assert all(torch.equal(base_before[k], after[k]) for k in base_before), "base weights unchanged"
+    # the saved adapter reloads onto the base with the logits of the trained model
+    lm = load_model(str(tiny_llama_dir))
+    info = lm.attach(r.name)
+    assert info.task == task and info.kind == ("seq_cls" if task == "spam" else "causal")
+    enc = lm.tokenizer(["写一首五言绝句 see you at 3 mum"], return_tensors="pt")
+    with torch.inference_mode(), lm.using(None) as m:
+        base_logits = m(**enc).logits
+    with torch.inference_mode(), lm.using(r.name) as m:
+        tuned_logits = m(**enc).logits
+    assert not torch.allclose(base_logits, tuned_logits)
+    lm2 = load_model(str(tiny_llama_dir), adapters=[r.name])
+    with torch.inference_mode(), lm2.using(r.name) as m:
+        assert torch.allclose(m(**enc).logits, tuned_logits, atol=1e-6)
+
+
+def test_same_seed_same_adapter_and_resume_after_stop(tiny_llama_dir, tmp_path):
+    fake_data()
+    r = tiny_recipe(tiny_llama_dir, "chat", dropout=0.1)
+    a = finetune(r, tmp_path / "a", max_steps=2)
+    b = finetune(r, tmp_path / "b", max_steps=2)
+    wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # stopped after 1 step (a kill leaves the same checkpoint), then resumed to 2: the same adapter
+    c = finetune(r, tmp_path / "c", max_steps=1)
+    assert (c / "checkpoint" / "state.json").is_file()
+    c = finetune(r, tmp_path / "c", max_steps=2)
+    wc = load_file(str(c / "adapter_model.safetensors"))
+    assert all(torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
+    hist = json.loads((c / "history.json").read_text())
+    assert [s["step"] for s in hist["history"]["steps"]] == [1, 2]

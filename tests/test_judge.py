@@ -1,0 +1,242 @@
+"""The judge: score parsing, prompts, and the real `ollama` client talking to the fake Ollama server.
+
+    python -m pytest tests/test_judge.py -q
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from harness.cli import UserError
+from harness.fake_ollama import FAKE_DIGEST, FakeOllama
+from harness.judge import (SCORE_SCHEMA, JudgeConfig, JudgeRequest, judge_many, list_prompts, load_prompt,
+                           open_judge, parse_score, parse_spec, render_prompt)
+
+# Realistic judge answers (llama3's habits: prose around the number, markdown, other scales, JSON in fences).
+PARSE_TABLE = [
+    ("85", 85),
+    ("85.", 85),
+    (" **85**\n", 85),
+    ("0", 0),
+    ('{"score": 72, "reason": "Accurate but terse."}', 72),
+    ('{"score": "72", "reason": "ok"}', 72),
+    ('{"Score": 64}', 64),
+    ('Here is my evaluation:\n```json\n{"score": 60, "reason": "Misses the second part."}\n```', 60),
+    ("Sure! Based on the criteria, {\"score\": 77, \"reason\": \"good\"} is my verdict.", 77),
+    ("I'd rate the model response `The capital of France is Paris, home to 2 million people.` an 85 out of 100.", 85),
+    ("I'd rate the model response an 85 out of 100.\n\nThe response is accurate but could be more concise.", 85),
+    ("**Score:** 72/100\n\nThe response is mostly accurate.", 72),
+    ("Score: 9/10", 90),
+    ("Rating: 7 out of 10", 70),
+    ("I would rate it 4.5/5", 90),
+    ("8.5/10", 85),
+    ("I would give it a score of 92.", 92),
+    ("**Score: 40**\n\nThe response ignores the input.", 40),
+    ("85\n\nThe response correctly identifies the capital.", 85),
+    ("Score: 85%", 85),
+    ("My score is 0.", 0),
+    ('{"score": 85, "reason": "The response is trunc', 85),
+    ("To evaluate the model response, I'll compare it with the correct output.\n\nThe correct output is "
+     "`The mouse was chased by the cat.`\n\nThe model response is `The mouse was chased by the cat.`\n\n"
+     "The response exactly matches. Therefore, I would score the model response 100 out of 100.", 100),
+    # no score: kept as unparsed, never guessed
+    ("I cannot score this response without more context.", None),
+    ("The response has 3 errors in 2 sentences.", None),
+    ("", None),
+    ("Score: N/A", None),
+    ("Score: 150/100", None),
+    ('{"score": 101, "reason": "too good"}', None),
+    ("garbage ###", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", PARSE_TABLE)
+def test_parse_score_table(text, expected):
+    assert parse_score(text)[0] == expected
+
+
+def test_parse_score_keeps_the_json_reason():
+    assert parse_score('{"score": 55, "reason": "Half right."}') == (55.0, "Half right.")
+
+
+# ---------------------------------------------------------------- specs, config, prompts
+
+def test_parse_spec_forms():
+    assert parse_spec("ollama:llama3") == ("ollama", "llama3", "")
+    assert parse_spec("ollama") == ("ollama", "llama3", "")
+    assert parse_spec("openai:m@http://localhost:8000") == ("openai", "m", "http://localhost:8000/v1")
+    assert parse_spec("openai:llama3@http://h:11434/v1/") == ("openai", "llama3", "http://h:11434/v1")
+    assert parse_spec("transformers") == ("transformers", "smollm2-135m-instruct", "")
+    assert parse_spec("transformers:smollm2-135m-instruct+my-adapter") == (
+        "transformers", "smollm2-135m-instruct", "my-adapter")
+
+
+@pytest.mark.parametrize("spec,fix", [("gpt4", "ollama:<model>"), ("", "ollama:<model>"),
+                                      ("openai:m", "openai:llama3@http"), ("openai:m@localhost:8000", "server URL")])
+def test_bad_spec_names_the_forms(spec, fix):
+    with pytest.raises(UserError, match=fix):
+        JudgeConfig(spec)
+
+
+def test_config_validated():
+    with pytest.raises(UserError, match="workers"):
+        JudgeConfig(workers=0)
+    with pytest.raises(UserError, match="temperature"):
+        JudgeConfig(temperature=-1)
+    assert JudgeConfig().options() == {"temperature": 0.0, "seed": 123, "num_ctx": 4096, "num_predict": 256}
+
+
+def test_prompt_files_load_and_render():
+    assert {"judge_chat_v1", "judge_poem_v1"} <= set(list_prompts())
+    chat = load_prompt("chat", "v1")
+    assert chat.text.startswith("Given the input `{input}` and correct output `{output}`, score the model response")
+    poem = load_prompt("poem", "v1")
+    assert "{response}" in poem.text and "imagery" in poem.text
+    with pytest.raises(UserError, match="judge_chat_v1"):
+        load_prompt("chat", "v9")
+    # one pass: a response that contains a placeholder is not substituted again; other braces stay
+    assert render_prompt("a {response} b {x}", {"response": "{output}"}) == "a {output} b {x}"
+
+
+# ---------------------------------------------------------------- the real client against the fake server
+
+def _req(i: int, response: str = "Paris.") -> JudgeRequest:
+    return JudgeRequest(str(i), "chat", {"instruction": f"What is the capital of France? ({i})", "input": "",
+                                         "output": "The capital of France is Paris.", "response": response})
+
+
+def _cfg(fake: FakeOllama, **kw) -> JudgeConfig:
+    return JudgeConfig("ollama:llama3", host=fake.url, backoff=0.01, **kw)
+
+
+def test_options_temperature_seed_and_schema_reach_the_server():
+    with FakeOllama() as fake, open_judge(_cfg(fake, seed=7)) as judge:
+        assert judge.digest == FAKE_DIGEST
+        out = judge_many(judge, [_req(1), _req(2)], progress=False)
+        bodies = fake.chat_bodies()
+    assert [j.parsed for j in out] == [True, True]
+    assert len(bodies) == 2
+    for b in bodies:
+        assert b["options"]["temperature"] == 0 and b["options"]["seed"] == 7 and b["options"]["num_ctx"] == 4096
+        assert "temperature" not in b and "seed" not in b          # inside options, not at the top (the book's bug)
+        assert b["format"] == SCORE_SCHEMA and b["stream"] is False
+        assert "score the model response `Paris.`" in b["messages"][0]["content"]
+
+
+def test_verbose_answers_are_parsed_and_garbage_is_kept_unparsed():
+    answers = ["I'd rate the model response an 85 out of 100.", "**Score:** 72/100", "Score: 9/10",
+               "garbage", "more garbage"]
+    with FakeOllama(answers=answers) as fake, open_judge(_cfg(fake, workers=1, parse_retries=1)) as judge:
+        out = judge_many(judge, [_req(i) for i in range(4)], progress=False)
+        n_requests = fake.count("/api/chat")
+        last = fake.chat_bodies()[-1]["messages"]
+    assert [j.score for j in out] == [85, 72, 90, None]
+    assert out[3].parsed is False and "garbage" in out[3].raw and "more garbage" in out[3].raw
+    assert out[3].attempts == 2 and n_requests == 5                  # one bounded re-ask, then kept
+    assert last[-2] == {"role": "assistant", "content": "garbage"} and "score" in last[-1]["content"]
+
+
+def test_http_500_is_retried_with_backoff():
+    with FakeOllama(answers=[{"status": 500}, {"status": 503}, '{"score": 66, "reason": "x"}']) as fake:
+        with open_judge(_cfg(fake, workers=1)) as judge:
+            out = judge_many(judge, [_req(1)], progress=False)
+        assert out[0].score == 66 and fake.count("/api/chat") == 3
+
+
+def test_persistent_500_fails_clearly_within_seconds():
+    with FakeOllama(default=lambda body: {"status": 500, "error": "boom"}) as fake:
+        with open_judge(_cfg(fake, retries=2)) as judge:
+            t0 = time.perf_counter()
+            with pytest.raises(UserError, match="kept failing.*boom.*500.*rerun the same command to resume"):
+                judge_many(judge, [_req(i) for i in range(3)], progress=False)
+            assert time.perf_counter() - t0 < 5
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_server_down_fails_fast_with_the_fix():
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"is Ollama running\? start it with `ollama serve`"):
+        open_judge(JudgeConfig("ollama:llama3", host=f"127.0.0.1:{_closed_port()}"))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_ollama_host_env_is_respected(monkeypatch):
+    with FakeOllama() as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        with open_judge(JudgeConfig("ollama:llama3")) as judge:
+            judge_many(judge, [_req(1)], progress=False)
+        assert fake.count("/api/chat") == 1 and fake.count("/api/tags") == 1
+
+
+def test_model_not_pulled_says_ollama_pull():
+    with FakeOllama(models=("mistral:latest",)) as fake:
+        with pytest.raises(UserError, match=r"run `ollama pull llama3` \(pulled: mistral:latest\)"):
+            open_judge(_cfg(fake))
+        assert fake.count("/api/chat") == 0
+
+
+def test_model_removed_mid_run_says_ollama_pull():
+    err = {"status": 404, "error": 'model "llama3" not found, try pulling it first'}
+    with FakeOllama(answers=[err]) as fake, open_judge(_cfg(fake, workers=1)) as judge:
+        with pytest.raises(UserError, match="ollama pull llama3"):
+            judge_many(judge, [_req(1)], progress=False)
+
+
+def test_workers_bound_the_concurrency():
+    with FakeOllama(delay=0.15) as fake:
+        with open_judge(_cfg(fake, workers=3)) as judge:
+            out = judge_many(judge, [_req(i) for i in range(9)], progress=False)
+        assert all(j.parsed for j in out)
+        assert fake.max_in_flight == 3
+        fake.reset()
+        with open_judge(_cfg(fake, workers=1)) as judge:
+            judge_many(judge, [_req(i) for i in range(3)], progress=False)
+        assert fake.max_in_flight == 1
+
+
+def test_prompt_too_long_for_num_ctx_is_refused_before_any_request():
+    with FakeOllama() as fake, open_judge(_cfg(fake, num_ctx=512)) as judge:
+        with pytest.raises(UserError, match="num_ctx"):
+            judge_many(judge, [_req(1), _req(2, response="word " * 2000)], progress=False)
+        assert fake.count("/api/chat") == 0
+
+
+def test_fake_server_streams_ndjson_like_ollama():
+    import ollama
+    with FakeOllama(answers=["I'd rate the model response an 85 out of 100."]) as fake:
+        parts = list(ollama.Client(host=fake.url).chat(model="llama3", messages=[{"role": "user", "content": "x"}],
+                                                        stream=True))
+    assert len(parts) > 3 and parts[-1].done and not parts[0].done
+    assert parse_score("".join(p.message.content for p in parts))[0] == 85
+
+
+def test_openai_compatible_backend():
+    with FakeOllama(answers=["Score: 8/10"]) as fake:
+        with open_judge(JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01)) as judge:
+            out = judge_many(judge, [_req(1), _req(2)], progress=False)
+        body = fake.chat_bodies()[0]
+    assert out[0].score == 80 and out[1].parsed
+    assert body["temperature"] == 0 and body["seed"] == 123
+    assert body["response_format"]["json_schema"]["schema"] == SCORE_SCHEMA
+    with FakeOllama(models=("qwen2:latest",)) as fake:
+        with pytest.raises(UserError, match="not served.*qwen2"):
+            open_judge(JudgeConfig(f"openai:llama3@{fake.url}/v1"))
+
+
+def test_transformers_backend_in_process(tiny_llama_dir):
+    cfg = JudgeConfig(f"transformers:{tiny_llama_dir}", max_answer_tokens=8, parse_retries=1)
+    with open_judge(cfg) as judge:
+        assert judge.complete_batch is not None and len(judge.digest) == 64
+        out = judge_many(judge, [_req(1), _req(2)], progress=False)
+    assert len(out) == 2
+    for j in out:       # a random tiny model: parsed or not, the raw answer is kept, primed with the JSON prefix
+        assert j.raw.startswith('{"score": ') and j.parsed == (j.score is not None)
