@@ -258,12 +258,20 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path) -> No
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, save_embedding_layers=False)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)
+
+
+def _to_float16(path: Path) -> None:
+    """Store the finished adapter in float16: half the size, and peft loads it into a float32 base as is."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def _load_checkpoint(model, optimizer, scheduler, ckpt: Path) -> dict:
@@ -383,7 +391,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
             break
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t0
-    model.save_pretrained(out)
+    model.save_pretrained(out, save_embedding_layers=False)
+    _to_float16(out / "adapter_model.safetensors")
     (out / "recipe.toml").write_text(recipe_toml(r), encoding="utf-8")
     meta = {"train_items": len(train), "eval_items": len(evals), "steps": step, "train_seconds": round(train_seconds, 1),
             "wall_seconds_total": round(time.perf_counter() - t_start, 1), "history": history,
