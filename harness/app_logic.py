@@ -633,7 +633,7 @@ def compare(state: AppState, prompt: Any, adapter: str | None = None, sampling: 
 
 
 def score_text(score: float | None) -> str:
-    return "—" if score is None else f"{score:g} / 100"
+    return "Judge score: —" if score is None else f"Judge score: {score:g} / 100"
 
 
 # ---------------------------------------------------------------- leaderboard

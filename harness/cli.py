@@ -44,8 +44,8 @@ def _add_params(parser: argparse.ArgumentParser, fn: Callable) -> None:
         if origin is list:
             kw["nargs"] = "+"
             kw["type"] = args[0] if args else str
-        elif tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+        elif tp is bool:  # default False: a plain switch (also for names like no_judge); True: --x/--no-x
+            kw["action"] = argparse.BooleanOptionalAction if p.default is True else "store_true"
         elif typing.get_origin(tp) is typing.Literal:
             kw["choices"] = list(typing.get_args(tp))
         else:

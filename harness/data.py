@@ -446,6 +446,8 @@ def _split_poems_zh(files: dict[str, Path], p: dict) -> tuple[dict[str, list[dic
     if len(set(ids)) != len(ids):
         raise UserError("poems_zh: two poems share an 'id' in the source files; ids must be unique")
     splits = _hash_split(records, p)
+    # the quatrain prompts of the test split: the form-compliance target is measured on these
+    splits["test_jueju"] = [r for r in splits["test"] if r["form"].endswith("绝句")]
     forms = {s: {f: sum(r["form"] == f for r in rs) for f in _ZH_FORMS.values()} for s, rs in splits.items()}
     return splits, {"forms": forms, "skipped": skipped}
 

@@ -1,5 +1,8 @@
 """A fake Ollama HTTP server on 127.0.0.1 (real sockets, a port chosen by the OS), for tests and `bench judge`.
 
+    python -m harness.fake_ollama --port 11434 --delay 0.2      # stand-alone, until Ctrl-C, for demos:
+    OLLAMA_HOST=127.0.0.1:11434 python -m harness run --eval-set instructions_own --limit 5
+
     from harness.fake_ollama import FakeOllama
     with FakeOllama(answers=["**Score:** 72/100", {"status": 500}], delay=0.2) as fake:
         client = ollama.Client(host=fake.url)        # or OLLAMA_HOST=fake.host
@@ -68,8 +71,8 @@ class FakeOllama:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeOllama":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0) -> "FakeOllama":
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         server.handle_error = lambda request, client_address: None  # a client killed mid-answer is not news
@@ -272,3 +275,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         final["message"]["content"] = content
         self._send_json(200, final)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m harness.fake_ollama", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=11434)
+    p.add_argument("--delay", type=float, default=0.0, help="seconds per chat answer")
+    p.add_argument("--model", action="append", help="a pulled model (repeatable; default llama3)")
+    args = p.parse_args(argv)
+    fake = FakeOllama(models=args.model or ("llama3:latest",), delay=args.delay).start(args.port)
+    print(f"fake Ollama on {fake.url} (models: {', '.join(fake.models)}); Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,6 +43,7 @@ class Recipe:
     max_train_items: int | None = None       # a deterministic subset (seeded) to fit the time budget
     max_eval_items: int | None = 200
     forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
+    per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
     labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
     r: int = 8
     alpha: int = 16
@@ -134,6 +135,11 @@ def load_examples(r: Recipe, split: str, data_dir: str | None, limit: int | None
     items = load_split(r.dataset, split, data_dir=data_dir)
     if r.forms:
         items = [it for it in items if it.get("form") in r.forms]
+    if r.per_form:
+        by_form: dict[str, list[dict]] = {}
+        for it in items:
+            by_form.setdefault(it.get("form", ""), []).append(it)
+        items = [it for f in sorted(by_form) for it in _subset(by_form[f], r.per_form, r.seed)]
     if not items:
         raise UserError(f"recipe {r.name}: no items in {r.dataset}:{split}" + (f" with forms {r.forms}" if r.forms else ""))
     return _subset(items, limit, r.seed)

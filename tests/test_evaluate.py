@@ -168,7 +168,7 @@ def test_judge_cmd_scores_the_books_json_file(tmp_path, monkeypatch, capsys):
     path.write_text(json.dumps(_book_rows(3), indent=4), encoding="utf-8")
     with FakeOllama(answers=["I'd rate the model response an 85 out of 100."]) as fake:
         monkeypatch.setenv("OLLAMA_HOST", fake.host)
-        assert judge_cmd(str(path), str(tmp_path / "out.jsonl")) == 0
+        assert judge_cmd(str(path), str(tmp_path / "out.jsonl"), workers=1) == 0
         out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert out[0]["score"] == 85 and all(r["parsed"] for r in out) and out[0]["model_response"]
         assert out[0]["judge"] == "ollama:llama3" and out[0]["judge_digest"] == fake.digest
@@ -206,8 +206,9 @@ def test_kill_9_mid_judging_then_rerun_loses_and_redoes_nothing(tmp_path, monkey
         with Store() as st:
             stored = st.rows("judgments")
         done_before = {r["item"]["instruction"] for r in stored}
-        assert 3 <= len(stored) < n and not (tmp_path / "o.jsonl").exists()
-        assert sent_before <= len(stored) + workers               # at most the requests in flight were lost
+        assert 1 <= len(stored) < n and not (tmp_path / "o.jsonl").exists()
+        # lost = sent but not committed: answers still at the server or not yet stored (<= 2 per worker)
+        assert sent_before - len(stored) <= 2 * workers
 
         fake.reset()
         judge_cmd(responses, str(tmp_path / "o.jsonl"), workers=workers)

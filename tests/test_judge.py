@@ -221,7 +221,7 @@ def test_fake_server_streams_ndjson_like_ollama():
 
 def test_openai_compatible_backend():
     with FakeOllama(answers=["Score: 8/10"]) as fake:
-        with open_judge(JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01)) as judge:
+        with open_judge(JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01, workers=1)) as judge:
             out = judge_many(judge, [_req(1), _req(2)], progress=False)
         body = fake.chat_bodies()[0]
     assert out[0].score == 80 and out[1].parsed
