@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data prepare": ("harness.data:prepare_cmd", "download (sha256-checked) or read a dataset and write its splits"),
     "data list": ("harness.data:list_cmd", "list datasets and eval sets"),
     "finetune": ("harness.finetune:finetune_cmd", "train a LoRA adapter from a recipe file"),
+    "card": ("harness.finetune:card_cmd", "measure an adapter vs its base and write the metrics into its card"),
     "run": ("harness.evaluate:run_cmd", "generate, judge and score an eval set; update the leaderboard"),
     "generate-set": ("harness.evaluate:generate_set_cmd", "generate responses for an eval set (cached, resumable)"),
     "judge": ("harness.evaluate:judge_cmd", "score a responses JSONL with a judge (cached, resumable)"),

@@ -488,3 +488,98 @@ def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = 
     rel = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
     print(f"adapter written to {rel}")
     return 0
+
+
+# ---------------------------------------------------------------- card metrics
+
+CARD_EVAL_SETS = {   # task -> eval sets the card reports (dataset test splits + the project's own set)
+    "spam": ["sms_spam:test", "sms_spam:natural_test", "sms_own"],
+    "chat": ["instruction:test", "instructions_own"],
+    "poem_zh": ["poems_zh:test_jueju", "poems_own"],
+    "poem_en": ["poems_en:test", "poems_own"],
+}
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:.1f}" if pct else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _metrics_table(task: str, rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown table of leaderboard rows: (eval set, checkpoint, summary)."""
+    if task == "spam":
+        head = "| eval set | checkpoint | n | accuracy % (95% CI) | precision % | recall % | F1 % |\n|---|---|---|---|---|---|---|\n"
+        body = "".join(
+            f"| {es} | {who} | {s['n']} | {_fmt(s['accuracy'], True)} ({_fmt(s['accuracy_ci_low'], True)}–"
+            f"{_fmt(s['accuracy_ci_high'], True)}) | {_fmt(s['precision'], True)} | {_fmt(s['recall'], True)} | "
+            f"{_fmt(s['f1'], True)} |\n" for es, who, s in rows)
+    elif task == "chat":
+        head = ("| eval set | checkpoint | n | ROUGE-L (95% CI) | judge score (95% CI) | judge parsed | avg tokens |\n"
+                "|---|---|---|---|---|---|---|\n")
+        body = "".join(
+            f"| {es} | {who} | {s['n']} | {_fmt(s['rouge_l'])} ({_fmt(s['rouge_l_ci_low'])}–{_fmt(s['rouge_l_ci_high'])}) | "
+            f"{_fmt(s['score_mean'])} ({_fmt(s['ci_low'])}–{_fmt(s['ci_high'])}) | {s['n_parsed']}/{s['n']} | "
+            f"{_fmt(s['avg_response_tokens'])} |\n" for es, who, s in rows)
+    else:
+        head = ("| eval set | checkpoint | n | form OK % | distinct-2 | repetition | looping % | judge score |\n"
+                "|---|---|---|---|---|---|---|---|\n")
+        body = "".join(
+            f"| {es} | {who} | {s['n']} | {_fmt(s['form_ok_rate'], True)} | {_fmt(s['distinct_2'])} | "
+            f"{_fmt(s['repetition'])} | {_fmt(s['looping_rate'], True)} | {_fmt(s['score_mean'])} |\n"
+            for es, who, s in rows)
+    return head + body
+
+
+def measure(name: str, judge: str | None = None, limit: int | None = None, batch_size: int = 16,
+            max_new_tokens: int = 256, eval_sets: list[str] | None = None) -> str:
+    """Evaluate an adapter and its base on the card's eval sets with the evaluate pipeline (cached, so a
+    rerun is cheap); write the Metrics section of adapters/<name>/README.md; return it."""
+    from harness.evaluate import run
+    from harness.leaderboard import summarize
+    from harness.models import find_adapter, load_model
+
+    info = find_adapter(name)
+    with open(info.path / "recipe.toml", "rb") as f:
+        r = Recipe(**tomllib.load(f))
+    lm = load_model(info.base, adapters=[name])
+    sets = eval_sets or CARD_EVAL_SETS[r.task]
+    judged = judge if r.task != "spam" else None
+    table, commands = [], []
+    for es in sets:
+        for adapter in (name, None):
+            res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, lm=lm)
+            rows = res.rows
+            if r.task.startswith("poem_"):   # poems_own mixes languages: the card reports the adapter's own
+                rows = [x for x in rows if x.get("lang") in (None, r.task[-2:])]
+            who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if r.task == 'spam' else ''})"
+            table.append((es, who, summarize(rows)))
+        flags = f" --judge {judged}" if judged else (" --judge none" if r.task != "spam" else "")
+        lim = f" --limit {limit}" if limit else ""
+        commands.append(f"python -m harness run --model {info.base} --adapter {name} --eval-set {es}{flags}{lim}")
+        commands.append(f"python -m harness run --model {info.base} --eval-set {es}{flags}{lim}")
+    md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
+          f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
+          + _metrics_table(r.task, table))
+    if judged and judged.startswith("transformers:"):
+        md += ("\nThe judge here is the 135M embedded model itself (the offline fallback): its scores are noisy; "
+               "use `--judge ollama:llama3` where Ollama runs for the reference judge.\n")
+    hist = json.loads((info.path / "history.json").read_text(encoding="utf-8")) if (info.path / "history.json").is_file() else None
+    if hist:
+        write_card(info.path, r, hist, metrics_md=md)
+    return md
+
+
+def card_cmd(name: str, /, judge: str = "transformers:smollm2-135m-instruct", limit: int | None = None,
+             batch_size: int = 16, max_new_tokens: int = 256, eval_set: list[str] | None = None) -> int:
+    """Measure an adapter against its base on its task's eval sets and write the metrics into its card.
+
+    name: an adapter in adapters/
+    judge: judge for chat/poem tasks (ollama:llama3 with Ollama running; `none` for no judge)
+    limit: only the first N items of each eval set
+    eval_set: override the eval sets (default: the task's test split and the project's own set)
+    """
+    md = measure(name, None if judge in ("", "none") else judge, limit, batch_size, max_new_tokens, eval_set)
+    print(md)
+    return 0

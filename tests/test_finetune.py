@@ -127,3 +127,15 @@ def test_same_seed_same_adapter_and_resume_after_stop(tiny_llama_dir, tmp_path):
     assert all(torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
     hist = json.loads((c / "history.json").read_text())
     assert [s["step"] for s in hist["history"]["steps"]] == [1, 2]
+
+
+def test_card_metrics_come_from_the_evaluate_pipeline(tiny_llama_dir, tmp_path):
+    from harness.finetune import measure
+    fake_data()
+    r = tiny_recipe(tiny_llama_dir, "spam")
+    finetune(r, tmp_path / "adapters" / r.name, max_steps=1)
+    md = measure(r.name, eval_sets=["sms_own"], limit=6)
+    card = (tmp_path / "adapters" / r.name / "README.md").read_text(encoding="utf-8")
+    assert "python -m harness run --model" in md and f"--adapter {r.name} --eval-set sms_own" in md
+    assert "| sms_own | **tiny-spam** | 6 |" in card and "zero-shot" in card
+    assert (tmp_path / "results" / "leaderboard_spam.csv").is_file()
