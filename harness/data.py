@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cli import UserError
-from harness.paths import cache_dir, check_name, eval_sets_dir
+from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
 TASKS = ("spam", "chat", "poem")
@@ -143,14 +143,6 @@ def with_checksums(manifest: Manifest, sha256s: dict[str, str]) -> Manifest:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(path: Path, expected: str, what: str) -> None:
     got = sha256_file(path)
     if got != expected:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import UserError
-from harness.paths import adapters_dir, cache_dir, check_name
+from harness.paths import adapters_dir, cache_dir, check_name, sha256_file
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
 PROMPT_STYLES = ("chat_template", "alpaca", "dialogpt", "poem_zh")
@@ -269,14 +269,6 @@ def load_causal_lm(spec: BaseSpec, device: str = "auto", dtype: str = "auto"):
 
 # ---------------------------------------------------------------- adapters
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _canonical_base(value: str) -> str:
     """A recipe's or adapter_config's base reference -> registry name, or the resolved local path."""
     registry = read_registry()
@@ -304,7 +296,7 @@ def read_adapter(path: Path) -> AdapterInfo:
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
     labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
     task = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
-    return AdapterInfo(name, path, base, task, kind, labels, _file_sha256(weights))
+    return AdapterInfo(name, path, base, task, kind, labels, sha256_file(weights))
 
 
 def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:
