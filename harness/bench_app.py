@@ -74,6 +74,10 @@ def bench_app(model: str | None = None, port: int = 7861) -> int:
     """
     from gradio_client import Client
 
+    import socket
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise UserError(f"port {port} is already in use (another app?): stop it or pass --port")
     cmd = [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port)]
     if model:
         cmd += ["--model", model]

@@ -303,7 +303,11 @@ def plot_history(history: dict, path: Path, title: str) -> None:
     ax = axes[0][0]
     steps = history["steps"]
     if steps:
-        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], alpha=0.4, label="train (step)")
+        xs, ys = [s["step"] for s in steps], [s["loss"] for s in steps]
+        ax.plot(xs, ys, alpha=0.3, label="train (step)")
+        k = max(1, min(20, len(ys) // 10))
+        smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+        ax.plot(xs, smooth, label=f"train (mean of {k} steps)")
     ep = history["epochs"]
     ax.plot([e["step"] for e in ep], [e["train_loss"] for e in ep], "o-", label="train (epoch)")
     ax.plot([e["step"] for e in ep], [e["val_loss"] for e in ep], "s-", label="validation")
@@ -419,10 +423,7 @@ def _data_meta(dataset: str) -> dict:
 
 def write_card(out: Path, r: Recipe, meta: dict, metrics_md: str | None = None) -> Path:
     """The adapter's README.md: base, data, split, hyperparameters, training time, measured metrics."""
-    card = out / "README.md"
-    if metrics_md is None and card.is_file():
-        old = card.read_text(encoding="utf-8")
-        metrics_md = old.split("## Metrics", 1)[1] if "## Metrics" in old else None
+    card = out / "README.md"   # replaces the template peft's save_pretrained writes there
     data = meta.get("data", {})
     sources = data.get("sources") or data.get("files") or {}
     src_lines = "\n".join(f"  - `{k}`: sha256 `{v.get('sha256', v) if isinstance(v, dict) else v}`"
