@@ -243,6 +243,7 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfi
                     if not worker.is_alive() and streamer.text_queue.empty():
                         break
                     if stop_event.is_set():
+                        stats.finish_reason = "cancelled"
                         break
                     continue
                 text += chunk
@@ -258,6 +259,9 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfi
                     stats.finish_reason = "cancelled"
                     break
                 yield chunk
+        except GeneratorExit:  # the consumer closed the stream: a cancellation
+            stats.finish_reason = stats.finish_reason or "cancelled"
+            raise
         finally:
             stop_event.set()
             worker.join()

@@ -220,15 +220,38 @@ def pick_dtype(device: str, dtype: str = "auto"):
     return getattr(torch, dtype)
 
 
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub: fail in seconds offline instead of retrying for a minute."""
+    import socket
+    try:
+        socket.create_connection((_hub_host(), 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
     """from_pretrained with safetensors only and no remote code; hub failures become one clear sentence."""
     kw = dict(kw, trust_remote_code=False)
     if spec.source != "hub":
         return cls.from_pretrained(where, **kw)
+    local = dict(kw, local_files_only=True)
+    if hasattr(cls, "_model_mapping"):     # Auto*Model also looks for a peft adapter config: locally too
+        local["adapter_kwargs"] = {"local_files_only": True}
     try:
-        return cls.from_pretrained(where, local_files_only=True, **kw)
+        return cls.from_pretrained(where, **local)
     except OSError:
         pass
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+        raise UserError(f"model {spec.name!r} (hub id {spec.location}) is not in the local Hugging Face cache "
+                        f"(~/.cache/huggingface/hub) and the hub ({_hub_host()}) cannot be reached from here. "
+                        f"On a machine with internet run `hf download {spec.location}` (or load it once), or pass "
+                        f"a local directory. Offline, use the embedded default: --model {default_base()}")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError(f"model {spec.name!r} (hub id {spec.location}) is not in the local Hugging Face cache "
                         "and HF_HUB_OFFLINE=1 forbids downloading it. Unset HF_HUB_OFFLINE on a machine with "

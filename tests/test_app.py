@@ -155,7 +155,8 @@ def test_stop_halts_the_model_not_just_the_display(client, served, slow_model, h
     if how == "cancel":
         job.cancel()                                   # what the UI's Stop (cancels=[chat]) does, from the API
     else:
-        client.predict(api_name="/stop")               # the Stop button's own callback: sets the stop event
+        shown = client.predict(api_name="/stop")       # the Stop button's own callback: sets the stop event
+        assert shown["finish_reason"] == "cancelled"   # ... waits for the model to halt, and says so
     wait_for(lambda: stats.finish_reason != "", timeout=5)
     stopped_in = time.perf_counter() - t0
     passes = slow_model["n"]
@@ -244,7 +245,7 @@ def test_poem_streams_with_a_form_check(client, served):
     cfg = GenerationConfig(max_new_tokens=32, repetition_penalty=1.0)
     assert poem == generate_batch(lm, [prompt], cfg, adapter=None)[0].text.strip()
     assert check["expected_lines"] == 4 and check["expected_chars"] == 5 and "五言绝句" in summary
-    assert summary.startswith("✅" if check["ok"] else "❌")
+    assert summary.startswith("**Form check: OK.**" if check["ok"] else "**Form check: not right.**")
 
     _, _, check_en, prompt_en, _ = client.predict("the sea", "English", "sonnet", "base", 0.7, 0.9, 16, 3, 1.1,
                                                   api_name="/poem")
@@ -348,7 +349,7 @@ def test_poem_prompts_and_form_report():
     with pytest.raises(UserError, match="language must be"):
         L.poem_lang("Klingon")
     ok = L.form_report("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "五言绝句", "中文")
-    assert ok["ok"] and ok["summary"].startswith("✅")
+    assert ok["ok"] and ok["summary"].startswith("**Form check: OK.**")
     bad = L.form_report("床前明月光，疑是地上霜。", "五言绝句", "中文")
     assert not bad["ok"] and "2 lines, expected 4" in bad["summary"]
 
@@ -443,3 +444,62 @@ def test_chat_turn_stops_from_another_thread(tiny_llama_dir):
     for history, info in gen:
         pass
     assert info["finish_reason"] == "cancelled" and info["new_tokens"] < 400
+
+
+def test_adapter_list_is_reread_when_the_folder_changes(tiny_llama_dir, tmp_path):
+    folder = tmp_path / "adapters"
+    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder)
+    assert state.all_adapters() == [] and L.default_classifier(state) == "base"
+    build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
+    assert [a.name for a in state.adapters("seq_cls")] == ["tiny-spam"]      # a newly trained adapter shows up
+    assert L.default_classifier(state) == "tiny-spam"
+    assert state.all_adapters()[0] is state.all_adapters()[0], "unchanged folder: no re-read"
+
+
+def test_auto_threads_leaves_busy_cores_alone():
+    assert L.auto_threads(2, 4.0) == 1 and L.auto_threads(2, 0.2) == 2 and L.auto_threads(8, 3.0) == 5
+
+
+def test_a_base_that_needs_a_download_is_refused_at_once(tiny_llama_dir):
+    from harness.models import base_status, resolve_base
+    if base_status(resolve_base("gpt2")) != "downloadable":
+        pytest.skip("gpt2 is in the local Hugging Face cache here")
+    state = L.AppState(model=str(tiny_llama_dir))
+    lm = state.get_model()
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="not downloaded.*hf download openai-community/gpt2.*Still using"):
+        state.switch_base("gpt2")
+    assert time.perf_counter() - t0 < 2 and state.lm is lm
+
+
+def test_binds_localhost_by_default_and_follows_spaces_env(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    args = app_module.parse_args([])
+    assert (args.host, args.port, args.share, args.model, args.no_warmup) == ("127.0.0.1", 7860, False, None, False)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")                   # what Hugging Face Spaces sets
+    assert app_module.parse_args([]).host == "0.0.0.0"
+    assert app_module.parse_args(["--host", "127.0.0.1", "--no-warmup"]).no_warmup is True
+
+
+def test_errors_reach_the_user_as_messages_not_tracebacks():
+    import gradio as gr
+
+    def user_mistake():
+        raise UserError("the message is empty: type a message")
+
+    def bug():
+        return 1 / 0
+
+    def streaming_bug():
+        yield "partial"
+        raise KeyError("boom")
+
+    with pytest.raises(gr.Error, match="the message is empty"):
+        app_module.guarded(user_mistake)()
+    with pytest.raises(gr.Error, match=r"Something went wrong \(ZeroDivisionError"):
+        app_module.guarded(bug)()
+    gen = app_module.guarded(streaming_bug)()
+    assert inspect.isgeneratorfunction(app_module.guarded(streaming_bug)) and next(gen) == "partial"
+    with pytest.raises(gr.Error, match="KeyError"):
+        next(gen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+IN_PROCESS: dict = {}        # the in-process app's AppState, to slow its model down for the Stop test
+
+
 @pytest.fixture(scope="module")
 def url(tiny_llama_dir, tmp_path_factory):
     if EXTERNAL:
@@ -51,9 +55,15 @@ def url(tiny_llama_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adapters")
     build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
     build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
-    state = AppState(model=str(tiny_llama_dir), adapters_folder=folder,
-                     results_folder=tmp_path_factory.mktemp("results"), judge_host=f"127.0.0.1:{free_port()}")
+    results = tmp_path_factory.mktemp("results")
+    (results / "leaderboard_spam.csv").write_text(        # made-up numbers: only the rendering is tested
+        "task,eval_set,model,adapter,judge,n,accuracy,accuracy_ci_low,accuracy_ci_high,f1\n"
+        "spam,sms_own,tiny-llama,,,44,0.55,0.40,0.70,0.50\n"
+        "spam,sms_own,tiny-llama,tiny-spam,,44,0.80,0.68,0.91,0.79\n", encoding="utf-8")
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=folder, results_folder=results,
+                     judge_host=f"127.0.0.1:{free_port()}")
     state.warmup()
+    IN_PROCESS["state"] = state
     demo = app_module.build_demo(state)
     port = free_port()
     app_module.launch(demo, port=port, block=False, quiet=True)
@@ -147,6 +157,30 @@ def test_a_chat_message_gets_an_answer(driver):
     screenshot(driver, "chat")
 
 
+def test_stop_halts_a_long_answer(driver):
+    handle = None
+    if "state" in IN_PROCESS:                         # the tiny model is too fast to catch: 30 ms per step
+        handle = IN_PROCESS["state"].lm.model.get_input_embeddings().register_forward_hook(
+            lambda *_: time.sleep(0.03))
+    try:
+        open_tab(driver, "chat")
+        if not driver.find_elements(By.ID, "chat-stats"):
+            open_accordion(driver, "chat", "Transparency")
+        css(driver, "#chat-clear").click()
+        type_into(driver, "#chat-input", "Tell me a long story about the sea.")
+        css(driver, "#chat-send").click()
+        bot = "#chatbot [data-testid='bot']"
+        wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, bot) and css(driver, bot).text.strip())
+        css(driver, "#chat-stop").click()
+        wait(driver, lambda: '"cancelled"' in css(driver, "#chat-stats").text, 5)
+        shown = css(driver, bot).text
+        time.sleep(1.5)
+        assert css(driver, bot).text == shown, "the reply kept growing after Stop"
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def test_a_spam_message_gets_a_label(driver):
     open_tab(driver, "spam")
     type_into(driver, "#spam-input", "URGENT! You won a 1000 GBP prize. Claim now at http://win-prize.top/claim")
@@ -163,7 +197,7 @@ def test_the_poem_tab_writes_and_checks_the_form(driver):
     open_tab(driver, "poem")
     type_into(driver, "#poem-topic", "春夜")
     css(driver, "#poem-button").click()
-    wait(driver, lambda: css(driver, "#poem-check").text.strip()[:1] in ("✅", "❌"))
+    wait(driver, lambda: css(driver, "#poem-check").text.startswith(("Form check: OK", "Form check: not right")))
     assert "五言绝句" in css(driver, "#poem-check").text
     assert value(driver, "#poem-output").strip()
     screenshot(driver, "poem")
@@ -172,13 +206,14 @@ def test_the_poem_tab_writes_and_checks_the_form(driver):
 def test_the_compare_tab_answers_or_says_what_is_missing(driver):
     open_tab(driver, "compare")
     type_into(driver, "#compare-input", "Name three colors.")
-    css(driver, "#compare-button").click()
-    wait(driver, lambda: css(driver, "#compare-judge").text.strip() or toast(driver))
-    if css(driver, "#compare-judge").text.strip():
+    button = css(driver, "#compare-button")
+    if button.is_enabled():
+        button.click()
+        wait(driver, lambda: css(driver, "#compare-judge").text.strip())
         assert value(driver, "#compare-base").strip() or value(driver, "#compare-tuned").strip()
-        assert "judge" in css(driver, "#compare-judge").text.lower()
-    else:                                        # no fine-tuned adapter for this base: a message that says so
-        assert "adapter" in toast(driver) and "finetune" in toast(driver)
+        assert "judge" in css(driver, "#compare-judge").text.lower()      # scores, or a notice why there are none
+    else:                                        # no fine-tuned adapter for this base: the tab says so
+        assert "finetune" in driver.find_element(By.ID, "tab-compare").text
     screenshot(driver, "compare")
 
 
@@ -186,6 +221,11 @@ def test_the_leaderboard_tab_shows_a_table_or_what_to_run(driver):
     open_tab(driver, "leaderboard")
     wait(driver, lambda: css(driver, "#leaderboard-notice").text.strip(), 30)
     notice = css(driver, "#leaderboard-notice").text
-    assert "rows of leaderboard_" in notice or "python -m harness run" in notice
+    if EXTERNAL and "python -m harness run" in notice:          # no results yet: the tab says what to run
+        assert not driver.find_elements(By.CSS_SELECTOR, "#leaderboard-plot img")
+    else:
+        assert "rows of leaderboard_" in notice
+        wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#leaderboard-plot img"), 30)
+        assert "accuracy" in css(driver, "#leaderboard-table").text
     screenshot(driver, "leaderboard")
     assert "Traceback" not in driver.page_source

@@ -148,3 +148,14 @@ def test_history_is_trimmed_to_the_context(tiny_llama_dir):
     assert "last question" in prompt
     with pytest.raises(UserError):
         lm.render_chat([{"role": "user", "content": "Hello " * 2000}], max_new_tokens=64)
+
+
+def test_hub_model_without_network_fails_in_seconds(monkeypatch):
+    import time
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")   # nothing listens: like a machine offline
+    t0 = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        load_model("gpt2")
+    assert "cannot be reached" in str(e.value) and "hf download openai-community/gpt2" in str(e.value)
+    assert time.perf_counter() - t0 < 30
