@@ -120,6 +120,7 @@ class AppState:
     adapters_folder: Path | None = None      # default: harness.paths.adapters_dir() ($FTBENCH_ADAPTERS)
     results_folder: Path | None = None       # default: harness.paths.results_dir() ($FTBENCH_RESULTS)
     judge: str = DEFAULT_JUDGE               # judge spec for the compare tab
+    extra_bases: tuple[str, ...] = ()        # local dirs / .gguf the operator allows besides the registry
     judge_host: str | None = None            # Ollama host (None: $OLLAMA_HOST or 127.0.0.1:11434)
     limits: Limits = field(default_factory=Limits)
     lm: LoadedModel | None = field(default=None, repr=False)
@@ -133,6 +134,14 @@ class AppState:
         self.spec = resolve_base(self.model or default_base())     # an unknown name fails here, before loading
         self.adapters_folder = Path(self.adapters_folder) if self.adapters_folder else None
         self.results_folder = Path(self.results_folder) if self.results_folder else None
+
+    def allowed_bases(self) -> list[str]:
+        """What the UI and API may load: the registry's names and the model the app was started with."""
+        from harness.models import list_bases
+        names = [b.name for b in list_bases()]
+        start = self.model or default_base()
+        extra = [start, self.spec.name] if start not in names else []
+        return list(dict.fromkeys(names + extra + [str(b) for b in self.extra_bases]))
 
     @property
     def base_name(self) -> str:
@@ -149,7 +158,12 @@ class AppState:
         """Load another base; the old one is freed first (del + gc.collect). On failure the old one comes back."""
         if not name or not str(name).strip():
             raise UserError("choose a base model first")
-        spec = resolve_base(str(name).strip())
+        name = str(name).strip()
+        allowed = self.allowed_bases()
+        if name not in allowed:   # a name from the UI never becomes a path: registry names + the start-up model
+            raise UserError(f"unknown base {name!r}; choose one of: {', '.join(allowed)}. "
+                            "Other local models load at start-up: python app.py --model DIR")
+        spec = resolve_base(name)
         if self.lm is not None and self.lm.name == spec.name:
             return self.lm
         status = base_status(spec)                # refuse what cannot load offline before freeing anything
@@ -281,7 +295,7 @@ class AppState:
         for a in self.adapters():
             try:
                 lm.attach(a.name)
-            except UserError as e:
+            except Exception as e:  # noqa: BLE001 - a broken adapter must not stop the app
                 print(f"warm-up: adapter {a.name} skipped: {e}")
         generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])], GenerationConfig(max_new_tokens=2))
         return time.perf_counter() - t0
@@ -635,14 +649,15 @@ def judge_pair(state: AppState, task: str, fields: dict, responses: list[str]) -
     """Judge scores (0-100) for each response when the judge is reachable; otherwise Nones and a plain notice."""
     none = [None] * len(responses)
     try:
-        from harness.judge import JudgeConfig, JudgeRequest, judge_one, open_judge
+        from harness.judge import JudgeConfig, JudgeRequest, judge_many, open_judge
     except ImportError as e:
         return none, f"No judge scores: the judge module is not available ({e})."
     try:
-        cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0, timeout=60.0)
+        cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0, timeout=60.0,
+                          workers=1)   # two requests: in order, one after the other
         with open_judge(cfg, lm=state.lm) as judge:
-            scores = [judge_one(judge, JudgeRequest(f"compare-{i}", task, {**fields, "response": r})).score
-                      for i, r in enumerate(responses)]
+            reqs = [JudgeRequest(f"compare-{i}", task, {**fields, "response": r}) for i, r in enumerate(responses)]
+            scores = [j.score for j in judge_many(judge, reqs, progress=False)]
     except UserError as e:
         return none, f"No judge scores: {str(e).split(' [')[0]}"
     except Exception as e:  # noqa: BLE001 - a judge problem must never break the comparison itself

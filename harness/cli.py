@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """An error caused by input the user can fix; the CLI prints it without a traceback (exit 2)."""
 
 

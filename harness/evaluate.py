@@ -43,8 +43,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "x"
 
 
-def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None) -> str:
-    return "__".join(slug(x) for x in (eval_set, model, adapter or "base", judge or "nojudge"))
+def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, limit: int | None = None) -> str:
+    """A limited run gets its own file, so `--limit 5` never overwrites the full run's rows."""
+    rid = "__".join(slug(x) for x in (eval_set, model, adapter or "base", judge or "nojudge"))
+    return f"{rid}__first{limit}" if limit else rid
 
 
 def git_commit() -> str:
@@ -299,7 +301,8 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         if own_store:
             store.close()
 
-    rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None)
+    rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None,
+                     limit if limit and limit < len(es.items) else None)
     runs = run_dir or results_dir() / "runs"
     path = runs / task / f"{rid}.jsonl"
     boards: list[Path] = []

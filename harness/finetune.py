@@ -106,7 +106,10 @@ def load_recipe(recipe: str) -> Recipe:
     missing = [k for k in ("name", "task", "dataset") if k not in raw]
     if missing:
         raise UserError(f"{path}: missing keys {missing}")
-    return Recipe(**raw)
+    try:
+        return Recipe(**raw)
+    except TypeError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def recipe_toml(r: Recipe) -> str:
@@ -268,8 +271,12 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path) -> No
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(ckpt, ignore_errors=True)
+    old = ckpt.with_name(ckpt.name + ".old")     # never a moment without a complete checkpoint on disk
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.replace(ckpt, old)
     os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _to_float16(path: Path) -> None:
@@ -357,10 +364,17 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     scheduler = get_linear_schedule_with_warmup(optimizer, min(r.warmup_steps, full // 10 + 1), full)
 
     ckpt = out / "checkpoint"
-    state = {"step": 0, "seconds": 0.0, "history": {"steps": [], "epochs": []}}
+    if not (ckpt / "state.json").is_file() and (out / "checkpoint.old" / "state.json").is_file():
+        ckpt = out / "checkpoint.old"           # killed while replacing the checkpoint
+    state = {"step": 0, "seconds": 0.0, "history": {"steps": [], "epochs": []}, "recipe": recipe_toml(r)}
     if (ckpt / "state.json").is_file():
-        state = _load_checkpoint(model, optimizer, scheduler, ckpt)
-        print(f"resuming {r.name} from step {state['step']} ({ckpt})")
+        saved = json.loads((ckpt / "state.json").read_text())
+        if saved.get("recipe", state["recipe"]) != state["recipe"]:
+            print(f"the checkpoint in {ckpt} was made with another recipe: starting {r.name} from scratch")
+        else:
+            state = _load_checkpoint(model, optimizer, scheduler, ckpt)
+            print(f"resuming {r.name} from step {state['step']} ({ckpt})")
+    ckpt = out / "checkpoint"
     history = state["history"]
     model.train()
     step = state["step"]
@@ -401,8 +415,13 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
             break
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t0
-    model.save_pretrained(out, save_embedding_layers=False)
-    _to_float16(out / "adapter_model.safetensors")
+    stage = out / "staging"                     # the app lists adapters/: only complete files appear there
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save_pretrained(stage, save_embedding_layers=False)
+    _to_float16(stage / "adapter_model.safetensors")
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        os.replace(stage / f, out / f)
+    shutil.rmtree(stage, ignore_errors=True)
     (out / "recipe.toml").write_text(recipe_toml(r), encoding="utf-8")
     meta = {"train_items": len(train), "eval_items": len(evals), "steps": step, "train_seconds": round(train_seconds, 1),
             "wall_seconds_total": round(time.perf_counter() - t_start, 1), "history": history,

@@ -165,11 +165,11 @@ def generate_pair(lm: LoadedModel, prompt: str, adapter: str,
     """The base and an adapter on one prompt, in ONE batch (peft's mixed-adapter `adapter_names`)."""
     import torch
 
-    info = lm.attach(adapter)
-    if info.kind != "causal":
-        raise UserError(f"adapter {adapter!r} is a classifier; compare generation needs a chat or poem adapter")
     _check_fits(lm, [lm.count_tokens(prompt)], cfg)
     with lm.lock, torch.inference_mode():
+        info = lm.attach(adapter)
+        if info.kind != "causal":
+            raise UserError(f"adapter {adapter!r} is a classifier; compare generation needs a chat or poem adapter")
         base, tuned = _run_batch(lm, lm.model, [prompt, prompt], cfg, adapter_names=["__base__", adapter])
     return base, tuned
 
@@ -292,7 +292,8 @@ def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch
         return []
     if adapter in (None, "", "base"):
         return zero_shot_spam(lm, texts, batch_size=batch_size)
-    info = lm.attach(adapter)
+    with lm.lock:
+        info = lm.attach(adapter)
     if info.kind != "seq_cls":
         raise UserError(f"adapter {adapter!r} is a {info.task} (causal LM) adapter, not a classifier. "
                         f"Classifiers here: {', '.join(a.name for a in lm.adapters.values() if a.kind == 'seq_cls') or 'none loaded'}")
@@ -322,6 +323,7 @@ def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16) -> l
     tok = lm.tokenizer
     ids = [_first_token(tok, w) for w in ("ham", "spam")]
     prompts = [lm.render_instruction(SPAM_PROMPT.format(text=t)) for t in texts]
+    _check_fits(lm, [lm.count_tokens(p) for p in prompts], GenerationConfig(max_new_tokens=1))
     out = []
     with lm.lock, torch.inference_mode(), lm.using(None) as model:
         for i in range(0, len(prompts), batch_size):

@@ -310,11 +310,14 @@ def read_adapter(path: Path) -> AdapterInfo:
     if not cfg_file.is_file() or not weights.is_file():
         missing = [p.name for p in (cfg_file, weights) if not p.is_file()]
         return AdapterInfo(name, path, "", "", "", problem=f"missing {', '.join(missing)} in {path}")
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     recipe: dict[str, Any] = {}
-    if (path / "recipe.toml").is_file():
-        with open(path / "recipe.toml", "rb") as f:
-            recipe = tomllib.load(f)
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        if (path / "recipe.toml").is_file():
+            with open(path / "recipe.toml", "rb") as f:
+                recipe = tomllib.load(f)
+    except (ValueError, OSError) as e:   # JSON/TOML errors are ValueErrors
+        return AdapterInfo(name, path, "", "", "", problem=f"unreadable adapter files in {path}: {e}")
     kind = "seq_cls" if cfg.get("task_type") == "SEQ_CLS" else "causal"
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
     labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
@@ -380,7 +383,7 @@ class LoadedModel:
                 self._attach_causal(info)
         except UserError:
             raise
-        except (RuntimeError, ValueError, KeyError) as e:
+        except Exception as e:  # size mismatch, truncated safetensors, bad config: one sentence, no traceback
             raise UserError(f"adapter {info.name!r} does not fit base {self.name!r}: "
                             f"{str(e).strip().splitlines()[0][:300]}") from None
         self.adapters[info.name] = info

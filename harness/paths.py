@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from harness.cli import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -34,7 +36,7 @@ def eval_sets_dir() -> Path:
 def check_name(name: str, what: str = "name") -> str:
     """A name that may become part of a path: letters, digits, '.', '_', '-'; never '/', '\\' or '..'."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ValueError(
+        raise UserError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
             "(no '/', '\\' or '..'); names are looked up, never used as paths"
         )

@@ -164,7 +164,7 @@ def test_stop_halts_the_model_not_just_the_display(client, served, slow_model, h
     assert slow_model["n"] == passes, "no forward pass after the stop"
     assert stats.finish_reason == "cancelled"
     assert stats.new_tokens < 200
-    assert stopped_in < 1.0
+    assert stopped_in < 3.0   # ~0.1 s measured; the bound is loose for a loaded CI machine
     if how == "stop":
         wait_for(lambda: job.done())
         history = job.outputs()[-1][0]
@@ -402,7 +402,11 @@ def test_spam_examples_come_from_the_own_eval_set():
 def test_adapters_switch_without_reloading_and_base_switch_frees_memory(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     folder = tmp_path / "adapters"
     build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
-    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder)
+    broken = tmp_path / "broken"
+    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder,
+                       extra_bases=(str(tiny_gpt2_dir), str(tmp_path / "nowhere"), str(broken)))
+    with pytest.raises(UserError, match="unknown base"):           # a path from the UI is never loaded
+        state.switch_base(str(tmp_path))
     lm = state.get_model()
     list(L.chat_turn(state, "Hello", [], adapter="tiny-chat", sampling=L.Sampling(max_new_tokens=4)))
     list(L.chat_turn(state, "Hello", [], adapter="base", sampling=L.Sampling(max_new_tokens=4)))
@@ -418,7 +422,6 @@ def test_adapters_switch_without_reloading_and_base_switch_frees_memory(tiny_lla
         state.resolve_adapter("tiny-chat", "causal")
     with pytest.raises(UserError, match="unknown model"):                  # refused before anything is freed
         state.switch_base(str(tmp_path / "nowhere"))
-    broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
     with pytest.raises(UserError, match="could not load base .*Still using"):   # the old base comes back
@@ -469,7 +472,7 @@ def test_a_base_that_needs_a_download_is_refused_at_once(tiny_llama_dir):
     t0 = time.perf_counter()
     with pytest.raises(UserError, match="not downloaded.*hf download openai-community/gpt2.*Still using"):
         state.switch_base("gpt2")
-    assert time.perf_counter() - t0 < 2 and state.lm is lm
+    assert time.perf_counter() - t0 < 10 and state.lm is lm
 
 
 def test_binds_localhost_by_default_and_follows_spaces_env(monkeypatch):

@@ -151,7 +151,7 @@ def test_persistent_500_fails_clearly_within_seconds():
             t0 = time.perf_counter()
             with pytest.raises(UserError, match="kept failing.*boom.*500.*rerun the same command to resume"):
                 judge_many(judge, [_req(i) for i in range(3)], progress=False)
-            assert time.perf_counter() - t0 < 5
+            assert time.perf_counter() - t0 < 10
 
 
 def _closed_port() -> int:
@@ -166,7 +166,7 @@ def test_server_down_fails_fast_with_the_fix():
     t0 = time.perf_counter()
     with pytest.raises(UserError, match=r"is Ollama running\? start it with `ollama serve`"):
         open_judge(JudgeConfig("ollama:llama3", host=f"127.0.0.1:{_closed_port()}"))
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 10
 
 
 def test_ollama_host_env_is_respected(monkeypatch):
