@@ -36,6 +36,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     batch_size: int = 16
     repetition_penalty: float = 1.0
+    ignore_eos: bool = False          # always generate max_new_tokens (fixed-length throughput benchmarks)
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 8192:
@@ -52,6 +53,8 @@ class GenerationConfig:
         """What changes the output (the generation cache key); batch_size does not for greedy decoding."""
         d = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "stop": list(self.stop),
              "repetition_penalty": self.repetition_penalty}
+        if self.ignore_eos:
+            d["ignore_eos"] = True
         if self.do_sample:
             d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
         return d
@@ -70,6 +73,8 @@ class Generation:
 def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
     kw = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, use_cache=True,
               pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=cfg.repetition_penalty)
+    if cfg.ignore_eos:
+        kw["min_new_tokens"] = cfg.max_new_tokens
     if cfg.do_sample:
         kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
