@@ -100,7 +100,8 @@ def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
     return list(last.values()), len(rows) - len(last)
 
 
-def _num(v) -> float | None:
+def as_float(v) -> float | None:
+    """A row value as a float; None for missing, empty, non-numeric or NaN."""
     if v is None or isinstance(v, bool):
         return None if v is None else float(v)
     try:
@@ -111,13 +112,13 @@ def _num(v) -> float | None:
 
 
 def _mean(values: list) -> float:
-    vals = [v for v in (_num(x) for x in values) if v is not None]
+    vals = [v for v in (as_float(x) for x in values) if v is not None]
     return sum(vals) / len(vals) if vals else math.nan
 
 
 def is_scored(row: dict) -> bool:
     """True if the judge produced a usable score for this row."""
-    return bool(row.get("parsed")) and _num(row.get("score")) is not None
+    return bool(row.get("parsed")) and as_float(row.get("score")) is not None
 
 
 def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -138,7 +139,7 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     out.update(key)
     n = len(rows)
     scored = [r for r in rows if is_scored(r)]
-    mean, lo, hi = bootstrap_mean_ci([_num(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
+    mean, lo, hi = bootstrap_mean_ci([as_float(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
     out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup)
     n_parsed = len(scored)
 
@@ -150,7 +151,7 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
                                        positive="spam", n_boot=max(200, n_boot // 2), seed=seed)
             out.update({k: m[k] for k in TASK_COLUMNS["spam"]})
     elif task == "chat":
-        rl = [_num(r.get("rouge_l")) for r in rows]
+        rl = [as_float(r.get("rouge_l")) for r in rows]
         m, l, h = bootstrap_mean_ci(rl, n_boot=n_boot, seed=seed)
         out.update(rouge_l=m, rouge_l_ci_low=l, rouge_l_ci_high=h)
         if not key["judge"]:
@@ -159,9 +160,9 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         form = [r.get("form_ok") for r in rows if r.get("form_ok") is not None]
         out["n_form"] = len(form)
         out["form_ok_rate"] = sum(bool(v) for v in form) / len(form) if form else math.nan
-        d2 = [_num(r.get("distinct_2")) if r.get("distinct_2") is not None
+        d2 = [as_float(r.get("distinct_2")) if r.get("distinct_2") is not None
               else distinct_n(str(r.get("response") or ""), 2) for r in rows]
-        rep = [_num(r.get("repetition")) if r.get("repetition") is not None
+        rep = [as_float(r.get("repetition")) if r.get("repetition") is not None
                else repetition_rate(str(r.get("response") or "")) for r in rows]
         out["distinct_2"], out["repetition"] = _mean(d2), _mean(rep)
         out["looping_rate"] = sum(looping(str(r.get("response") or "")) for r in rows) / n
@@ -170,9 +171,9 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     out["n_parsed"] = n_parsed
     out["parse_rate"] = n_parsed / n
 
-    toks = [_num(r.get("response_tokens")) for r in rows]
+    toks = [as_float(r.get("response_tokens")) for r in rows]
     out["avg_response_tokens"] = _mean(toks)
-    timed = [(t, _num(r.get("gen_seconds"))) for t, r in zip(toks, rows)]
+    timed = [(t, as_float(r.get("gen_seconds"))) for t, r in zip(toks, rows)]
     timed = [(t, s) for t, s in timed if t is not None and s is not None and s > 0]
     if timed:
         out["gen_tokens_per_s"] = sum(t for t, _ in timed) / sum(s for _, s in timed)

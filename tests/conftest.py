@@ -33,3 +33,14 @@ def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("FTBENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: a server that is down."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,13 +41,6 @@ def _jsonl(path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
 
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------- run
@@ -178,9 +170,9 @@ def test_judge_cmd_scores_the_books_json_file(tmp_path, monkeypatch, capsys):
         assert fake.count("/api/chat") == 0                       # second run: all from the store
 
 
-def test_server_down_exits_nonzero_within_seconds(tmp_path):
+def test_server_down_exits_nonzero_within_seconds(tmp_path, closed_port):
     responses = _jsonl(tmp_path / "r.jsonl", _book_rows(2))
-    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{_closed_port()}"}
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{closed_port}"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "harness", "judge", "--responses", responses, "--output",
                            str(tmp_path / "o.jsonl")], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 from tiny import build_adapter
 
 from harness.cli import UserError

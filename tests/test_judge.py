@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -154,18 +153,11 @@ def test_persistent_500_fails_clearly_within_seconds():
             assert time.perf_counter() - t0 < 10
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
-
-def test_server_down_fails_fast_with_the_fix():
+def test_server_down_fails_fast_with_the_fix(closed_port):
     t0 = time.perf_counter()
     with pytest.raises(UserError, match=r"is Ollama running\? start it with `ollama serve`"):
-        open_judge(JudgeConfig("ollama:llama3", host=f"127.0.0.1:{_closed_port()}"))
+        open_judge(JudgeConfig("ollama:llama3", host=f"127.0.0.1:{closed_port}"))
     assert time.perf_counter() - t0 < 10
 
 
