@@ -128,9 +128,10 @@ def build_demo(state: AppState | None = None):
 
     @guarded
     def poem_fn(topic, lang, form, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
-                request: gr.Request):
+                enforce_form, request: gr.Request):
         sampling = Sampling.from_ui(temperature, top_p, max_new_tokens, seed, repetition_penalty)
-        for poem, check, info in poem_stream(state, topic, lang, form, adapter, sampling, session(request)):
+        enforce = True if enforce_form is None else bool(enforce_form)
+        for poem, check, info in poem_stream(state, topic, lang, form, adapter, sampling, session(request), enforce):
             prompt = info.pop("prompt")
             details = {k: v for k, v in check.items() if k != "summary"} or None
             yield poem, check["summary"], details, prompt, info
@@ -266,6 +267,9 @@ def build_demo(state: AppState | None = None):
                             lang = gr.Radio(list(LANGS), value="中文", label="Language", elem_id="poem-lang")
                             form = gr.Dropdown(list(POEM_FORMS["zh"]), value="五言绝句", label="Form",
                                                allow_custom_value=True, elem_id="poem-form")
+                        enforce_form = gr.Checkbox(value=True, label="Keep the classical form while decoding "
+                                                   "(绝句/律诗: lines × characters enforced; the model picks every "
+                                                   "character)", elem_id="poem-enforce")
                         with gr.Accordion("Sampling", open=False):
                             poem_sampling = sampling_controls(Sampling(temperature=0.7, max_new_tokens=160), "poem")
                         with gr.Row():
@@ -342,7 +346,7 @@ def build_demo(state: AppState | None = None):
                        api_name="classify_file", **MODEL_QUEUE)
 
         lang.change(forms_fn, lang, form, queue=False, api_visibility="private")
-        poem_ev = write.click(poem_fn, [topic, lang, form, adapter_dd, *poem_sampling],
+        poem_ev = write.click(poem_fn, [topic, lang, form, adapter_dd, *poem_sampling, enforce_form],
                               [poem_out, check_md, check_json, poem_prompt, poem_stats], api_name="poem",
                               show_progress="minimal", **MODEL_QUEUE)
         poem_stop.click(stop_fn, None, poem_stats, cancels=[poem_ev], queue=False, api_visibility="private")

@@ -389,16 +389,20 @@ def _info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling: Sa
             "prompt": prompt, **stats_info(stats), "sampling": sampling.as_dict(), **extra}
 
 
-def _stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str
-                 ) -> Iterator[tuple[str, Any]]:
-    """Yield (text so far, stats) while the model streams; Stop (state.stop) or closing this halts the model."""
+def _stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str,
+                 form: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (text so far, stats) while the model streams; Stop (state.stop) or closing this halts the model.
+    form: a classical Chinese form to enforce while decoding (harness/forms.py)."""
+    from dataclasses import replace
+
     from harness.generation import stream
     lm = state.get_model()
+    cfg = replace(sampling.config(), form=form) if form else sampling.config()
     with state.running(session) as (event, stats):
         text = ""
         stats.prompt_tokens = lm.count_tokens(prompt)
         yield text, stats
-        gen = stream(lm, prompt, sampling.config(), adapter=adapter, stop_event=event, stats=stats)
+        gen = stream(lm, prompt, cfg, adapter=adapter, stop_event=event, stats=stats)
         completed = False
         try:
             for chunk in gen:
@@ -624,19 +628,25 @@ def form_report(poem: str, form: str, lang: Any) -> dict:
 
 
 def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str | None = None,
-                sampling: Sampling = Sampling(max_new_tokens=160), session: str = ""
+                sampling: Sampling = Sampling(max_new_tokens=160), session: str = "", enforce_form: bool = True
                 ) -> Iterator[tuple[str, dict, dict]]:
-    """Write a poem, streamed: yields (poem so far, form check, transparency info)."""
+    """Write a poem, streamed: yields (poem so far, form check, transparency info).
+
+    enforce_form: for 五言/七言 绝句/律诗, decode under the form constraint (harness/forms.py): the model picks
+    every character but cannot break the lines × characters; off, the model alone decides the shape."""
+    from harness.metrics import FIXED_FORMS
     topic = require_text(topic, "topic", state.limits.topic_chars, "give a title or topic, e.g. 春夜 or the sea")
     form = str(form or "").strip()
     instruction = poem_instruction(topic, lang, form)
     lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
     prompt = lm.render_instruction(instruction)
+    enforced = form if enforce_form and form in FIXED_FORMS else ""
+    extra = {"form_constrained": bool(enforced)}
     poem = ""
-    for poem, stats in _stream_into(state, prompt, name, sampling, session):
-        yield poem, {"summary": "…writing"}, _info(lm, name, prompt, stats, sampling)
-    yield poem.strip(), form_report(poem, form, lang), _info(lm, name, prompt, stats, sampling)
+    for poem, stats in _stream_into(state, prompt, name, sampling, session, enforced):
+        yield poem, {"summary": "…writing"}, _info(lm, name, prompt, stats, sampling, **extra)
+    yield poem.strip(), form_report(poem, form, lang), _info(lm, name, prompt, stats, sampling, **extra)
 
 
 # ---------------------------------------------------------------- compare

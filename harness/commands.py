@@ -88,7 +88,7 @@ def models() -> int:
 
 def generate(model: str, input: str, output: str, adapter: str | None = None, max_new_tokens: int = 256,
              batch_size: int = 16, seed: int = 0, sample: bool = False, temperature: float = 0.7,
-             top_p: float = 0.9, raw: bool = False) -> int:
+             top_p: float = 0.9, raw: bool = False, form: str = "") -> int:
     """Generate a response for each prompt of a file, in batches; one JSON object per prompt in the output.
 
     model: a registry name (see `models`), a local model directory, or a .gguf file
@@ -97,13 +97,14 @@ def generate(model: str, input: str, output: str, adapter: str | None = None, ma
     adapter: an adapter name from adapters/ (default: the base alone)
     sample: sample instead of greedy decoding (with --seed, --temperature, --top-p)
     raw: send prompts as they are instead of wrapping each in the model's prompt format
+    form: keep every response in this classical Chinese form while decoding (五言绝句, 七言绝句, 五言律诗, 七言律诗)
     """
     from harness.generation import GenerationConfig, generate_batch
     from harness.models import load_model
 
     prompts = read_prompts(input)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, do_sample=sample,
-                           temperature=temperature, top_p=top_p)
+                           temperature=temperature, top_p=top_p, form=form)
     lm = load_model(model, adapters=[adapter] if adapter else None)
     rendered = prompts if raw else [lm.render_instruction(p) for p in prompts]
     outs = generate_batch(lm, rendered, cfg, adapter=adapter, progress=True)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.cli import UserError
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
@@ -43,9 +43,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "x"
 
 
-def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, limit: int | None = None) -> str:
-    """A limited run gets its own file, so `--limit 5` never overwrites the full run's rows."""
+DECODINGS = ("free", "form")
+
+
+def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, limit: int | None = None,
+               decoding: str = "free") -> str:
+    """A limited run gets its own file, so `--limit 5` never overwrites the full run's rows; so does a
+    form-constrained one."""
     rid = "__".join(slug(x) for x in (eval_set, model, adapter or "base", judge or "nojudge"))
+    if decoding != "free":
+        rid += f"__{decoding}"
     return f"{rid}__first{limit}" if limit else rid
 
 
@@ -249,8 +256,11 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256, workers: int = 4, *,
         judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
         retry_unparsed: bool = False, progress: bool = True, write: bool = True,
-        run_dir: Path | None = None) -> RunResult:
+        run_dir: Path | None = None, decoding: str = "free") -> RunResult:
     """Generate (batched, greedy, cached), judge (cached), score and write one rows file; update the leaderboards.
+
+    decoding "form": poems in a classical Chinese form are decoded under harness/forms.py's constraint (the
+    app's default); other items are generated freely. Its rows carry decoding="form" and their own run id.
 
     judge None or "" = no judge (spam never has one). lm: an already loaded model to reuse. write=False: only
     fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default results/runs; the
@@ -259,8 +269,12 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     from harness.generation import GenerationConfig
     from harness.models import default_base, load_model
 
+    if decoding not in DECODINGS:
+        raise UserError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
     es, items = _load_items(eval_set, limit)
     task = es.task
+    if decoding != "free" and task != "poem":
+        raise UserError(f"--decoding {decoding} applies to poem eval sets; {eval_set} is a {task} set")
     jcfg = None
     if task != "spam" and (judge or judge_config):
         jcfg = judge_config or JudgeConfig(spec=judge or DEFAULT_JUDGE, workers=workers)
@@ -281,9 +295,11 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         else:
             if task == "chat":
                 prompts = [lm.render_instruction(it["instruction"], it.get("input") or "") for it in items]
+                outs, generated = _generate_with_store(lm, adapter or None, adapter_sha, prompts, gcfg, store,
+                                                       progress)
             else:
-                prompts = [lm.render_instruction(it["prompt"]) for it in items]
-            outs, generated = _generate_with_store(lm, adapter or None, adapter_sha, prompts, gcfg, store, progress)
+                outs, generated = _generate_poems(lm, adapter or None, adapter_sha, items, gcfg, store, progress,
+                                                  decoding)
 
         judged_rows: list[dict | None] = [None] * len(items)
         asked = 0
@@ -294,7 +310,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
 
         rows = _rows(es.name, task, lm.name, adapter or "", adapter_sha, items, outs, judged_rows,
-                     the_judge, jcfg)
+                     the_judge, jcfg, "" if decoding == "free" else decoding)
     finally:
         if the_judge is not None:
             the_judge.close()
@@ -302,7 +318,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             store.close()
 
     rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None,
-                     limit if limit and limit < len(es.items) else None)
+                     limit if limit and limit < len(es.items) else None, decoding)
     runs = run_dir or results_dir() / "runs"
     path = runs / task / f"{rid}.jsonl"
     boards: list[Path] = []
@@ -313,7 +329,28 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     return RunResult(rid, task, path, rows, generated, asked, boards)
 
 
-def _rows(eval_set, task, model, adapter, adapter_sha, items, outs, judged, judge, jcfg) -> list[dict]:
+def _generate_poems(lm, adapter, adapter_sha, items, gcfg, store, progress, decoding) -> tuple[list[_Gen], int]:
+    """Poems: one generation call per form when the form is enforced (the constraint is part of the config)."""
+    from dataclasses import replace
+
+    from harness.metrics import FIXED_FORMS
+    prompts = [lm.render_instruction(it["prompt"]) for it in items]
+    if decoding == "free":
+        return _generate_with_store(lm, adapter, adapter_sha, prompts, gcfg, store, progress)
+    outs: list[_Gen | None] = [None] * len(items)
+    generated = 0
+    for form in dict.fromkeys(it["form"] for it in items):
+        idx = [i for i, it in enumerate(items) if it["form"] == form]
+        cfg = replace(gcfg, form=form) if form in FIXED_FORMS else gcfg
+        got, n = _generate_with_store(lm, adapter, adapter_sha, [prompts[i] for i in idx], cfg, store, progress)
+        generated += n
+        for i, g in zip(idx, got):
+            outs[i] = g
+    return outs, generated  # type: ignore[return-value]
+
+
+def _rows(eval_set, task, model, adapter, adapter_sha, items, outs, judged, judge, jcfg,
+          decoding: str = "") -> list[dict]:
     from harness.metrics import distinct_n, form_check, repetition_rate, rouge_l
 
     created, commit = now_iso(), git_commit()
@@ -321,7 +358,7 @@ def _rows(eval_set, task, model, adapter, adapter_sha, items, outs, judged, judg
     for it, o, j in zip(items, outs, judged):
         row: dict[str, Any] = {
             "task": task, "eval_set": eval_set, "item_id": it["id"], "model": model, "adapter": adapter,
-            "adapter_sha": adapter_sha, "judge": jcfg.spec if jcfg else "",
+            "adapter_sha": adapter_sha, "decoding": decoding, "judge": jcfg.spec if jcfg else "",
             "judge_digest": judge.digest if judge else "",
             "judge_prompt_version": jcfg.prompt_version if jcfg else "",
             "prompt": _request_text(task, it), "response": o.text,
@@ -452,7 +489,7 @@ def _eval_sets_hint() -> str:
 def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str | None = None,
             judge: str = DEFAULT_JUDGE, limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
             workers: int = 4, no_judge: bool = False, judge_num_ctx: int = 4096, retry_unparsed: bool = False,
-            store: str | None = None) -> int:
+            store: str | None = None, decoding: Literal["free", "form"] = "free") -> int:
     """Generate, judge and score an eval set; write results/runs/<task>/<run_id>.jsonl and the leaderboard.
 
     Generations and judgments are cached in the store: a rerun (or a run killed and restarted) only does
@@ -470,6 +507,7 @@ def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str 
     judge_num_ctx: the judge's context (Ollama num_ctx); prompts that do not fit are refused
     retry_unparsed: ask the judge again for stored answers that held no score
     store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    decoding: poems only: free, or form (classical Chinese forms decoded under the form constraint)
     """
     eval_set = _need(eval_set, "--eval-set", _eval_sets_hint())
     t0 = time.perf_counter()
@@ -478,7 +516,7 @@ def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str 
     st = Store(store) if store else None
     try:
         res = run(model, adapter, eval_set, None if no_judge else judge, limit, batch_size, max_new_tokens,
-                  workers, judge_config=jcfg, store=st, retry_unparsed=retry_unparsed)
+                  workers, judge_config=jcfg, store=st, retry_unparsed=retry_unparsed, decoding=decoding)
     finally:
         if st:
             st.close()

@@ -45,6 +45,7 @@ class Recipe:
     forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
     per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
     labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
+    input_template: str = "{text}"          # spam: what the classifier reads; its last token feeds the head
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -73,6 +74,9 @@ class Recipe:
             raise UserError(f"recipe {self.name}: learning_rate must be in (0, 1)")
         if not 0 <= self.dropout < 1:
             raise UserError(f"recipe {self.name}: dropout must be in [0, 1)")
+        if self.input_template.count("{text}") != 1:
+            raise UserError(f"recipe {self.name}: input_template must contain {{text}} exactly once, "
+                            f"got {self.input_template!r}")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -167,9 +171,10 @@ def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict 
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_spam(tokenizer, item: dict, labels: list[str], max_length: int) -> dict:
-    ids = tokenizer(item["text"], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    return {"input_ids": ids or [tokenizer.eos_token_id], "label": labels.index(item["label"])}
+def encode_spam(tokenizer, item: dict, labels: list[str], max_length: int, template: str = "{text}") -> dict:
+    from harness.generation import classifier_ids
+    return {"input_ids": classifier_ids(tokenizer, item["text"], template, max_length),
+            "label": labels.index(item["label"])}
 
 
 def collate(batch: list[dict], pad_id: int):
@@ -344,7 +349,7 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     train_items = load_examples(r, r.train_split, data_dir, r.max_train_items)
     eval_items = load_examples(r, r.eval_split, data_dir, r.max_eval_items)
     if r.task == "spam":
-        enc = lambda it: encode_spam(tok, it, r.labels, r.max_length)  # noqa: E731
+        enc = lambda it: encode_spam(tok, it, r.labels, r.max_length, r.input_template)  # noqa: E731
     else:
         enc = lambda it: encode_causal(tok, *prompt_and_target(renderer, r, it), r.max_length)  # noqa: E731
     train = [e for e in map(enc, train_items) if e is not None]
@@ -566,19 +571,25 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     sets = eval_sets or CARD_EVAL_SETS[r.task]
     judged = judge if r.task != "spam" else None
     table, commands = [], []
+    # Chinese poems: measured as the model writes them (free) and under the form constraint the app uses
+    decodings = ("free", "form") if r.task == "poem_zh" else ("free",)
     for es in sets:
-        for adapter in (name, None):
-            res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, lm=lm)
-            rows = res.rows
-            if r.task.startswith("poem_"):   # poems_own mixes languages: the card reports the adapter's own
-                rows = [x for x in rows if x.get("lang") in (None, r.task[-2:])]
-            who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if r.task == 'spam' else ''})"
-            table.append((es, who, summarize(rows)))
-        flags = f" --judge {judged}" if judged else (" --judge none" if r.task != "spam" else "")
-        lim = f" --limit {limit}" if limit else ""
-        commands.append(f"python -m harness run --model {info.base} --adapter {name} --eval-set {es}{flags}{lim}")
-        commands.append(f"python -m harness run --model {info.base} --eval-set {es}{flags}{lim}")
+        for decoding in decodings:
+            for adapter in (name, None):
+                res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, lm=lm, decoding=decoding)
+                rows = res.rows
+                if r.task.startswith("poem_"):   # poems_own mixes languages: the card reports the adapter's own
+                    rows = [x for x in rows if x.get("lang") in (None, r.task[-2:])]
+                who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if r.task == 'spam' else ''})"
+                if decoding != "free":
+                    who += f", {decoding}-constrained decoding"
+                table.append((es, who, summarize(rows)))
+            flags = f" --judge {judged}" if judged else (" --judge none" if r.task != "spam" else "")
+            flags += f" --decoding {decoding}" if decoding != "free" else ""
+            lim = f" --limit {limit}" if limit else ""
+            commands.append(f"python -m harness run --model {info.base} --adapter {name} --eval-set {es}{flags}{lim}")
+            commands.append(f"python -m harness run --model {info.base} --eval-set {es}{flags}{lim}")
     md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
           f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
           + _metrics_table(r.task, table))

@@ -37,6 +37,7 @@ class GenerationConfig:
     batch_size: int = 16
     repetition_penalty: float = 1.0
     ignore_eos: bool = False          # always generate max_new_tokens (fixed-length throughput benchmarks)
+    form: str = ""                    # a classical Chinese form (五言绝句 ...): constrained decoding, harness/forms.py
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 8192:
@@ -48,6 +49,10 @@ class GenerationConfig:
         if self.batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {self.batch_size}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if self.form:
+            from harness.metrics import FIXED_FORMS
+            if self.form not in FIXED_FORMS:
+                raise UserError(f"form-constrained decoding supports {', '.join(FIXED_FORMS)}; got {self.form!r}")
 
     def as_key(self) -> dict:
         """What changes the output (the generation cache key); batch_size does not for greedy decoding."""
@@ -55,6 +60,9 @@ class GenerationConfig:
              "repetition_penalty": self.repetition_penalty}
         if self.ignore_eos:
             d["ignore_eos"] = True
+        if self.form:
+            from harness.forms import charset
+            d.update(form=self.form, charset=charset()[0])
         if self.do_sample:
             d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
         return d
@@ -75,6 +83,11 @@ def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
               pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=cfg.repetition_penalty)
     if cfg.ignore_eos:
         kw["min_new_tokens"] = cfg.max_new_tokens
+    if cfg.form:
+        from transformers import LogitsProcessorList
+
+        from harness.forms import FormConstraint
+        kw["logits_processor"] = LogitsProcessorList([FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)))])
     if cfg.do_sample:
         kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
@@ -285,8 +298,17 @@ def _backbone(lm: LoadedModel):
     return getattr(causal, causal.base_model_prefix)
 
 
-def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16,
-             max_length: int = 256) -> list[dict[str, float]]:
+def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
+    """Token ids a classification adapter reads: the template around the text, the text truncated so the
+    template's closing words (whose last token feeds the head) always survive. Shared by training and inference."""
+    prefix, suffix = template.split("{text}")
+    pre = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    suf = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    body = tok(text, add_special_tokens=False)["input_ids"][:max(max_length - len(pre) - len(suf), 1)]
+    return (pre + body + suf) or [tok.eos_token_id]
+
+
+def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16) -> list[dict[str, float]]:
     """Per-class probabilities for each text: from a classification adapter's head, or zero-shot spam/ham
     from the base's next-token probabilities when adapter is None."""
     import torch
@@ -307,10 +329,14 @@ def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch
     with lm.lock, torch.inference_mode(), lm.using(adapter):
         body = _backbone(lm)
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length, padding_side="right").to(lm.device)
-            hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            last = enc["attention_mask"].sum(1) - 1
+            rows = [classifier_ids(tok, t, info.input_template, info.max_length) for t in texts[i:i + batch_size]]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):          # right padding: the head reads each row's last real token
+                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+            hidden = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
+            last = mask.sum(1).to(lm.device) - 1
             logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
             for row in logits.float().softmax(-1).tolist():
                 out.append(dict(zip(info.labels, row)))

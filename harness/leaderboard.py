@@ -27,7 +27,7 @@ from harness.cli import UserError
 from harness.metrics import bootstrap_mean_ci, classification_metrics, distinct_n, looping, repetition_rate
 
 REQUIRED = ("task", "eval_set", "item_id", "model")
-GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "judge", "judge_digest",
+GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "decoding", "judge", "judge_digest",
              "judge_prompt_version")
 COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
 TASK_COLUMNS = {
@@ -39,7 +39,7 @@ TASK_COLUMNS = {
 }
 TAIL_COLUMNS = ["avg_response_tokens", "gen_tokens_per_s", "n_duplicates", "created_at", "git_commit"]
 SORT_BY = {"spam": ["accuracy", "f1"], "chat": ["score_mean", "rouge_l"], "poem": ["score_mean", "form_ok_rate"]}
-PRINT_COLUMNS = ["eval_set", "model", "adapter", "judge", "n", "n_parsed", "score_mean", "ci_low", "ci_high",
+PRINT_COLUMNS = ["eval_set", "model", "adapter", "decoding", "judge", "n", "n_parsed", "score_mean", "ci_low", "ci_high",
                  "rouge_l", "form_ok_rate", "distinct_2", "repetition", "accuracy", "precision", "recall", "f1"]
 
 

@@ -67,6 +67,8 @@ class AdapterInfo:
     kind: str                        # causal | seq_cls
     labels: tuple[str, ...] = ()
     sha256: str = ""                 # of adapter_model.safetensors: the cache key of its generations
+    input_template: str = "{text}"   # classifiers: the text the head was trained to read (recipe.toml)
+    max_length: int = 256            # classifiers: tokens read per message, as in training
     problem: str = ""                # why it cannot be used, if it cannot
 
 
@@ -322,7 +324,12 @@ def read_adapter(path: Path) -> AdapterInfo:
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
     labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
     task = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
-    return AdapterInfo(name, path, base, task, kind, labels, sha256_file(weights))
+    template = str(recipe.get("input_template", "{text}"))
+    if template.count("{text}") != 1:
+        return AdapterInfo(name, path, base, task, kind, labels, problem=f"{path / 'recipe.toml'}: input_template "
+                           f"must contain {{text}} exactly once, got {template!r}")
+    return AdapterInfo(name, path, base, task, kind, labels, sha256_file(weights), template,
+                       int(recipe.get("max_length", 256)) if kind == "seq_cls" else 256)
 
 
 def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:

@@ -237,7 +237,7 @@ def test_classify_file_gives_a_downloadable_csv(client, tmp_path):
 
 def test_poem_streams_with_a_form_check(client, served):
     lm = served[1].lm
-    job = client.submit("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 32, 0, 1.0, api_name="/poem")
+    job = client.submit("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 32, 0, 1.0, False, api_name="/poem")
     updates = list(job)
     poem, summary, check, prompt, info = job.outputs()[-1]
     assert len(updates) > 2
@@ -246,6 +246,13 @@ def test_poem_streams_with_a_form_check(client, served):
     assert poem == generate_batch(lm, [prompt], cfg, adapter=None)[0].text.strip()
     assert check["expected_lines"] == 4 and check["expected_chars"] == 5 and "五言绝句" in summary
     assert summary.startswith("**Form check: OK.**" if check["ok"] else "**Form check: not right.**")
+    assert not check["ok"] and info["form_constrained"] is False     # the random tiny model alone cannot
+
+    # the default: the form is kept while decoding, so even the random tiny model writes a 五言绝句
+    poem, summary, check, _, info = client.predict("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 96, 0, 1.0,
+                                                   api_name="/poem")
+    assert check["ok"] and summary.startswith("**Form check: OK.**") and info["form_constrained"] is True
+    assert poem == generate_batch(lm, [prompt], GenerationConfig(max_new_tokens=96, form="五言绝句"))[0].text.strip()
 
     _, _, check_en, prompt_en, _ = client.predict("the sea", "English", "sonnet", "base", 0.7, 0.9, 16, 3, 1.1,
                                                   api_name="/poem")

@@ -17,6 +17,7 @@ from harness.cli import UserError
 from harness.evaluate import judge_cmd, judge_with_store, read_responses, run, run_id_for, slug
 from harness.fake_ollama import FakeOllama
 from harness.judge import JudgeConfig, JudgeRequest, open_judge
+from harness.metrics import FIXED_FORMS
 from harness.paths import PROJECT_ROOT
 from harness.store import Store
 
@@ -109,6 +110,19 @@ def test_poem_run_has_form_fields(tiny_lm, monkeypatch):
     assert res.task == "poem" and row["lang"] in ("zh", "en") and isinstance(row["form_ok"], bool)
     assert {"distinct_2", "repetition", "form"} <= set(row) and row["parsed"]
     assert "imagery" in prompt and row["form"] in prompt
+
+
+def test_form_decoding_run_keeps_every_classical_poem_in_form(tiny_lm):
+    free = run(None, None, "poems_own", None, limit=16, max_new_tokens=160, lm=tiny_lm, progress=False)
+    form = run(None, None, "poems_own", None, limit=16, max_new_tokens=160, lm=tiny_lm, progress=False,
+               decoding="form")
+    classical = [r for r in form.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS]
+    assert len(classical) >= 8 and all(r["form_ok"] for r in classical)
+    assert not all(r["form_ok"] for r in free.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS)
+    assert form.run_id == free.run_id.replace("__first16", "__form__first16") and form.path != free.path
+    assert {r["decoding"] for r in form.rows} == {"form"} and {r["decoding"] for r in free.rows} == {""}
+    with pytest.raises(UserError, match="poem eval sets"):
+        run(None, None, "sms_own", None, limit=2, lm=tiny_lm, progress=False, decoding="form")
 
 
 def test_spam_run_classifies_zero_shot_without_a_judge(tiny_lm):
