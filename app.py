@@ -404,10 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed: list[BaseException] = []
+    # Start-up order, measured on 2 cores (python -m harness bench app): imports are pure Python and hold the
+    # GIL, so importing torch/transformers/peft and gradio in two threads at once is ~2 s SLOWER than one after
+    # the other. Import the model stack here first; then load and warm the model (mostly native code that
+    # releases the GIL) in a thread while gradio is imported and the page is built.
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
 
-    def prepare():   # load (and warm up) the model while Gradio is imported and the page is built
+    def prepare():
         try:
-            import torch
             torch.set_num_threads(threads)
             log.info("torch threads: %d", threads)
             state.get_model()

@@ -513,3 +513,34 @@ def test_errors_reach_the_user_as_messages_not_tracebacks():
     assert inspect.isgeneratorfunction(app_module.guarded(streaming_bug)) and next(gen) == "partial"
     with pytest.raises(gr.Error, match="KeyError"):
         next(gen)
+
+
+def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, adapters, tmp_path):
+    """`python app.py` itself (main(): imports, model load + warm-up thread, launch), as a user starts it."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from harness.bench_app import wait_ready
+    from harness.paths import PROJECT_ROOT
+    port = free_port()
+    env = dict(os.environ, FTBENCH_ADAPTERS=str(adapters), FTBENCH_RESULTS=str(tmp_path / "results"),
+               PYTHONUNBUFFERED="1", GRADIO_SERVER_NAME="")
+    env.pop("GRADIO_SERVER_NAME")
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), "--model", str(tiny_llama_dir),
+                                 "--port", str(port), "--threads", "1"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/", proc, timeout=120)
+            config = requests.get(f"http://127.0.0.1:{port}/config", timeout=5).json()
+            assert any(d.get("api_name") == "chat" for d in config.get("dependencies", []))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert f"127.0.0.1:{port}" in text and "0.0.0.0" not in text
+    assert "warm-up took" in text and "Traceback" not in text
