@@ -113,6 +113,39 @@ def test_finetune_end_to_end(task, tiny_llama_dir, tmp_path):
         assert torch.allclose(m(**enc).logits, tuned_logits, atol=1e-6)
 
 
+def test_classifier_template_is_read_the_same_way_in_training_and_inference(tiny_llama_dir, tmp_path):
+    """A recipe's input_template (and max_length truncation) is saved with the adapter and applied by classify()."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from harness.finetune import encode_spam
+    from harness.generation import classifier_ids, classify
+    fake_data()
+    template = "SMS message: {text}\nIs this SMS spam?"
+    frame = len(classifier_ids(load_model(str(tiny_llama_dir)).tokenizer, "", template, 512))
+    cap = frame + 6                                   # the template plus 6 tokens of message
+    r = tiny_recipe(tiny_llama_dir, "spam", input_template=template, max_length=cap)
+    out = finetune(r, tmp_path / "adapters" / r.name, max_steps=2)
+    assert "input_template" in (out / "recipe.toml").read_text()
+    lm = load_model(str(tiny_llama_dir), adapters=[r.name])
+    texts = ["Free entry! Win a prize now, claim your reward at the link. Your parcel is waiting, pay the fee.",
+             "see you at noon"]
+    ids = [classifier_ids(lm.tokenizer, t, template, cap) for t in texts]
+    assert len(ids[0]) == cap and ids[0][-3:] == ids[1][-3:], "long messages are cut before the template's end"
+    assert encode_spam(lm.tokenizer, {"text": texts[0], "label": "spam"}, ["ham", "spam"], cap,
+                       template)["input_ids"] == ids[0]
+    got = classify(lm, texts, adapter=r.name)
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_llama_dir), num_labels=2)
+    plain.config.pad_token_id = lm.tokenizer.pad_token_id
+    plain = PeftModel.from_pretrained(plain, str(out)).eval()
+    with torch.inference_mode():
+        for text_ids, probs in zip(ids, got):
+            want = plain(input_ids=torch.tensor([text_ids])).logits.softmax(-1)[0]
+            assert abs(float(want[1]) - probs["spam"]) < 1e-4
+    with pytest.raises(UserError, match="exactly once"):
+        tiny_recipe(tiny_llama_dir, "spam", input_template="no placeholder")
+
+
 def test_same_seed_same_adapter_and_resume_after_stop(tiny_llama_dir, tmp_path):
     fake_data()
     r = tiny_recipe(tiny_llama_dir, "chat", dropout=0.1)
