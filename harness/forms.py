@@ -182,33 +182,29 @@ class VocabTables:
         return valid, done, s_need, s_cp, first
 
 
-def vocab_tables(tok) -> VocabTables:
+def _per_tokenizer(cache: "weakref.WeakKeyDictionary", tok, build):
+    """build(tok), computed once per tokenizer object (not cached if the tokenizer is not weak-referenceable)."""
     try:
-        return _TABLES[tok]
+        return cache[tok]
     except (KeyError, TypeError):
         pass
-    t = VocabTables(tok)
+    value = build(tok)
     try:
-        _TABLES[tok] = t
-    except TypeError:          # not weak-referenceable: no cache
+        cache[tok] = value
+    except TypeError:
         pass
-    return t
+    return value
 
 
 _BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def vocab_tables(tok) -> VocabTables:
+    return _per_tokenizer(_TABLES, tok, VocabTables)
+
+
 def token_bytes_cached(tok) -> list[bytes | None]:
-    try:
-        return _BYTES[tok]
-    except (KeyError, TypeError):
-        pass
-    tb = token_bytes(tok)
-    try:
-        _BYTES[tok] = tb
-    except TypeError:
-        pass
-    return tb
+    return _per_tokenizer(_BYTES, tok, token_bytes)
 
 
 def _ids(tok, text: str) -> list[int]:
