@@ -556,6 +556,21 @@ def _metrics_table(task: str, rows: list[tuple[str, str, dict]]) -> str:
     return head + body
 
 
+def reference_loss(lm, adapter: str | None, r: Recipe, items: list[dict], batch_size: int = 8) -> float:
+    """Mean loss (nats per target token) of the reference poems/answers under the model: how much more likely
+    the fine-tuned model finds what poets actually wrote. Same encoding as training (loss on the target only)."""
+    import torch
+    encs = [e for e in (encode_causal(lm.tokenizer, *prompt_and_target(lm, r, it), r.max_length) for it in items) if e]
+    total, n_tok = 0.0, 0
+    with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
+        for i in range(0, len(encs), batch_size):
+            b = collate(encs[i:i + batch_size], lm.tokenizer.pad_token_id)
+            k = int((b["labels"][:, 1:] != -100).sum())
+            total += float(model(**b).loss) * k
+            n_tok += k
+    return total / max(n_tok, 1)
+
+
 def measure(name: str, judge: str | None = None, limit: int | None = None, batch_size: int = 16,
             max_new_tokens: int = 256, eval_sets: list[str] | None = None) -> str:
     """Evaluate an adapter and its base on the card's eval sets with the evaluate pipeline (cached, so a
@@ -593,6 +608,17 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
           f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
           + _metrics_table(r.task, table))
+    items: list[dict] = []
+    if r.task == "poem_zh":
+        from harness.data import load_eval_set
+        es = sets[0]
+        items = [it for it in (load_eval_set(es).items[:limit] if limit else load_eval_set(es).items) if it.get("poem")]
+    if r.task == "poem_zh" and items:
+        tuned, base = reference_loss(lm, name, r, items), reference_loss(lm, None, r, items)
+        md += (f"\nLoss on the {len(items)} reference poems of {es} (nats per token, loss on the poem only, as in "
+               f"training): **{tuned:.3f}** for {name} vs {base:.3f} for the base (perplexity {math.exp(tuned):.1f} vs "
+               f"{math.exp(base):.1f}; lower = the model finds what the poets wrote more likely). Under the form "
+               f"constraint every poem of both is well-formed, so form alone no longer tells them apart.\n")
     if judged and judged.startswith("transformers:"):
         md += ("\nThe judge here is the 135M embedded model itself (the offline fallback): its scores are noisy; "
                "use `--judge ollama:llama3` where Ollama runs for the reference judge.\n")
