@@ -109,6 +109,7 @@ def wait(d, condition, timeout: float = WAIT):
 
 
 def open_tab(d, tab: str) -> None:
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, f"#tab-{tab}-button"), 60)   # the page may still render
     css(d, f"#tab-{tab}-button").click()
     wait(d, lambda: css(d, f"#tab-{tab}").is_displayed(), 10)
 
@@ -228,6 +229,7 @@ def test_the_leaderboard_tab_shows_a_table_or_what_to_run(driver):
     else:
         assert "rows of leaderboard_" in notice
         wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#leaderboard-plot img"), 30)
-        assert "accuracy" in css(driver, "#leaderboard-table").text
+        table = css(driver, "#leaderboard-table").text      # the tiny app has a spam CSV; the real app all three
+        assert "accuracy" in table if not EXTERNAL else any(c in table for c in ("accuracy", "rouge_l", "form_ok"))
     screenshot(driver, "leaderboard")
     assert "Traceback" not in driver.page_source
