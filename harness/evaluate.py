@@ -180,7 +180,10 @@ def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[
     from harness.generation import classify
 
     digest = base_fingerprint(lm.spec)
-    cfg_key = {"mode": "classify", "zero_shot": adapter is None}
+    cfg_key: dict = {"mode": "classify", "zero_shot": adapter is None}
+    if adapter:   # how the adapter reads a message (its recipe) is part of what it answers
+        info = lm.adapters[adapter]
+        cfg_key.update(input_template=info.input_template, max_length=info.max_length)
     keys = [generation_key(lm.name, adapter_sha, cfg_key, t, digest) for t in texts]
     have = store.get("generations", keys)
     missing = list(dict.fromkeys(k for k in keys if k not in have))
