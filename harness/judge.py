@@ -216,7 +216,7 @@ def estimate_tokens(text: str) -> int:
 _JSON_OBJ = re.compile(r"\{[^{}]*\}", re.S)
 _INLINE_CODE = re.compile(r"`[^`]{7,}`")   # quoted texts (the prompt quotes the response in backticks)
 _NUM = r"(\d{1,3}(?:\.\d+)?)"
-_SCALE = re.compile(rf"(?<![\d.]){_NUM}\s*(?:/|out\s+of)\s*(100|10|5)(?![\d])", re.I)
+_SCALE = re.compile(rf"(?<![\d.]){_NUM}\s*(?:(?:stars?|points?|pts)\s*)?(?:/|out\s+of)\s*(100|10|5)(?![\d])", re.I)
 _LABEL = re.compile(rf"\b(?:score|scored|scoring|rating|rate|rated|grade|give|giving)\b[^\d\n`]{{0,30}}?"
                     rf"(?<![\d.]){_NUM}(?![\d])", re.I)
 _LEAD = re.compile(rf"^[\s*#>_]*{_NUM}[\s*_]*[.!]?[\s*_]*$")

@@ -29,6 +29,8 @@ PARSE_TABLE = [
     ("**Score:** 72/100\n\nThe response is mostly accurate.", 72),
     ("Score: 9/10", 90),
     ("Rating: 7 out of 10", 70),
+    ("I give it 4 stars out of 5.", 80),
+    ("9 points out of 10: clear and correct.", 90),
     ("I would rate it 4.5/5", 90),
     ("8.5/10", 85),
     ("I would give it a score of 92.", 92),
