@@ -17,9 +17,11 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import re
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -562,9 +564,29 @@ def classify_file(state: AppState, path: Any, classifier: str | None = None, thr
         df["label"] = labels
         df["correct"] = [a == b for a, b in zip(preds, labels)]
         summary += f"; accuracy against your `label` column: {df['correct'].mean():.3f}"
-    out = Path(tempfile.mkdtemp(prefix="ftbench-predictions-")) / f"{Path(str(path)).stem}-predictions.csv"
+    out = predictions_path(Path(str(path)).stem)
     df.to_csv(out, index=False)
     return str(out), df.head(50), summary
+
+
+PREDICTIONS_MAX_AGE = 3600.0     # seconds a predictions CSV is kept for download
+
+
+def predictions_path(stem: str, folder: Path | None = None, max_age: float = PREDICTIONS_MAX_AGE) -> Path:
+    """A fresh file name for a predictions CSV in ONE folder under the temp dir (Gradio copies the file into its
+    own cache when it serves it); files older than `max_age` seconds are removed, so a long-running app does not
+    pile up a temp dir per upload."""
+    folder = folder or Path(tempfile.gettempdir()) / "ftbench-predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.csv"):
+        try:
+            if now - old.stat().st_mtime > max_age:
+                old.unlink()
+        except OSError:      # another request removed it first
+            pass
+    safe = re.sub(r"[^\w.-]+", "_", stem)[:60] or "messages"
+    return folder / f"{safe}-predictions-{uuid.uuid4().hex[:8]}.csv"
 
 
 def spam_examples(n: int = 8) -> tuple[list[str], str]:

@@ -544,3 +544,17 @@ def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, a
     text = log.read_text()
     assert f"127.0.0.1:{port}" in text and "0.0.0.0" not in text
     assert "warm-up took" in text and "Traceback" not in text
+
+
+def test_predictions_files_share_one_folder_and_old_ones_are_removed(tmp_path):
+    import os
+    folder = tmp_path / "preds"
+    a = L.predictions_path("my messages", folder)
+    a.write_text("x")
+    b = L.predictions_path("my messages", folder)
+    assert a.parent == b.parent == folder and a != b and " " not in a.name
+    os.utime(a, (time.time() - 2 * L.PREDICTIONS_MAX_AGE,) * 2)
+    b.write_text("y")
+    c = L.predictions_path("../../etc/passwd", folder)
+    assert not a.exists() and b.exists(), "files older than PREDICTIONS_MAX_AGE are removed, newer ones kept"
+    assert c.parent == folder and "/" not in c.name
