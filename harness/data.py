@@ -27,6 +27,7 @@ import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.cli import UserError
@@ -545,19 +546,28 @@ def dataset_meta(name: str) -> dict | None:
     return meta if meta.get("format_version") == FORMAT_VERSION else None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    items = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+def iter_jsonl(path: Path, fix: str = "") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file. A line that is not a JSON object, or a
+    file that cannot be read, raises UserError naming file:line, followed by `fix` (what to do about it)."""
+    suffix = f"; {fix}" if fix else ""
+    try:
+        text = _read_text(path)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}{suffix}") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}){suffix}") from None
         if not isinstance(item, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-        items.append(item)
-    return items
+            raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(item).__name__}{suffix}")
+        yield lineno, item
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [item for _, item in iter_jsonl(path)]
 
 
 def load_split(name: str, split: str, data_dir: str | Path | None = None) -> list[dict]:

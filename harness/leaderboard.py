@@ -54,28 +54,16 @@ def read_rows(path: str | Path) -> list[dict]:
     A line that is not a JSON object or lacks task/eval_set/item_id/model raises UserError naming the
     file and line number.
     """
+    from harness.data import iter_jsonl
     path = Path(path)
-    rows = []
-    try:
-        fh = path.open(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read rows file {path}: {e.strerror}") from None
     fix = ("fix or delete that line, or delete the file and rerun `python -m harness run ...` "
            "for that model and eval set to rewrite it")
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); {fix}") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}; {fix}")
-            missing = [k for k in REQUIRED if row.get(k) in (None, "")]
-            if missing:
-                raise UserError(f"{path}:{lineno}: row lacks {', '.join(missing)}; {fix}")
-            rows.append(row)
+    rows = []
+    for lineno, row in iter_jsonl(path, fix):
+        missing = [k for k in REQUIRED if row.get(k) in (None, "")]
+        if missing:
+            raise UserError(f"{path}:{lineno}: row lacks {', '.join(missing)}; {fix}")
+        rows.append(row)
     return rows
 
 
