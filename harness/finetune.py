@@ -46,6 +46,7 @@ class Recipe:
     per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
     labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
     input_template: str = "{text}"          # spam: what the classifier reads; its last token feeds the head
+    balance_classes: bool = False           # spam: weight the loss so every class counts equally (unbalanced data)
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -175,6 +176,12 @@ def encode_spam(tokenizer, item: dict, labels: list[str], max_length: int, templ
     from harness.generation import classifier_ids
     return {"input_ids": classifier_ids(tokenizer, item["text"], template, max_length),
             "label": labels.index(item["label"])}
+
+
+def class_weights(labels: list[int], n_classes: int) -> list[float]:
+    """Loss weights that make every class count as much as the others: inverse frequency, mean 1 over examples."""
+    counts = [max(labels.count(c), 1) for c in range(n_classes)]
+    return [len(labels) / (n_classes * n) for n in counts]
 
 
 def collate(batch: list[dict], pad_id: int):
@@ -364,6 +371,10 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     steps_per_epoch = len(length_batches([len(t["input_ids"]) for t in train], r.batch_size, 0))
     full = steps_per_epoch * r.epochs      # the schedule always spans the whole run: --max-steps only pauses it
     total = full if max_steps is None else min(max_steps, full)
+    weight = None
+    if r.task == "spam" and r.balance_classes:
+        weight = torch.tensor(class_weights([t["label"] for t in train], len(r.labels)))
+        print("class weights: " + ", ".join(f"{l} {w:.3f}" for l, w in zip(r.labels, weight.tolist())))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=r.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(r.warmup_steps, full // 10 + 1), full)
@@ -393,6 +404,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
                 break
             batch = collate([train[i] for i in batches[b]], tok.pad_token_id)
             outp = model(**batch)
+            if weight is not None:
+                outp.loss = torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
             outp.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)

@@ -146,6 +146,17 @@ def test_classifier_template_is_read_the_same_way_in_training_and_inference(tiny
         tiny_recipe(tiny_llama_dir, "spam", input_template="no placeholder")
 
 
+def test_class_balanced_loss(tiny_llama_dir, tmp_path):
+    from harness.finetune import class_weights
+    w = class_weights([0] * 6 + [1] * 2, 2)
+    assert w[1] == 3 * w[0] and abs((6 * w[0] + 2 * w[1]) / 8 - 1) < 1e-9   # equal total weight per class
+    fake_data()
+    r = tiny_recipe(tiny_llama_dir, "spam", balance_classes=True)
+    out = finetune(r, tmp_path / "adapters" / r.name, max_steps=2)
+    assert "balance_classes = true" in (out / "recipe.toml").read_text()
+    assert len(json.loads((out / "history.json").read_text())["history"]["steps"]) == 2
+
+
 def test_same_seed_same_adapter_and_resume_after_stop(tiny_llama_dir, tmp_path):
     fake_data()
     r = tiny_recipe(tiny_llama_dir, "chat", dropout=0.1)
