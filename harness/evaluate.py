@@ -222,7 +222,8 @@ class RunResult:
     leaderboards: list[Path]
 
 
-def _load_items(eval_set: str, limit: int | None):
+def load_items(eval_set: str, limit: int | None):
+    """(the eval set, its first `limit` items or all of them)."""
     from harness.data import load_eval_set
 
     es = load_eval_set(eval_set)
@@ -274,7 +275,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
 
     if decoding not in DECODINGS:
         raise UserError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
-    es, items = _load_items(eval_set, limit)
+    es, items = load_items(eval_set, limit)
     task = es.task
     if decoding != "free" and task != "poem":
         raise UserError(f"--decoding {decoding} applies to poem eval sets; {eval_set} is a {task} set")

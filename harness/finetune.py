@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.cli import UserError
+from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -75,9 +76,9 @@ class Recipe:
             raise UserError(f"recipe {self.name}: learning_rate must be in (0, 1)")
         if not 0 <= self.dropout < 1:
             raise UserError(f"recipe {self.name}: dropout must be in [0, 1)")
-        if self.input_template.count("{text}") != 1:
-            raise UserError(f"recipe {self.name}: input_template must contain {{text}} exactly once, "
-                            f"got {self.input_template!r}")
+        problem = template_problem(self.input_template)
+        if problem:
+            raise UserError(f"recipe {self.name}: {problem}")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -187,18 +188,12 @@ def class_weights(labels: list[int], n_classes: int) -> list[float]:
 def collate(batch: list[dict], pad_id: int):
     """Right padding (training): pad ids, mask 0, labels -100."""
     import torch
-    width = max(len(b["input_ids"]) for b in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
+
+    from harness.generation import right_pad
+    ids, mask = right_pad([b["input_ids"] for b in batch], pad_id)
     out = {"input_ids": ids, "attention_mask": mask}
     if "labels" in batch[0]:
-        out["labels"] = torch.full((len(batch), width), -100, dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        ids[i, :n] = torch.tensor(b["input_ids"])
-        mask[i, :n] = 1
-        if "labels" in b:
-            out["labels"][i, :n] = torch.tensor(b["labels"])
+        out["labels"] = right_pad([b["labels"] for b in batch], -100)[0]
     if "label" in batch[0]:
         out["labels"] = torch.tensor([b["label"] for b in batch])
     return out
@@ -404,13 +399,13 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
                 break
             batch = collate([train[i] for i in batches[b]], tok.pad_token_id)
             outp = model(**batch)
-            if weight is not None:
-                outp.loss = torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
-            outp.loss.backward()
+            batch_loss = outp.loss if weight is None else \
+                torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
+            batch_loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss = float(outp.loss.detach())
+            loss = float(batch_loss.detach())
             run_loss, run_n = run_loss + loss, run_n + 1
             if r.task == "spam":
                 correct += int((outp.logits.argmax(-1) == batch["labels"]).sum())
@@ -588,7 +583,7 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
             max_new_tokens: int = 256, eval_sets: list[str] | None = None) -> str:
     """Evaluate an adapter and its base on the card's eval sets with the evaluate pipeline (cached, so a
     rerun is cheap); write the Metrics section of adapters/<name>/README.md; return it."""
-    from harness.evaluate import run
+    from harness.evaluate import load_items, run
     from harness.leaderboard import summarize
     from harness.models import find_adapter, load_model
 
@@ -621,14 +616,10 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
           f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
           + _metrics_table(r.task, table))
-    items: list[dict] = []
-    if r.task == "poem_zh":
-        from harness.data import load_eval_set
-        es = sets[0]
-        items = [it for it in (load_eval_set(es).items[:limit] if limit else load_eval_set(es).items) if it.get("poem")]
-    if r.task == "poem_zh" and items:
-        tuned, base = reference_loss(lm, name, r, items), reference_loss(lm, None, r, items)
-        md += (f"\nLoss on the {len(items)} reference poems of {es} (nats per token, loss on the poem only, as in "
+    references = [it for it in load_items(sets[0], limit)[1] if it.get("poem")] if r.task == "poem_zh" else []
+    if references:
+        tuned, base = reference_loss(lm, name, r, references), reference_loss(lm, None, r, references)
+        md += (f"\nLoss on the {len(references)} reference poems of {sets[0]} (nats per token, loss on the poem only, as in "
                f"training): **{tuned:.3f}** for {name} vs {base:.3f} for the base (perplexity {math.exp(tuned):.1f} vs "
                f"{math.exp(base):.1f}; lower = the model finds what the poets wrote more likely). Under the form "
                f"constraint every poem of both is well-formed, so form alone no longer tells them apart.\n")

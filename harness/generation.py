@@ -308,6 +308,18 @@ def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
     return (pre + body + suf) or [tok.eos_token_id]
 
 
+def right_pad(rows: list[list[int]], pad: int):
+    """(ids, mask) tensors of rows padded on the right with `pad` (mask 0 there): a classifier's head and the
+    training loss read each row from its start."""
+    import torch
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return ids, mask
+
+
 def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16) -> list[dict[str, float]]:
     """Per-class probabilities for each text: from a classification adapter's head, or zero-shot spam/ham
     from the base's next-token probabilities when adapter is None."""
@@ -330,11 +342,7 @@ def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch
         body = _backbone(lm)
         for i in range(0, len(texts), batch_size):
             rows = [classifier_ids(tok, t, info.input_template, info.max_length) for t in texts[i:i + batch_size]]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):          # right padding: the head reads each row's last real token
-                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+            ids, mask = right_pad(rows, tok.pad_token_id)    # the head reads each row's last real token
             hidden = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
             last = mask.sum(1).to(lm.device) - 1
             logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])

@@ -306,6 +306,13 @@ def _canonical_base(value: str) -> str:
     return str(p.resolve()) if p.exists() else value
 
 
+def template_problem(template: str) -> str:
+    """Why a classifier's input_template is unusable ("" if it is fine)."""
+    if template.count("{text}") != 1:
+        return f"input_template must contain {{text}} exactly once, got {template!r}"
+    return ""
+
+
 def read_adapter(path: Path) -> AdapterInfo:
     name = path.name
     cfg_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
@@ -325,9 +332,9 @@ def read_adapter(path: Path) -> AdapterInfo:
     labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
     task = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
     template = str(recipe.get("input_template", "{text}"))
-    if template.count("{text}") != 1:
-        return AdapterInfo(name, path, base, task, kind, labels, problem=f"{path / 'recipe.toml'}: input_template "
-                           f"must contain {{text}} exactly once, got {template!r}")
+    problem = template_problem(template)
+    if problem:
+        return AdapterInfo(name, path, base, task, kind, labels, problem=f"{path / 'recipe.toml'}: {problem}")
     return AdapterInfo(name, path, base, task, kind, labels, sha256_file(weights), template,
                        int(recipe.get("max_length", 256)) if kind == "seq_cls" else 256)
 
