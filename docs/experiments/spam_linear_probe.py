@@ -21,19 +21,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from harness.data import load_split  # noqa: E402
+from harness.finetune import class_weights, load_recipe  # noqa: E402
 from harness.generation import classifier_ids, right_pad  # noqa: E402
 from harness.models import load_model  # noqa: E402
 
 LAYERS = (8, 12, 16, 20, 24, 27, 30)     # SmolLM2-135M has 30 blocks; hidden_states[30] is the final one
 
 
-def last_token_states(lm, texts: list[str], layers=LAYERS, batch_size: int = 32) -> dict[int, torch.Tensor]:
-    """Hidden state of each text's last token at each layer, as the spam adapter's head would read it."""
+def last_token_states(lm, texts: list[str], template: str, max_length: int, layers=LAYERS,
+                      batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """Hidden state of each text's last token at each layer, read as the spam adapter's head reads it."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))     # similar lengths: little padding
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     with torch.inference_mode(), lm.using(None) as model:
         for i in range(0, len(order), batch_size):
-            rows = [classifier_ids(lm.tokenizer, texts[j], "{text}", 96) for j in order[i:i + batch_size]]
+            rows = [classifier_ids(lm.tokenizer, texts[j], template, max_length) for j in order[i:i + batch_size]]
             ids, mask = right_pad(rows, lm.tokenizer.pad_token_id)
             hidden = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             last = mask.sum(1) - 1
@@ -50,7 +52,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3):
     z = (x - mu) / sd
     w = torch.zeros(x.shape[1], 2, requires_grad=True)
     b = torch.zeros(2, requires_grad=True)
-    weight = (len(y) / (2 * torch.bincount(y, minlength=2))).float()
+    weight = torch.tensor(class_weights(y.tolist(), 2))
     opt = torch.optim.LBFGS([w, b], max_iter=500)
 
     def closure():
@@ -63,12 +65,13 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3):
 
 
 def main() -> dict[int, dict[str, int]]:
-    torch.manual_seed(0)
-    lm = load_model("smollm2-135m-instruct")
-    splits = {s: load_split("sms_spam", s) for s in ("natural_train", "natural_validation", "test")}
-    labels = {s: torch.tensor([it["label"] == "spam" for it in items]).long() for s, items in splits.items()}
+    recipe = load_recipe("spam")                  # the committed adapter's base, input template and max_length
+    lm = load_model(recipe.base)
+    splits = {s: load_split(recipe.dataset, s) for s in ("natural_train", "natural_validation", "test")}
+    labels = {s: torch.tensor([recipe.labels.index(it["label"]) for it in items]) for s, items in splits.items()}
     t0 = time.perf_counter()
-    states = {s: last_token_states(lm, [it["text"] for it in items]) for s, items in splits.items()}
+    states = {s: last_token_states(lm, [it["text"] for it in items], recipe.input_template, recipe.max_length)
+              for s, items in splits.items()}
     print(f"hidden states of {sum(map(len, splits.values()))} messages in {time.perf_counter() - t0:.0f} s")
     results = {}
     for layer in LAYERS:
