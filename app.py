@@ -26,7 +26,7 @@ from harness.app_logic import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adap
                                base_choices, chat_turn, classifier_choices, classify_file, classify_message, compare,
                                compare_choices, default_classifier, default_poem_adapter, leaderboard_view,
                                poem_forms, poem_stream, score_text, spam_examples, stats_info, status_line)
-from harness.cli import UserError
+from harness.errors import UserError
 
 log = logging.getLogger("ftbench.app")
 MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=1)   # one queue for all model work, across tabs

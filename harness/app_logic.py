@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.models import (AdapterInfo, LoadedModel, base_status, default_base, list_adapters, list_bases,
                             load_model, resolve_base)
 from harness.paths import adapters_dir, check_name, results_dir

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.paths import PROJECT_ROOT
 
 COLD_START_TARGET = 10.0

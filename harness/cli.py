@@ -16,8 +16,7 @@ import typing
 from collections.abc import Callable
 
 
-class UserError(ValueError):
-    """An error caused by input the user can fix; the CLI prints it without a traceback (exit 2)."""
+from harness.errors import UserError
 
 
 def _param_help(doc: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 
 
 def read_text_file(path: str) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared

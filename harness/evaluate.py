@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
 from harness.paths import PROJECT_ROOT, results_dir
 from harness.store import Store, content_key, generation_key, judgment_key, now_iso

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.models import LoadedModel
 
 SPAM_PROMPT = ("Is the following SMS message spam or ham (a normal message)? Answer with one word: spam or ham.\n\n"

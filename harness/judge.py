@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.cli import UserError
+from harness.errors import UserError
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 DEFAULT_JUDGE = "ollama:llama3"

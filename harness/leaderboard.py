@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.metrics import bootstrap_mean_ci, classification_metrics, distinct_n, looping, repetition_rate
 
 REQUIRED = ("task", "eval_set", "item_id", "model")

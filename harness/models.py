@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.paths import adapters_dir, cache_dir, check_name, sha256_file
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -17,7 +17,7 @@ import math
 import re
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.leaderboard import as_float, dedupe, is_scored, read_rows, run_files
 from harness.metrics import (bootstrap_mean_ci, classification_metrics, histogram, mcnemar_exact, paired_bootstrap, pearson,
                              spearman)

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.paths import cache_dir
 
 SCHEMA_VERSION = 1

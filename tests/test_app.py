@@ -19,7 +19,7 @@ from tiny import build_adapter
 
 import app as app_module
 from harness import app_logic as L
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.generation import GenerationConfig, classify, generate_batch, generate_pair, zero_shot_spam
 
 GREEDY = dict(temperature=0.0, top_p=0.9, seed=0, rep=1.0)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import UserError, main
+from harness.cli import main
+from harness.errors import UserError
 from harness.data import (
     EvalSet, list_datasets, list_eval_sets, load_eval_set, load_manifest, load_split, prepare, with_checksums,
     zh_form,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.evaluate import judge_cmd, judge_with_store, read_responses, run, run_id_for, slug
 from harness.fake_ollama import FakeOllama
 from harness.judge import JudgeConfig, JudgeRequest, open_judge

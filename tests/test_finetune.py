@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness import data
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.finetune import Recipe, encode_causal, finetune, list_recipes, load_recipe, prompt_and_target
 from harness.models import load_model
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.forms import CHARSET_FILE, VocabTables, charset, token_bytes
 from harness.generation import GenerationConfig, StreamStats, generate_batch, stream
 from harness.metrics import FIXED_FORMS, form_check, is_cjk

@@ -6,7 +6,7 @@ import threading
 import pytest
 from tiny import build_adapter
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.generation import GenerationConfig, StreamStats, generate_batch, stream
 from harness.models import load_model
 

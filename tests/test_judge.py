@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.fake_ollama import FAKE_DIGEST, FakeOllama
 from harness.judge import (SCORE_SCHEMA, JudgeConfig, JudgeRequest, judge_many, list_prompts, load_prompt,
                            open_judge, parse_score, parse_spec, render_prompt)

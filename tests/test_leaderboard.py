@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.leaderboard import (build_leaderboard, leaderboard_cmd, read_rows, summarize, write_leaderboards)
 from harness.metrics import form_check
 from harness.report import compare_runs, find_run_pair, list_runs, report_cmd, write_report

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny import build_adapter
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.models import base_status, list_adapters, list_bases, load_model, resolve_base
 
 

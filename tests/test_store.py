@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.paths import PROJECT_ROOT
 from harness.store import Store, default_path, generation_key, judgment_key
 
