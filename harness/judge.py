@@ -17,7 +17,10 @@ Deterministic: temperature 0, a fixed seed and num_ctx travel inside Ollama's `o
 them at the top level, where Ollama ignores them). Prompts are files harness/prompts/judge_<task>_<version>.txt.
 The answer is requested as JSON {score, reason} (Ollama `format`, OpenAI `response_format`, a '{"score": ' prefix
 in process); free text is parsed as a fallback. No score -> a bounded re-ask, then the raw answer is kept with
-parsed=False (never dropped). Connection errors and 5xx are retried with exponential backoff.
+parsed=False (never dropped). A score outside 0-100 (negative, or above the scale) is unparsed with the
+reason kept, never clamped or sign-stripped. Connection errors, 429 and 5xx are retried with exponential
+backoff; a server that connects but does not answer within `timeout` (60 s) is not retried (one sentence says
+so); a 200 answer that is not JSON marks that item failed (parsed=False, reason kept) and the run goes on.
 """
 from __future__ import annotations
 
@@ -100,9 +103,9 @@ class JudgeConfig:
     seed: int = 123
     num_ctx: int = 4096              # context the judge runs with (sent to Ollama; checked before a run)
     max_answer_tokens: int = 256     # the judge's answer budget (Ollama num_predict, OpenAI max_tokens)
-    timeout: float = 300.0           # seconds for one answer (incl. waiting in Ollama's queue)
+    timeout: float = 60.0            # seconds for one answer (incl. Ollama's queue); --judge-timeout; not retried
     connect_timeout: float = 3.0     # seconds to reach the server: a down server fails fast
-    retries: int = 3                 # extra attempts on connection errors and 5xx, with exponential backoff
+    retries: int = 3                 # extra attempts on refused connections, 429 and 5xx (exponential backoff)
     backoff: float = 0.5             # first backoff in seconds (then x2)
     parse_retries: int = 1           # re-asks when an answer holds no score
     workers: int = 4                 # concurrent requests (like OLLAMA_NUM_PARALLEL)
@@ -215,7 +218,7 @@ def estimate_tokens(text: str) -> int:
 
 _JSON_OBJ = re.compile(r"\{[^{}]*\}", re.S)
 _INLINE_CODE = re.compile(r"`[^`]{7,}`")   # quoted texts (the prompt quotes the response in backticks)
-_NUM = r"(\d{1,3}(?:\.\d+)?)"
+_NUM = r"(-?\d{1,3}(?:\.\d+)?)"          # the sign is kept: "-100" is out of range, never 100
 _SCALE = re.compile(rf"(?<![\d.]){_NUM}\s*(?:(?:stars?|points?|pts)\s*)?(?:/|out\s+of)\s*(100|10|5)(?![\d])", re.I)
 _LABEL = re.compile(rf"\b(?:score|scored|scoring|rating|rate|rated|grade|give|giving)\b[^\d\n`]{{0,30}}?"
                     rf"(?<![\d.]){_NUM}(?![\d])", re.I)
@@ -239,7 +242,10 @@ def _json_score(obj: Any) -> tuple[float | None, str]:
 
 
 def parse_score(text: str) -> tuple[float | None, str]:
-    """A judge's answer -> (score in [0, 100] or None, reason).
+    """A judge's answer -> (score in [0, 100], reason) or (None, why-not).
+
+    A score the judge gave outside 0-100 ("Rating: -100", {"score": -3}, "150/100") is not a score: the
+    result is (None, "score -3 is outside 0-100"), so it is kept unparsed and never enters a mean.
 
     In order: the whole answer as JSON; a JSON object inside prose or a ```json fence; "N/100", "N out of 10"
     (scaled to 100); a labelled number ("Score: 72", "I'd rate it 85", "a score of 92"); a first line that
@@ -255,22 +261,25 @@ def parse_score(text: str) -> tuple[float | None, str]:
         pass
     candidates += [_json_score(_try_json(m.group(0))) for m in _JSON_OBJ.finditer(text)]
     for score, reason in candidates:
-        if score is not None and 0 <= score <= 100:
-            return _tidy(score), reason
+        if score is not None:      # the judge's explicit JSON score decides, in range or not
+            return (_tidy(score), reason) if 0 <= score <= 100 else (None, _outside(score))
     plain = _INLINE_CODE.sub(" ", text)
     for m in _SCALE.finditer(plain):
         value, scale = float(m.group(1)), float(m.group(2))
-        if value <= scale:
-            return _tidy(value * 100 / scale), ""
+        return (_tidy(value * 100 / scale), "") if 0 <= value <= scale else (None, _outside(value, scale))
     for m in _LABEL.finditer(plain):
         value = float(m.group(1))
-        if 0 <= value <= 100:
-            return _tidy(value), ""
+        return (_tidy(value), "") if 0 <= value <= 100 else (None, _outside(value))
     first = next((line for line in plain.splitlines() if line.strip()), "")
     m = _LEAD.match(first)
-    if m and 0 <= float(m.group(1)) <= 100:
-        return _tidy(float(m.group(1))), ""
+    if m:
+        value = float(m.group(1))
+        return (_tidy(value), "") if 0 <= value <= 100 else (None, _outside(value))
     return None, ""
+
+
+def _outside(value: float, scale: float = 100) -> str:
+    return f"score {value:g} is outside 0-{scale:g}"
 
 
 def _try_json(s: str) -> Any:
@@ -389,6 +398,8 @@ def _open_ollama(cfg: JudgeConfig) -> Judge:
         listing = _with_retries(cfg, client.list, threading.Event(), connect_retries=False)
     except _Unavailable as e:
         client.close()
+        if e.timed_out:
+            raise UserError(timeout_message(where, cfg.timeout)) from None
         raise UserError(f"{_down_message(cfg.spec, where, 'ollama')} [{e.cause}]") from None
     except ollama.ResponseError as e:
         client.close()
@@ -416,8 +427,12 @@ def _open_ollama(cfg: JudgeConfig) -> Judge:
         try:
             resp = client.chat(model=model, messages=messages, format=SCORE_SCHEMA, options=cfg.options(),
                                stream=False)
-        except (json.JSONDecodeError, pydantic.ValidationError) as e:
-            raise _HTTPError(502, f"malformed answer from Ollama: {str(e)[:200]}") from None
+        except json.JSONDecodeError as e:
+            raise BadAnswer(f"Ollama at {where} answered 200 with a body that is not JSON ({e.msg})",
+                            str(e.doc or "")[:2000]) from None
+        except pydantic.ValidationError as e:
+            raise BadAnswer(f"Ollama at {where} answered 200 with JSON that is not a chat answer",
+                            str(e)[:2000]) from None
         return resp.message.content or ""
 
     return Judge(cfg, cfg.spec, str(entry.digest or ""), where, estimate_tokens, cfg.num_ctx,
@@ -443,6 +458,8 @@ def _open_openai(cfg: JudgeConfig) -> Judge:
         listing = _with_retries(cfg, get_models, threading.Event(), connect_retries=False)
     except _Unavailable as e:
         session.close()
+        if e.timed_out:
+            raise UserError(timeout_message(base, cfg.timeout)) from None
         raise UserError(f"{_down_message(cfg.spec, base, 'openai')} [{e.cause}]") from None
     except (_HTTPError, ValueError) as e:
         session.close()
@@ -467,9 +484,14 @@ def _open_openai(cfg: JudgeConfig) -> Judge:
         if r.status_code >= 400:
             raise _HTTPError(r.status_code, r.text)
         try:
-            return r.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _HTTPError(502, f"malformed answer: {r.text[:200]}") from None
+            data = r.json()
+        except ValueError:
+            raise BadAnswer(f"{base} answered {r.status_code} with a body that is not JSON", r.text[:2000]) from None
+        try:
+            return data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise BadAnswer(f"{base} answered {r.status_code} with JSON that is not a chat completion",
+                            r.text[:2000]) from None
 
     return Judge(cfg, cfg.spec, "", base, estimate_tokens, cfg.num_ctx, complete=complete, close=session.close)
 
@@ -521,6 +543,28 @@ class _Unavailable(Exception):
         self.attempts = attempts
         status = getattr(cause, "status_code", None)
         self.status = status if isinstance(status, int) and status > 0 else None
+        self.timed_out = _read_timeout(cause)
+
+
+class BadAnswer(Exception):
+    """A 200 answer that is not the JSON the protocol promises: that item fails (parsed=False), the run goes on."""
+    def __init__(self, reason: str, raw: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+def _read_timeout(e: BaseException) -> bool:
+    """The server accepted the connection but sent no answer in time (not a refused or unreachable server)."""
+    name = type(e).__name__
+    if name in ("ConnectTimeout", "ConnectError"):
+        return False
+    return name in ("ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout") or isinstance(e, TimeoutError)
+
+
+def timeout_message(where: str, seconds: float) -> str:
+    return (f"the judge server at {where} connected but did not answer within {seconds:g} s; it may be "
+            f"overloaded or stuck: check its log, lower --workers, or raise --judge-timeout for a slow model")
 
 
 class _Aborted(Exception):
@@ -540,7 +584,8 @@ def _with_retries(cfg: JudgeConfig, fn: Callable[[], Any], abort: threading.Even
             if not _transient(e):
                 raise
             refused = isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout")
-            if attempt >= cfg.retries or (refused and not connect_retries):
+            # a read timeout already cost `timeout` seconds: one attempt, never a silent retry loop
+            if attempt >= cfg.retries or (refused and not connect_retries) or _read_timeout(e):
                 raise _Unavailable(e, attempt + 1) from None
             if abort.wait(cfg.backoff * (2 ** attempt)):
                 raise _Aborted() from None
@@ -564,13 +609,15 @@ def _call(judge: Judge, messages: list[dict]) -> str:
         return _with_retries(judge.config, lambda: judge.complete(messages), judge.abort)
     except _Unavailable as e:
         resume = "Items judged so far are saved: rerun the same command to resume"
+        if e.timed_out:
+            raise UserError(f"{timeout_message(judge.where, judge.config.timeout)}. {resume}") from None
         if e.status is not None:
             raise UserError(f"the judge server at {judge.where} kept failing ({e.cause}); gave up after "
                             f"{e.attempts} attempts. Check its log (the `ollama serve` window or "
                             f"`journalctl -u ollama`), lower --workers if it is overloaded. {resume}") from None
         raise UserError(f"{_down_message(judge.name, judge.where, judge.config.backend)}; gave up after "
                         f"{e.attempts} attempts [{e.cause}]. {resume}") from None
-    except (_Aborted, UserError):
+    except (_Aborted, UserError, BadAnswer):
         raise
     except Exception as e:  # noqa: BLE001 - a 4xx or similar: not worth retrying
         raise _fatal(judge, e) from None
@@ -581,14 +628,20 @@ def judge_one(judge: Judge, req: JudgeRequest) -> Judgment:
     t0 = time.perf_counter()
     messages = judge.messages(req)
     answers: list[str] = []
+    why = ""
     for attempt in range(judge.config.parse_retries + 1):
-        answer = _call(judge, messages)
+        try:
+            answer = _call(judge, messages)
+        except BadAnswer as e:       # this item fails, the run goes on
+            answers.append(e.raw)
+            return Judgment(None, False, _joined(answers), e.reason, attempt + 1, time.perf_counter() - t0)
         answers.append(answer)
         score, reason = parse_score(answer)
         if score is not None:
             return Judgment(score, True, _joined(answers), reason, attempt + 1, time.perf_counter() - t0)
+        why = reason or why
         messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": RETRY_MESSAGE}]
-    return Judgment(None, False, _joined(answers), "", len(answers), time.perf_counter() - t0)
+    return Judgment(None, False, _joined(answers), why, len(answers), time.perf_counter() - t0)
 
 
 def _joined(answers: list[str]) -> str:

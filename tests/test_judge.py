@@ -50,12 +50,75 @@ PARSE_TABLE = [
     ("Score: 150/100", None),
     ('{"score": 101, "reason": "too good"}', None),
     ("garbage ###", None),
+    # negative or out-of-range scores are unparsed, never sign-stripped or clamped (issue 12 part 5)
+    ("Rating: -100", None),
+    ('{"score": -3}', None),
+    ('{"score": -3, "reason": "bad"}', None),
+    ("-5", None),
+    ("I give it -2/10", None),
 ]
 
 
 @pytest.mark.parametrize("text,expected", PARSE_TABLE)
 def test_parse_score_table(text, expected):
     assert parse_score(text)[0] == expected
+
+
+@pytest.mark.parametrize("text,reason", [("Rating: -100", "score -100 is outside 0-100"),
+                                         ('{"score": -3}', "score -3 is outside 0-100"),
+                                         ("Score: 150/100", "score 150 is outside 0-100"),
+                                         ("12/10", "score 12 is outside 0-10")])
+def test_out_of_range_scores_keep_the_reason(text, reason):
+    assert parse_score(text) == (None, reason)
+
+
+def test_out_of_range_answer_is_unparsed_with_its_reason_through_the_server():
+    with FakeOllama(answers=['{"score": -3, "reason": "x"}', '{"score": -3, "reason": "x"}']) as fake:
+        with open_judge(_cfg(fake, workers=1)) as judge:
+            (j,) = judge_many(judge, [_req(1)], progress=False)
+    assert j.parsed is False and j.score is None and j.reason == "score -3 is outside 0-100"
+
+
+def test_timeout_default_is_60_seconds():
+    assert JudgeConfig().timeout == 60
+
+
+def test_server_that_connects_but_never_answers_times_out_once_with_a_sentence():
+    # the fake accepts the connection, then sleeps far longer than the judge's timeout
+    with FakeOllama(default=lambda body: {"content": '{"score": 50, "reason": "x"}', "delay": 30}) as fake:
+        with open_judge(_cfg(fake, workers=1, timeout=1, retries=3)) as judge:
+            t0 = time.perf_counter()
+            with pytest.raises(UserError) as err:
+                judge_many(judge, [_req(1), _req(2)], progress=False)
+            took = time.perf_counter() - t0
+            asked, url = fake.count("/api/chat"), fake.url
+    msg = str(err.value)
+    assert f"the judge server at {url} connected but did not answer within 1 s" in msg
+    assert "--judge-timeout" in msg and "rerun the same command" in msg
+    assert asked == 1 and took < 5            # one timed-out attempt, no silent retries
+
+
+def test_openai_server_that_never_answers_times_out_once():
+    with FakeOllama(default=lambda body: {"content": "x", "delay": 30}) as fake:
+        spec = f"openai:llama3@{fake.url}/v1"
+        with open_judge(JudgeConfig(spec, timeout=1, backoff=0.01, workers=1)) as judge:
+            with pytest.raises(UserError, match="connected but did not answer within 1 s"):
+                judge_many(judge, [_req(1)], progress=False)
+            assert fake.count("/v1/chat/completions") == 1
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_a_200_answer_that_is_not_json_fails_that_item_and_the_run_goes_on(backend):
+    answers = ['{"score": 70, "reason": "ok"}', {"raw": "<html>proxy error</html>"}, '{"score": 80, "reason": "ok"}']
+    with FakeOllama(answers=answers) as fake:
+        cfg = (_cfg(fake, workers=1) if backend == "ollama"
+               else JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01, workers=1))
+        with open_judge(cfg) as judge:
+            out = judge_many(judge, [_req(i) for i in range(3)], progress=False)
+        asked = fake.count("/api/chat" if backend == "ollama" else "/v1/chat/completions")
+    assert [j.score for j in out] == [70, None, 80]
+    assert out[1].parsed is False and "not JSON" in out[1].reason and "proxy error" in out[1].raw
+    assert asked == 3                         # not retried, not fatal
 
 
 def test_parse_score_keeps_the_json_reason():
