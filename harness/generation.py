@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from harness.errors import UserError
@@ -120,10 +120,16 @@ def _check_fits(lm: LoadedModel, lengths: list[int], cfg: GenerationConfig) -> N
 
 
 def generate_batch(lm: LoadedModel, prompts: list[str], cfg: GenerationConfig = GenerationConfig(),
-                   adapter: str | None = ..., progress: bool = False) -> list[Generation]:
-    """Generate for many rendered prompts: left padding, KV cache, batches of similar length.
+                   adapter: str | None = ..., progress: bool = False,
+                   on_done: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+    """Generate for many rendered prompts, `cfg.batch_size` rows at a time.
 
-    Greedy batched output equals one-at-a-time output token for token."""
+    Greedy natural-length decoding is continuously batched: a row that reaches its EOS (or a stop string, or
+    max_new_tokens) leaves the batch at once and the next waiting prompt takes its place (its own prefill, its
+    KV cache merged into the batch's). Sampling, ignore_eos and models whose cache is not a plain per-layer KV
+    (sliding-window layers) use static batches of similar length (left padding). Either way greedy batched
+    output equals one-at-a-time output token for token. `on_done(index, generation)` runs in the calling
+    thread as each prompt finishes (store it there: an interrupted run loses only the rows in flight)."""
     import torch
 
     if not prompts:
@@ -132,24 +138,47 @@ def generate_batch(lm: LoadedModel, prompts: list[str], cfg: GenerationConfig = 
     lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False)["input_ids"]]
     _check_fits(lm, lengths, cfg)
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     out: list[Generation | None] = [None] * len(prompts)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(prompts), desc="generate", unit="item")
-    with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
-        for batch in batches:
-            for i, g in zip(batch, _run_batch(lm, model, [prompts[i] for i in batch], cfg)):
-                out[i] = g
-            if bar:
-                bar.update(len(batch))
-    if bar:
-        bar.close()
+
+    def done(i: int, g: Generation) -> None:
+        out[i] = g
+        if on_done:
+            on_done(i, g)
+        if bar:
+            bar.update(1)
+
+    try:
+        with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
+            todo = order
+            if continuous_ok(lm, model, cfg) and len(prompts) > 1:
+                todo = _continuous(lm, model, prompts, order, cfg, done)     # [] unless the cache is not plain
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start:start + cfg.batch_size]
+                for i, g in zip(batch, _run_batch(lm, model, [prompts[i] for i in batch], cfg)):
+                    done(i, g)
+    finally:
+        if bar:
+            bar.close()
     return out  # type: ignore[return-value]
 
 
+def _finish(tok, prompt: str, new: list[int], prompt_tokens: int, seconds: float, stops: tuple[str, ...],
+            eos: set[int]) -> Generation:
+    """The Generation of one row: new tokens cut at the first EOS, text cut at the first stop string."""
+    ended = next((k for k, t in enumerate(new) if t in eos), None)
+    if ended is not None:
+        new = new[:ended]
+    text, stopped = _cut(tok.decode(new, skip_special_tokens=True), stops)
+    reason = "stop" if ended is not None or stopped else "length"
+    return Generation(prompt, text, prompt_tokens, len(new), seconds, reason)
+
+
 def _run_batch(lm: LoadedModel, model, prompts: list[str], cfg: GenerationConfig, **extra) -> list[Generation]:
+    """One static batch through transformers' generate(): left padding; finished rows idle until the last ends."""
     import torch
 
     tok = lm.tokenizer
@@ -165,17 +194,177 @@ def _run_batch(lm: LoadedModel, model, prompts: list[str], cfg: GenerationConfig
     ids = model.generate(**enc, **kw, **extra)
     seconds = (time.perf_counter() - t0) / len(prompts)
     width = enc["input_ids"].shape[1]
-    out = []
-    for row, prompt in enumerate(prompts):
-        new = ids[row, width:].tolist()
-        ended = next((k for k, t in enumerate(new) if t in eos), None)
-        if ended is not None:
-            new = new[:ended]
-        text, stopped = _cut(tok.decode(new, skip_special_tokens=True), stops)
-        reason = "stop" if ended is not None or stopped else "length"
-        prompt_tokens = int(enc["attention_mask"][row].sum())
-        out.append(Generation(prompt, text, prompt_tokens, len(new), seconds, reason))
-    return out
+    return [_finish(tok, prompt, ids[row, width:].tolist(), int(enc["attention_mask"][row].sum()), seconds,
+                    stops, eos) for row, prompt in enumerate(prompts)]
+
+
+# ---------------------------------------------------------------- continuous batching
+
+# generation_config fields that do not change greedy decoding here (anything else, e.g. no_repeat_ngram_size or
+# suppress_tokens, adds a logits processor the continuous loop does not replicate: static batches then)
+_PLAIN_GENERATION_FIELDS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "do_sample",
+                            "temperature", "top_p", "top_k", "min_p", "typical_p", "max_length", "max_new_tokens",
+                            "use_cache", "transformers_version", "_from_model_config", "cache_implementation",
+                            "num_beams", "num_return_sequences", "repetition_penalty", "output_attentions",
+                            "output_hidden_states", "output_scores", "return_dict_in_generate", "trust_remote_code"}
+
+
+def continuous_ok(lm: LoadedModel, model, cfg: GenerationConfig) -> bool:
+    """Whether generate_batch continuously batches `cfg` on this model: greedy, natural length, batch > 1, and
+    a generation_config that adds no logits processor beyond repetition_penalty and the form constraint."""
+    if cfg.do_sample or cfg.ignore_eos or cfg.batch_size < 2:
+        return False
+    gc = getattr(model, "generation_config", None) or lm.model.generation_config
+    extra = set(gc.to_diff_dict()) - _PLAIN_GENERATION_FIELDS
+    return not extra and (getattr(gc, "num_beams", 1) or 1) == 1
+
+
+@dataclass
+class _Row:
+    index: int
+    ids: list[int]                  # prompt + tokens chosen so far (the last one is not in the KV cache yet)
+    prompt_tokens: int
+    processors: list
+    seconds: float = 0.0
+
+    @property
+    def new(self) -> list[int]:
+        return self.ids[self.prompt_tokens:]
+
+
+def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cfg: GenerationConfig,
+                done: Callable[[int, Generation], None]) -> list[int]:
+    """Continuously batched greedy decoding: at most cfg.batch_size rows; a finished row is replaced by the next
+    waiting prompt. Every row sees what it would see alone: its own prefill (no padding), its own logits
+    processors (repetition penalty, form constraint) and stop criteria on its own ids, and its own positions;
+    in the batch its KV is left-padded and masked. Returns the prompts left for static batches (all of them
+    when the model's cache is not one plain KV tensor per layer, e.g. sliding-window layers)."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache_kw = _cache_kw(model)
+    tok, dev = lm.tokenizer, lm.device
+    stops, eos = _stops(lm, cfg), _eos_ids(lm)
+    stop_check = None
+    if stops:
+        from transformers.generation.stopping_criteria import StopStringCriteria
+        stop_check = StopStringCriteria(tok, list(stops))   # transformers' own stop-string semantics
+    waiting = list(order)
+    rows: list[_Row] = []
+    cache = None
+    mask = None                      # [rows, width] 1 where a cached position is real, 0 where it is padding
+
+    def processors() -> list:
+        procs = []
+        if cfg.repetition_penalty != 1.0:
+            from transformers import RepetitionPenaltyLogitsProcessor
+            procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+        if cfg.form:
+            from harness.forms import FormConstraint
+            procs.append(FormConstraint(tok, cfg.form, min(eos)))
+        return procs
+
+    def choose(row: _Row, logits) -> bool:
+        """Append the row's next token; True when the row is finished."""
+        scores = logits.float()
+        if row.processors or stop_check is not None:
+            ids = torch.tensor([row.ids], device=dev)
+            for p in row.processors:
+                scores = p(ids, scores)
+        token = int(scores.argmax(-1))
+        row.ids.append(token)
+        if token in eos or len(row.new) >= cfg.max_new_tokens:
+            return True
+        return bool(stop_check is not None and stop_check(torch.tensor([row.ids], device=dev), None).any())
+
+    def finish(row: _Row) -> None:
+        done(row.index, _finish(tok, prompts[row.index], row.new, row.prompt_tokens, row.seconds, stops, eos))
+
+    while waiting or rows:
+        while waiting and len(rows) < cfg.batch_size:            # refill: each new prompt prefilled alone
+            i = waiting[0]
+            t0 = time.perf_counter()
+            ids = tok(prompts[i], add_special_tokens=False)["input_ids"]
+            own = DynamicCache(config=model.config)
+            n = len(ids)
+            res = model(input_ids=torch.tensor([ids], device=dev), attention_mask=torch.ones(1, n, dtype=torch.long, device=dev),
+                        position_ids=torch.arange(n, device=dev)[None], use_cache=True, logits_to_keep=1,
+                        **{cache_kw: own})
+            if not all(type(layer) is DynamicLayer for layer in own.layers):
+                if cache is None:
+                    return waiting          # not a plain KV per layer: static batches for everything
+                raise RuntimeError("cache layout changed during continuous batching")
+            waiting.pop(0)
+            row = _Row(i, list(ids), n, processors())
+            finished = choose(row, res.logits[:, -1, :])
+            row.seconds += time.perf_counter() - t0
+            if finished:
+                finish(row)
+                continue
+            if cache is None:
+                cache, mask = own, torch.ones(1, n, dtype=torch.long, device=dev)
+            else:
+                width = mask.shape[1]
+                if n > width:               # the newcomer is longer than the batch: pad everyone on the left
+                    for layer in cache.layers:
+                        layer.keys = _pad_left(layer.keys, n - width)
+                        layer.values = _pad_left(layer.values, n - width)
+                    mask = _pad_left(mask, n - width)
+                    width = n
+                for layer, new in zip(cache.layers, own.layers):
+                    layer.keys = torch.cat([layer.keys, _pad_left(new.keys, width - n)], 0)
+                    layer.values = torch.cat([layer.values, _pad_left(new.values, width - n)], 0)
+                mask = torch.cat([mask, _pad_left(torch.ones(1, n, dtype=torch.long, device=dev), width - n)], 0)
+            rows.append(row)
+        if not rows:
+            break
+        t0 = time.perf_counter()
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long, device=dev)], 1)
+        res = model(input_ids=torch.tensor([[r.ids[-1]] for r in rows], device=dev), attention_mask=mask,
+                    position_ids=torch.tensor([[len(r.ids) - 1] for r in rows], device=dev),
+                    use_cache=True, logits_to_keep=1, **{cache_kw: cache})   # updates `cache` in place
+        logits = res.logits[:, -1, :]
+        keep = []
+        ended = []
+        for b, row in enumerate(rows):
+            (ended if choose(row, logits[b:b + 1]) else keep).append(b)
+        share = (time.perf_counter() - t0) / len(rows)
+        for row in rows:
+            row.seconds += share
+        for b in ended:
+            finish(rows[b])
+        if ended:
+            rows = [rows[b] for b in keep]
+            if not rows:
+                cache, mask = None, None
+                continue
+            index = torch.tensor(keep, device=dev)
+            mask = mask.index_select(0, index)
+            lead = int((mask.sum(0) == 0).long().cumprod(0).sum())   # columns that are padding in every row
+            for layer in cache.layers:
+                layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
+                layer.values = layer.values.index_select(0, index)[:, :, lead:]
+            mask = mask[:, lead:]
+    return []
+
+
+def _cache_kw(model) -> str:
+    """forward()'s name for the KV cache: transformers 5.2x renamed `past_key_values` to `cache`."""
+    import inspect
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _pad_left(t, n: int):
+    """`t` with n zero columns before its sequence axis (-2 for a KV tensor [b, heads, seq, dim], -1 for a mask)."""
+    import torch
+    if n <= 0:
+        return t
+    axis = -1 if t.dim() == 2 else -2
+    shape = list(t.shape)
+    shape[axis] = n
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], axis)
 
 
 def generate_pair(lm: LoadedModel, prompt: str, adapter: str,

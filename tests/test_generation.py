@@ -118,3 +118,79 @@ def test_mixed_adapter_batch_matches_separate_runs(tiny_llama_dir, tmp_path):
     base, tuned = generate_pair(lm, PROMPTS[1], "chat-a", cfg)
     assert base.text == generate_batch(lm, [PROMPTS[1]], cfg, adapter=None)[0].text
     assert tuned.text == generate_batch(lm, [PROMPTS[1]], cfg, adapter="chat-a")[0].text
+
+
+# ---------------------------------------------------------------- continuous batching
+
+LONG = "Rewrite the sentence in passive voice. The cat chased the mouse. " * 6
+MIXED = ["Hi", LONG, "What is the capital of France?", "床前明月光", "Free entry! Win a prize now", "Hello",
+         "写一首五言绝句，题目：春夜", "Are we still meeting for lunch tomorrow?"]
+
+
+def _prefills(lm):
+    """A forward hook counting single-row prefills (batch 1, more than one position): the continuous path."""
+    seen = []
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            seen.append(tuple(ids.shape))
+    return seen, lm.model.register_forward_hook(hook, with_kwargs=True)
+
+
+def _fields(g):
+    return g.text, g.new_tokens, g.prompt_tokens, g.finish_reason
+
+
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_gpt2_dir"])
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=1), dict(max_new_tokens=9, stop=("e",)),
+                                dict(max_new_tokens=40, stop=("a", "o")),
+                                dict(max_new_tokens=20, repetition_penalty=1.3, stop=("n",))])
+def test_continuous_batching_equals_one_at_a_time(which, kw, request):
+    """Rows that stop early (stop strings, EOS) are replaced by waiting prompts; every output equals the
+    static transformers generate() run on that prompt alone, token for token."""
+    lm = load_model(str(request.getfixturevalue(which)))
+    prompts = [lm.render_instruction(p) for p in MIXED]
+    seen, hook = _prefills(lm)
+    try:
+        batched = generate_batch(lm, prompts, GenerationConfig(batch_size=3, **kw))
+    finally:
+        hook.remove()
+    single = [generate_batch(lm, [p], GenerationConfig(batch_size=1, **kw))[0] for p in prompts]
+    assert [_fields(b) for b in batched] == [_fields(s) for s in single]
+    assert max(g.prompt_tokens for g in batched) > 3 * min(g.prompt_tokens for g in batched)
+    assert sum(1 for s in seen if s[0] == 1 and s[1] > 1) == len(prompts), "each prompt prefilled alone"
+    assert max(s[0] for s in seen) <= 3, "never more rows than batch_size"
+    if kw["max_new_tokens"] > 1:
+        assert len({g.new_tokens for g in batched}) > 1, "rows finish at different steps (refills happen)"
+
+
+def test_continuous_form_constraint_and_eos(tiny_llama_dir):
+    """The form constraint ends each poem with EOS at its own step; per-row constraint state stays exact."""
+    lm = load_model(str(tiny_llama_dir))
+    prompts = [lm.render_instruction(p) for p in MIXED[:5]]
+    cfg = GenerationConfig(max_new_tokens=90, form="五言绝句", batch_size=2)
+    batched = generate_batch(lm, prompts, cfg)
+    single = [generate_batch(lm, [p], GenerationConfig(max_new_tokens=90, form="五言绝句", batch_size=1))[0]
+              for p in prompts]
+    assert [_fields(b) for b in batched] == [_fields(s) for s in single]
+    assert all(g.finish_reason == "stop" and g.new_tokens < 90 for g in batched)
+    assert len({g.new_tokens for g in batched}) > 1
+
+
+def test_continuous_with_an_adapter_and_on_done(tiny_llama_dir, tmp_path):
+    build_adapter(tiny_llama_dir, tmp_path / "adapters" / "chat-a", seed=5)
+    lm = load_model(str(tiny_llama_dir))
+    prompts = [lm.render_instruction(p) for p in MIXED]
+    cfg = GenerationConfig(max_new_tokens=16, stop=("e",), batch_size=3)
+    calls = []
+    main = threading.get_ident()
+    tuned = generate_batch(lm, prompts, cfg, adapter="chat-a",
+                           on_done=lambda i, g: calls.append((i, g, threading.get_ident())))
+    base = generate_batch(lm, prompts, cfg, adapter=None)
+    one = [generate_batch(lm, [p], GenerationConfig(max_new_tokens=16, stop=("e",), batch_size=1),
+                          adapter="chat-a")[0] for p in prompts]
+    assert [_fields(t) for t in tuned] == [_fields(o) for o in one]
+    assert [t.text for t in tuned] != [b.text for b in base]
+    assert sorted(i for i, _, _ in calls) == list(range(len(prompts)))
+    assert all(g is tuned[i] for i, g, _ in calls) and {t for _, _, t in calls} == {main}
