@@ -12,7 +12,7 @@ From Python (gradio_client); stable endpoints /chat, /classify, /poem, /compare:
     label, verdict = c.predict("WIN a prize! Claim now", "base", 0.5, api_name="/classify")
 
 Chat history is Gradio 6's messages format, as /chat returns it: pass it back to continue the conversation.
-All logic lives in harness/app_logic.py (plain functions, tested without a browser); this file only wires it.
+All logic lives in harness/app/ (one module per tab) and harness/leaderboard_view.py (plain functions, tested without a browser); this file only wires it.
 """
 import argparse
 import functools
@@ -22,10 +22,14 @@ import os
 import sys
 import threading
 
-from harness.app_logic import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
-                               base_choices, chat_turn, classifier_choices, classify_file, classify_message, compare,
-                               compare_choices, default_classifier, default_poem_adapter, leaderboard_view,
-                               poem_forms, poem_stream, score_text, spam_examples, stats_info, status_line)
+from harness.app.chat import chat_turn
+from harness.app.classify import (classifier_choices, classify_file, classify_message, default_classifier,
+                                  spam_examples)
+from harness.app.compare import compare, compare_choices, score_text
+from harness.app.poem import default_poem_adapter, poem_forms, poem_stream
+from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
+                               base_choices, stats_info, status_line)
+from harness.leaderboard_view import leaderboard_view
 from harness.errors import UserError
 
 log = logging.getLogger("ftbench.app")
@@ -95,7 +99,7 @@ def build_demo(state: AppState | None = None):
             stats = gr.JSON(label="Tokens and speed", elem_id=f"{prefix}-stats")
         return prompt, stats
 
-    # ------------------------------------------------------------ callbacks (thin: logic is in app_logic)
+    # ------------------------------------------------------------ callbacks (thin: logic is in harness/app/)
 
     @guarded
     def chat_fn(message, history, system, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
@@ -193,7 +197,10 @@ def build_demo(state: AppState | None = None):
 
     # ------------------------------------------------------------ layout
 
-    examples, examples_note = spam_examples()
+    try:
+        examples, examples_note = spam_examples()
+    except UserError as e:
+        examples, examples_note = [], f"(no examples: {e})"
     with gr.Blocks(title="ftbench: small LMs, base vs fine-tuned") as demo:
         gr.Markdown("# ftbench · small language models, base vs LoRA fine-tuned\n"
                     "Chat, classify SMS spam, write poems and compare a base model with its fine-tuned adapter, "

@@ -1,6 +1,6 @@
 """The Gradio app driven through gradio_client: build_demo() launched in-process on a free port with a tiny model
 and tiny adapters (a chat LoRA and a spam classifier) in a temporary adapters folder. Plus the app's logic
-functions called directly (harness/app_logic.py).
+functions called directly (harness/app/).
 
     python -m pytest tests/test_app.py -q
 """
@@ -18,7 +18,13 @@ import pytest
 from tiny import build_adapter
 
 import app as app_module
-from harness import app_logic as L
+from harness.app.chat import chat_turn
+from harness.app.classify import (PREDICTIONS_MAX_AGE, default_classifier, predictions_path, read_upload,
+                                  spam_examples, spam_verdict)
+from harness.app.compare import compare
+from harness.app.poem import form_report, poem_forms, poem_instruction, poem_lang
+from harness.app.state import AppState, Limits, Sampling, auto_threads, message_text, status_line
+from harness.leaderboard_view import leaderboard_view
 from harness.errors import UserError
 from harness.generation import GenerationConfig, classify, generate_batch, generate_pair, zero_shot_spam
 
@@ -42,7 +48,7 @@ def adapters(tiny_llama_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_llama_dir, adapters, tmp_path_factory):
     """(url, state) of the app on a free port; the state is shared with the tests to look inside."""
-    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=adapters,
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters,
                        results_folder=tmp_path_factory.mktemp("results"), judge_host=f"127.0.0.1:{free_port()}")
     state.warmup()
     demo = app_module.build_demo(state)
@@ -59,7 +65,7 @@ def client(served):
 
 
 def text_of(content) -> str:
-    return L.message_text(content)
+    return message_text(content)
 
 
 def chat_args(message, history=(), adapter="base", max_new_tokens=24, system=""):
@@ -198,7 +204,7 @@ def test_classify_with_the_adapter_and_zero_shot(client, served):
     probs = {c["label"]: c["confidence"] for c in label["confidences"]}
     direct = classify(lm, [text], adapter="tiny-spam")[0]
     assert probs == pytest.approx(direct, abs=1e-5)
-    assert f"**{L.spam_verdict(direct, 0.5)}**" in verdict and "tiny-spam" in verdict
+    assert f"**{spam_verdict(direct, 0.5)}**" in verdict and "tiny-spam" in verdict
 
     label0, verdict0 = client.predict(text, "base", 0.5, api_name="/classify")
     assert {c["label"]: c["confidence"] for c in label0["confidences"]} == pytest.approx(
@@ -219,8 +225,10 @@ def test_classify_file_gives_a_downloadable_csv(client, tmp_path):
                   "label": ["spam", "ham", "ham"]}).to_csv(good, index=False)
     out, summary, preview = client.predict(handle_file(str(good)), "tiny-spam", 0.5, api_name="/classify_file")
     df = pd.read_csv(out)
-    assert list(df.columns) == ["text", "prediction", "p_spam", "label", "correct"]
-    assert len(df) == 3 and set(df["prediction"]) <= {"spam", "ham"}
+    # every input column kept, then the CLI's names (python -m harness classify): label, p_<label>
+    assert list(df.columns) == ["id", "text", "label_given", "label", "p_ham", "p_spam", "correct"]
+    assert list(df["id"]) == [1, 2, 3] and len(df) == 3 and set(df["label"]) <= {"spam", "ham"}
+    assert (abs(df["p_ham"] + df["p_spam"] - 1) < 1e-5).all()
     assert df["text"][2].startswith("'="), "a formula-looking message is defused for spreadsheets"
     assert "3 messages" in summary and "accuracy" in summary
 
@@ -231,7 +239,7 @@ def test_classify_file_gives_a_downloadable_csv(client, tmp_path):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("message,category\nhello,ham\n", encoding="utf-8")
-    with pytest.raises(Exception, match="no `text` column.*message, category"):
+    with pytest.raises(Exception, match="missing column.*text.*message, category"):
         client.predict(handle_file(str(bad)), "tiny-spam", 0.5, api_name="/classify_file")
 
 
@@ -274,14 +282,14 @@ def test_compare_base_and_adapter_in_one_batch_without_a_judge(client, served):
 
 
 def test_compare_with_a_judge_on_a_fake_ollama(served):
-    fake_ollama = pytest.importorskip("harness.fake_ollama")
+    from harness import fake_ollama
     state = served[1]
     old = state.judge_host
     with fake_ollama.FakeOllama(answers=['{"score": 35, "reason": "weak"}', '{"score": 80, "reason": "good"}']) \
             as fake:
         state.judge_host = fake.host
         try:
-            r = L.compare(state, "Name three colors.", "tiny-chat", L.Sampling(temperature=0, max_new_tokens=8))
+            r = compare(state, "Name three colors.", "tiny-chat", Sampling(temperature=0, max_new_tokens=8))
         finally:
             state.judge_host = old
         assert r["scores"] == [35.0, 80.0]
@@ -329,52 +337,57 @@ def test_wrong_kind_of_adapter_and_too_long_input_name_the_fix(client, served):
 
 # ---------------------------------------------------------------- logic without a server
 
-def test_read_messages_formats_and_errors(tmp_path):
+def test_read_upload_formats_and_errors(tmp_path):
     f = tmp_path / "a.csv"
-    f.write_text('Text,Label\n"Hello, mum",HAM\n,spam\nWin now,spam\n', encoding="utf-8")
-    assert L.read_messages(f) == (["Hello, mum", "Win now"], ["ham", "spam"])
-    f.write_text("one message\nanother one, with a comma\n", encoding="utf-8")
-    f2 = f.rename(tmp_path / "a.txt")
-    assert L.read_messages(f2) == (["one message", "another one, with a comma"], None)
-    for content, match in [("", "is empty"), ("text\n\n", "no messages"), ("a,b\n1,2\n", "no `text` column")]:
+    f.write_text('id,text,label\n7,"Hello, mum",HAM\n8,,spam\n9,Win now,spam\n', encoding="utf-8")
+    cols, rows, note = read_upload(f, Limits())
+    assert cols == ["id", "text", "label"] and [r["text"] for r in rows] == ["Hello, mum", "Win now"]
+    assert [r["id"] for r in rows] == ["7", "9"] and "1 blank row" in note
+    f2 = tmp_path / "a.txt"
+    f2.write_text("one message\nanother one, with a comma\n", encoding="utf-8")
+    assert [r["text"] for r in read_upload(f2, Limits())[1]] == ["one message", "another one, with a comma"]
+    for content, match in [("text\n\n", "no messages"), ("a,b\n1,2\n", "missing column.*text")]:
         bad = tmp_path / "bad.csv"
         bad.write_text(content, encoding="utf-8")
         with pytest.raises(UserError, match=match):
-            L.read_messages(bad)
+            read_upload(bad, Limits())
     bad.write_bytes(b"text\n\xff\xfe broken\n")
-    with pytest.raises(UserError, match="not UTF-8"):
-        L.read_messages(bad)
+    with pytest.raises(UserError, match="UTF-8"):
+        read_upload(bad, Limits())
     bad.write_text("text\n" + "hi\n" * 5, encoding="utf-8")
     with pytest.raises(UserError, match="limit is 3"):
-        L.read_messages(bad, L.Limits(csv_rows=3))
+        read_upload(bad, Limits(csv_rows=3))
+    bad.write_text("text\n" + "x" * 12 + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="12 characters; the limit is 10 \\(2 too many\\)"):
+        read_upload(bad, Limits(message_chars=10))
 
 
 def test_poem_prompts_and_form_report():
-    assert L.poem_instruction("春夜", "中文", "七言律诗") == "写一首七言律诗，题目：春夜"
-    assert L.poem_instruction("the sea", "English", "free verse") == "Write a free verse poem about the sea."
-    assert L.poem_forms("English") == ("sonnet", "free verse") and L.poem_forms("zh")[0] == "五言绝句"
+    assert poem_instruction("春夜", "中文", "七言律诗") == "写一首七言律诗，题目：春夜"
+    assert poem_instruction("the sea", "English", "free verse") == "Write a free verse poem about the sea."
+    assert poem_forms("English") == ("sonnet", "free verse") and poem_forms("zh")[0] == "五言绝句"
     with pytest.raises(UserError, match="language must be"):
-        L.poem_lang("Klingon")
-    ok = L.form_report("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "五言绝句", "中文")
+        poem_lang("Klingon")
+    ok = form_report("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", "五言绝句", "中文")
     assert ok["ok"] and ok["summary"].startswith("**Form check: OK.**")
-    bad = L.form_report("床前明月光，疑是地上霜。", "五言绝句", "中文")
+    bad = form_report("床前明月光，疑是地上霜。", "五言绝句", "中文")
     assert not bad["ok"] and "2 lines, expected 4" in bad["summary"]
 
 
 def test_sampling_is_validated():
-    assert L.Sampling.from_ui(0, 0.9, 64.0, 3.0, 1.0).config().do_sample is False
-    cfg = L.Sampling.from_ui(0.8, 0.5, 32, 7, None).config()
+    assert Sampling.from_ui(0, 0.9, 64.0, 3.0, 1.0).config().do_sample is False
+    cfg = Sampling.from_ui(0.8, 0.5, 32, 7, None).config()
     assert cfg.do_sample and cfg.temperature == 0.8 and cfg.seed == 7 and cfg.max_new_tokens == 32
     with pytest.raises(UserError, match="top-p"):
-        L.Sampling(top_p=0)
+        Sampling(top_p=0)
     with pytest.raises(UserError, match="max new tokens"):
-        L.Sampling.from_ui(0.3, 0.9, 100000, 0)
+        Sampling.from_ui(0.3, 0.9, 100000, 0)
     with pytest.raises(UserError, match="must be numbers"):
-        L.Sampling.from_ui("hot", 0.9, 10, 0)
+        Sampling.from_ui("hot", 0.9, 10, 0)
 
 
 def test_leaderboard_without_and_with_csvs(tmp_path):
-    v = L.leaderboard_view(folder=tmp_path)
+    v = leaderboard_view(folder=tmp_path)
     assert v["table"] is None and v["figure"] is None
     assert "No leaderboard yet" in v["notice"] and "python -m harness run" in v["notice"]
 
@@ -384,7 +397,7 @@ def test_leaderboard_without_and_with_csvs(tmp_path):
                   "accuracy_ci_low": [0.45, 0.95], "accuracy_ci_high": [0.75, 0.98], "f1": [0.5, 0.9]}
                  ).to_csv(tmp_path / "leaderboard_spam.csv", index=False)
     (tmp_path / "leaderboard_chat.csv").write_text("not,a\n\"broken", encoding="utf-8")
-    v = L.leaderboard_view("spam", folder=tmp_path)
+    v = leaderboard_view("spam", folder=tmp_path)
     assert v["task"] == "spam" and len(v["table"]) == 2 and v["metric"] == "accuracy"
     assert v["metrics"] == ["accuracy", "f1"] and v["eval_sets"] == ["sms_own", "sms_spam:test"]
     ax = v["figure"].axes[0]
@@ -394,31 +407,30 @@ def test_leaderboard_without_and_with_csvs(tmp_path):
     spans = sorted((round(seg[0][0], 3), round(seg[1][0], 3)) for seg in bars.lines[2][0].get_segments())
     assert spans == [(0.45, 0.75), (0.95, 0.98)]
     assert "unreadable: leaderboard_chat.csv" in v["notice"]
-    assert len(L.leaderboard_view("spam", "sms_own", folder=tmp_path)["table"]) == 1
-    assert len(L.leaderboard_view("spam", None, "M-SPAM", folder=tmp_path)["table"]) == 1
-    assert "nothing matches" in L.leaderboard_view("spam", None, "zzz", folder=tmp_path)["notice"]
+    assert len(leaderboard_view("spam", "sms_own", folder=tmp_path)["table"]) == 1
+    assert len(leaderboard_view("spam", None, "M-SPAM", folder=tmp_path)["table"]) == 1
+    assert "nothing matches" in leaderboard_view("spam", None, "zzz", folder=tmp_path)["notice"]
 
 
 def test_spam_examples_come_from_the_own_eval_set():
-    examples, note = L.spam_examples(6)
-    if not examples:
-        pytest.skip(f"sms_own not readable here: {note}")
+    examples, note = spam_examples(6)      # raises if the committed eval set is unreadable: that is the bug
     assert len(examples) == 6 and "sms_own" in note
+    assert sum(1 for e in examples if e) == 6 and len(set(examples)) == 6
 
 
 def test_adapters_switch_without_reloading_and_base_switch_frees_memory(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     folder = tmp_path / "adapters"
     build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
     broken = tmp_path / "broken"
-    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder,
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=folder,
                        extra_bases=(str(tiny_gpt2_dir), str(tmp_path / "nowhere"), str(broken)))
     with pytest.raises(UserError, match="unknown base"):           # a path from the UI is never loaded
         state.switch_base(str(tmp_path))
     lm = state.get_model()
-    list(L.chat_turn(state, "Hello", [], adapter="tiny-chat", sampling=L.Sampling(max_new_tokens=4)))
-    list(L.chat_turn(state, "Hello", [], adapter="base", sampling=L.Sampling(max_new_tokens=4)))
+    list(chat_turn(state, "Hello", [], adapter="tiny-chat", sampling=Sampling(max_new_tokens=4)))
+    list(chat_turn(state, "Hello", [], adapter="base", sampling=Sampling(max_new_tokens=4)))
     assert state.get_model() is lm and state.lm.active is None, "per-request adapters, no global switch"
-    assert "tiny-chat" in L.status_line(state, "tiny-chat") and "1 adapter(s)" in L.status_line(state, "base")
+    assert "tiny-chat" in status_line(state, "tiny-chat") and "1 adapter(s)" in status_line(state, "base")
     old_model = weakref.ref(lm.model)
     del lm
     state.switch_base(str(tiny_gpt2_dir))
@@ -437,7 +449,7 @@ def test_adapters_switch_without_reloading_and_base_switch_frees_memory(tiny_lla
 
 
 def test_stop_only_stops_its_own_session(tiny_llama_dir):
-    state = L.AppState(model=str(tiny_llama_dir))
+    state = AppState(model=str(tiny_llama_dir))
     with state.running("alice") as (ev_a, _), state.running("bob") as (ev_b, _):
         assert state.stop("alice") == 1
         assert ev_a.is_set() and not ev_b.is_set()
@@ -445,8 +457,8 @@ def test_stop_only_stops_its_own_session(tiny_llama_dir):
 
 
 def test_chat_turn_stops_from_another_thread(tiny_llama_dir):
-    state = L.AppState(model=str(tiny_llama_dir))
-    gen = L.chat_turn(state, "Tell me a long story", [], sampling=L.Sampling(temperature=0, max_new_tokens=400),
+    state = AppState(model=str(tiny_llama_dir))
+    gen = chat_turn(state, "Tell me a long story", [], sampling=Sampling(temperature=0, max_new_tokens=400),
                       session="s")
     next(gen)
     next(gen)
@@ -458,23 +470,23 @@ def test_chat_turn_stops_from_another_thread(tiny_llama_dir):
 
 def test_adapter_list_is_reread_when_the_folder_changes(tiny_llama_dir, tmp_path):
     folder = tmp_path / "adapters"
-    state = L.AppState(model=str(tiny_llama_dir), adapters_folder=folder)
-    assert state.all_adapters() == [] and L.default_classifier(state) == "base"
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=folder)
+    assert state.all_adapters() == [] and default_classifier(state) == "base"
     build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
     assert [a.name for a in state.adapters("seq_cls")] == ["tiny-spam"]      # a newly trained adapter shows up
-    assert L.default_classifier(state) == "tiny-spam"
+    assert default_classifier(state) == "tiny-spam"
     assert state.all_adapters()[0] is state.all_adapters()[0], "unchanged folder: no re-read"
 
 
 def test_auto_threads_leaves_busy_cores_alone():
-    assert L.auto_threads(2, 4.0) == 1 and L.auto_threads(2, 0.2) == 2 and L.auto_threads(8, 3.0) == 5
+    assert auto_threads(2, 4.0) == 1 and auto_threads(2, 0.2) == 2 and auto_threads(8, 3.0) == 5
 
 
 def test_a_base_that_needs_a_download_is_refused_at_once(tiny_llama_dir):
     from harness.models import base_status, resolve_base
     if base_status(resolve_base("gpt2")) != "downloadable":
         pytest.skip("gpt2 is in the local Hugging Face cache here")
-    state = L.AppState(model=str(tiny_llama_dir))
+    state = AppState(model=str(tiny_llama_dir))
     lm = state.get_model()
     t0 = time.perf_counter()
     with pytest.raises(UserError, match="not downloaded.*hf download openai-community/gpt2.*Still using"):
@@ -549,12 +561,12 @@ def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, a
 def test_predictions_files_share_one_folder_and_old_ones_are_removed(tmp_path):
     import os
     folder = tmp_path / "preds"
-    a = L.predictions_path("my messages", folder)
+    a = predictions_path("my messages", folder)
     a.write_text("x")
-    b = L.predictions_path("my messages", folder)
+    b = predictions_path("my messages", folder)
     assert a.parent == b.parent == folder and a != b and " " not in a.name
-    os.utime(a, (time.time() - 2 * L.PREDICTIONS_MAX_AGE,) * 2)
+    os.utime(a, (time.time() - 2 * PREDICTIONS_MAX_AGE,) * 2)
     b.write_text("y")
-    c = L.predictions_path("../../etc/passwd", folder)
+    c = predictions_path("../../etc/passwd", folder)
     assert not a.exists() and b.exists(), "files older than PREDICTIONS_MAX_AGE are removed, newer ones kept"
     assert c.parent == folder and "/" not in c.name

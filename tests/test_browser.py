@@ -51,7 +51,7 @@ def url(tiny_llama_dir, tmp_path_factory):
         yield EXTERNAL
         return
     import app as app_module
-    from harness.app_logic import AppState
+    from harness.app.state import AppState
     folder = tmp_path_factory.mktemp("adapters")
     build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
     build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
@@ -151,7 +151,13 @@ def test_a_chat_message_gets_an_answer(driver):
     wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, bot) and css(driver, bot).text.strip())
     wait(driver, lambda: '"finish_reason"' in css(driver, "#chat-stats").text
          and '"running"' not in css(driver, "#chat-stats").text)          # the reply is complete
-    assert "<|im_start|>" in value(driver, "#chat-prompt") or value(driver, "#chat-prompt").strip()
+    prompt = value(driver, "#chat-prompt")
+    message = [{"role": "user", "content": "Hello! What is the capital of France?"}]
+    if "state" in IN_PROCESS:          # exactly what the model was given
+        assert prompt == IN_PROCESS["state"].lm.render_chat(message, None, 256)
+    else:                              # SmolLM2's chat template, ending where the answer starts
+        assert "<|im_start|>user\nHello! What is the capital of France?<|im_end|>" in prompt
+        assert prompt.rstrip().endswith("<|im_start|>assistant")
     user = driver.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='user']")
     assert user and "capital of France" in user[-1].text
     assert css(driver, bot).text.strip()

