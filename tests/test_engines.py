@@ -1,0 +1,167 @@
+"""Generation engines against fake servers on 127.0.0.1 (real sockets), and the in-process engine on a tiny model."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
+from harness.errors import UserError
+from harness.fake_ollama import FakeOllama
+from harness.fake_openai import FakeOpenAI
+
+
+def _reqs(n: int, **kw) -> list[EngineRequest]:
+    return [EngineRequest([{"role": "user", "content": f"item {i} says hello world"}], **kw) for i in range(n)]
+
+
+def test_openai_success_path_and_request_body():
+    with FakeOpenAI(models=["smol", "smol-alpaca"]) as fake:
+        engine = open_engine(EngineConfig(fake.spec("smol")))
+        done = []
+        main = threading.get_ident()
+        reqs = _reqs(5, max_new_tokens=3, seed=7, stop=("zz",)) + [
+            EngineRequest([{"role": "user", "content": "a b"}], adapter="smol-alpaca")]
+        gens = engine_generate(engine, reqs, on_done=lambda i, g: done.append((i, threading.get_ident())))
+        bodies = fake.chat_bodies()
+    assert [g.text for g in gens[:5]] == [f"world hello says" for _ in range(5)]
+    assert all(g.finish_reason == "length" and g.new_tokens == 3 and g.prompt_tokens > 0 for g in gens[:5])
+    assert gens[5].text == "b a" and gens[5].finish_reason == "stop"
+    assert sorted(i for i, _ in done) == list(range(6)) and {t for _, t in done} == {main}
+    first = next(b for b in bodies if b["model"] == "smol")
+    assert first["max_tokens"] == 3 and first["temperature"] == 0 and first["seed"] == 7 and first["stop"] == ["zz"]
+    assert sorted(b["model"] for b in bodies).count("smol-alpaca") == 1     # the adapter as a served model id
+
+
+def test_four_workers_are_faster_than_one():
+    with FakeOpenAI(delay=0.15) as fake:
+        times = {}
+        for workers in (1, 4):
+            engine = open_engine(EngineConfig(fake.spec(), workers=workers))
+            fake.max_in_flight = 0
+            t0 = time.perf_counter()
+            engine_generate(engine, _reqs(8))
+            times[workers] = (time.perf_counter() - t0, fake.max_in_flight)
+    assert times[1][1] == 1 and times[4][1] == 4
+    assert times[4][0] < times[1][0]
+
+
+def test_down_server_names_what_to_start(closed_port):
+    t0 = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        open_engine(EngineConfig(f"openai:smol@http://127.0.0.1:{closed_port}"))
+    assert "cannot reach" in str(e.value) and "llama_cpp.server" in str(e.value)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(UserError) as e:
+        open_engine(EngineConfig("ollama:llama3", host=f"127.0.0.1:{closed_port}"))
+    assert "ollama serve" in str(e.value)
+
+
+def test_500_says_check_the_log():
+    with FakeOpenAI(models_status=500) as fake:
+        with pytest.raises(UserError) as e:
+            open_engine(EngineConfig(fake.spec("smol"), retries=1, backoff=0.01))
+        assert "answered 500" in str(e.value) and "log" in str(e.value)
+    with FakeOpenAI(default=lambda body: {"status": 500}) as fake:
+        engine = open_engine(EngineConfig(fake.spec(), retries=2, backoff=0.01))
+        with pytest.raises(UserError) as e:
+            engine_generate(engine, _reqs(1))
+        assert "answered 500" in str(e.value) and fake.count() == 3     # retried twice
+
+
+def test_a_hang_past_the_timeout_is_one_sentence():
+    with FakeOpenAI(models_delay=2.0) as fake:
+        t0 = time.perf_counter()
+        with pytest.raises(UserError) as e:
+            open_engine(EngineConfig(fake.spec("smol"), timeout=0.3))
+        assert "connected but did not answer within 0.3 s" in str(e.value) and "--timeout" in str(e.value)
+        assert time.perf_counter() - t0 < 1.9
+    with FakeOpenAI(delay=2.0) as fake:
+        engine = open_engine(EngineConfig(fake.spec(), timeout=0.3))
+        with pytest.raises(UserError) as e:
+            engine_generate(engine, _reqs(2))
+        assert "did not answer within 0.3 s" in str(e.value)
+
+
+def test_wrong_model_lists_the_served_ones():
+    with FakeOpenAI(models=["alpha", "beta"]) as fake:
+        with pytest.raises(UserError) as e:
+            open_engine(EngineConfig(fake.spec("gamma")))
+        assert "'gamma' is not served" in str(e.value) and "alpha, beta" in str(e.value)
+        engine = open_engine(EngineConfig(fake.spec("alpha")))
+        with pytest.raises(UserError) as e:
+            engine_generate(engine, [EngineRequest([{"role": "user", "content": "x"}], adapter="delta")])
+        assert "'delta' is not served" in str(e.value) and fake.count() == 0
+    with FakeOllama(models=["llama3"]) as fake:
+        with pytest.raises(UserError) as e:
+            open_engine(EngineConfig("ollama:qwen2", host=fake.host))
+        assert "'qwen2' is not served" in str(e.value) and "llama3:latest" in str(e.value)
+
+
+def test_non_json_200_fails_that_item_only():
+    def answer(body):
+        return {"raw": "<html>oops</html>"} if "item 2 " in body["messages"][-1]["content"] else None
+
+    with FakeOpenAI(default=lambda b: answer(b) or {"content": "fine"}) as fake:
+        engine = open_engine(EngineConfig(fake.spec()))
+        done = []
+        gens = engine_generate(engine, _reqs(5), on_done=lambda i, g: done.append(i))
+    assert gens[2].finish_reason == "error" and gens[2].text == ""
+    assert [g.text for k, g in enumerate(gens) if k != 2] == ["fine"] * 4
+    assert sorted(done) == list(range(5))
+
+
+def test_identity_changes_when_the_served_model_changes():
+    with FakeOpenAI(models=[{"id": "smol", "root": "/models/a.gguf", "owned_by": "llamacpp"}]) as fake:
+        a = open_engine(EngineConfig(fake.spec())).identity
+        again = open_engine(EngineConfig(fake.spec())).identity
+        fake.models = [{"id": "smol", "root": "/models/b.gguf", "owned_by": "llamacpp"}]
+        b = open_engine(EngineConfig(fake.spec())).identity
+        fake.models = [{"id": "smol", "root": "/models/b.gguf", "created": int(time.time()), "permission": [
+            {"id": "modelperm-123", "created": int(time.time())}]}]
+        stamped = open_engine(EngineConfig(fake.spec())).identity
+    assert a == again and a != b and "a.gguf" in a
+    assert "modelperm" not in stamped and "created" not in stamped    # answer-time fields (vLLM) are not identity
+    with FakeOllama(models=["smol"]) as fake:
+        x = open_engine(EngineConfig("ollama:smol", host=fake.host)).identity
+        fake.digest = "0" * 64
+        y = open_engine(EngineConfig("ollama:smol", host=fake.host)).identity
+    assert x != y and y.endswith("0" * 64)
+
+
+def test_ollama_generation_uses_options_and_counts():
+    with FakeOllama(models=["smol"], default=lambda body: "a short answer") as fake:
+        engine = open_engine(EngineConfig("ollama:smol", host=fake.host))
+        gens = engine_generate(engine, _reqs(3, max_new_tokens=5, seed=3, stop=("###",)))
+        body = fake.chat_bodies()[0]
+    assert [g.text for g in gens] == ["a short answer"] * 3 and gens[0].new_tokens == 3
+    assert body["options"] == {"temperature": 0.0, "seed": 3, "num_predict": 5, "stop": ["###"]}
+
+
+def test_bad_config_and_spec_are_one_sentence():
+    for kw in (dict(workers=0), dict(timeout=0), dict(retries=-1)):
+        with pytest.raises(UserError):
+            EngineConfig("openai:x@http://127.0.0.1:1", **kw)
+    with pytest.raises(UserError) as e:
+        EngineConfig("openai:x")
+    assert "openai:<model>@<server url>" in str(e.value)
+    with pytest.raises(UserError) as e:
+        EngineConfig("vllm:x")
+    assert "unknown engine" in str(e.value)
+    assert EngineConfig("openai:x@http://h:8000").spec == "openai:x@http://h:8000/v1"
+
+
+def test_in_process_engine_matches_generate_batch(tiny_llama_dir):
+    from harness.generation import GenerationConfig, generate_batch
+    from harness.models import load_model
+
+    lm = load_model(str(tiny_llama_dir))
+    engine = open_engine(EngineConfig(str(tiny_llama_dir), batch_size=3), lm=lm)
+    assert engine.lm is lm and engine.kind == "transformers" and engine.identity.startswith("transformers:")
+    reqs = _reqs(4, max_new_tokens=10) + _reqs(2, max_new_tokens=4)
+    done = []
+    gens = engine_generate(engine, reqs, on_done=lambda i, g: done.append(i))
+    direct = generate_batch(lm, [lm.render_chat(r.messages) for r in reqs[:4]], GenerationConfig(max_new_tokens=10))
+    assert [g.text for g in gens[:4]] == [g.text for g in direct]
+    assert all(g.new_tokens <= 4 for g in gens[4:]) and sorted(done) == list(range(6))
