@@ -315,8 +315,10 @@ class Judge:
     where: str
     count_tokens: Callable[[str], int]
     context_length: int
-    complete: Callable[[list[dict]], str] | None = None
+    complete: Callable[..., str] | None = None        # complete(messages, schema=SCORE_SCHEMA) -> answer
     complete_batch: Callable[[list[list[dict]]], list[str]] | None = None
+    lm: Any = None                   # in-process backends: the LoadedModel (harness.pairwise reads log-probs)
+    adapter: str = ""                # in-process backends: the judge's adapter ("" = the base alone)
     close: Callable[[], None] = lambda: None
     abort: threading.Event = field(default_factory=threading.Event)
     prompts: dict[str, JudgePrompt] = field(default_factory=dict)
@@ -422,10 +424,10 @@ def _open_ollama(cfg: JudgeConfig) -> Judge:
                         f"lower the judge's num_ctx")
     model = cfg.model
 
-    def complete(messages: list[dict]) -> str:
+    def complete(messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
         import pydantic
         try:
-            resp = client.chat(model=model, messages=messages, format=SCORE_SCHEMA, options=cfg.options(),
+            resp = client.chat(model=model, messages=messages, format=schema, options=cfg.options(),
                                stream=False)
         except json.JSONDecodeError as e:
             raise BadAnswer(f"Ollama at {where} answered 200 with a body that is not JSON ({e.msg})",
@@ -471,16 +473,16 @@ def _open_openai(cfg: JudgeConfig) -> Judge:
                         f"(Ollama: `ollama pull {model}`; vLLM: start the server with that model)")
     state = {"schema": True}
 
-    def complete(messages: list[dict]) -> str:
+    def complete(messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
         body = {"model": model, "messages": messages, "temperature": cfg.temperature, "seed": cfg.seed,
                 "max_tokens": cfg.max_answer_tokens}
         if state["schema"]:
             body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "judgment", "schema": SCORE_SCHEMA}}
+                                       "json_schema": {"name": "judgment", "schema": schema}}
         r = session.post(f"{base}/chat/completions", json=body, timeout=timeout)
         if r.status_code == 400 and state["schema"] and "response_format" in r.text:
             state["schema"] = False          # a server without structured output: ask again without it
-            return complete(messages)
+            return complete(messages, schema)
         if r.status_code >= 400:
             raise _HTTPError(r.status_code, r.text)
         try:
@@ -531,7 +533,7 @@ def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
         return out
 
     return Judge(cfg, cfg.spec, digest, "in process", lm.count_tokens, min(cfg.num_ctx, lm.context_length),
-                 complete_batch=complete_batch)
+                 complete_batch=complete_batch, lm=lm, adapter=adapter)
 
 
 # ---------------------------------------------------------------- calling
@@ -603,10 +605,11 @@ def _fatal(judge: Judge, e: BaseException) -> UserError:
                      f"{text[:300]}")
 
 
-def _call(judge: Judge, messages: list[dict]) -> str:
+def _call(judge: Judge, messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
+    """One answer from a remote judge: retries for refused connections, 429 and 5xx; one sentence otherwise."""
     assert judge.complete is not None
     try:
-        return _with_retries(judge.config, lambda: judge.complete(messages), judge.abort)
+        return _with_retries(judge.config, lambda: judge.complete(messages, schema), judge.abort)
     except _Unavailable as e:
         resume = "Items judged so far are saved: rerun the same command to resume"
         if e.timed_out:
@@ -716,8 +719,10 @@ def judge_many(judge: Judge, reqs: list[JudgeRequest],
     return results  # type: ignore[return-value]
 
 
-def _pool(judge, reqs, results, on_done, bar) -> None:
-    """A bounded pool of daemon threads (an interrupted run exits at once instead of waiting for answers)."""
+def _pool(judge, reqs, results, on_done, bar, fn: Callable = None) -> None:
+    """A bounded pool of daemon threads (an interrupted run exits at once instead of waiting for answers).
+    fn(judge, req) -> result: judge_one by default (harness.pairwise passes its own)."""
+    fn = fn or judge_one
     todo: queue.Queue = queue.Queue()
     done: queue.Queue = queue.Queue()
     for item in enumerate(reqs):
@@ -730,7 +735,7 @@ def _pool(judge, reqs, results, on_done, bar) -> None:
             except queue.Empty:
                 return
             try:
-                done.put((i, judge_one(judge, req), None))
+                done.put((i, fn(judge, req), None))
             except BaseException as e:  # noqa: BLE001 - handed to the calling thread
                 done.put((i, None, e))
                 return

@@ -7,6 +7,9 @@
         st.put("generations", [{"key": key, "response": "...", ...}])
         st.export("judgments", "judgments.csv")          # or .jsonl
 
+Tables: generations, judgments (pointwise scores), pairwise (one verdict per item, response pair and order;
+harness.pairwise), votes (human votes; harness.votes). New tables are created in an existing store on open.
+
     python -c "from harness.store import Store; Store().export('judgments', 'judgments.jsonl')"
 
 Keys are sha256 of canonical JSON, so a changed adapter (its weights' sha256), generation config, prompt,
@@ -19,7 +22,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -41,6 +43,23 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("key", "TEXT PRIMARY KEY"), ("judge", "TEXT"), ("judge_digest", "TEXT"), ("prompt_version", "TEXT"),
         ("prompt_sha", "TEXT"), ("options", "TEXT"), ("item", "TEXT"), ("score", "REAL"), ("parsed", "INTEGER"),
         ("raw", "TEXT"), ("reason", "TEXT"), ("attempts", "INTEGER"), ("seconds", "REAL"), ("created_at", "TEXT"),
+    ),
+    # one pairwise verdict for one order (harness.pairwise): A = the response shown first
+    "pairwise": (
+        ("key", "TEXT PRIMARY KEY"), ("judge", "TEXT"), ("judge_digest", "TEXT"), ("prompt_version", "TEXT"),
+        ("prompt_sha", "TEXT"), ("options", "TEXT"), ("task", "TEXT"), ("item_id", "TEXT"), ("item_sha", "TEXT"),
+        ("order_shown", "TEXT"), ("sha_first", "TEXT"), ("sha_second", "TEXT"), ("verdict", "TEXT"),
+        ("parsed", "INTEGER"), ("raw", "TEXT"), ("reason", "TEXT"), ("logp_a", "REAL"), ("logp_b", "REAL"),
+        ("attempts", "INTEGER"), ("seconds", "REAL"), ("created_at", "TEXT"),
+    ),
+    # one human vote (harness.votes); status counted | review (its item or model is gone) | undone (kept)
+    "votes": (
+        ("key", "TEXT PRIMARY KEY"), ("task", "TEXT"), ("eval_set", "TEXT"), ("item_id", "TEXT"),
+        ("prompt", "TEXT"), ("response_left", "TEXT"), ("response_right", "TEXT"), ("side_a", "TEXT"),
+        ("model_a", "TEXT"), ("adapter_a", "TEXT"), ("model_b", "TEXT"), ("adapter_b", "TEXT"),
+        ("seed_a", "INTEGER"), ("seed_b", "INTEGER"), ("sha_a", "TEXT"), ("sha_b", "TEXT"), ("len_a", "INTEGER"),
+        ("len_b", "INTEGER"), ("choice", "TEXT"), ("winner", "TEXT"), ("reason", "TEXT"), ("source", "TEXT"),
+        ("status", "TEXT"), ("note", "TEXT"), ("undone_at", "TEXT"), ("created_at", "TEXT"),
     ),
 }
 _JSON_COLUMNS = {"config", "extra", "options", "item"}
@@ -65,6 +84,14 @@ def judgment_key(judge: str, judge_digest: str, prompt_version: str, prompt_sha:
                  texts: dict) -> str:
     """Key of one judgment: judge model + digest, judge prompt version + file hash, options, the item's texts."""
     return content_key("judgment", judge, judge_digest, prompt_version, prompt_sha, options, texts)
+
+
+def pairwise_key(judge: str, judge_digest: str, prompt_version: str, prompt_sha: str, options: dict, task: str,
+                 item_id: str, item_sha: str, order: str, sha_first: str, sha_second: str) -> str:
+    """Key of one pairwise verdict: judge + digest, prompt version + file hash, options, the item (id and a
+    hash of its texts), the order shown ("ab" or "ba") and the hashes of the responses shown first and second."""
+    return content_key("pairwise", judge, judge_digest, prompt_version, prompt_sha, options, task, item_id,
+                       item_sha, order, sha_first, sha_second)
 
 
 def now_iso() -> str:
@@ -191,10 +218,9 @@ class Store:
         path = Path(path)
         if path.suffix not in (".jsonl", ".csv"):
             raise UserError(f"export to {path}: use a .jsonl or .csv file name")
+        from harness.io import atomic_writer
         rows = self.rows(table)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_writer(path, newline="") as f:
             if path.suffix == ".jsonl":
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -204,5 +230,4 @@ class Store:
                 for row in rows:
                     w.writerow({k: json.dumps(v, ensure_ascii=False) if k in _JSON_COLUMNS and v is not None else v
                                 for k, v in row.items()})
-        os.replace(tmp, path)
         return path
