@@ -1,0 +1,285 @@
+"""Human votes: blind pairwise votes from the app's Compare tab, and labels files a team fills in offline.
+
+    from harness.votes import cast_vote, list_votes, undo_vote
+    vid = cast_vote(store, prompt=p, response_left=l, response_right=r, side_a="right",
+                    model_a="smollm2-135m-instruct", adapter_a="smollm2-135m-alpaca",
+                    model_b="smollm2-135m-instruct", adapter_b="", seed_a=0, seed_b=0, choice="left",
+                    task="chat", eval_set="instructions_own", item_id="instr-own-003")
+    list_votes(store)          # newest first, undone votes included (status "undone")
+    undo_vote(store, vid)      # a soft delete: the vote stays in the store for review, no longer counted
+
+    python -m harness labels export --output votes.csv          # or .jsonl
+    python -m harness labels import votes.csv                   # every row checked first, then one transaction
+
+A vote names the two answers by role: A and B are the two systems (model + adapter + seed), left and right
+are where the voter saw them (`side_a` says where A was). `winner` is stored as a | b | tie | both_bad, with
+the sha256 of each answer, so a judge's verdict on the same pair of answers can be matched to it later
+(harness.agreement). Status: counted; review (the item, eval set, base or adapter it names no longer exists:
+kept, not counted, and cast_vote raises VoteKept, a UserError saying so); undone (kept, not counted).
+
+Labels files (CSV with a header, or JSONL) need the columns eval_set, item_id and winner (a, b, tie or
+both_bad), and either sha_a and sha_b or response_a and response_b. Optional: label_id (kept as the vote id,
+so a re-import replaces instead of duplicating), task, model_a, adapter_a, model_b, adapter_b, seed_a,
+seed_b, side_a (left | right), reason, prompt. Every problem is reported as file:line and nothing is imported
+until the whole file is valid.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.io import check_writable_file, read_table, text_sha, write_csv, write_jsonl
+from harness.store import Store, content_key, now_iso
+
+SIDES = ("left", "right")
+CHOICES = ("left", "right", "tie", "both_bad")
+WINNERS = ("a", "b", "tie", "both_bad")
+EXPORT_COLUMNS = ("label_id", "created_at", "status", "note", "task", "eval_set", "item_id", "model_a",
+                  "adapter_a", "model_b", "adapter_b", "seed_a", "seed_b", "side_a", "choice", "winner", "reason",
+                  "sha_a", "sha_b", "source", "prompt", "response_a", "response_b")
+_SHA = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+class VoteKept(UserError):
+    """The vote was stored for review (not counted) because what it names no longer exists."""
+
+    def __init__(self, message: str, vote_id: str):
+        super().__init__(message)
+        self.vote_id = vote_id
+
+
+@contextlib.contextmanager
+def _store(store: Store | str | Path | None) -> Iterator[Store]:
+    if isinstance(store, Store):
+        yield store
+        return
+    with Store(store) as st:
+        yield st
+
+
+def winner_of(choice: str, side_a: str) -> str:
+    """The voter's button (left/right/tie/both_bad) -> a/b/tie/both_bad, given where A was shown."""
+    if choice in ("tie", "both_bad"):
+        return choice
+    return "a" if choice == side_a else "b"
+
+
+def gone(task: str, eval_set: str, item_id: str, models: list[tuple[str, str]]) -> str:
+    """'' if the eval set item and every model/adapter still exist; otherwise what is missing, as a phrase."""
+    from harness.models import find_adapter, resolve_base
+
+    problems = []
+    if eval_set:
+        from harness.data import load_eval_set
+        try:
+            es = load_eval_set(eval_set)
+        except UserError:
+            problems.append(f"eval set {eval_set!r} no longer exists")
+        else:
+            if item_id and item_id not in {str(it["id"]) for it in es.items}:
+                problems.append(f"item {item_id!r} is no longer in eval set {eval_set!r}")
+    for model, adapter in models:
+        if model:
+            try:
+                resolve_base(model)
+            except UserError:
+                problems.append(f"base model {model!r} is no longer registered")
+        if adapter and adapter != "base":
+            try:
+                find_adapter(adapter)
+            except UserError:
+                problems.append(f"adapter {adapter!r} no longer exists")
+    return "; ".join(dict.fromkeys(problems))
+
+
+def cast_vote(store: Store | str | Path | None, *, prompt: str, response_left: str, response_right: str,
+              side_a: str, model_a: str, adapter_a: str, model_b: str, adapter_b: str, seed_a: int | None,
+              seed_b: int | None, choice: str, task: str = "chat", eval_set: str = "", item_id: str = "") -> str:
+    """Store one blind vote and return its id. side_a: where A was shown ("left" | "right"); choice: the
+    button pressed ("left" | "right" | "tie" | "both_bad"). A vote whose item, eval set, base or adapter no
+    longer exists is stored with status "review" (not counted) and VoteKept (a UserError) says why."""
+    if side_a not in SIDES:
+        raise UserError(f"side_a must be left or right, got {side_a!r}")
+    if choice not in CHOICES:
+        raise UserError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if not str(response_left).strip() or not str(response_right).strip():
+        raise UserError("both answers must be non-empty to vote: generate both sides first")
+    resp_a, resp_b = (response_left, response_right) if side_a == "left" else (response_right, response_left)
+    problem = gone(task, eval_set, item_id, [(model_a, adapter_a), (model_b, adapter_b)])
+    vote_id = uuid.uuid4().hex[:16]
+    with _store(store) as st:
+        st.put("votes", [{
+            "key": vote_id, "task": task, "eval_set": eval_set, "item_id": item_id, "prompt": prompt,
+            "response_left": response_left, "response_right": response_right, "side_a": side_a,
+            "model_a": model_a, "adapter_a": adapter_a or "", "model_b": model_b, "adapter_b": adapter_b or "",
+            "seed_a": seed_a, "seed_b": seed_b, "sha_a": text_sha(resp_a), "sha_b": text_sha(resp_b),
+            "len_a": len(resp_a), "len_b": len(resp_b), "choice": choice, "winner": winner_of(choice, side_a),
+            "reason": "", "source": "app", "status": "review" if problem else "counted", "note": problem}])
+    if problem:
+        raise VoteKept(f"vote {vote_id} kept for review, not counted: {problem}. Regenerate the comparison "
+                       f"from an existing eval set and models to vote again", vote_id)
+    return vote_id
+
+
+def list_votes(store: Store | str | Path | None = None, limit: int = 50, include_undone: bool = True) -> list[dict]:
+    """The newest `limit` votes (dicts with "id", status counted | review | undone, and every stored field)."""
+    with _store(store) as st:
+        rows = st.rows("votes")
+    rows = [r for r in rows if include_undone or r["status"] != "undone"]
+    rows.sort(key=lambda r: (r["created_at"] or "", r["key"]), reverse=True)
+    return [{"id": r["key"], **r} for r in rows[:max(0, int(limit))]]
+
+
+def undo_vote(store: Store | str | Path | None, vote_id: str) -> bool:
+    """Mark a vote undone (kept for review, no longer counted). False if there is no such counted vote."""
+    with _store(store) as st:
+        row = st.get("votes", [vote_id]).get(vote_id)
+        if row is None or row["status"] == "undone":
+            return False
+        st.put("votes", [{**row, "status": "undone", "undone_at": now_iso()}])
+    return True
+
+
+def counted_votes(store: Store | str | Path | None = None) -> list[dict]:
+    with _store(store) as st:
+        return [r for r in st.rows("votes") if r["status"] == "counted"]
+
+
+# ---------------------------------------------------------------- labels files
+
+def read_labels(path: str | Path) -> list[dict]:
+    """Validate a labels file (see the module docstring); vote rows ready for the store. All errors at once,
+    as file:line, in one UserError; nothing is returned half-checked."""
+    from harness.data import load_eval_set
+
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"labels file {p}: use a .csv or .jsonl file")
+    rows = read_table(p, ("eval_set", "item_id", "winner"), "labels file")
+    if not rows:
+        raise UserError(f"labels file {p} holds no labels")
+    errors: list[str] = []
+    sets: dict[str, set[str] | None] = {}
+    seen: dict[str, int] = {}
+    out = []
+    for line, row in rows:
+        def bad(msg: str) -> None:
+            errors.append(f"{p}:{line}: {msg}")
+        get = lambda k: "" if row.get(k) is None else str(row.get(k)).strip()  # noqa: E731
+        eval_set, item_id, winner = get("eval_set"), get("item_id"), get("winner").lower()
+        if eval_set not in sets:
+            try:
+                sets[eval_set] = {str(it["id"]) for it in load_eval_set(eval_set).items}
+            except UserError:
+                sets[eval_set] = None
+        if sets[eval_set] is None:
+            bad(f"unknown eval set {eval_set!r}")
+        elif item_id not in sets[eval_set]:
+            bad(f"unknown item id {item_id!r} in eval set {eval_set!r}")
+        if winner not in WINNERS:
+            bad(f"winner {row.get('winner')!r} must be one of {', '.join(WINNERS)}")
+        side = get("side_a").lower()
+        if side not in ("",) + SIDES:
+            bad(f"side_a {row.get('side_a')!r} must be left, right or empty")
+        shas = {}
+        for s in ("a", "b"):
+            sha, resp = get(f"sha_{s}").lower(), row.get(f"response_{s}")
+            if resp not in (None, ""):
+                if sha and sha != text_sha(str(resp)):
+                    bad(f"sha_{s} does not match response_{s}")
+                sha = text_sha(str(resp))
+            if not sha:
+                bad(f"missing sha_{s} (or response_{s})")
+            elif not _SHA.fullmatch(sha):
+                bad(f"sha_{s} {sha[:20]!r} is not a sha256 hex digest")
+            shas[s] = sha
+        seeds = {}
+        for s in ("seed_a", "seed_b"):
+            v = get(s)
+            if v and not re.fullmatch(r"-?\d+", v):
+                bad(f"{s} {v!r} must be an integer")
+            seeds[s] = int(v) if re.fullmatch(r"-?\d+", v or "x") else None
+        label_id = get("label_id") or get("vote_id")
+        if label_id and not _ID.fullmatch(label_id):
+            bad(f"label_id {label_id!r} may use letters, digits, '.', '_', ':' and '-' only")
+        key = label_id or content_key("label", eval_set, item_id, shas.get("a"), shas.get("b"), winner)[:16]
+        if key in seen:
+            bad(f"label {key!r} repeats line {seen[key]}")
+        seen[key] = line
+        resp_a, resp_b = row.get("response_a") or "", row.get("response_b") or ""
+        out.append({
+            "key": key, "task": get("task") or "chat", "eval_set": eval_set, "item_id": item_id,
+            "prompt": get("prompt"), "response_left": "", "response_right": "", "side_a": side,
+            "model_a": get("model_a"), "adapter_a": get("adapter_a"), "model_b": get("model_b"),
+            "adapter_b": get("adapter_b"), **seeds, "sha_a": shas.get("a"), "sha_b": shas.get("b"),
+            "len_a": len(resp_a) if resp_a else None, "len_b": len(resp_b) if resp_b else None,
+            "choice": _choice_of(winner, side), "winner": winner, "reason": get("reason"),
+            "source": f"import:{p.name}", "status": "counted", "note": ""})
+        if side and resp_a and resp_b:
+            out[-1]["response_left"], out[-1]["response_right"] = ((resp_a, resp_b) if side == "left"
+                                                                   else (resp_b, resp_a))
+    if errors:
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise UserError(f"nothing imported: {len(errors)} problem(s) in {p}{more}:\n  " + "\n  ".join(errors[:10]))
+    return out
+
+
+def _choice_of(winner: str, side: str) -> str:
+    if winner in ("tie", "both_bad") or side not in SIDES:
+        return winner
+    other = "right" if side == "left" else "left"
+    return side if winner == "a" else other
+
+
+def import_labels(store: Store | str | Path | None, path: str | Path) -> int:
+    """Validate the whole file, then store every label in ONE transaction (a re-import replaces by id)."""
+    rows = read_labels(path)
+    with _store(store) as st:
+        return st.put("votes", rows)
+
+
+def _export_row(r: dict) -> dict[str, Any]:
+    side = r.get("side_a") or ""
+    left, right = r.get("response_left") or "", r.get("response_right") or ""
+    resp_a, resp_b = (left, right) if side == "left" else (right, left) if side == "right" else ("", "")
+    return {**{c: r.get(c) for c in EXPORT_COLUMNS}, "label_id": r["key"], "response_a": resp_a,
+            "response_b": resp_b}
+
+
+def labels_export_cmd(output: str, store: str | None = None) -> int:
+    """Write every stored vote (counted, for review and undone; see `status`) to a CSV or JSONL labels file.
+
+    output: the .csv or .jsonl file to write (a spreadsheet can fill in `winner` and `reason`)
+    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    """
+    out = Path(output)
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"--output {out}: use a .csv or .jsonl file name")
+    check_writable_file(out)
+    rows = [_export_row(r) for r in reversed(list_votes(store, limit=10**9))]
+    if out.suffix.lower() == ".csv":
+        write_csv(out, list(EXPORT_COLUMNS), [[("" if r[c] is None else r[c]) for c in EXPORT_COLUMNS] for r in rows])
+    else:
+        write_jsonl(out, rows)
+    print(f"{len(rows)} votes ({sum(r['status'] == 'counted' for r in rows)} counted) -> {out}")
+    return 0
+
+
+def labels_import_cmd(input: str, /, store: str | None = None) -> int:  # noqa: A002 - the CLI's positional name
+    """Import pairwise labels from a CSV or JSONL file (checked line by line first; all or nothing).
+
+    input: the labels file (.csv or .jsonl): eval_set, item_id, winner (a|b|tie|both_bad), sha_a/sha_b or
+        response_a/response_b; optional label_id, side_a, model_a, adapter_a, model_b, adapter_b, reason
+    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    """
+    with _store(store) as st:
+        n = import_labels(st, input)
+        where = st.path
+    print(f"imported {n} labels from {input} into {where}")
+    return 0
