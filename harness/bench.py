@@ -1,6 +1,11 @@
 """Benchmarks that print ratios measured in one run (this machine is noisy; never timed assertions in tests).
 
     python -m harness bench generation           # sequential vs batch-16 tokens/s; GGUF cold load vs cached load
+    python -m harness bench generation --skip-load --server openai:smol@http://127.0.0.1:8080   # + a server
+
+Natural length is continuously batched (a row that reaches EOS leaves the batch, the next prompt takes its
+place: harness/generation.py). With --server, 64 prompts go through the engine (harness/engines.py) with
+--workers concurrent requests and through in-process batched generation; the ratio of tokens/s is printed.
 """
 from __future__ import annotations
 
@@ -19,12 +24,17 @@ CHAT_PROMPTS = [
 
 
 def bench_generation(model: str | None = None, max_new_tokens: int = 48, batch_size: int = 16,
-                     skip_load: bool = False) -> int:
-    """16 short chat prompts, greedy: tokens/s one prompt at a time vs one batch; cold vs cached load.
+                     skip_load: bool = False, server: str = "", workers: int = 4, server_prompts: int = 64,
+                     fixed: bool = True) -> int:
+    """16 short chat prompts, greedy: tokens/s one prompt at a time vs one batch; cold vs cached load; a server.
 
     model: base model (default: the embedded one)
     max_new_tokens: new tokens per prompt
     skip_load: skip the cold/cached load measurement
+    server: also time a generation server, e.g. openai:smol@http://127.0.0.1:8080 or ollama:smollm2
+    workers: concurrent requests to the server
+    server_prompts: prompts sent to the server (and generated in process for the ratio)
+    fixed: also measure fixed length (--no-fixed: natural length only)
     """
     import torch
 
@@ -55,9 +65,11 @@ def bench_generation(model: str | None = None, max_new_tokens: int = 48, batch_s
     lm = load_model(name)
     prompts = [lm.render_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
     generate_batch(lm, prompts[:2], GenerationConfig(max_new_tokens=8, batch_size=batch_size))  # warm-up
-    for label, ignore_eos in (("fixed length: every prompt gets exactly %d new tokens (as the target is defined)"
-                               % max_new_tokens, True),
-                              ("natural length: stop at EOS (a finished row idles until its batch ends)", False)):
+    modes = (("fixed length: every prompt gets exactly %d new tokens (as the target is defined)" % max_new_tokens,
+              True),
+             ("natural length: stop at EOS (continuous batching: a finished row leaves the batch at once)", False))
+    r_seq = 0.0
+    for label, ignore_eos in modes[0 if fixed else 1:]:
         cfg1 = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=1, ignore_eos=ignore_eos)
         cfgb = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, ignore_eos=ignore_eos)
         t0 = time.perf_counter()
@@ -74,4 +86,54 @@ def bench_generation(model: str | None = None, max_new_tokens: int = 48, batch_s
         print(f"  batch {batch_size}:   {n_bat} tokens in {t_bat:.1f} s = {r_bat:.1f} tokens/s")
         print(f"  batched / sequential = {r_bat / r_seq:.1f}x (target >= 8x); "
               f"identical greedy outputs: {same}/{len(seq)}")
+        if not ignore_eos:
+            n_st, t_st, same_st = _static_natural(lm, prompts, cfgb, seq)
+            print(f"  static batches (before continuous batching): {n_st} tokens in {t_st:.1f} s = "
+                  f"{n_st / t_st:.1f} tokens/s = {n_st / t_st / r_seq:.1f}x sequential; continuous / static = "
+                  f"{r_bat / (n_st / t_st):.2f}x; identical: {same_st}/{len(seq)}")
+    if server:
+        _bench_server(lm, server, workers, server_prompts, max_new_tokens, batch_size, r_seq)
     return 0
+
+
+def _static_natural(lm, prompts: list[str], cfg, seq) -> tuple[int, float, int]:
+    """The same batch through transformers' generate() (static batching: finished rows idle)."""
+    import torch
+
+    from harness.generation import _run_batch
+    t0 = time.perf_counter()
+    with lm.lock, torch.inference_mode(), lm.using(None) as m:
+        out = _run_batch(lm, m, prompts, cfg)
+    return sum(g.new_tokens for g in out), time.perf_counter() - t0, sum(a.text == b.text for a, b in zip(seq, out))
+
+
+def _bench_server(lm, server: str, workers: int, n: int, max_new_tokens: int, batch_size: int,
+                  r_seq: float) -> None:
+    """n distinct chat prompts through the server (workers concurrent requests) vs in-process batched."""
+    from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
+    from harness.generation import GenerationConfig, generate_batch
+
+    texts = [f"{CHAT_PROMPTS[k % len(CHAT_PROMPTS)]} (question {k + 1})" for k in range(n)]
+    engine = open_engine(EngineConfig(server, workers=workers))
+    reqs = [EngineRequest([{"role": "user", "content": t}], max_new_tokens=max_new_tokens) for t in texts]
+    engine_generate(engine, reqs[:2])                                                   # warm-up
+    t0 = time.perf_counter()
+    remote = engine_generate(engine, reqs)
+    t_srv = time.perf_counter() - t0
+    prompts = [lm.render_chat([{"role": "user", "content": t}]) for t in texts]
+    t0 = time.perf_counter()
+    local = generate_batch(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
+    t_loc = time.perf_counter() - t0
+    n_srv, n_loc = sum(g.new_tokens for g in remote), sum(g.new_tokens for g in local)
+    failed = sum(g.finish_reason == "error" for g in remote)
+    same = sum(a.text.strip() == b.text.strip() for a, b in zip(remote, local))
+    r_srv, r_loc = n_srv / t_srv, n_loc / t_loc
+    print(f"server {engine.model} at {engine.where}, {n} chat prompts x <= {max_new_tokens} new tokens, greedy:")
+    print(f"  server, {workers} workers: {n_srv} tokens in {t_srv:.1f} s = {r_srv:.1f} tokens/s"
+          + (f" ({failed} failed)" if failed else ""))
+    print(f"  in process, batch {batch_size}: {n_loc} tokens in {t_loc:.1f} s = {r_loc:.1f} tokens/s"
+          + (f" (continuous batching refills rows here: {r_loc / r_seq:.1f}x the sequential rate above)"
+             if r_seq else ""))
+    print(f"  server / in process = {r_srv / r_loc:.2f}x; identical answers: {same}/{n} "
+          f"(a quantised GGUF need not match the dequantised weights)")
+    engine.close()

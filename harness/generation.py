@@ -235,9 +235,9 @@ class _Row:
 def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cfg: GenerationConfig,
                 done: Callable[[int, Generation], None]) -> list[int]:
     """Continuously batched greedy decoding: at most cfg.batch_size rows; a finished row is replaced by the next
-    waiting prompt. Every row sees what it would see alone: its own prefill (no padding), its own logits
-    processors (repetition penalty, form constraint) and stop criteria on its own ids, and its own positions;
-    in the batch its KV is left-padded and masked. Returns the prompts left for static batches (all of them
+    waiting prompt. The newcomers of one refill are prefilled together (left padding, as generate() does);
+    every row keeps its own logits processors (repetition penalty, form constraint), stop criteria on its own
+    ids and its own positions; in the batch its KV is left-padded and masked. Returns the prompts left for static batches (all of them
     when the model's cache is not one plain KV tensor per layer, e.g. sliding-window layers)."""
     import torch
     from transformers import DynamicCache
@@ -265,14 +265,14 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
             procs.append(FormConstraint(tok, cfg.form, min(eos)))
         return procs
 
-    def choose(row: _Row, logits) -> bool:
-        """Append the row's next token; True when the row is finished."""
-        scores = logits.float()
-        if row.processors or stop_check is not None:
+    def choose(row: _Row, logits, token: int | None = None) -> bool:
+        """Append the row's next token (`token`: already chosen, no processors); True when the row is finished."""
+        if token is None:
+            scores = logits.float()
             ids = torch.tensor([row.ids], device=dev)
             for p in row.processors:
                 scores = p(ids, scores)
-        token = int(scores.argmax(-1))
+            token = int(scores.argmax(-1))
         row.ids.append(token)
         if token in eos or len(row.new) >= cfg.max_new_tokens:
             return True
@@ -282,41 +282,37 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
         done(row.index, _finish(tok, prompts[row.index], row.new, row.prompt_tokens, row.seconds, stops, eos))
 
     while waiting or rows:
-        while waiting and len(rows) < cfg.batch_size:            # refill: each new prompt prefilled alone
-            i = waiting[0]
+        while waiting and len(rows) < cfg.batch_size:            # refill: the newcomers prefilled together
+            group = waiting[:cfg.batch_size - len(rows)]
             t0 = time.perf_counter()
-            ids = tok(prompts[i], add_special_tokens=False)["input_ids"]
+            enc = tok([prompts[i] for i in group], return_tensors="pt", padding=True, add_special_tokens=False,
+                      padding_side="left").to(dev)
+            own_mask = enc["attention_mask"]
+            positions = own_mask.long().cumsum(-1) - 1             # as generate() numbers left-padded rows
+            positions.masked_fill_(own_mask == 0, 1)
             own = DynamicCache(config=model.config)
-            n = len(ids)
-            res = model(input_ids=torch.tensor([ids], device=dev), attention_mask=torch.ones(1, n, dtype=torch.long, device=dev),
-                        position_ids=torch.arange(n, device=dev)[None], use_cache=True, logits_to_keep=1,
-                        **{cache_kw: own})
+            res = model(input_ids=enc["input_ids"], attention_mask=own_mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1, **{cache_kw: own})
             if not all(type(layer) is DynamicLayer for layer in own.layers):
                 if cache is None:
                     return waiting          # not a plain KV per layer: static batches for everything
                 raise RuntimeError("cache layout changed during continuous batching")
-            waiting.pop(0)
-            row = _Row(i, list(ids), n, processors())
-            finished = choose(row, res.logits[:, -1, :])
-            row.seconds += time.perf_counter() - t0
-            if finished:
-                finish(row)
+            del waiting[:len(group)]
+            share = (time.perf_counter() - t0) / len(group)
+            new_rows, keep = [], []
+            for k, i in enumerate(group):
+                n = int(own_mask[k].sum())
+                row = _Row(i, enc["input_ids"][k, -n:].tolist(), n, processors(), share)
+                if choose(row, res.logits[k:k + 1, -1, :]):
+                    finish(row)
+                else:
+                    new_rows.append(row)
+                    keep.append(k)
+            if not keep:
                 continue
-            if cache is None:
-                cache, mask = own, torch.ones(1, n, dtype=torch.long, device=dev)
-            else:
-                width = mask.shape[1]
-                if n > width:               # the newcomer is longer than the batch: pad everyone on the left
-                    for layer in cache.layers:
-                        layer.keys = _pad_left(layer.keys, n - width)
-                        layer.values = _pad_left(layer.values, n - width)
-                    mask = _pad_left(mask, n - width)
-                    width = n
-                for layer, new in zip(cache.layers, own.layers):
-                    layer.keys = torch.cat([layer.keys, _pad_left(new.keys, width - n)], 0)
-                    layer.values = torch.cat([layer.values, _pad_left(new.values, width - n)], 0)
-                mask = torch.cat([mask, _pad_left(torch.ones(1, n, dtype=torch.long, device=dev), width - n)], 0)
-            rows.append(row)
+            own, own_mask = _select(own, own_mask, keep, dev)
+            cache, mask = (own, own_mask) if cache is None else _merge(cache, mask, own, own_mask)
+            rows += new_rows
         if not rows:
             break
         t0 = time.perf_counter()
@@ -325,10 +321,11 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
                     position_ids=torch.tensor([[len(r.ids) - 1] for r in rows], device=dev),
                     use_cache=True, logits_to_keep=1, **{cache_kw: cache})   # updates `cache` in place
         logits = res.logits[:, -1, :]
+        plain = None if rows[0].processors else logits.float().argmax(-1).tolist()   # no processors: one argmax
         keep = []
         ended = []
         for b, row in enumerate(rows):
-            (ended if choose(row, logits[b:b + 1]) else keep).append(b)
+            (ended if choose(row, logits[b:b + 1], None if plain is None else plain[b]) else keep).append(b)
         share = (time.perf_counter() - t0) / len(rows)
         for row in rows:
             row.seconds += share
@@ -339,13 +336,7 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
             if not rows:
                 cache, mask = None, None
                 continue
-            index = torch.tensor(keep, device=dev)
-            mask = mask.index_select(0, index)
-            lead = int((mask.sum(0) == 0).long().cumprod(0).sum())   # columns that are padding in every row
-            for layer in cache.layers:
-                layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
-                layer.values = layer.values.index_select(0, index)[:, :, lead:]
-            mask = mask[:, lead:]
+            cache, mask = _select(cache, mask, keep, dev)
     return []
 
 
@@ -354,6 +345,34 @@ def _cache_kw(model) -> str:
     import inspect
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _select(cache, mask, keep: list[int], dev):
+    """Keep only the rows `keep` of a KV cache and its mask, without the columns that are padding in all."""
+    import torch
+    if len(keep) < mask.shape[0]:
+        index = torch.tensor(keep, device=dev)
+        mask = mask.index_select(0, index)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
+    if lead:
+        mask = mask[:, lead:]
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+    return cache, mask
+
+
+def _merge(cache, mask, own, own_mask):
+    """The rows of `own` appended to `cache`, both right-aligned (left padding) to the wider of the two."""
+    import torch
+    width = max(mask.shape[1], own_mask.shape[1])
+    for layer, new in zip(cache.layers, own.layers):
+        w, n = layer.keys.shape[-2], new.keys.shape[-2]
+        layer.keys = torch.cat([_pad_left(layer.keys, width - w), _pad_left(new.keys, width - n)], 0)
+        layer.values = torch.cat([_pad_left(layer.values, width - w), _pad_left(new.values, width - n)], 0)
+    mask = torch.cat([_pad_left(mask, width - mask.shape[1]), _pad_left(own_mask, width - own_mask.shape[1])], 0)
+    return cache, mask
 
 
 def _pad_left(t, n: int):
