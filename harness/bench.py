@@ -33,7 +33,7 @@ def bench_generation(model: str | None = None, max_new_tokens: int = 48, batch_s
     skip_load: skip the cold/cached load measurement
     server: also time a generation server, e.g. openai:smol@http://127.0.0.1:8080 or ollama:smollm2
     workers: concurrent requests to the server
-    server_prompts: prompts sent to the server (and generated in process for the ratio)
+    server_prompts: prompts for the refill comparison and the server (more than batch_size)
     fixed: also measure fixed length (--no-fixed: natural length only)
     """
     import torch
@@ -91,9 +91,43 @@ def bench_generation(model: str | None = None, max_new_tokens: int = 48, batch_s
             print(f"  static batches (before continuous batching): {n_st} tokens in {t_st:.1f} s = "
                   f"{n_st / t_st:.1f} tokens/s = {n_st / t_st / r_seq:.1f}x sequential; continuous / static = "
                   f"{r_bat / (n_st / t_st):.2f}x; identical: {same_st}/{len(seq)}")
+    local = _bench_refill(lm, server_prompts, max_new_tokens, batch_size, r_seq)
     if server:
-        _bench_server(lm, server, workers, server_prompts, max_new_tokens, batch_size, r_seq)
+        _bench_server(lm, server, workers, local, max_new_tokens, batch_size)
     return 0
+
+
+def _many_prompts(n: int) -> list[str]:
+    return [f"{CHAT_PROMPTS[k % len(CHAT_PROMPTS)]} (question {k + 1})" for k in range(n)]
+
+
+def _bench_refill(lm, n: int, max_new_tokens: int, batch_size: int, r_seq: float) -> tuple[list, float]:
+    """n distinct prompts (more than a batch, so finished rows are refilled): continuous vs static batches."""
+    import torch
+
+    from harness.generation import GenerationConfig, _run_batch, generate_batch
+    prompts = [lm.render_chat([{"role": "user", "content": t}]) for t in _many_prompts(n)]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    t0 = time.perf_counter()
+    cont = generate_batch(lm, prompts, cfg)
+    t_cont = time.perf_counter() - t0
+    order = sorted(range(n), key=lambda i: lm.count_tokens(prompts[i]))    # generate_batch's static order
+    static: list = [None] * n
+    t0 = time.perf_counter()
+    with lm.lock, torch.inference_mode(), lm.using(None) as m:
+        for start in range(0, n, batch_size):
+            chunk = order[start:start + batch_size]
+            for i, g in zip(chunk, _run_batch(lm, m, [prompts[i] for i in chunk], cfg)):
+                static[i] = g
+    t_st = time.perf_counter() - t0
+    n_c, n_s = sum(g.new_tokens for g in cont), sum(g.new_tokens for g in static)
+    same = sum(a.text == b.text for a, b in zip(cont, static))
+    print(f"{n} chat prompts, natural length, batch {batch_size} (rows are refilled):")
+    print(f"  continuous: {n_c} tokens in {t_cont:.1f} s = {n_c / t_cont:.1f} tokens/s"
+          + (f" = {n_c / t_cont / r_seq:.1f}x the sequential rate above" if r_seq else ""))
+    print(f"  static batches: {n_s} tokens in {t_st:.1f} s = {n_s / t_st:.1f} tokens/s; "
+          f"continuous / static = {(n_c / t_cont) / (n_s / t_st):.2f}x; identical: {same}/{n}")
+    return cont, t_cont
 
 
 def _static_natural(lm, prompts: list[str], cfg, seq) -> tuple[int, float, int]:
@@ -107,33 +141,28 @@ def _static_natural(lm, prompts: list[str], cfg, seq) -> tuple[int, float, int]:
     return sum(g.new_tokens for g in out), time.perf_counter() - t0, sum(a.text == b.text for a, b in zip(seq, out))
 
 
-def _bench_server(lm, server: str, workers: int, n: int, max_new_tokens: int, batch_size: int,
-                  r_seq: float) -> None:
-    """n distinct chat prompts through the server (workers concurrent requests) vs in-process batched."""
+def _bench_server(lm, server: str, workers: int, local: tuple[list, float], max_new_tokens: int,
+                  batch_size: int) -> None:
+    """The same prompts through the server (workers concurrent requests) vs in-process continuous batching."""
     from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
-    from harness.generation import GenerationConfig, generate_batch
 
-    texts = [f"{CHAT_PROMPTS[k % len(CHAT_PROMPTS)]} (question {k + 1})" for k in range(n)]
+    gens, t_loc = local
+    texts = _many_prompts(len(gens))
+    n = len(texts)
     engine = open_engine(EngineConfig(server, workers=workers))
     reqs = [EngineRequest([{"role": "user", "content": t}], max_new_tokens=max_new_tokens) for t in texts]
     engine_generate(engine, reqs[:2])                                                   # warm-up
     t0 = time.perf_counter()
     remote = engine_generate(engine, reqs)
     t_srv = time.perf_counter() - t0
-    prompts = [lm.render_chat([{"role": "user", "content": t}]) for t in texts]
-    t0 = time.perf_counter()
-    local = generate_batch(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
-    t_loc = time.perf_counter() - t0
-    n_srv, n_loc = sum(g.new_tokens for g in remote), sum(g.new_tokens for g in local)
+    n_srv, n_loc = sum(g.new_tokens for g in remote), sum(g.new_tokens for g in gens)
     failed = sum(g.finish_reason == "error" for g in remote)
-    same = sum(a.text.strip() == b.text.strip() for a, b in zip(remote, local))
+    same = sum(a.text.strip() == b.text.strip() for a, b in zip(remote, gens))
     r_srv, r_loc = n_srv / t_srv, n_loc / t_loc
-    print(f"server {engine.model} at {engine.where}, {n} chat prompts x <= {max_new_tokens} new tokens, greedy:")
+    print(f"server {engine.model} at {engine.where}, the same {n} prompts, greedy:")
     print(f"  server, {workers} workers: {n_srv} tokens in {t_srv:.1f} s = {r_srv:.1f} tokens/s"
           + (f" ({failed} failed)" if failed else ""))
-    print(f"  in process, batch {batch_size}: {n_loc} tokens in {t_loc:.1f} s = {r_loc:.1f} tokens/s"
-          + (f" (continuous batching refills rows here: {r_loc / r_seq:.1f}x the sequential rate above)"
-             if r_seq else ""))
+    print(f"  in process, continuous batch {batch_size}: {n_loc} tokens in {t_loc:.1f} s = {r_loc:.1f} tokens/s")
     print(f"  server / in process = {r_srv / r_loc:.2f}x; identical answers: {same}/{n} "
-          f"(a quantised GGUF need not match the dequantised weights)")
+          f"(llama.cpp computes with quantised kernels; the in-process model is the dequantised GGUF)")
     engine.close()
