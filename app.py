@@ -1,8 +1,12 @@
 """The Gradio demo: chat, spam classifier, poem generator, base-vs-fine-tuned comparison, leaderboard.
 
     python app.py                          # http://127.0.0.1:7860 with the embedded default model
-    python app.py --model /path/to/model_dir --port 7861 --no-warmup
+    python app.py --port 7861 --judge transformers:smollm2-135m-instruct    # an offline judge for Compare
+    python app.py --model /path/to/model_dir --no-warmup
     python app.py --host 0.0.0.0           # listen on every interface (or --share for a gradio.live link)
+
+The URL is printed first; the page is up within seconds, and the model loads (on an empty cache: converts,
+one-time, about a minute) in the background while the header says so.
 
 From Python (gradio_client); stable endpoints /chat, /classify, /poem, /compare:
 
@@ -12,8 +16,12 @@ From Python (gradio_client); stable endpoints /chat, /classify, /poem, /compare:
     label, verdict = c.predict("WIN a prize! Claim now", "base", 0.5, api_name="/classify")
 
 Chat history is Gradio 6's messages format, as /chat returns it: pass it back to continue the conversation.
-All logic lives in harness/app/ (one module per tab) and harness/leaderboard_view.py (plain functions, tested without a browser); this file only wires it.
+All logic lives in harness/app/ (one module per tab) and harness/leaderboard_view.py; this file lays out one
+function per tab and wires events. Queues: "generate" (chat, poem, compare: one at a time on the one model),
+"classify" (short: runs between two tokens of a running generation) and "judge" (outside the model queue);
+the UI steps that only show or store something (the user's message, votes, the leaderboard) are not queued.
 """
+
 import argparse
 import functools
 import inspect
@@ -22,21 +30,35 @@ import os
 import sys
 import threading
 
-from harness.app.chat import chat_turn
-from harness.app.classify import (classifier_choices, classify_file, classify_message, default_classifier,
-                                  spam_examples)
-from harness.app.compare import compare, compare_choices, score_text
-from harness.app.poem import default_poem_adapter, poem_forms, poem_stream
+from harness.app import chat as C
+from harness.app import compare as K
+from harness.app import poem as P
+from harness.app.classify import classifier_choices, classify_file, classify_message, default_classifier, spam_examples
 from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
                                base_choices, stats_info, status_line)
-from harness.leaderboard_view import leaderboard_view
 from harness.errors import UserError
+from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
+from harness import leaderboard_view as LB
 
 log = logging.getLogger("ftbench.app")
-MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=1)   # one queue for all model work, across tabs
+GENERATE = dict(concurrency_id="generate", concurrency_limit=1)   # the one model writes one thing at a time
+CLASSIFY = dict(concurrency_id="classify", concurrency_limit=1)   # short work, between two generated tokens
+JUDGE = dict(concurrency_id="judge", concurrency_limit=2)         # an outside server (or the in-process judge)
+ENGINES = ("transformers", "llama.cpp")
 CSS = """
 #model-status {padding: 4px 8px; border-radius: 6px; background: var(--background-fill-secondary);}
-.score {font-size: 1.1em; font-weight: 600;}
+.score {font-size: 1.05em; font-weight: 600;}
+.notice p {color: var(--body-text-color-subdued);}
+@media (max-width: 600px) {
+  #app-title h1 {font-size: 1.15em; margin: 0;}
+  #app-intro {display: none;}
+  #pickers {gap: 4px;}
+  #pickers button {padding: 2px 6px; min-height: 0;}
+  #model-status {font-size: 0.85em;}
+  .tab-container, [role="tablist"] {flex-wrap: wrap !important; overflow: visible !important; height: auto !important;}
+  .tab-container button, [role="tablist"] button {flex: 0 0 auto; padding: 4px 8px;}
+  .overflow-menu {display: none !important;}
+}
 """
 
 
@@ -52,7 +74,7 @@ def _error(e: Exception):
 
 
 def guarded(fn):
-    """Turn UserError (and anything unexpected) into gr.Error: the user sees what to do, never a traceback."""
+    """For API endpoints: UserError (and anything unexpected) -> gr.Error, a message and never a traceback."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args, **kwargs):
@@ -71,306 +93,575 @@ def guarded(fn):
     return call
 
 
+def noticed(fn, outputs: int):
+    """For UI events: a UserError becomes "⚠ ..." in the event's LAST output (its notice) and leaves every other
+    output as it is, so an error never hides a conversation, a poem or a picker behind an error badge."""
+    import gradio as gr
+
+    def fail(e):
+        if not isinstance(e, UserError):
+            log.exception("unexpected error in the app")
+        text = str(e) if isinstance(e, UserError) else f"something went wrong ({type(e).__name__}: {str(e)[:200]})"
+        return tuple([gr.skip()] * (outputs - 1) + [f"⚠ {text}"])
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                yield fail(e)
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            return fail(e)
+    return call
+
+
+def session(request) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+def sampling_controls(defaults: Sampling, prefix: str, limits):
+    import gradio as gr
+    with gr.Row():
+        t = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)",
+                      elem_id=f"{prefix}-temperature")
+        p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
+        n = gr.Slider(8, limits.max_new_tokens, value=defaults.max_new_tokens, step=8, label="Max new tokens",
+                      elem_id=f"{prefix}-max-tokens")
+    with gr.Row():
+        s = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
+        r = gr.Slider(1.0, 1.5, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
+    return [t, p, n, s, r]
+
+
+def transparency(prefix: str):
+    import gradio as gr
+    with gr.Accordion("Transparency: the exact prompt, token counts, tokens/s", open=False):
+        prompt = gr.Textbox(label="Rendered prompt (exactly what the model sees)", lines=6, max_lines=20,
+                            interactive=False, buttons=["copy"], elem_id=f"{prefix}-prompt")
+        stats = gr.JSON(label="Tokens and speed", elem_id=f"{prefix}-stats")
+    return prompt, stats
+
+
+# ---------------------------------------------------------------- header: base and adapter pickers
+
+def build_header(state: AppState) -> dict:
+    import gradio as gr
+    gr.Markdown("# ftbench · small LMs, base vs LoRA fine-tuned", elem_id="app-title")
+    gr.Markdown("Chat, classify SMS spam, write poems and compare a base model with its fine-tuned adapter, "
+                "all on this machine's CPU.", elem_id="app-intro")
+    with gr.Row(equal_height=False, elem_id="pickers"):
+        with gr.Column(scale=3, min_width=200):
+            base_dd = gr.Dropdown(base_choices(state), value=state.base_name, label="Base model",
+                                  allow_custom_value=True, elem_id="base-picker")
+            load_btn = gr.Button("Load this base (frees the current one)", size="sm", elem_id="load-base")
+        with gr.Column(scale=3, min_width=200):
+            adapter_dd = gr.Dropdown(adapter_choices(state, "causal"), value=BASE,
+                                     label="Adapter for chat and poems (switching never reloads the base)",
+                                     allow_custom_value=True, elem_id="adapter-picker")
+            refresh_btn = gr.Button("↻ Refresh the adapter lists", size="sm", elem_id="refresh-adapters")
+    status = gr.Markdown(status_line(state, BASE), elem_id="model-status")
+    base_notice = gr.Markdown(elem_id="base-notice", elem_classes="notice")
+    return dict(base_dd=base_dd, load_btn=load_btn, adapter_dd=adapter_dd, refresh_btn=refresh_btn, status=status,
+                base_notice=base_notice)
+
+
+# ---------------------------------------------------------------- Chat
+
+def build_chat_tab(state: AppState, ui: dict) -> None:
+    import gradio as gr
+    limits = state.limits
+    chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chatbot", buttons=["copy"],
+                         placeholder="Say hello: your message shows at once, the reply streams in as the model "
+                                     "writes it, labelled with the model, adapter and decoding that wrote it.")
+    with gr.Row():
+        msg = gr.Textbox(placeholder="Type a message and press Enter (you can type while a reply streams)",
+                         show_label=False, scale=6, elem_id="chat-input", autofocus=True)
+        send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="chat-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="chat-stop")
+    with gr.Row():
+        regen = gr.Button("↻ Regenerate", size="sm", elem_id="chat-regenerate")
+        undo = gr.Button("↶ Undo last turn", size="sm", elem_id="chat-undo")
+        edit = gr.Button("✎ Edit last message", size="sm", elem_id="chat-edit")
+        clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
+        export_json = gr.Button("Export JSON", size="sm", elem_id="chat-export-json")
+        export_md = gr.Button("Export Markdown", size="sm", elem_id="chat-export-md")
+    notice = gr.Markdown(elem_id="chat-notice", elem_classes="notice")
+    export_file = gr.File(label="Conversation export (with the settings of every answer)", visible=False,
+                          interactive=False, elem_id="chat-export-file")
+    with gr.Accordion("Settings: system prompt and sampling", open=False):
+        system = gr.Textbox(label=f"System prompt (empty = the model's default; up to {limits.system_chars:,} "
+                                  "characters)", lines=2, elem_id="chat-system")
+        sampling = sampling_controls(Sampling(), "chat", limits)
+    prompt, stats = transparency("chat")
+
+    def submit_fn(text, system_text, adapter, t, p, n, s, r, request: gr.Request):
+        C.submit(state, session(request), text, system_text, adapter, Sampling.from_ui(t, p, n, s, r))
+        return C.render(state, session(request)), "", ""
+
+    def generate_fn(request: gr.Request):
+        for shown, info in C.generate_pending(state, session(request)):
+            info = dict(info)
+            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), ""
+
+    def regen_fn(adapter, system_text, t, p, n, s, r, request: gr.Request):
+        C.regenerate(state, session(request), adapter, Sampling.from_ui(t, p, n, s, r), system_text)
+        return C.render(state, session(request)), ""
+
+    def undo_fn(request: gr.Request):
+        C.undo(state, session(request))
+        return C.render(state, session(request)), ""
+
+    def edit_fn(request: gr.Request):
+        text = C.edit_last(state, session(request))
+        return C.render(state, session(request)), text, "Your last message is back in the box: edit it and press Enter."
+
+    def clear_fn(request: gr.Request):
+        C.clear(state, session(request))
+        return [], "", None, ""
+
+    def export_fn(fmt):
+        def run(request: gr.Request):
+            return gr.update(value=str(C.export(state, session(request), fmt)), visible=True), ""
+        return run
+
+    def stop_fn(request: gr.Request):
+        """Stop: the model halts at its next step; the reply is kept and marked as stopped."""
+        sid = session(request)
+        state.stop(sid, wait=2.0)
+        info = stats_info(state.last_stats.get(sid))
+        return gr.skip() if info is None else info
+
+    sampling_in = [*sampling]
+    sub = gr.on([msg.submit, send.click], noticed(submit_fn, 3), [msg, system, ui["adapter_dd"], *sampling_in],
+                [chatbot, msg, notice], queue=False, trigger_mode="multiple", api_visibility="private")
+    gen_args = dict(fn=noticed(generate_fn, 4), inputs=None, outputs=[chatbot, prompt, stats, notice],
+                    show_progress="hidden", trigger_mode="multiple", api_visibility="private", **GENERATE)
+    sub.then(**gen_args)
+    regen.click(noticed(regen_fn, 2), [ui["adapter_dd"], system, *sampling_in], [chatbot, notice], queue=False,
+                api_visibility="private").then(**gen_args)
+    undo.click(noticed(undo_fn, 2), None, [chatbot, notice], queue=False, api_visibility="private")
+    edit.click(noticed(edit_fn, 3), None, [chatbot, msg, notice], queue=False, api_visibility="private")
+    clear.click(noticed(clear_fn, 4), None, [chatbot, prompt, stats, notice], queue=False, api_visibility="private")
+    export_json.click(noticed(export_fn("json"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    export_md.click(noticed(export_fn("md"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    stop.click(stop_fn, None, stats, queue=False, api_name="stop")
+
+    # the stateless API endpoint /chat (history in, history out); hidden from the page
+    def api_chat(message, history, system_text, adapter, t, p, n, s, r, request: gr.Request):
+        sampling_ = Sampling.from_ui(t, p, n, s, r)
+        for hist, info in C.chat_turn(state, message, history, system_text, adapter, sampling_, session(request)):
+            info = dict(info)
+            yield hist, "", info.pop("prompt"), info
+
+    api = gr.Button(visible=False, elem_id="api-chat")
+    api.click(guarded(api_chat), [msg, chatbot, system, ui["adapter_dd"], *sampling_in], [chatbot, msg, prompt, stats],
+              api_name="chat", **GENERATE)
+    ui.update(chatbot=chatbot, chat_notice=notice)
+
+
+# ---------------------------------------------------------------- Spam (classification)
+
+def build_classify_tab(state: AppState, ui: dict) -> None:
+    import gradio as gr
+    limits = state.limits
+    with gr.Row():
+        with gr.Column(scale=3):
+            text = gr.Textbox(label=f"SMS message (up to {limits.message_chars:,} characters; longer is refused, "
+                                    "never cut)", lines=4, placeholder="Paste a text message", elem_id="spam-input")
+            with gr.Row():
+                classifier = gr.Dropdown(classifier_choices(state), value=default_classifier(state),
+                                         label="Classifier", allow_custom_value=True, elem_id="spam-classifier")
+                threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Threshold: spam when p(spam) ≥ this")
+            button = gr.Button("Classify", variant="primary", elem_id="spam-button")
+        with gr.Column(scale=2):
+            label = gr.Label(label="Probabilities", num_top_classes=2, elem_id="spam-label")
+            verdict = gr.Markdown(elem_id="spam-verdict")
+    try:
+        examples, note = spam_examples()
+        gr.Examples([[t] for t in examples], inputs=[text], label=note, examples_per_page=8)
+    except UserError as e:
+        gr.Markdown(f"⚠ No examples: {e}")
+    with gr.Accordion("Classify a file: a CSV with a `text` column (every column is kept), or one message per line",
+                      open=False):
+        with gr.Row():
+            file_in = gr.File(label="Messages (.csv or .txt)", file_types=[".csv", ".txt"], type="filepath",
+                              elem_id="spam-file")
+            file_out = gr.File(label="Predictions: your columns + label, p_<label> (download)", interactive=False,
+                               elem_id="spam-file-out")
+        file_btn = gr.Button("Classify file", elem_id="spam-file-button")
+        summary = gr.Markdown(elem_id="spam-file-summary")
+        preview = gr.Dataframe(label="First 50 predictions", interactive=False, wrap=True, elem_id="spam-preview")
+
+    def classify_fn(message, name, t):
+        probs, says = classify_message(state, message, name, t)
+        return probs, says
+
+    def file_fn(path, name, t):
+        out, table, says = classify_file(state, path, name, t)
+        return out, table, says
+
+    gr.on([button.click, text.submit], noticed(classify_fn, 2), [text, classifier, threshold], [label, verdict],
+          api_visibility="private", **CLASSIFY)
+    file_btn.click(noticed(file_fn, 3), [file_in, classifier, threshold], [file_out, preview, summary],
+                   api_visibility="private", **CLASSIFY)
+    api = gr.Button(visible=False)
+    api.click(guarded(classify_fn), [text, classifier, threshold], [label, verdict], api_name="classify", **CLASSIFY)
+    api2 = gr.Button(visible=False)
+    api2.click(guarded(lambda p, n, t: (lambda r: (r[0], r[2], r[1]))(classify_file(state, p, n, t))),
+               [file_in, classifier, threshold], [file_out, summary, preview], api_name="classify_file", **CLASSIFY)
+    ui.update(classifier_dd=classifier)
+
+
+# ---------------------------------------------------------------- Poem
+
+def build_poem_tab(state: AppState, ui: dict) -> None:
+    import gradio as gr
+    hint = gr.Markdown(poem_hint(state), elem_id="poem-hint")
+    with gr.Row():
+        with gr.Column(scale=2):
+            topic = gr.Textbox(label=f"Title or topic (up to {state.limits.topic_chars} characters)",
+                               placeholder="春夜 · the sea · moving house", elem_id="poem-topic")
+            with gr.Row():
+                lang = gr.Radio(list(LANGS), value="中文", label="Language", elem_id="poem-lang")
+                form = gr.Dropdown(list(POEM_FORMS["zh"]), value="五言绝句", label="Form", allow_custom_value=True,
+                                   elem_id="poem-form")
+            enforce = gr.Checkbox(value=True, label="Keep the classical form while decoding (lines × characters "
+                                  "enforced; the model picks every character; max new tokens follows the form)",
+                                  elem_id="poem-enforce")
+            with gr.Accordion("Sampling", open=False):
+                sampling = sampling_controls(Sampling(temperature=0.7, max_new_tokens=160), "poem", state.limits)
+            with gr.Row():
+                write = gr.Button("Write", variant="primary", elem_id="poem-button")
+                stop = gr.Button("Stop", variant="stop", elem_id="poem-stop")
+        with gr.Column(scale=3):
+            warning = gr.Markdown(elem_id="poem-warning")
+            out = gr.Textbox(label="Poem", lines=10, max_lines=30, interactive=False, elem_id="poem-output")
+            check = gr.Markdown("**Form check:** —", elem_id="poem-check")
+            details = gr.JSON(label="Lines × characters", elem_id="poem-details")
+    prompt, stats = transparency("poem")
+
+    def forms_fn(language):
+        forms = P.poem_forms(language)
+        return gr.update(choices=list(forms), value=forms[0]), gr.update(visible=P.has_fixed_form(forms[0]))
+
+    def warn_fn(adapter, language):
+        return P.language_warning(state, adapter, language)
+
+    def write_fn(topic_, language, form_, adapter, t, p, n, s, r, enforce_, request: gr.Request):
+        sampling_ = Sampling.from_ui(t, p, n, s, r)
+        for poem, report, info in P.poem_job(state, session(request), topic_, language, form_, adapter, sampling_,
+                                             bool(enforce_) if enforce_ is not None else True):
+            info = dict(info)
+            rendered = info.pop("prompt", gr.skip())
+            shown = {k: v for k, v in report.items() if k not in ("summary", "warning")} or None
+            yield poem, report["summary"], shown, rendered, info, report.get("warning", ""), ""
+
+    lang.change(forms_fn, lang, [form, enforce], queue=False, api_visibility="private")
+    form.change(lambda f: gr.update(visible=P.has_fixed_form(f)), form, enforce, queue=False, api_visibility="private")
+    gr.on([lang.change, ui["adapter_dd"].change], warn_fn, [ui["adapter_dd"], lang], warning, queue=False,
+          api_visibility="private")
+    notice = gr.Markdown(elem_id="poem-notice", elem_classes="notice")
+    ev = write.click(noticed(write_fn, 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+                     [out, check, details, prompt, stats, warning, notice], show_progress="minimal",
+                     api_visibility="private", **GENERATE)
+    stop.click(lambda request: state.stop(session(request), wait=2.0) and None, None, None, queue=False,
+               api_visibility="private")
+
+    def api_poem(topic_, language, form_, adapter, t, p, n, s, r, enforce_=True, request: gr.Request = None):
+        for poem, report, details_, rendered, info, _, _ in write_fn(topic_, language, form_, adapter, t, p, n, s, r,
+                                                                      enforce_, request):
+            yield poem, report, details_, rendered, info
+
+    api = gr.Button(visible=False)
+    api.click(guarded(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+              [out, check, details, prompt, stats], api_name="poem", **GENERATE)
+    ui.update(poem_hint=hint, poem_event=ev)
+
+
+def poem_hint(state: AppState) -> str:
+    names = [f"`{P.default_poem_adapter(state, lang)}` ({label})" for label, lang in LANGS.items()
+             if P.default_poem_adapter(state, lang) != BASE]
+    return ("Poem adapters for this base: " + ", ".join(names) + " — pick one in the adapter picker above."
+            if names else "No poem adapter for this base yet: the base model writes the poems.")
+
+
+# ---------------------------------------------------------------- Compare
+
+def build_compare_tab(state: AppState, ui: dict) -> None:
+    import gradio as gr
+    from harness.metrics import FIXED_FORMS
+    choices = K.compare_choices(state)
+    note = gr.Markdown(compare_note(state), elem_id="compare-note")
+    with gr.Row():
+        prompt = gr.Textbox(label="Instruction", lines=3, scale=3, placeholder="Give three tips for staying healthy.",
+                            elem_id="compare-input")
+        with gr.Column(scale=2):
+            adapter = gr.Dropdown(choices, value=choices[0] if choices else None, label="Fine-tuned adapter",
+                                  allow_custom_value=True, elem_id="compare-adapter")
+            form = gr.Dropdown([K.AUTO, K.NO_FORM, *FIXED_FORMS], value=K.AUTO,
+                               label="Classical form kept while decoding (poem adapters)", elem_id="compare-form",
+                               visible=K.adapter_task(state, choices[0] if choices else None) == "poem")
+            blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote",
+                                elem_id="compare-blind")
+    examples = K.examples()
+    with gr.Row():
+        for task, prompts in examples.items():
+            gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"Examples ({task}, from "
+                        f"eval_sets/own/{K.EXAMPLE_SETS[task]}: ROUGE-L against its reference where it has one)",
+                        examples_per_page=4)
+    with gr.Accordion("Sampling (both sides use the same settings and seed)", open=False):
+        sampling = sampling_controls(Sampling(temperature=0.0), "compare", state.limits)
+    with gr.Row():
+        button = gr.Button("Compare", variant="primary", elem_id="compare-button", interactive=bool(choices))
+        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+    status = gr.Markdown(elem_id="compare-status")
+    with gr.Row():
+        with gr.Column(min_width=280):
+            left_head = gr.Markdown("### Left", elem_id="compare-left-head")
+            left = gr.Textbox(label="Left answer", lines=8, interactive=False, elem_id="compare-left")
+            left_fig = gr.Markdown(elem_id="compare-left-figures")
+            left_score = gr.Markdown("Judge score: —", elem_classes="score", elem_id="compare-left-score")
+        with gr.Column(min_width=280):
+            right_head = gr.Markdown("### Right", elem_id="compare-right-head")
+            right = gr.Textbox(label="Right answer", lines=8, interactive=False, elem_id="compare-right")
+            right_fig = gr.Markdown(elem_id="compare-right-figures")
+            right_score = gr.Markdown("Judge score: —", elem_classes="score", elem_id="compare-right-score")
+    judge_notice = gr.Markdown(elem_id="compare-judge")
+    with gr.Row():
+        vote_btns = {c: gr.Button(label, size="sm", elem_id=f"vote-{c}") for c, label in K.VOTE_BUTTONS.items()}
+    vote_msg = gr.Markdown(K.VOTING_MISSING if K.votes_module() is None else "", elem_id="vote-message")
+    with gr.Accordion("Your votes: review and undo", open=False):
+        votes_table = gr.Dataframe(headers=["id", "when", "choice", "winner", "status", "prompt"],
+                                   value=K.vote_table(state) or None, interactive=False, wrap=True,
+                                   elem_id="votes-table")
+        with gr.Row():
+            undo_id = gr.Textbox(label="Vote id to undo (click a row)", scale=3, elem_id="vote-undo-id")
+            undo_btn = gr.Button("Undo this vote", scale=1, elem_id="vote-undo")
+    rendered, stats = transparency("compare")
+    notice = gr.Markdown(elem_id="compare-notice", elem_classes="notice")
+    shown = [left, right, left_head, right_head, left_fig, right_fig, status]
+
+    def as_outputs(v: dict):
+        return (v["left"], v["right"], f"### {v['headings'][0]}", f"### {v['headings'][1]}", v["figures"][0],
+                v["figures"][1], v["status"])
+
+    def start_fn(text, name, form_, blind_, t, p, n, s, r, request: gr.Request):
+        rec = K.start(state, session(request), text, name, Sampling.from_ui(t, p, n, s, r), form_, bool(blind_))
+        return (*as_outputs(K.view(state, rec)), "Judge score: —", "Judge score: —", "", "", "")
+
+    def stream_fn(request: gr.Request):
+        for v in K.stream(state, session(request)):
+            info = dict(v["info"] or {})
+            yield (*as_outputs(v), info.pop("prompt", gr.skip()), info or gr.skip(), "")
+
+    def judge_fn(request: gr.Request):
+        return K.judge(state, session(request))
+
+    def vote_fn(choice):
+        def run(request: gr.Request):
+            says = K.vote(state, session(request), choice)
+            v = K.view(state, state.session_data(session(request)).get("compare"))
+            return f"### {v['headings'][0]}", f"### {v['headings'][1]}", K.vote_table(state) or None, says
+        return run
+
+    def undo_fn(vote_id):
+        return K.vote_table(state) or None, K.undo(state, vote_id)
+
+    def pick_vote(evt: gr.SelectData):
+        row = evt.row_value if hasattr(evt, "row_value") else None
+        return row[0] if row else gr.skip()
+
+    adapter.change(lambda a: gr.update(visible=K.adapter_task(state, a) == "poem"), adapter, form, queue=False,
+                   api_visibility="private")
+    ev = button.click(noticed(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
+                      [*shown, left_score, right_score, judge_notice, vote_msg, notice], queue=False,
+                      api_visibility="private")
+    ev = ev.then(noticed(stream_fn, len(shown) + 3), None, [*shown, rendered, stats, notice], show_progress="hidden",
+                 api_visibility="private", **GENERATE)
+    ev.then(noticed(judge_fn, 3), None, [left_score, right_score, judge_notice], show_progress="minimal",
+            api_visibility="private", **JUDGE)
+    stop.click(lambda request: state.stop(session(request), wait=2.0) and None, None, None, queue=False,
+               api_visibility="private")
+    for choice, btn in vote_btns.items():
+        btn.click(noticed(vote_fn(choice), 4), None, [left_head, right_head, votes_table, vote_msg], queue=False,
+                  api_visibility="private")
+    votes_table.select(pick_vote, None, undo_id, queue=False, api_visibility="private")
+    undo_btn.click(noticed(undo_fn, 2), undo_id, [votes_table, vote_msg], queue=False, api_visibility="private")
+
+    def api_compare(text, name, t, p, n, s, r, request: gr.Request):
+        base, tuned, sb, st, says, prompt_, info = K.compare_once(state, text, name, Sampling.from_ui(t, p, n, s, r),
+                                                                 session(request) + "-api")
+        return base, tuned, sb, st, says, prompt_, info
+
+    api = gr.Button(visible=False)
+    api.click(guarded(api_compare), [prompt, adapter, *sampling],
+              [left, right, left_score, right_score, judge_notice, rendered, stats], api_name="compare", **GENERATE)
+    ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=as_outputs)
+
+
+def compare_note(state: AppState) -> str:
+    if K.compare_choices(state):
+        return ""
+    return ("No fine-tuned chat/poem adapter for this base yet, so there is nothing to compare with: "
+            "train one with `python -m harness finetune RECIPE`.")
+
+
+# ---------------------------------------------------------------- Leaderboard
+
+def build_leaderboard_tab(state: AppState, ui: dict):
+    import gradio as gr
+    folder = state.results_folder
+    with gr.Row():
+        task = gr.Dropdown([], label="Task", allow_custom_value=True, elem_id="leaderboard-task")
+        eval_set = gr.Dropdown(["all"], value="all", label="Eval set", allow_custom_value=True)
+        search = gr.Textbox(label="Filter model / adapter / judge / decoding", placeholder="e.g. alpaca")
+        metric = gr.Dropdown([], label="Plot metric", allow_custom_value=True, elem_id="leaderboard-metric")
+        refresh = gr.Button("↻ Reload CSVs")
+    notice = gr.Markdown(elem_id="leaderboard-notice")
+    plot = gr.Plot(label="Scores (error bars where a CI exists)", elem_id="leaderboard-plot")
+    caption = gr.Markdown(elem_id="leaderboard-caption")
+    table = gr.Dataframe(label="Leaderboard (click a row to see its items)", interactive=False, wrap=True,
+                         elem_id="leaderboard-table")
+    items_note = gr.Markdown(elem_id="leaderboard-items-note")
+    items = gr.Dataframe(label="Items of the selected row (from its rows file)", interactive=False, wrap=True,
+                         visible=False, elem_id="leaderboard-items")
+    with gr.Accordion("Diff two runs: the items where two rows disagree most", open=False):
+        with gr.Row():
+            run_a = gr.Dropdown([], label="Run A", elem_id="diff-a")
+            run_b = gr.Dropdown([], label="Run B", elem_id="diff-b")
+            diff_btn = gr.Button("Diff", elem_id="diff-button")
+        diff_note = gr.Markdown(elem_id="diff-note")
+        diff_table = gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="diff-table")
+    agreement = gr.Markdown(elem_id="leaderboard-agreement")
+
+    def view_fn(task_, set_, search_, metric_):
+        v = LB.leaderboard_view(task_, set_, search_, metric_, folder)
+        labels = v["labels"]
+        return (gr.update(choices=v["tasks"], value=v["task"]),
+                gr.update(choices=["all", *v["eval_sets"]], value=set_ if set_ in v["eval_sets"] else "all"),
+                gr.update(choices=v["metrics"], value=v["metric"]),
+                v["notice"], gr.update(value=v["figure"], visible=v["figure"] is not None), v["caption"],
+                gr.update(value=v["table"], visible=v["table"] is not None),
+                gr.update(choices=labels, value=labels[0] if labels else None),
+                gr.update(choices=labels, value=labels[1] if len(labels) > 1 else None), K.agreement(state))
+
+    def row_fn(task_, set_, search_, evt: gr.SelectData):
+        v = LB.leaderboard_view(task_, set_, search_, None, folder)
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        row = v["rows"][index]
+        found = LB.row_items(v["task"], row, folder)
+        header, rows = LB.item_table(found)
+        import pandas as pd
+        return (f"**{LB.row_label(row)}**: {len(rows)} items from results/runs/{v['task']}/",
+                gr.update(value=pd.DataFrame(rows, columns=header), visible=True))
+
+    def diff_fn(task_, set_, search_, a, b):
+        v = LB.leaderboard_view(task_, set_, search_, None, folder)
+        by = dict(zip(v["labels"], v["rows"]))
+        if a not in by or b not in by:
+            raise UserError("choose two rows (Run A and Run B) of the table above")
+        header, rows, summary = LB.diff_runs(v["task"], by[a], by[b], folder)
+        import pandas as pd
+        return summary, gr.update(value=pd.DataFrame(rows, columns=header), visible=bool(rows))
+
+    inputs = [task, eval_set, search, metric]
+    outputs = [task, eval_set, metric, notice, plot, caption, table, run_a, run_b, agreement]
+    gr.on([task.input, eval_set.input, metric.input, search.submit, refresh.click], noticed(view_fn, len(outputs)),
+          inputs, outputs, queue=False, api_name="leaderboard", api_visibility="undocumented")
+    table.select(noticed(row_fn, 2), [task, eval_set, search], [items, items_note], queue=False,
+                 api_visibility="private")
+    diff_btn.click(noticed(diff_fn, 2), [task, eval_set, search, run_a, run_b], [diff_table, diff_note], queue=False,
+                   api_visibility="private")
+    return noticed(view_fn, len(outputs)), inputs, outputs
+
+
+# ---------------------------------------------------------------- the page
+
 def build_demo(state: AppState | None = None):
     """The Blocks app around one AppState (default: the embedded base, loaded on first use)."""
     import gradio as gr
 
     state = state or AppState()
-    limits = state.limits
+    ui: dict = {}
+    with gr.Blocks(title="ftbench: small LMs, base vs fine-tuned") as demo:
+        ui.update(build_header(state))
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                build_chat_tab(state, ui)
+            with gr.Tab("Spam", id="spam", elem_id="tab-spam"):
+                build_classify_tab(state, ui)
+            with gr.Tab("Poem", id="poem", elem_id="tab-poem"):
+                build_poem_tab(state, ui)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                build_compare_tab(state, ui)
+            with gr.Tab("Leaderboard", id="leaderboard", elem_id="tab-leaderboard"):
+                lb_fn, lb_in, lb_out = build_leaderboard_tab(state, ui)
+        wire_pickers(state, ui, demo)
+        demo.load(lb_fn, lb_in, lb_out, queue=False, api_visibility="undocumented")
+        timer = gr.Timer(1.0)
 
-    def session(request):
-        return getattr(request, "session_hash", None) or ""
+        def tick(adapter, request: gr.Request):
+            """Once a second: the status line while the model prepares, and queue positions of waiting work."""
+            sid = session(request)
+            data = state.sessions.get(sid, {})
+            waiting_chat = any(m["role"] == "assistant" and m["meta"]["status"] == C.WAITING for m in data.get("chat", []))
+            writing_chat = any(m["role"] == "assistant" and m["meta"]["status"] == C.WRITING for m in data.get("chat", []))
+            rec = data.get("compare")
+            status = status_line(state, adapter) if state.phase in ("preparing", "failed") or tick.was != state.phase \
+                else gr.skip()
+            tick.was = state.phase
+            chat_view = C.render(state, sid) if waiting_chat and not writing_chat else gr.skip()
+            cmp = ui["cmp_view"](K.view(state, rec)) if rec and rec["status"] == "waiting" else [gr.skip()] * 7
+            return status, chat_view, *cmp
+        tick.was = state.phase
+        timer.tick(tick, ui["adapter_dd"], [ui["status"], ui["chatbot"], *ui["cmp_shown"]], queue=False,
+                   show_progress="hidden", api_visibility="private")
+    demo.queue(max_size=64, default_concurrency_limit=1)
+    demo.ftbench_state = state
+    return demo
 
-    def sampling_controls(defaults: Sampling, prefix: str):
-        with gr.Row():
-            t = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)",
-                          elem_id=f"{prefix}-temperature")
-            p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
-            n = gr.Slider(8, limits.max_new_tokens, value=defaults.max_new_tokens, step=8, label="Max new tokens")
-        with gr.Row():
-            s = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
-            r = gr.Slider(1.0, 1.5, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
-        return [t, p, n, s, r]
 
-    def transparency(prefix: str):
-        with gr.Accordion("Transparency: the exact prompt, token counts, tokens/s", open=False):
-            prompt = gr.Textbox(label="Rendered prompt (exactly what the model sees)", lines=6, max_lines=20,
-                                interactive=False, buttons=["copy"], elem_id=f"{prefix}-prompt")
-            stats = gr.JSON(label="Tokens and speed", elem_id=f"{prefix}-stats")
-        return prompt, stats
+def wire_pickers(state: AppState, ui: dict, demo) -> None:
+    import gradio as gr
+    pickers = [ui["base_dd"], ui["adapter_dd"], ui["classifier_dd"], ui["cmp_adapter"], ui["status"], ui["cmp_note"],
+               ui["poem_hint"], ui["cmp_btn"], ui["base_notice"]]
 
-    # ------------------------------------------------------------ callbacks (thin: logic is in harness/app/)
-
-    @guarded
-    def chat_fn(message, history, system, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
-                request: gr.Request):
-        sampling = Sampling.from_ui(temperature, top_p, max_new_tokens, seed, repetition_penalty)
-        for hist, info in chat_turn(state, message, history, system, adapter, sampling, session(request)):
-            prompt = info.pop("prompt")
-            yield hist, "", prompt, info
-
-    def stop_fn(request: gr.Request):
-        """Stop: the model halts at its next step; the panel then shows where it stopped (the cancelled event
-        itself sends no final update)."""
-        sid = session(request)
-        state.stop(sid, wait=2.0)
-        info = stats_info(state.last_stats.get(sid))
-        return gr.update() if info is None else info
-
-    def clear_fn(request: gr.Request):
-        state.stop(session(request))
-        return [], "", "", None
-
-    @guarded
-    def classify_fn(text, classifier, threshold):
-        return classify_message(state, text, classifier, threshold)
-
-    @guarded
-    def classify_file_fn(path, classifier, threshold):
-        out, preview, summary = classify_file(state, path, classifier, threshold)
-        return out, summary, preview
-
-    @guarded
-    def poem_fn(topic, lang, form, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
-                enforce_form, request: gr.Request):
-        sampling = Sampling.from_ui(temperature, top_p, max_new_tokens, seed, repetition_penalty)
-        enforce = True if enforce_form is None else bool(enforce_form)
-        for poem, check, info in poem_stream(state, topic, lang, form, adapter, sampling, session(request), enforce):
-            prompt = info.pop("prompt")
-            details = {k: v for k, v in check.items() if k != "summary"} or None
-            yield poem, check["summary"], details, prompt, info
-
-    @guarded
-    def compare_fn(prompt, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty):
-        sampling = Sampling.from_ui(temperature, top_p, max_new_tokens, seed, repetition_penalty)
-        r = compare(state, prompt, adapter, sampling)
-        info = dict(r["info"])
-        rendered = info.pop("prompt")
-        return (r["base"], r["tuned"], score_text(r["scores"][0]), score_text(r["scores"][1]),
-                r["judge_notice"], rendered, info)
-
-    def picker_updates(adapter, classifier, tuned):
-        """Choices of every model-dependent dropdown for the current base, keeping valid selections."""
+    def updates(adapter, classifier, tuned, says=""):
+        """Choices of every model-dependent dropdown for the base IN USE, keeping valid selections."""
         chat = adapter_choices(state, "causal")
         adapter = adapter if adapter in [v for _, v in chat] else BASE
         cls = classifier_choices(state)
         classifier = classifier if classifier in [v for _, v in cls] else default_classifier(state)
-        tuned_choices = compare_choices(state)
+        tuned_choices = K.compare_choices(state)
         tuned = tuned if tuned in tuned_choices else (tuned_choices[0] if tuned_choices else None)
         return (gr.update(choices=base_choices(state), value=state.base_name),
                 gr.update(choices=chat, value=adapter), gr.update(choices=cls, value=classifier),
-                gr.update(choices=tuned_choices, value=tuned), status_line(state, adapter), compare_note(),
-                poem_hint(), gr.update(interactive=bool(tuned_choices)))
+                gr.update(choices=tuned_choices, value=tuned), status_line(state, adapter), compare_note(state),
+                poem_hint(state), gr.update(interactive=bool(tuned_choices)), says)
 
-    @guarded
-    def refresh_fn(adapter, classifier, tuned):
-        return picker_updates(adapter, classifier, tuned)
+    def load_base(base, adapter, classifier, tuned):
+        """Load another base; on failure the picker shows the base still in use and a sentence says why."""
+        try:
+            state.switch_base(base)
+            says = f"Loaded {state.base_name}."
+        except UserError as e:
+            says = f"⚠ {e}"
+        return updates(adapter, classifier, tuned, says)
 
-    @guarded
-    def load_base_fn(base, adapter, classifier, tuned):
-        state.switch_base(base)
-        return picker_updates(adapter, classifier, tuned)
-
-    def compare_note():
-        if compare_choices(state):
-            return ""
-        return ("No fine-tuned chat/poem adapter for this base yet, so there is nothing to compare with: "
-                "train one with `python -m harness finetune RECIPE`.")
-
-    def poem_hint():
-        names = [f"`{default_poem_adapter(state, lang)}` ({label})" for label, lang in LANGS.items()
-                 if default_poem_adapter(state, lang) != BASE]
-        return ("Poem adapters for this base: " + ", ".join(names) + " — pick one in the adapter picker above."
-                if names else "No poem adapter for this base yet: the base model writes the poems.")
-
-    def forms_fn(lang):
-        forms = poem_forms(lang)
-        return gr.update(choices=list(forms), value=forms[0])
-
-    def leaderboard_fn(task, eval_set, search, metric):
-        v = leaderboard_view(task, eval_set, search, metric, state.results_folder)
-        return (gr.update(choices=v["tasks"], value=v["task"]),
-                gr.update(choices=["all", *v["eval_sets"]], value=eval_set if eval_set in v["eval_sets"] else "all"),
-                gr.update(choices=v["metrics"], value=v["metric"]),
-                v["notice"], gr.update(value=v["figure"], visible=v["figure"] is not None),
-                gr.update(value=v["table"], visible=v["table"] is not None))
-
-    # ------------------------------------------------------------ layout
-
-    try:
-        examples, examples_note = spam_examples()
-    except UserError as e:
-        examples, examples_note = [], f"(no examples: {e})"
-    with gr.Blocks(title="ftbench: small LMs, base vs fine-tuned") as demo:
-        gr.Markdown("# ftbench · small language models, base vs LoRA fine-tuned\n"
-                    "Chat, classify SMS spam, write poems and compare a base model with its fine-tuned adapter, "
-                    "all on this machine's CPU.")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=240):
-                base_dd = gr.Dropdown(base_choices(state), value=state.base_name, label="Base model",
-                                      allow_custom_value=True, elem_id="base-picker")
-                load_btn = gr.Button("Load this base (frees the current one)", size="sm", elem_id="load-base")
-            with gr.Column(scale=3, min_width=240):
-                adapter_dd = gr.Dropdown(adapter_choices(state, "causal"), value=BASE,
-                                         label="Adapter for chat and poems (switching never reloads the base)",
-                                         allow_custom_value=True, elem_id="adapter-picker")
-                refresh_btn = gr.Button("↻ Refresh the adapter lists", size="sm", elem_id="refresh-adapters")
-        status = gr.Markdown(status_line(state, BASE), elem_id="model-status")
-
-        with gr.Tabs():
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chatbot", buttons=["copy"],
-                                     placeholder="Say hello: the reply streams in as the model writes it.")
-                with gr.Row():
-                    msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
-                                     max_length=limits.message_chars, elem_id="chat-input", autofocus=True)
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-                    stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
-                    clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
-                with gr.Accordion("Settings: system prompt and sampling", open=False):
-                    system = gr.Textbox(label="System prompt (empty = the model's default)", lines=2,
-                                        max_length=limits.system_chars, elem_id="chat-system")
-                    chat_sampling = sampling_controls(Sampling(), "chat")
-                chat_prompt, chat_stats = transparency("chat")
-
-            with gr.Tab("Spam", id="spam", elem_id="tab-spam"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        spam_text = gr.Textbox(label="SMS message", lines=4, max_length=limits.message_chars,
-                                               placeholder="Paste a text message", elem_id="spam-input")
-                        with gr.Row():
-                            classifier_dd = gr.Dropdown(classifier_choices(state), value=default_classifier(state),
-                                                        label="Classifier", allow_custom_value=True,
-                                                        elem_id="spam-classifier")
-                            threshold = gr.Slider(0, 1, value=0.5, step=0.01,
-                                                  label="Threshold: spam when p(spam) ≥ this")
-                        spam_btn = gr.Button("Classify", variant="primary", elem_id="spam-button")
-                    with gr.Column(scale=2):
-                        spam_label = gr.Label(label="Probabilities", num_top_classes=2, elem_id="spam-label")
-                        verdict = gr.Markdown(elem_id="spam-verdict")
-                if examples:
-                    gr.Examples([[t] for t in examples], inputs=[spam_text], label=examples_note,
-                                examples_per_page=8)
-                else:
-                    gr.Markdown(examples_note)
-                with gr.Accordion("Classify a file: a CSV with a `text` column, or one message per line",
-                                  open=False):
-                    with gr.Row():
-                        file_in = gr.File(label="Messages (.csv or .txt)", file_types=[".csv", ".txt"],
-                                          type="filepath", elem_id="spam-file")
-                        file_out = gr.File(label="Predictions (download)", interactive=False,
-                                           elem_id="spam-file-out")
-                    file_btn = gr.Button("Classify file", elem_id="spam-file-button")
-                    file_summary = gr.Markdown()
-                    preview = gr.Dataframe(label="First 50 predictions", interactive=False, wrap=True)
-
-            with gr.Tab("Poem", id="poem", elem_id="tab-poem"):
-                poem_note = gr.Markdown(poem_hint())
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        topic = gr.Textbox(label="Title or topic", placeholder="春夜 · the sea · moving house",
-                                           max_length=limits.topic_chars, elem_id="poem-topic")
-                        with gr.Row():
-                            lang = gr.Radio(list(LANGS), value="中文", label="Language", elem_id="poem-lang")
-                            form = gr.Dropdown(list(POEM_FORMS["zh"]), value="五言绝句", label="Form",
-                                               allow_custom_value=True, elem_id="poem-form")
-                        enforce_form = gr.Checkbox(value=True, label="Keep the classical form while decoding "
-                                                   "(绝句/律诗: lines × characters enforced; the model picks every "
-                                                   "character)", elem_id="poem-enforce")
-                        with gr.Accordion("Sampling", open=False):
-                            poem_sampling = sampling_controls(Sampling(temperature=0.7, max_new_tokens=160), "poem")
-                        with gr.Row():
-                            write = gr.Button("Write", variant="primary", elem_id="poem-button")
-                            poem_stop = gr.Button("Stop", variant="stop", elem_id="poem-stop")
-                    with gr.Column(scale=3):
-                        with gr.Row():
-                            poem_out = gr.Textbox(label="Poem", lines=10, max_lines=30, interactive=False,
-                                                  scale=3, elem_id="poem-output")
-                            with gr.Column(scale=2):
-                                check_md = gr.Markdown("**Form check:** —", elem_id="poem-check")
-                                check_json = gr.JSON(label="Lines × characters")
-                poem_prompt, poem_stats = transparency("poem")
-
-            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-                tuned_choices = compare_choices(state)
-                cmp_note = gr.Markdown(compare_note())
-                with gr.Row():
-                    cmp_prompt = gr.Textbox(label="Instruction", lines=3, scale=3, max_length=limits.message_chars,
-                                            placeholder="Give three tips for staying healthy.",
-                                            elem_id="compare-input")
-                    cmp_adapter = gr.Dropdown(tuned_choices, value=tuned_choices[0] if tuned_choices else None,
-                                              label="Fine-tuned adapter", allow_custom_value=True, scale=2,
-                                              elem_id="compare-adapter")
-                with gr.Accordion("Sampling (both sides use the same settings and seed)", open=False):
-                    cmp_sampling = sampling_controls(Sampling(temperature=0.0), "compare")
-                cmp_btn = gr.Button("Compare", variant="primary", elem_id="compare-button",
-                                    interactive=bool(tuned_choices))
-                with gr.Row():
-                    with gr.Column():
-                        gr.Markdown("### Base model")
-                        base_out = gr.Textbox(label="Base", lines=8, interactive=False, elem_id="compare-base")
-                        base_score = gr.Markdown("Judge score: —", elem_classes="score")
-                    with gr.Column():
-                        gr.Markdown("### Fine-tuned")
-                        tuned_out = gr.Textbox(label="Fine-tuned", lines=8, interactive=False,
-                                               elem_id="compare-tuned")
-                        tuned_score = gr.Markdown("Judge score: —", elem_classes="score")
-                judge_notice = gr.Markdown(elem_id="compare-judge")
-                cmp_prompt_box, cmp_stats = transparency("compare")
-
-            with gr.Tab("Leaderboard", id="leaderboard", elem_id="tab-leaderboard"):
-                with gr.Row():
-                    lb_task = gr.Dropdown([], label="Task", allow_custom_value=True)
-                    lb_set = gr.Dropdown(["all"], value="all", label="Eval set", allow_custom_value=True)
-                    lb_search = gr.Textbox(label="Filter model / adapter / judge", placeholder="e.g. alpaca")
-                    lb_metric = gr.Dropdown([], label="Plot metric", allow_custom_value=True)
-                    lb_refresh = gr.Button("↻ Reload CSVs")
-                lb_notice = gr.Markdown(elem_id="leaderboard-notice")
-                lb_plot = gr.Plot(label="Scores with 95% CI", elem_id="leaderboard-plot")
-                lb_table = gr.Dataframe(label="Leaderboard", interactive=False, wrap=True, elem_id="leaderboard-table")
-
-        # ------------------------------------------------------------ events
-        pickers = [base_dd, adapter_dd, classifier_dd, cmp_adapter, status, cmp_note, poem_note, cmp_btn]
-        demo.load(guarded(lambda: picker_updates(BASE, None, None)), None, pickers, queue=False,  # fresh defaults
-                  api_visibility="undocumented")
-        refresh_btn.click(refresh_fn, [adapter_dd, classifier_dd, cmp_adapter], pickers, queue=False,
-                          api_name="refresh", api_visibility="undocumented")
-        load_btn.click(load_base_fn, [base_dd, adapter_dd, classifier_dd, cmp_adapter], pickers,
-                       api_name="load_base", **MODEL_QUEUE)
-        adapter_dd.change(lambda a: status_line(state, a), adapter_dd, status, queue=False,
-                          api_visibility="private")
-
-        chat_ev = gr.on([msg.submit, send.click], chat_fn, [msg, chatbot, system, adapter_dd, *chat_sampling],
-                        [chatbot, msg, chat_prompt, chat_stats], api_name="chat", show_progress="minimal",
-                        **MODEL_QUEUE)
-        stop.click(stop_fn, None, chat_stats, cancels=[chat_ev], queue=False, api_name="stop")
-        clear.click(clear_fn, None, [chatbot, msg, chat_prompt, chat_stats], cancels=[chat_ev], queue=False,
-                    api_visibility="private")
-
-        gr.on([spam_btn.click, spam_text.submit], classify_fn, [spam_text, classifier_dd, threshold],
-              [spam_label, verdict], api_name="classify", **MODEL_QUEUE)
-        file_btn.click(classify_file_fn, [file_in, classifier_dd, threshold], [file_out, file_summary, preview],
-                       api_name="classify_file", **MODEL_QUEUE)
-
-        lang.change(forms_fn, lang, form, queue=False, api_visibility="private")
-        poem_ev = write.click(poem_fn, [topic, lang, form, adapter_dd, *poem_sampling, enforce_form],
-                              [poem_out, check_md, check_json, poem_prompt, poem_stats], api_name="poem",
-                              show_progress="minimal", **MODEL_QUEUE)
-        poem_stop.click(stop_fn, None, poem_stats, cancels=[poem_ev], queue=False, api_visibility="private")
-
-        cmp_btn.click(compare_fn, [cmp_prompt, cmp_adapter, *cmp_sampling],
-                      [base_out, tuned_out, base_score, tuned_score, judge_notice, cmp_prompt_box, cmp_stats],
-                      api_name="compare", **MODEL_QUEUE)
-
-        lb_inputs = [lb_task, lb_set, lb_search, lb_metric]
-        lb_outputs = [lb_task, lb_set, lb_metric, lb_notice, lb_plot, lb_table]
-        demo.load(guarded(leaderboard_fn), lb_inputs, lb_outputs, queue=False, api_visibility="undocumented")
-        gr.on([lb_task.input, lb_set.input, lb_metric.input, lb_search.submit, lb_refresh.click],
-              guarded(leaderboard_fn), lb_inputs, lb_outputs, queue=False, api_name="leaderboard",
-              api_visibility="undocumented")
-    demo.queue(max_size=64, default_concurrency_limit=1)
-    demo.ftbench_state = state
-    return demo
+    demo.load(lambda: updates(BASE, None, None), None, pickers, queue=False, api_visibility="undocumented")
+    ui["refresh_btn"].click(lambda a, c, t: updates(a, c, t), [ui["adapter_dd"], ui["classifier_dd"], ui["cmp_adapter"]],
+                            pickers, queue=False, api_name="refresh", api_visibility="undocumented")
+    ui["load_btn"].click(load_base, [ui["base_dd"], ui["adapter_dd"], ui["classifier_dd"], ui["cmp_adapter"]], pickers,
+                         api_name="load_base", show_progress="minimal", **GENERATE)
+    ui["adapter_dd"].change(lambda a: status_line(state, a), ui["adapter_dd"], ui["status"], queue=False,
+                            api_visibility="private")
 
 
 def launch(demo, host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True,
@@ -389,32 +680,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="interface to bind (default 127.0.0.1, or $GRADIO_SERVER_NAME as on Spaces); "
                              "0.0.0.0 exposes the app to the network")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     parser.add_argument("--model", default=None,
                         help="base model: a registry name, a local model directory or a .gguf (default: embedded)")
-    parser.add_argument("--judge", default="ollama:llama3", help="judge for the compare tab (default ollama:llama3)")
+    parser.add_argument("--judge", default=DEFAULT_JUDGE,
+                        help=f"judge for the compare tab (default {DEFAULT_JUDGE}; offline: {DEFAULT_OFFLINE_JUDGE})")
+    parser.add_argument("--judge-timeout", type=float, default=60.0,
+                        help="seconds to wait for one judge answer (default 60)")
+    parser.add_argument("--engine", choices=ENGINES, default="transformers",
+                        help="chat engine: transformers (default) or llama.cpp (harness.llamacpp, when installed; "
+                             "falls back to transformers with a notice)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default 0 = the cores not busy with other work, at least 1)")
     return parser.parse_args(argv)
 
 
+def pick_engine(engine: str) -> str:
+    """The chat engine to use: llama.cpp only when harness.llamacpp says it is available (one line otherwise)."""
+    if engine != "llama.cpp":
+        return "transformers"
+    try:
+        from harness import llamacpp
+    except ImportError:
+        print("note: --engine llama.cpp needs harness.llamacpp, which this version lacks; using transformers",
+              file=sys.stderr)
+        return "transformers"
+    if not llamacpp.is_available():
+        print("note: llama.cpp is not available here (pip install llama-cpp-python); using transformers",
+              file=sys.stderr)
+        return "transformers"
+    return "llama.cpp"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    print(f"ftbench app: http://{shown_host}:{args.port}/  (starting; the page shows when the model is ready)",
+          flush=True)
     threads = args.threads if args.threads > 0 else auto_threads()
     try:
-        state = AppState(model=args.model, judge=args.judge)
+        state = AppState(model=args.model, judge=args.judge, judge_timeout=args.judge_timeout,
+                         engine=pick_engine(args.engine))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed: list[BaseException] = []
+    from harness.models import base_status
+    converting = base_status(state.spec) == "needs conversion"
     # Start-up order, measured on 2 cores (python -m harness bench app): imports are pure Python and hold the
-    # GIL, so importing torch/transformers/peft and gradio in two threads at once is ~2 s SLOWER than one after
-    # the other. Import the model stack here first; then load and warm the model (mostly native code that
-    # releases the GIL) in a thread while gradio is imported and the page is built.
+    # GIL, so the model stack is imported first; then the model loads (native code, releases the GIL) in a thread
+    # while gradio is imported and the page is built. On an empty cache the one-time GGUF conversion waits until
+    # the page is up, so the page never waits for it.
     import peft  # noqa: F401
     import torch
     import transformers  # noqa: F401
@@ -423,23 +743,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             torch.set_num_threads(threads)
             log.info("torch threads: %d", threads)
-            state.get_model()
+            seconds = state.prepare(warmup=not args.no_warmup)
             if not args.no_warmup:
-                log.info("warm-up took %.1f s", state.warmup())
+                log.info("warm-up took %.1f s", seconds)
             log.info("model %s ready", state.base_name)
-        except BaseException as e:  # noqa: BLE001 - reported below, in the main thread
-            failed.append(e)
+        except BaseException as e:  # noqa: BLE001 - shown in the page's status line
+            log.error("loading %s failed: %s", state.base_name, e)
 
     loader = threading.Thread(target=prepare, name="ftbench-load", daemon=True)
-    loader.start()
+    state.begin_prepare()
+    if not converting:
+        loader.start()
     demo = build_demo(state)
-    loader.join()
-    if failed:
-        e = failed[0]
-        print(f"error: {e}" if isinstance(e, UserError) else f"error: loading {state.base_name} failed: {e!r}",
-              file=sys.stderr)
-        return 2
-    launch(demo, host=args.host, port=args.port, share=args.share)
+    launch(demo, host=args.host, port=args.port, share=args.share, block=False)
+    if converting:
+        log.info("preparing the model (one-time, about a minute): converting the embedded GGUF in the background")
+        loader.start()
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

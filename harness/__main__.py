@@ -9,6 +9,7 @@ import sys
 from harness.cli import main
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "tasks": ("harness.tasks:tasks_cmd", "list the registered tasks (harness/tasks, eval_sets/tasks)"),
     "models": ("harness.commands:models", "list base models and adapters with their status"),
     "generate": ("harness.commands:generate", "generate a response for each prompt of a file (batched)"),
     "classify": ("harness.commands:classify", "classify each message of a file with a classification adapter"),

@@ -230,10 +230,21 @@ def agreement_markdown(results: list[dict], title: str = "## Judges against your
 
 # ---------------------------------------------------------------- the committed report
 
+OWN_PAIRS = "eval_sets/own/instructions_own_pairs.jsonl"
+OWN_RUNS = {   # eval set -> (task, rows folder, base rows file, adapter rows file)
+    "instructions_own": ("chat", "results/runs/chat",
+                         "instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct.jsonl",
+                         "instructions_own__smollm2-135m-instruct__smollm2-135m-alpaca__"
+                         "transformers-smollm2-135m-instruct.jsonl"),
+    "poems_own": ("poem", "results/runs/poem", "poems_own__smollm2-135m-instruct__base__nojudge.jsonl",
+                  "poems_own__smollm2-135m-instruct__smollm2-135m-poem-zh__nojudge.jsonl"),
+}
+
+
 def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = True, progress: bool = False) -> Path:
-    """Every available judge against eval_sets/own/instructions_own_pairs.jsonl -> results/reports/judges/
-    instructions_own.md. Offline: the in-process judge (pointwise from the committed rows' scores, pairwise by
-    log-probabilities), both baselines, and the fake Ollama (plumbing only)."""
+    """Every available judge against the committed labels (eval_sets/own/instructions_own_pairs.jsonl) ->
+    results/reports/judges/instructions_own.md. Offline: the in-process judge (pointwise from the committed
+    rows' scores, pairwise by log-probabilities), both baselines, and the fake Ollama (plumbing only)."""
     from harness.io import atomic_write, iter_jsonl
     from harness.judge import DEFAULT_OFFLINE_JUDGE, JudgeConfig, open_judge
     from harness.pairwise import fake_pairwise_answer, pairwise_judge, pairwise_markdown, read_run
@@ -241,77 +252,89 @@ def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = 
     from harness.store import Store
     from harness.votes import _store, read_labels
 
-    labels_path = PROJECT_ROOT / "eval_sets" / "own" / "instructions_own_pairs.jsonl"
-    runs = PROJECT_ROOT / "results" / "runs" / "chat"
-    base_f = runs / "instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct.jsonl"
-    alp_f = runs / "instructions_own__smollm2-135m-instruct__smollm2-135m-alpaca__transformers-smollm2-135m-instruct.jsonl"
-    out = Path(output) if output else PROJECT_ROOT / "results" / "reports" / "judges" / "instructions_own.md"
-    labels = read_labels(labels_path)
-    rows = {"base": read_run(base_f), "alpaca": read_run(alp_f)}
-    text_of = {(str(r["item_id"]), text_sha(r["response"])): r["response"] for rs in rows.values() for r in rs}
-    score_of = {(str(r["item_id"]), text_sha(r["response"])): r["score"] for rs in rows.values() for r in rs
-                if r.get("parsed") and r.get("score") is not None}
-    judge_name = rows["base"][0]["judge"]
-    for lab in labels:
-        for s in ("a", "b"):
-            t = text_of.get((lab["item_id"], lab[f"sha_{s}"]))
-            if t is None:
-                raise UserError(f"{labels_path}: label {lab['key']}: answer {s.upper()} (sha {lab[f'sha_{s}'][:12]}) "
-                                f"matches no committed row of {lab['item_id']}: relabel it or restore the rows files")
-            lab[f"len_{s}"] = len(t)
-    own = {str(r["id"]): r for _, r in iter_jsonl(PROJECT_ROOT / "eval_sets" / "own" / "instructions_own.jsonl")}
-    items = [{"task": "chat", **own[lab["item_id"]]} for lab in labels]
-    resp_a = [text_of[(lab["item_id"], lab["sha_a"])] for lab in labels]
-    resp_b = [text_of[(lab["item_id"], lab["sha_b"])] for lab in labels]
-    results = []
-    point = judge_vs_humans(labels, pointwise_predictions(score_of, labels), f"{judge_name} (pointwise v1, "
-                            f"committed scores)", kind="pointwise")
-    results.append(point)
-    sections = []
+    root = PROJECT_ROOT
+    out = Path(output) if output else root / "results" / "reports" / "judges" / "instructions_own.md"
+    labels_path = root / OWN_PAIRS
+    all_labels = read_labels(labels_path)
+    lines = ["# Judges against human labels on the project's own eval sets", "",
+             "Regenerate: `python -m harness.agreement` (loads the embedded model once, about a minute on an idle "
+             "2-core CPU; pairwise verdicts are cached in the store, so a rerun asks nothing).", "",
+             f"Labels: `{OWN_PAIRS}`, {len(all_labels)} pairs written by one team member who read both answers "
+             "in a random left/right order with model and adapter names hidden, and decided like a careful user "
+             "(one line of reason each). Each label is keyed by item id and the sha256 of both answers; the "
+             "answers themselves are in the committed rows files named below. A = the adapter, B = the base. "
+             "A human 'both bad' counts as a tie (MT-bench).", ""]
+    sections: list[str] = []
+    judge = open_judge(JudgeConfig(DEFAULT_OFFLINE_JUDGE))
     with _store(store if store is not None else Store()) as st:
-        judge = open_judge(JudgeConfig(DEFAULT_OFFLINE_JUDGE))
-        pw = pairwise_judge(judge, items, resp_a, resp_b, st, progress=progress)
-        preds = {_pair(lab): {"winner": it.winner, "consistent": it.consistent}
-                 for lab, it in zip(labels, pw.items) if it.winner}
-        results.append(judge_vs_humans(labels, preds, f"{judge.name} (pairwise v1, log-prob)"))
-        sections.append(pairwise_markdown(pw, "smollm2-135m-alpaca", "base"))
-        lp_seconds = pw.seconds
-        fake_res = None
-        if fake:
-            from harness.fake_ollama import FakeOllama
-            with FakeOllama(default=fake_pairwise_answer) as server, \
-                    open_judge(JudgeConfig("ollama:llama3", host=server.url)) as fj:
-                fpw = pairwise_judge(fj, items, resp_a, resp_b, st, progress=progress)
-            fpreds = {_pair(lab): {"winner": it.winner, "consistent": it.consistent}
-                      for lab, it in zip(labels, fpw.items) if it.winner}
-            fake_res = judge_vs_humans(labels, fpreds, "fake ollama:llama3 (plumbing only)")
-    humans = defaultdict(int)
-    for lab in labels:
-        humans[lab["winner"]] += 1
-    lines = ["# Judges against human labels: instructions_own, alpaca adapter (A) vs base (B)", "",
-             "Regenerate: `python -m harness.agreement` (about a minute: loads the embedded model once; pairwise "
-             "verdicts are cached in the store).", "",
-             f"Labels: `{labels_path.relative_to(PROJECT_ROOT)}`, {len(labels)} pairs labelled by one team member "
-             f"reading both answers in a random left/right order with model names hidden (a = alpaca wins "
-             f"{humans['a']}, b = base wins {humans['b']}, tie {humans['tie']}, both bad {humans['both_bad']}; "
-             f"'both bad' counts as a tie). instructions_own has {len(own)} items, so this is every pair there "
-             f"is, below the 40 the issue asks for; the CIs below are wide accordingly.",
-             f"Answers: the committed rows files `{base_f.relative_to(PROJECT_ROOT)}` and "
-             f"`{alp_f.relative_to(PROJECT_ROOT)}`, matched to each label by sha256.", "",
-             agreement_markdown(results, "## Every available judge"),
-             "The pointwise judge's verdict on a pair is the answer with the higher committed 0-100 score "
-             "(equal scores = tie). The pairwise judge reads log p(\"A\") and log p(\"B\") after the prompt in "
-             f"both orders (tie margin 0.1 nats), {len(labels)} items x 2 orders in {lp_seconds:.1f} s on this "
-             "machine's CPU (0 s when cached).", ""]
-    lines += sections
-    if fake_res is not None:
-        lines += ["## Plumbing check: the fake Ollama", "",
-                  "The fake server (harness/fake_ollama.py) answers a winner chosen by a hash of the prompt; its row "
-                  "only shows that a remote judge's verdicts flow through the worker pool, the store and this "
-                  "report. It says nothing about any real model.", "",
-                  agreement_markdown([fake_res], "### fake ollama:llama3").split("\n", 2)[2]]
-    atomic_write(out, "\n".join(lines).rstrip() + "\n")
+        for eval_set, (task, folder, base_name, adapter_name) in OWN_RUNS.items():
+            labels = [dict(lab) for lab in all_labels if lab["eval_set"] == eval_set]
+            if not labels:
+                continue
+            base_f, adapter_f = root / folder / base_name, root / folder / adapter_name
+            runs = [read_run(base_f), read_run(adapter_f)]
+            adapter = runs[1][0]["adapter"]
+            text_of = {(str(r["item_id"]), text_sha(r["response"])): r["response"] for rs in runs for r in rs}
+            score_of = {(str(r["item_id"]), text_sha(r["response"])): float(r["score"]) for rs in runs for r in rs
+                        if r.get("judge") and r.get("parsed") and r.get("score") is not None}
+            for lab in labels:
+                for side in ("a", "b"):
+                    t = text_of.get((lab["item_id"], lab[f"sha_{side}"]))
+                    if t is None:
+                        raise UserError(f"{labels_path}: label {lab['key']}: answer {side.upper()} matches no "
+                                        f"committed row of {lab['item_id']} in {folder}: relabel it or restore "
+                                        f"the rows files")
+                    lab[f"len_{side}"] = len(t)
+            own = {str(r["id"]): r for _, r in iter_jsonl(root / "eval_sets" / "own" / f"{eval_set}.jsonl")}
+            items = [{"task": task, **own[lab["item_id"]]} for lab in labels]
+            resp_a = [text_of[(lab["item_id"], lab["sha_a"])] for lab in labels]
+            resp_b = [text_of[(lab["item_id"], lab["sha_b"])] for lab in labels]
+            results = []
+            if score_of:
+                results.append(judge_vs_humans(labels, pointwise_predictions(score_of, labels),
+                                               f"{runs[0][0]['judge']} (pointwise v1, committed scores)",
+                                               kind="pointwise"))
+            pw = pairwise_judge(judge, items, resp_a, resp_b, st, progress=progress)
+            results.append(judge_vs_humans(labels, _preds(labels, pw), f"{judge.name} (pairwise v1, log-prob)"))
+            counts = defaultdict(int)
+            for lab in labels:
+                counts[lab["winner"]] += 1
+            sections += [f"## {eval_set}: {adapter} (A) vs base (B)", "",
+                         f"{len(labels)} labels (of {len(own)} items: every pair there is): A wins {counts['a']}, "
+                         f"B wins {counts['b']}, tie {counts['tie']}, both bad {counts['both_bad']}. Answers: "
+                         f"`{folder}/{base_name}` and `{folder}/{adapter_name}`.", ""]
+            if not score_of:
+                sections += ["These rows were made without a judge (`nojudge`), so there is no pointwise judge to "
+                             "check on this set.", ""]
+            sections += [agreement_markdown(results, f"### Every available judge on {eval_set}"),
+                         pairwise_markdown(pw, adapter, "base").replace("## Pairwise", "### Pairwise", 1),
+                         f"Log-prob pairwise: {len(labels)} items x 2 orders in {pw.seconds:.1f} s "
+                         f"({'from the store' if pw.asked == 0 else 'computed now'}).", ""]
+            if fake:
+                from harness.fake_ollama import FakeOllama
+                with FakeOllama(default=fake_pairwise_answer) as server, \
+                        open_judge(JudgeConfig("ollama:llama3", host=server.url)) as fj:
+                    fpw = pairwise_judge(fj, items, resp_a, resp_b, st, progress=progress)
+                fres = judge_vs_humans(labels, _preds(labels, fpw), "fake ollama:llama3 (plumbing only)")
+                sections += [f"### Plumbing check on {eval_set}: the fake Ollama", "",
+                             "The fake server (harness/fake_ollama.py) names a winner chosen by a hash of the "
+                             "prompt. Its row only shows that a remote judge's verdicts flow through the worker "
+                             "pool, the store and this report; it says nothing about any real model.", "",
+                             agreement_markdown([fres], "").lstrip("\n")]
+    judge.close()
+    lines += ["How to read the tables: 'agree' counts ties as a class; 'agree (no ties)' only pairs where "
+              "neither the human nor the judge said tie; κ is Cohen's kappa over a/b/tie with a 95% bootstrap CI. "
+              "Every judge must beat 'longer wins' and 'always first' (the answer the labeller saw on the left). "
+              "The pointwise judge's verdict on a pair is the answer with the higher committed 0-100 score "
+              "(equal = tie). The log-prob pairwise judge reads log p(\"A\") and log p(\"B\") after the prompt "
+              "in both orders, with a tie margin of 0.1 nats; a verdict that flips with the order is a tie.", ""]
+    atomic_write(out, "\n".join(lines + sections).rstrip() + "\n")
     return out
+
+
+def _preds(labels: list[dict], res) -> dict[tuple, dict]:
+    return {_pair(lab): {"winner": it.winner, "consistent": it.consistent}
+            for lab, it in zip(labels, res.items) if it.winner}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,16 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.io import atomic_write, iter_jsonl
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
-TASKS = ("spam", "chat", "poem")
-POEM_FORMS = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "free verse", "sonnet")
-REQUIRED_FIELDS = {
-    "spam": ("id", "text", "label"),
-    "chat": ("id", "instruction", "input", "output"),
-    "poem": ("id", "lang", "form", "title", "prompt"),
-}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DOWNLOAD_TIMEOUT = 30
 
@@ -90,8 +84,9 @@ class Manifest:
         check_name(self.name, "dataset name")
         if self.name not in _BUILDERS:
             raise ValueError(f"dataset {self.name!r} has no split builder; known: {sorted(_BUILDERS)}")
-        if self.task not in TASKS:
-            raise ValueError(f"{self.name}: task {self.task!r} is not one of {TASKS}")
+        from harness.tasks import list_tasks
+        if self.task not in list_tasks():
+            raise ValueError(f"{self.name}: task {self.task!r} is not a registered task ({', '.join(list_tasks())})")
         if not self.splits or len(set(self.splits)) != len(self.splits):
             raise ValueError(f"{self.name}: splits must be a non-empty list of distinct names")
         for s in self.splits:
@@ -254,11 +249,8 @@ def _downloaded_inputs(m: Manifest) -> dict[str, Path]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from e
+    from harness.io import read_text
+    return read_text(path, "data file")
 
 
 def _read_json(path: Path):
@@ -477,18 +469,6 @@ def _data_dir(name: str) -> Path:
     return cache_dir() / "data" / name
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the splits are plain readable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare(name: str, data_dir: str | Path | None = None, manifest: Manifest | None = None) -> dict[str, Path]:
     """Verify a dataset's files (sha256), split them and write <cache>/data/<name>/<split>.jsonl.
 
@@ -521,7 +501,7 @@ def prepare(name: str, data_dir: str | Path | None = None, manifest: Manifest | 
     paths = {}
     for split in m.splits:
         paths[split] = out_dir / f"{split}.jsonl"
-        _write_atomic(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[split]))
+        atomic_write(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[split]))
     meta = {
         "name": name, "task": m.task, "format_version": FORMAT_VERSION,
         "sources": {f.path: f.sha256 for f in m.files},
@@ -529,7 +509,7 @@ def prepare(name: str, data_dir: str | Path | None = None, manifest: Manifest | 
         "split_recipe": m.split_recipe, "split_params": m.split_params, **extra,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    atomic_write(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
     return paths
 
 
@@ -544,26 +524,6 @@ def dataset_meta(name: str) -> dict | None:
         return None
     meta = json.loads(path.read_text(encoding="utf-8"))
     return meta if meta.get("format_version") == FORMAT_VERSION else None
-
-
-def iter_jsonl(path: Path, fix: str = "") -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file. A line that is not a JSON object, or a
-    file that cannot be read, raises UserError naming file:line, followed by `fix` (what to do about it)."""
-    suffix = f"; {fix}" if fix else ""
-    try:
-        text = _read_text(path)
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}{suffix}") from None
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}){suffix}") from None
-        if not isinstance(item, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(item).__name__}{suffix}")
-        yield lineno, item
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -586,39 +546,69 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None) -> lis
 # ------------------------------------------------------------------------------------------------ eval sets
 @dataclass
 class EvalSet:
-    """A named list of items for one task; every item has a unique string "id" and its task's fields."""
+    """A named list of items for one task; every item has a unique string "id" and its task's fields.
+    own: the project's (or the user's) own set, whose text may be committed; a dataset split's may not."""
     name: str
     task: str
     items: list[dict]
+    own: bool = True
+    lines: list[int] | None = None     # the file line of each item, for file:line errors
+    path: Path | None = None
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise UserError(f"eval set {self.name}: task {self.task!r} is not one of {TASKS}")
+        from harness.tasks import get_task
+        t = get_task(self.task)
+        where_set = self.path or f"eval set {self.name}"
         if not self.items:
-            raise UserError(f"eval set {self.name} is empty")
+            raise UserError(f"{where_set}: eval set {self.name} is empty")
         ids = set()
         for i, item in enumerate(self.items):
-            missing = [k for k in REQUIRED_FIELDS[self.task] if not isinstance(item.get(k), str)]
-            where = f"eval set {self.name}, item {i} (id {item.get('id')!r})"
-            if missing:
-                raise UserError(f"{where}: missing or non-string field(s) {missing} for task {self.task}")
-            if item["id"] in ids or not item["id"]:
-                raise UserError(f"{where}: duplicate or empty id")
+            where = (f"{self.path}:{self.lines[i]}" if self.path and self.lines else
+                     f"eval set {self.name}, item {i} (id {item.get('id')!r})")
+            t.check_item(item, where)
+            if item["id"] in ids:
+                raise UserError(f"{where}: duplicate id {item['id']!r}")
             ids.add(item["id"])
-            if self.task == "spam" and item["label"] not in ("spam", "ham"):
-                raise UserError(f"{where}: label must be 'spam' or 'ham', got {item['label']!r}")
-            if self.task == "poem" and (item["lang"] not in ("zh", "en") or item["form"] not in POEM_FORMS):
-                raise UserError(f"{where}: lang must be zh|en and form one of {POEM_FORMS}")
 
 
 def _own_sets() -> dict[str, dict]:
+    """name -> {task, description, path}: eval_sets/own/sets.toml, and the eval sets declared in task files."""
+    from harness.tasks import all_tasks
     path = eval_sets_dir() / "own" / "sets.toml"
-    sets = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, dict] = {}
+    sets = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     for name, spec in sets.items():
         check_name(name, "eval set name")
-        if spec.get("task") not in TASKS:
-            raise UserError(f"{path}: [{name}] task must be one of {TASKS}")
-    return sets
+        out[name] = {**spec, "path": path.parent / spec.get("file", f"{name}.jsonl"), "declared": path}
+    for t in all_tasks():
+        for name, spec in t.eval_sets.items():
+            check_name(name, "eval set name")
+            if not isinstance(spec, dict) or not isinstance(spec.get("file"), str):
+                raise UserError(f"{t.source}: [eval_sets.{name}] needs file = \"<name>.csv\" (or .jsonl)")
+            out.setdefault(name, {**spec, "task": t.name, "path": Path(t.source).parent / spec["file"],
+                                  "declared": t.source})
+    from harness.tasks import list_tasks
+    for name, spec in out.items():
+        if spec.get("task") not in list_tasks():
+            raise UserError(f"{spec['declared']}: [{name}] task must be one of {', '.join(list_tasks())}")
+    return out
+
+
+def read_items(path: Path, task_name: str) -> tuple[list[dict], list[int]]:
+    """Items of an own eval set: JSONL, or CSV with a header (an `id` column is optional: the line number
+    becomes the id). Values are kept as strings."""
+    from harness.io import read_table
+    from harness.tasks import get_task
+    t = get_task(task_name)
+    required = tuple(f for f in t.fields if f != "id")
+    rows = read_table(path, required=required if path.suffix.lower() == ".csv" else (), what="eval set file")
+    items, lines = [], []
+    for lineno, row in rows:
+        if "id" not in row or row.get("id") in (None, ""):
+            row = {"id": f"{path.stem}-{lineno}", **row}
+        items.append(row)
+        lines.append(lineno)
+    return items, lines
 
 
 def list_eval_sets() -> list[str]:
@@ -627,15 +617,16 @@ def list_eval_sets() -> list[str]:
 
 
 def load_eval_set(name: str) -> EvalSet:
-    """An own set ("sms_own", ...) from eval_sets/own/, or "<dataset>:<split>" from the prepared cache."""
+    """An own set ("sms_own", ...) from eval_sets/own/ or a task file, or "<dataset>:<split>" from the cache."""
     available = list_eval_sets()
     if name not in available:
         raise UserError(f"unknown eval set {name!r}; available: {', '.join(available)}")
     if ":" in name:
         dataset, split = name.split(":", 1)
-        return EvalSet(name=name, task=load_manifest(dataset).task, items=load_split(dataset, split))
+        return EvalSet(name=name, task=load_manifest(dataset).task, items=load_split(dataset, split), own=False)
     spec = _own_sets()[name]
-    return EvalSet(name=name, task=spec["task"], items=_read_jsonl(eval_sets_dir() / "own" / f"{name}.jsonl"))
+    items, lines = read_items(spec["path"], spec["task"])
+    return EvalSet(name=name, task=spec["task"], items=items, own=True, lines=lines, path=spec["path"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -672,7 +663,7 @@ def list_cmd() -> int:
         print(f"  {d:<12} task {m.task:<5} {m.license.split(' (')[0]:<11} {state}")
     print("eval sets:")
     for name, spec in _own_sets().items():
-        n = len(_read_jsonl(eval_sets_dir() / "own" / f"{name}.jsonl"))
+        n = len(read_items(spec["path"], spec["task"])[0])
         print(f"  {name:<24} task {spec['task']:<5} {n:>4} items  {spec.get('description', '')}")
     print("  <dataset>:<split>        e.g. " + ", ".join(f"{d}:test" for d in list_datasets()))
     return 0

@@ -1,24 +1,24 @@
-"""The evaluation pipeline: eval set -> batched greedy generation -> judge -> per-item rows -> leaderboard.
+"""The evaluation pipeline: eval set -> batched greedy generation (or classification) -> judge -> rows -> leaderboard.
 
     python -m harness run --model smollm2-135m-instruct --eval-set instructions_own --judge ollama:llama3
     python -m harness run --model smollm2-135m-instruct --adapter smollm2-135m-alpaca --eval-set instructions_own \\
         --judge transformers:smollm2-135m-instruct          # fully offline
-    python -m harness run --eval-set sms_own --adapter smollm2-135m-spam                      # spam: no judge
+    python -m harness run --eval-set sms_own --adapter smollm2-135m-spam                      # classify: no judge
     python -m harness generate-set --eval-set poems_own --output poems.jsonl
     python -m harness judge --responses instruction-data-with-response.json --output scored.jsonl
     python -m harness bench judge
 
-Every generation and judgment goes to the store (harness.store) as it completes, keyed by content: a rerun
-generates and judges only what is missing (kill -9 at any point, rerun the same command, nothing is lost,
-duplicated or redone). Rows land in results/runs/<task>/<run_id>.jsonl (rewritten atomically), then the
-leaderboard CSVs are rebuilt from all rows files.
+What differs between tasks (prompts, metrics, classification or generation) comes from the task registry
+(harness/tasks). Every generation and judgment goes to the store (harness.store) as it completes, keyed by
+content: a rerun generates and judges only what is missing (kill -9 at any point, rerun the same command,
+nothing is lost, duplicated or redone). Rows land in results/runs/<task>/<run_id>.jsonl (rewritten atomically):
+TEXT-FREE for dataset splits (item id, content hashes of prompt and response, scores, parse status, token counts,
+identities) so they can be committed; the project's own sets also keep their text. The leaderboard CSVs are then
+rebuilt from all rows files (`python -m harness leaderboard` does the same from a fresh clone).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,23 +28,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.generation import GenerationConfig
+from harness.io import check_writable_dir, check_writable_file, read_text, slug, text_sha, write_jsonl
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
-from harness.paths import PROJECT_ROOT, results_dir
+from harness.paths import PROJECT_ROOT, cache_dir, results_dir
 from harness.store import Store, content_key, generation_key, judgment_key, now_iso
+
+__all__ = ["slug", "run", "RunConfig", "RunResult", "run_cmd", "judge_file", "load_items"]
 
 
 # ---------------------------------------------------------------- small helpers
-
-def slug(text: str) -> str:
-    """A file-name-safe label: lowercase, [a-z0-9._-]; a path becomes its last part plus a short hash."""
-    text = str(text)
-    if "/" in text or "\\" in text:
-        text = f"{Path(text).name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "x"
-
-
-DECODINGS = ("free", "form")
-
 
 def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, limit: int | None = None,
                decoding: str = "free") -> str:
@@ -66,31 +59,9 @@ def git_commit() -> str:
 
 
 def base_fingerprint(spec: Any) -> str:
-    """What identifies a base model's weights beyond its name: the embedded package's version, or a local
-    model's weight files (size + mtime), so a replaced model never reuses stale generations."""
-    parts: dict[str, Any] = {"source": spec.source, "location": spec.location, "file": spec.file}
-    if spec.package:
-        from importlib import metadata
-        try:
-            parts["package"] = f"{spec.package}=={metadata.version(spec.package)}"
-        except metadata.PackageNotFoundError:
-            parts["package"] = spec.package
-    loc = Path(spec.location) if spec.location else None
-    if loc is not None and loc.exists():
-        files = [loc] if loc.is_file() else sorted(p for p in loc.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-        parts["files"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return content_key(parts)[:16]
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """What identifies a base model's weights beyond its name (see harness.models.model_fingerprint)."""
+    from harness.models import model_fingerprint
+    return model_fingerprint(spec)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -141,6 +112,7 @@ class _Gen:
     response_tokens: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    prompt_tokens: int = 0
 
 
 def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: list[str], gcfg, store: Store,
@@ -172,18 +144,27 @@ def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: lis
             bar.close()
         have = store.get("generations", keys)
     return [_Gen(have[k]["response"], int(have[k]["response_tokens"] or 0), float(have[k]["seconds"] or 0.0),
-                 have[k].get("extra") or {}) for k in keys], len(missing)
+                 have[k].get("extra") or {}, int(have[k]["prompt_tokens"] or 0)) for k in keys], len(missing)
+
+
+def classify_key(lm, adapter: str | None, task) -> dict:
+    """What a classification answer depends on besides the model, the adapter's weights and the text."""
+    key: dict = {"mode": "classify", "labels": list(task.labels)}
+    if adapter:
+        info = lm.adapters[adapter]
+        key.update(method=info.method, labels=list(info.labels), input_template=info.input_template,
+                   max_length=info.max_length, prompt=info.prompt if info.method == "label_text" else "")
+    else:
+        key.update(method="zero_shot", prompt=task.prompt)
+    return key
 
 
 def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[str], batch_size: int,
-                         store: Store, progress: bool) -> tuple[list[_Gen], int]:
-    from harness.generation import classify
+                         store: Store, progress: bool, task) -> tuple[list[_Gen], int]:
+    from harness.classify import classify
 
     digest = base_fingerprint(lm.spec)
-    cfg_key: dict = {"mode": "classify", "zero_shot": adapter is None}
-    if adapter:   # how the adapter reads a message (its recipe) is part of what it answers
-        info = lm.adapters[adapter]
-        cfg_key.update(input_template=info.input_template, max_length=info.max_length)
+    cfg_key = classify_key(lm, adapter, task)
     keys = [generation_key(lm.name, adapter_sha, cfg_key, t, digest) for t in texts]
     have = store.get("generations", keys)
     missing = list(dict.fromkeys(k for k in keys if k not in have))
@@ -194,7 +175,7 @@ def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[
             for start in range(0, len(missing), batch_size):
                 chunk = missing[start:start + batch_size]
                 t0 = time.perf_counter()
-                probs = classify(lm, [text_of[k] for k in chunk], adapter)
+                probs = classify(lm, [text_of[k] for k in chunk], adapter, task, batch_size=batch_size)
                 per = (time.perf_counter() - t0) / len(chunk)
                 store.put("generations", [{
                     "key": k, "model": lm.name, "adapter": adapter or "", "adapter_sha": adapter_sha,
@@ -212,6 +193,28 @@ def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[
 # ---------------------------------------------------------------- the pipeline
 
 @dataclass
+class RunConfig:
+    """One evaluation run: which checkpoint, which eval set, which judge. The CLI's `run` flags are these fields."""
+    eval_set: str = ""               # eval set name (see `python -m harness data list`)
+    model: str = ""                  # base model (registry name, local directory or .gguf); default the embedded one
+    adapter: str = ""                # LoRA adapter name under adapters/ (default: the base alone)
+    limit: int | None = None         # only the first N items
+    decoding: Literal["free", "form"] = "free"   # poems: form = classical Chinese forms under the form constraint
+    no_judge: bool = False           # skip the judge (task metrics only); same as --judge none
+    retry_unparsed: bool = False     # ask the judge again for stored answers that held no score
+    store: str = ""                  # the store file (default $FTBENCH_CACHE/store.sqlite)
+
+    def __post_init__(self):
+        if not self.eval_set:
+            from harness.data import list_eval_sets
+            raise UserError("--eval-set is required; available eval sets: " + ", ".join(list_eval_sets()))
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if self.decoding not in ("free", "form"):
+            raise UserError(f"--decoding must be free or form, got {self.decoding!r}")
+
+
+@dataclass
 class RunResult:
     run_id: str
     task: str
@@ -220,6 +223,7 @@ class RunResult:
     generated: int            # items generated (or classified) in this run; the rest came from the store
     judged: int               # items sent to the judge in this run
     leaderboards: list[Path]
+    responses: list[str] = field(default_factory=list)   # the response (or predicted label) of each row
 
 
 def load_items(eval_set: str, limit: int | None):
@@ -232,57 +236,78 @@ def load_items(eval_set: str, limit: int | None):
     return es, es.items[:limit] if limit else list(es.items)
 
 
-def _request_text(task: str, item: dict) -> str:
-    if task == "chat":
-        return item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
-    return item["prompt"] if task == "poem" else item["text"]
+def judge_fields(task, item: dict, response: str) -> dict:
+    """What the judge prompt of a generate task sees: the item's fields and the response."""
+    return {**{k: (item.get(k) or "") for k in task.fields if k != "id"}, "response": response}
 
 
-def _judge_fields(task: str, item: dict, response: str) -> dict:
-    if task == "chat":
-        return {"instruction": item["instruction"], "input": item.get("input") or "", "output": item["output"],
-                "response": response}
-    return {"prompt": item["prompt"], "lang": item["lang"], "form": item["form"], "title": item.get("title", ""),
-            "response": response}
+def responses_task(row: dict):
+    """The judged task whose fields a responses-file row carries (poem rows: prompt, form, lang; else chat)."""
+    from harness.tasks import all_tasks
+    judged = [t for t in all_tasks() if t.kind == "generate" and t.judge_prompt]
+    for t in sorted(judged, key=lambda t: -len(t.fields)):
+        need = [f for f in t.fields if f not in ("id", t.input_field, "title")]
+        if all(isinstance(row.get(f), str) for f in need):
+            return t
+    return next(t for t in judged if t.name == "chat")
 
 
-def _adapter_sha(lm, adapter: str | None, task: str) -> str:
+def check_adapter_for(info, task) -> None:
+    """Refuse an adapter that cannot answer this task (a classifier on a generation task, or vice versa)."""
+    if task.kind == "classify":
+        if info.method not in ("head", "label_text") or info.task != task.name:
+            raise UserError(f"adapter {info.name!r} is a {info.task} {info.method} adapter; the {task.name} eval sets "
+                            f"need a {task.name} classifier (see `python -m harness models`)")
+    elif info.method != "sft":
+        raise UserError(f"adapter {info.name!r} is a {info.task} classifier; use it with a {info.task} eval set, "
+                        f"or pick a chat/poem adapter for this {task.name} set")
+
+
+def _adapter_sha(lm, adapter: str | None, task) -> str:
     if not adapter:
         return ""
     info = lm.attach(adapter)
-    if task != "spam" and info.kind == "seq_cls":
-        raise UserError(f"adapter {adapter!r} is a spam classifier; use it with a spam eval set "
-                        f"(e.g. --eval-set sms_own), or pick a chat/poem adapter for this one")
+    check_adapter_for(info, task)
     return info.sha256
+
+
+def check_outputs(store: str | None = None) -> None:
+    """Before any model loads: the cache, the store's folder and the results folder must be writable."""
+    check_writable_dir(cache_dir(), "FTBENCH_CACHE (the cache folder)")
+    check_writable_dir(Path(store).parent if store else cache_dir(), "--store")
+    check_writable_dir(results_dir(), "FTBENCH_RESULTS (the results folder)")
 
 
 def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None = DEFAULT_JUDGE,
         limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256, workers: int = 4, *,
         judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
         retry_unparsed: bool = False, progress: bool = True, write: bool = True,
-        run_dir: Path | None = None, decoding: str = "free") -> RunResult:
-    """Generate (batched, greedy, cached), judge (cached), score and write one rows file; update the leaderboards.
+        run_dir: Path | None = None, decoding: str = "free", gen_config: Any = None) -> RunResult:
+    """Generate (batched, greedy, cached) or classify, judge (cached), score and write one rows file; update
+    the leaderboards. (The CLI's `run` builds the arguments from RunConfig, GenerationConfig and JudgeConfig.)
 
     decoding "form": poems in a classical Chinese form are decoded under harness/forms.py's constraint (the
     app's default); other items are generated freely. Its rows carry decoding="form" and their own run id.
 
-    judge None or "" = no judge (spam never has one). lm: an already loaded model to reuse. write=False: only
-    fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default results/runs; the
-    leaderboard CSVs go to its parent).
+    judge None or "" = no judge (classify tasks never have one). lm: an already loaded model to reuse.
+    write=False: only fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default
+    results/runs; the leaderboard CSVs go to its parent).
     """
     from harness.generation import GenerationConfig
-    from harness.models import default_base, load_model
+    from harness.models import default_base, find_adapter, load_model
+    from harness.tasks import get_task
 
-    if decoding not in DECODINGS:
-        raise UserError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
     es, items = load_items(eval_set, limit)
-    task = es.task
-    if decoding != "free" and task != "poem":
-        raise UserError(f"--decoding {decoding} applies to poem eval sets; {eval_set} is a {task} set")
+    task = get_task(es.task)
+    if decoding not in task.decodings:
+        raise UserError(f"--decoding {decoding} does not apply to {eval_set} (a {task.name} set); "
+                        f"it allows {', '.join(task.decodings)}")
+    if adapter:
+        check_adapter_for(find_adapter(adapter), task)     # before any model loads
     jcfg = None
-    if task != "spam" and (judge or judge_config):
+    if task.kind == "generate" and task.judge_prompt and (judge or judge_config):
         jcfg = judge_config or JudgeConfig(spec=judge or DEFAULT_JUDGE, workers=workers)
-    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    gcfg = gen_config or GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
     own_store = store is None
     store = store or Store()
     the_judge: Judge | None = None
@@ -293,28 +318,25 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
         adapter_sha = _adapter_sha(lm, adapter, task)
 
-        if task == "spam":
+        if task.kind == "classify":
             outs, generated = _classify_with_store(lm, adapter or None, adapter_sha, [it["text"] for it in items],
-                                                   batch_size, store, progress)
+                                                   gcfg.batch_size, store, progress, task)
         else:
-            if task == "chat":
-                prompts = [lm.render_instruction(it["instruction"], it.get("input") or "") for it in items]
-                outs, generated = _generate_with_store(lm, adapter or None, adapter_sha, prompts, gcfg, store,
-                                                       progress)
-            else:
-                outs, generated = _generate_poems(lm, adapter or None, adapter_sha, items, gcfg, store, progress,
-                                                  decoding)
+            outs, generated = _generate_items(lm, adapter or None, adapter_sha, items, task, gcfg, store, progress,
+                                              decoding)
 
         judged_rows: list[dict | None] = [None] * len(items)
         asked = 0
         if jcfg is not None:
             if the_judge is None:
                 the_judge = open_judge(jcfg, lm=lm)
-            reqs = [JudgeRequest(it["id"], task, _judge_fields(task, it, o.text)) for it, o in zip(items, outs)]
+            reqs = [JudgeRequest(it["id"], task.judge_prompt, judge_fields(task, it, o.text))
+                    for it, o in zip(items, outs)]
             judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
 
-        rows = _rows(es.name, task, lm.name, adapter or "", adapter_sha, items, outs, judged_rows,
-                     the_judge, jcfg, "" if decoding == "free" else decoding)
+        method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
+        rows = make_rows(es, task, lm.name, adapter or "", adapter_sha, method, items, outs, judged_rows,
+                         the_judge, jcfg, "" if decoding == "free" else decoding)
     finally:
         if the_judge is not None:
             the_judge.close()
@@ -324,27 +346,28 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None,
                      limit if limit and limit < len(es.items) else None, decoding)
     runs = run_dir or results_dir() / "runs"
-    path = runs / task / f"{rid}.jsonl"
+    path = runs / task.name / f"{rid}.jsonl"
     boards: list[Path] = []
     if write:
         from harness.leaderboard import write_leaderboards
-        _write_jsonl_atomic(path, rows)
-        boards = write_leaderboards(runs, runs.parent, task=task)
-    return RunResult(rid, task, path, rows, generated, asked, boards)
+        write_jsonl(path, rows)
+        boards = write_leaderboards(runs, runs.parent, task=task.name)
+    return RunResult(rid, task.name, path, rows, generated, asked, boards, [o.text for o in outs])
 
 
-def _generate_poems(lm, adapter, adapter_sha, items, gcfg, store, progress, decoding) -> tuple[list[_Gen], int]:
-    """Poems: one generation call per form when the form is enforced (the constraint is part of the config)."""
+def _generate_items(lm, adapter, adapter_sha, items, task, gcfg, store, progress, decoding) -> tuple[list[_Gen], int]:
+    """Generate for a task's items; under decoding "form", one call per classical form (the constraint is part of
+    the generation config, hence of the cache key)."""
     from dataclasses import replace
 
     from harness.metrics import FIXED_FORMS
-    prompts = [lm.render_instruction(it["prompt"]) for it in items]
+    prompts = [lm.render_instruction(*task.instruction(it)) for it in items]
     if decoding == "free":
         return _generate_with_store(lm, adapter, adapter_sha, prompts, gcfg, store, progress)
     outs: list[_Gen | None] = [None] * len(items)
     generated = 0
-    for form in dict.fromkeys(it["form"] for it in items):
-        idx = [i for i, it in enumerate(items) if it["form"] == form]
+    for form in dict.fromkeys(it.get("form", "") for it in items):
+        idx = [i for i, it in enumerate(items) if it.get("form", "") == form]
         cfg = replace(gcfg, form=form) if form in FIXED_FORMS else gcfg
         got, n = _generate_with_store(lm, adapter, adapter_sha, [prompts[i] for i in idx], cfg, store, progress)
         generated += n
@@ -353,34 +376,34 @@ def _generate_poems(lm, adapter, adapter_sha, items, gcfg, store, progress, deco
     return outs, generated  # type: ignore[return-value]
 
 
-def _rows(eval_set, task, model, adapter, adapter_sha, items, outs, judged, judge, jcfg,
-          decoding: str = "") -> list[dict]:
-    from harness.metrics import distinct_n, form_check, repetition_rate, rouge_l
-
+def make_rows(es, task, model, adapter, adapter_sha, method, items, outs, judged, judge, jcfg,
+              decoding: str = "") -> list[dict]:
+    """One row per item. Rows of dataset splits are text-free (content hashes instead of text) so they can be
+    committed; rows of the project's own sets also carry the prompt, response and the judge's answer."""
     created, commit = now_iso(), git_commit()
     rows = []
     for it, o, j in zip(items, outs, judged):
+        prompt = task.request_text(it)
+        status = "" if j is None else ("ok" if j["parsed"] else "unparsed")
         row: dict[str, Any] = {
-            "task": task, "eval_set": eval_set, "item_id": it["id"], "model": model, "adapter": adapter,
-            "adapter_sha": adapter_sha, "decoding": decoding, "judge": jcfg.spec if jcfg else "",
-            "judge_digest": judge.digest if judge else "",
+            "task": task.name, "eval_set": es.name, "item_id": it["id"], "model": model, "adapter": adapter,
+            "adapter_sha": adapter_sha, "adapter_method": method, "decoding": decoding,
+            "judge": jcfg.spec if jcfg else "", "judge_digest": judge.digest if judge else "",
             "judge_prompt_version": jcfg.prompt_version if jcfg else "",
-            "prompt": _request_text(task, it), "response": o.text,
-            "reference": it.get("output", it.get("label", "")) if task != "poem" else "",
-            "response_tokens": o.response_tokens, "gen_seconds": round(o.seconds, 4),
-            "score": j["score"] if j else None, "parsed": bool(j["parsed"]) if j else False,
-            "judge_raw": j["raw"] if j else "",
+            "prompt_sha": text_sha(prompt), "response_sha": text_sha(o.text),
+            "prompt_tokens": o.prompt_tokens, "response_tokens": o.response_tokens,
+            "gen_seconds": round(o.seconds, 4), "finish_reason": (o.extra or {}).get("finish_reason", ""),
+            "score": j["score"] if j else None, "parsed": bool(j["parsed"]) if j else False, "parse_status": status,
+            "parse_problem": (j.get("reason") or "") if j and not j["parsed"] else "",
         }
-        if task == "chat":
-            row["rouge_l"] = round(rouge_l(o.text, it["output"]), 4)
-        elif task == "poem":
-            fc = form_check(o.text, it["form"], it["lang"])
-            row.update(lang=it["lang"], form=it["form"], form_ok=bool(fc["ok"]), form_problem=fc["problem"],
-                       distinct_2=round(distinct_n(o.text, 2), 4), repetition=round(repetition_rate(o.text), 4))
-        else:
+        if task.kind == "classify":
             probs = o.extra.get("probs") or {}
-            row.update(label=it["label"], pred=o.text, p_spam=round(float(probs.get("spam", 0.0)), 6),
-                       parsed=True)
+            row.update(label=it["label"], pred=o.text, correct=o.text == it["label"],
+                       **{f"p_{lab}": round(float(probs.get(lab, 0.0)), 6) for lab in task.labels})
+        else:
+            row.update(task.row_metrics(it, o.text))
+        if es.own:
+            row.update(prompt=prompt, response=o.text, judge_raw=j["raw"] if j else "")
         row.update(created_at=created, git_commit=commit)
         rows.append(row)
     return rows
@@ -398,7 +421,7 @@ def read_responses(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"responses file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "responses file")
     fix = "each row needs instruction, input (may be empty), output and model_response"
     entries: list[tuple[int, Any]] = []
     if text.lstrip().startswith("["):
@@ -445,15 +468,14 @@ def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_J
                judge_config: JudgeConfig | None = None, store: Store | None = None, retry_unparsed: bool = False,
                progress: bool = True) -> list[dict]:
     """Score a responses file; write `output` (JSONL: each input row + score, parsed, judge_raw, judge...)."""
+    check_writable_file(output)
     rows = read_responses(responses)
     cfg = judge_config or JudgeConfig(spec=judge, workers=workers)
     reqs = []
     for row in rows:
-        rid = str(row.get("id", row["_line"]))
-        if "form" in row and "prompt" in row:
-            reqs.append(JudgeRequest(rid, "poem", _judge_fields("poem", row, row["model_response"])))
-        else:
-            reqs.append(JudgeRequest(rid, "chat", _judge_fields("chat", row, row["model_response"])))
+        task = responses_task(row)
+        reqs.append(JudgeRequest(str(row.get("id", row["_line"])), task.judge_prompt,
+                                 judge_fields(task, row, row["model_response"])))
     own_store = store is None
     store = store or Store()
     try:
@@ -469,58 +491,34 @@ def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_J
         row.update(score=j["score"], parsed=bool(j["parsed"]), judge_raw=j["raw"], judge=cfg.spec,
                    judge_digest=digest, judge_prompt_version=cfg.prompt_version)
         out.append(row)
-    _write_jsonl_atomic(Path(output), out)
+    write_jsonl(output, out)
     return out
 
 
 # ---------------------------------------------------------------- CLI
 
-def _judge_cfg(judge: str, workers: int, judge_num_ctx: int) -> JudgeConfig:
-    return JudgeConfig(spec=judge, workers=workers, num_ctx=judge_num_ctx)
+def _judge_or_none(judge: JudgeConfig, no_judge: bool) -> JudgeConfig | None:
+    return None if no_judge or judge.spec.strip().lower() in ("", "none", "no") else judge
 
 
-def _need(value: str | None, flag: str, choices: str = "") -> str:
-    if not value:
-        raise UserError(f"{flag} is required" + (f"; {choices}" if choices else ""))
-    return value
-
-
-def _eval_sets_hint() -> str:
-    from harness.data import list_eval_sets
-    return "available eval sets: " + ", ".join(list_eval_sets())
-
-
-def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str | None = None,
-            judge: str = DEFAULT_JUDGE, limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
-            workers: int = 4, no_judge: bool = False, judge_num_ctx: int = 4096, retry_unparsed: bool = False,
-            store: str | None = None, decoding: Literal["free", "form"] = "free") -> int:
-    """Generate, judge and score an eval set; write results/runs/<task>/<run_id>.jsonl and the leaderboard.
+def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig) -> int:
+    """Generate (or classify), judge and score an eval set; write results/runs/<task>/<run_id>.jsonl and the
+    leaderboard.
 
     Generations and judgments are cached in the store: a rerun (or a run killed and restarted) only does
     what is missing.
-
-    model: base model (registry name, local directory or .gguf); default the embedded smollm2-135m-instruct
-    eval_set: eval set name (see `python -m harness data list`)
-    adapter: LoRA adapter name under adapters/ (default: the base alone)
-    judge: ollama:<model> | openai:<model>@<url> | transformers:<base>[+adapter] | none
-    limit: only the first N items
-    batch_size: generation batch size
-    max_new_tokens: generation budget per response
-    workers: concurrent judge requests
-    no_judge: skip the judge (ROUGE-L / form checks only); same as --judge none
-    judge_num_ctx: the judge's context (Ollama num_ctx); prompts that do not fit are refused
-    retry_unparsed: ask the judge again for stored answers that held no score
-    store: the store file (default $FTBENCH_CACHE/store.sqlite)
-    decoding: poems only: free, or form (classical Chinese forms decoded under the form constraint)
     """
-    eval_set = _need(eval_set, "--eval-set", _eval_sets_hint())
+    import dataclasses
     t0 = time.perf_counter()
-    no_judge = no_judge or (judge or "").strip().lower() in ("", "none", "no")
-    jcfg = None if no_judge else _judge_cfg(judge, workers, judge_num_ctx)
-    st = Store(store) if store else None
+    cfg = run
+    check_outputs(cfg.store or None)
+    jcfg = _judge_or_none(judge, cfg.no_judge)
+    gen = dataclasses.replace(gen, do_sample=False)
+    st = Store(cfg.store) if cfg.store else None
     try:
-        res = run(model, adapter, eval_set, None if no_judge else judge, limit, batch_size, max_new_tokens,
-                  workers, judge_config=jcfg, store=st, retry_unparsed=retry_unparsed, decoding=decoding)
+        res = globals()["run"](cfg.model or None, cfg.adapter or None, cfg.eval_set, jcfg.spec if jcfg else None,
+                               cfg.limit, gen.batch_size, gen.max_new_tokens, judge.workers, judge_config=jcfg,
+                               store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen)
     finally:
         if st:
             st.close()
@@ -528,12 +526,19 @@ def run_cmd(model: str | None = None, eval_set: str | None = None, adapter: str 
     return 0
 
 
+# the flags of `run` (see harness.cli): GenerationConfig's sampling knobs do not apply to evaluation runs
+run_cmd.cli_skip = {"gen": ("do_sample", "temperature", "top_p", "seed", "stop", "ignore_eos", "form",
+                            "repetition_penalty")}
+
+
 def _print_summary(res: RunResult, seconds: float) -> None:
+    from harness.tasks import get_task
+    task = get_task(res.task)
     rows = res.rows
     n = len(rows)
     print(f"{res.run_id}: {n} items ({res.generated} generated, {n - res.generated} from the store; "
           f"{res.judged} sent to the judge) in {seconds:.1f} s")
-    if res.task == "spam":
+    if task.kind == "classify":
         acc = sum(r["pred"] == r["label"] for r in rows) / n
         print(f"  accuracy {acc:.3f}")
     else:
@@ -542,13 +547,11 @@ def _print_summary(res: RunResult, seconds: float) -> None:
             scores = [r["score"] for r in judged if r["parsed"] and r["score"] is not None]
             mean = f"{sum(scores) / len(scores):.1f}" if scores else "n/a"
             print(f"  judge {judged[0]['judge']}: score mean {mean}, parsed {len(scores)}/{len(judged)}"
-                  + ("  (unparsed answers are kept in judge_raw; --retry-unparsed asks again)"
+                  + ("  (unparsed answers are kept in the store; --retry-unparsed asks again)"
                      if len(scores) < len(judged) else ""))
-        if res.task == "chat":
-            print(f"  rouge_l mean {sum(r['rouge_l'] for r in rows) / n:.3f}")
-        else:
-            print(f"  form ok {sum(r['form_ok'] for r in rows)}/{n}, "
-                  f"distinct-2 {sum(r['distinct_2'] for r in rows) / n:.3f}")
+        summary = task.summarize(rows, n_boot=200)
+        shown = [c for c in task.columns() if not c.endswith(("_ci_low", "_ci_high"))][:4]
+        print("  " + ", ".join(f"{c} {summary[c]:.3f}" for c in shown if isinstance(summary[c], (int, float))))
     print(f"  rows: {res.path}")
     for p in res.leaderboards:
         print(f"  leaderboard: {p}")
@@ -558,7 +561,7 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
                      limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
                      output: str | None = None, store: str | None = None) -> int:
     """Generate responses for an eval set (batched, greedy, cached, resumable) and write them as JSONL rows
-    with instruction, input, output and model_response (the book's format; poems: prompt, form, lang, title).
+    with the item's fields and model_response (the book's format; classify sets: pred and p_<label>).
 
     model: base model (default the embedded smollm2-135m-instruct)
     eval_set: eval set name (see `python -m harness data list`)
@@ -569,9 +572,12 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
     output: the JSONL file to write (default $FTBENCH_CACHE/responses/<run_id>.jsonl)
     store: the store file (default $FTBENCH_CACHE/store.sqlite)
     """
-    from harness.paths import cache_dir
-
-    eval_set = _need(eval_set, "--eval-set", _eval_sets_hint())
+    from harness.data import list_eval_sets, load_eval_set
+    if not eval_set:
+        raise UserError("--eval-set is required; available eval sets: " + ", ".join(list_eval_sets()))
+    if output:
+        check_writable_file(output)
+    check_outputs(store)
     st = Store(store) if store else None
     t0 = time.perf_counter()
     try:
@@ -579,45 +585,38 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
     finally:
         if st:
             st.close()
-    from harness.data import load_eval_set
-    items = {it["id"]: it for it in load_eval_set(eval_set).items}
+    es = load_eval_set(eval_set)
+    items = {it["id"]: it for it in es.items}
     out = []
-    for r in res.rows:
+    for r, text in zip(res.rows, res.responses):
         it = items[r["item_id"]]
         base = {"id": it["id"], **{k: v for k, v in it.items() if k != "id"}}
-        if res.task == "spam":
-            base.update(pred=r["pred"], p_spam=r["p_spam"])
+        if "pred" in r:
+            base.update({k: v for k, v in r.items() if k == "pred" or k.startswith("p_")})
         else:
-            base["model_response"] = r["response"]
+            base["model_response"] = text
         out.append(base)
     path = Path(output) if output else cache_dir() / "responses" / f"{res.run_id}.jsonl"
-    _write_jsonl_atomic(path, out)
+    write_jsonl(path, out)
     print(f"{len(out)} responses ({res.generated} generated, {len(out) - res.generated} from the store) "
           f"in {time.perf_counter() - t0:.1f} s -> {path}")
     return 0
 
 
-def judge_cmd(responses: str | None = None, output: str | None = None, judge: str = DEFAULT_JUDGE,
-              workers: int = 4, judge_num_ctx: int = 4096, retry_unparsed: bool = False,
+def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), retry_unparsed: bool = False,
               store: str | None = None) -> int:
     """Score a responses file made elsewhere with a judge (cached, resumable): rows with instruction, input,
     output (reference) and model_response, as in the book's instruction-data-with-response.json.
 
     responses: a JSON array file or JSONL
     output: the JSONL to write (each row + score, parsed, judge_raw, judge, judge_digest)
-    judge: ollama:<model> | openai:<model>@<url> | transformers:<base>[+adapter]
-    workers: concurrent judge requests
-    judge_num_ctx: the judge's context (Ollama num_ctx); prompts that do not fit are refused
     retry_unparsed: ask the judge again for stored answers that held no score
     store: the store file (default $FTBENCH_CACHE/store.sqlite)
     """
-    responses = _need(responses, "--responses", "a JSON array or JSONL of rows with instruction, input, output, "
-                                               "model_response")
-    output = _need(output, "--output", "the JSONL file to write")
     t0 = time.perf_counter()
     st = Store(store) if store else None
     try:
-        rows = judge_file(responses, output, judge_config=_judge_cfg(judge, workers, judge_num_ctx), store=st,
+        rows = judge_file(responses, output, judge_config=judge, store=st,
                           retry_unparsed=retry_unparsed)
     finally:
         if st:

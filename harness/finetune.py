@@ -24,30 +24,39 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import UserError
+from harness.io import atomic_write, save_figure
 from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
-TASKS = ("spam", "chat", "poem_zh", "poem_en")
+METHODS = ("head", "label_text", "sft")
 
 
 @dataclass
 class Recipe:
-    """One adapter's training recipe (a TOML file; every field below may appear in it)."""
+    """One adapter's training recipe (a TOML file; every field below may appear in it).
+
+    task is a registered task (harness/tasks). A classify task trains a classification head (method "head",
+    peft SEQ_CLS) or a causal-LM LoRA that writes the label word (method "label_text"); a generate task trains
+    supervised fine-tuning on its target field (method "sft")."""
     name: str
-    task: Literal["spam", "chat", "poem_zh", "poem_en"]
-    dataset: str
+    task: str
+    dataset: str = ""                        # a dataset manifest (eval_sets/<dataset>.toml); "" = the splits are eval set names
     base: str = "smollm2-135m-instruct"
+    method: str = ""                         # head | label_text | sft ("" = head for classify, sft for generate)
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
+    lang: str = ""                           # poems: the language the adapter writes (zh | en)
+    card_eval_sets: list[str] = field(default_factory=list)   # default: dataset:test_split + the task's own sets
     max_train_items: int | None = None       # a deterministic subset (seeded) to fit the time budget
     max_eval_items: int | None = 200
     forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
     per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
-    labels: list[str] = field(default_factory=lambda: ["ham", "spam"])
-    input_template: str = "{text}"          # spam: what the classifier reads; its last token feeds the head
-    balance_classes: bool = False           # spam: weight the loss so every class counts equally (unbalanced data)
+    labels: list[str] = field(default_factory=list)  # classify: default the task's labels
+    prompt: str = ""                         # label_text: the prompt around {text} (default the task's prompt)
+    input_template: str = "{text}"          # head: what the classifier reads; its last token feeds the head
+    balance_classes: bool = False           # classify: weight the loss so every class counts equally
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -64,14 +73,33 @@ class Recipe:
     description: str = ""
 
     def __post_init__(self):
+        from harness.tasks import get_task
         check_name(self.name, "adapter name")
-        if self.task not in TASKS:
-            raise UserError(f"recipe {self.name}: task must be one of {TASKS}, got {self.task!r}")
-        if self.task == "spam" and "score" not in self.modules_to_save:
-            raise UserError(f"recipe {self.name}: a spam classifier must train its head: modules_to_save = ['score']")
+        t = get_task(self.task)
+        if not self.method:
+            self.method = "head" if t.kind == "classify" else "sft"
+        if self.method not in METHODS:
+            raise UserError(f"recipe {self.name}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if (t.kind == "classify") != (self.method in ("head", "label_text")):
+            raise UserError(f"recipe {self.name}: method {self.method!r} does not fit the {t.kind} task {t.name!r} "
+                            f"(classify: head or label_text; generate: sft)")
+        if t.kind == "classify":
+            self.labels = list(self.labels or t.labels)
+            wrong = [x for x in self.labels if x not in t.labels]
+            if wrong or len(self.labels) < 2:
+                raise UserError(f"recipe {self.name}: labels {self.labels} must be two or more of the task's "
+                                f"labels {list(t.labels)}")
+            if self.method == "label_text":
+                self.prompt = self.prompt or t.prompt
+                if "{text}" not in self.prompt:
+                    raise UserError(f"recipe {self.name}: prompt must contain {{text}}, got {self.prompt!r}")
+        if self.method == "head" and "score" not in self.modules_to_save:
+            raise UserError(f"recipe {self.name}: a classification head must be trained: modules_to_save = ['score']")
         for k in ("r", "alpha", "epochs", "batch_size", "max_length", "save_every"):
             if getattr(self, k) < 1:
                 raise UserError(f"recipe {self.name}: {k} must be at least 1")
+        if self.warmup_steps < 0:
+            raise UserError(f"recipe {self.name}: warmup_steps must be 0 or more")
         if not 0 < self.learning_rate < 1:
             raise UserError(f"recipe {self.name}: learning_rate must be in (0, 1)")
         if not 0 <= self.dropout < 1:
@@ -79,6 +107,41 @@ class Recipe:
         problem = template_problem(self.input_template)
         if problem:
             raise UserError(f"recipe {self.name}: {problem}")
+
+    @property
+    def task_spec(self):
+        from harness.tasks import get_task
+        return get_task(self.task)
+
+    def eval_sets(self) -> list[str]:
+        """The eval sets its card reports."""
+        if self.card_eval_sets:
+            return list(self.card_eval_sets)
+        test = f"{self.dataset}:{self.test_split}" if self.dataset else self.test_split
+        return list(dict.fromkeys([test, *self.task_spec.card_eval_sets]))
+
+
+def _type_problem(key: str, value, tp) -> str:
+    """Why `value` does not fit the annotation `tp` ("" if it fits). Ints are accepted for floats."""
+    import typing
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return "" if value is None else _type_problem(key, value, args[0])
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            return f"{key} must be a list of strings, e.g. {key} = [\"q_proj\", \"v_proj\"], got {value!r}"
+        return ""
+    if tp is bool:
+        return "" if isinstance(value, bool) else f"{key} must be true or false, got {value!r}"
+    if tp is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else \
+            f"{key} must be an integer, e.g. {key} = 8, got {value!r}"
+    if tp is float:
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+            f"{key} must be a number, e.g. {key} = 0.0003, got {value!r}"
+    if tp is str:
+        return "" if isinstance(value, str) else f"{key} must be a string in quotes, got {value!r}"
+    return ""
 
 
 def recipe_path(recipe: str) -> Path:
@@ -99,22 +162,33 @@ def list_recipes() -> list[str]:
 
 
 def load_recipe(recipe: str) -> Recipe:
-    path = recipe_path(recipe)
+    return read_recipe_file(recipe_path(recipe))
+
+
+def read_recipe_file(path: Path) -> Recipe:
+    """A recipe TOML file -> Recipe; unknown keys, missing keys and wrong types each name the key and the fix."""
+    import typing
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: {e}") from None
-    known = {f.name for f in fields(Recipe)}
-    unknown = sorted(set(raw) - known)
+    except OSError as e:
+        raise UserError(f"cannot read recipe {path}: {e.strerror}") from None
+    hints = typing.get_type_hints(Recipe)
+    unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise UserError(f"{path}: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
-    missing = [k for k in ("name", "task", "dataset") if k not in raw]
+        raise UserError(f"{path}: unknown keys {unknown}; known keys: {', '.join(sorted(hints))}")
+    missing = [k for k in ("name", "task") if k not in raw]
     if missing:
         raise UserError(f"{path}: missing keys {missing}")
+    for key, value in raw.items():
+        problem = _type_problem(key, value, hints[key])
+        if problem:
+            raise UserError(f"{path}: {problem}")
     try:
         return Recipe(**raw)
-    except TypeError as e:
+    except UserError as e:
         raise UserError(f"{path}: {e}") from None
 
 
@@ -127,7 +201,7 @@ def recipe_toml(r: Recipe) -> str:
         if isinstance(v, list):
             return "[" + ", ".join(val(x) for x in v) + "]"
         return repr(v)
-    return "".join(f"{k} = {val(v)}\n" for k, v in asdict(r).items() if v is not None)
+    return "".join(f"{k} = {val(v)}\n" for k, v in asdict(r).items() if v is not None and v != "")
 
 
 # ---------------------------------------------------------------- examples
@@ -140,8 +214,16 @@ def _subset(items: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def load_examples(r: Recipe, split: str, data_dir: str | None, limit: int | None) -> list[dict]:
-    from harness.data import load_split
-    items = load_split(r.dataset, split, data_dir=data_dir)
+    """The items of one split (a dataset split, or an eval set when the recipe names no dataset), checked
+    against the task, filtered by form/language, subset deterministically."""
+    from harness.data import load_eval_set, load_split
+    if r.dataset:
+        items, where = load_split(r.dataset, split, data_dir=data_dir), f"{r.dataset}:{split}"
+    else:
+        es = load_eval_set(split)
+        if es.task != r.task:
+            raise UserError(f"recipe {r.name}: eval set {split!r} is a {es.task} set, the recipe trains {r.task}")
+        items, where = list(es.items), split
     if r.forms:
         items = [it for it in items if it.get("form") in r.forms]
     if r.per_form:
@@ -149,16 +231,21 @@ def load_examples(r: Recipe, split: str, data_dir: str | None, limit: int | None
         for it in items:
             by_form.setdefault(it.get("form", ""), []).append(it)
         items = [it for f in sorted(by_form) for it in _subset(by_form[f], r.per_form, r.seed)]
+    if r.task_spec.kind == "classify":
+        items = [it for it in items if it.get("label") in r.labels]
     if not items:
-        raise UserError(f"recipe {r.name}: no items in {r.dataset}:{split}" + (f" with forms {r.forms}" if r.forms else ""))
+        raise UserError(f"recipe {r.name}: no items in {where}" + (f" with forms {r.forms}" if r.forms else ""))
     return _subset(items, limit, r.seed)
 
 
 def prompt_and_target(renderer, r: Recipe, item: dict) -> tuple[str, str]:
     """The rendered prompt and the text the model must learn to produce (loss only on the latter)."""
-    if r.task == "chat":
-        return renderer.render_instruction(item["instruction"], item.get("input", "")), item["output"]
-    return renderer.render_instruction(item["prompt"]), item["poem"]
+    t = r.task_spec
+    if r.method == "label_text":
+        from harness.classify import label_prompt
+        return label_prompt(renderer, r.prompt, item["text"], r.max_length), item["label"]
+    ins, inp = t.instruction(item)
+    return renderer.render_instruction(ins, inp), item[t.target_field]
 
 
 def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict | None:
@@ -173,10 +260,18 @@ def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict 
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_spam(tokenizer, item: dict, labels: list[str], max_length: int, template: str = "{text}") -> dict:
+def encode_head(tokenizer, item: dict, labels: list[str], max_length: int, template: str = "{text}") -> dict:
     from harness.generation import classifier_ids
     return {"input_ids": classifier_ids(tokenizer, item["text"], template, max_length),
             "label": labels.index(item["label"])}
+
+
+def encode_label_text(tokenizer, renderer, r: Recipe, item: dict) -> dict:
+    """A label-as-text example: the prompt around the (truncated) message, then the label word and EOS."""
+    from harness.classify import label_ids, label_prompt
+    p = tokenizer(label_prompt(renderer, r.prompt, item["text"], r.max_length), add_special_tokens=False)["input_ids"]
+    t = label_ids(tokenizer, item["label"])
+    return {"input_ids": p + t, "labels": [-100] * len(p) + t, "class": r.labels.index(item["label"])}
 
 
 def class_weights(labels: list[int], n_classes: int) -> list[float]:
@@ -186,7 +281,7 @@ def class_weights(labels: list[int], n_classes: int) -> list[float]:
 
 
 def collate(batch: list[dict], pad_id: int):
-    """Right padding (training): pad ids, mask 0, labels -100."""
+    """Right padding (training): pad ids, mask 0, labels -100; `class` (label-as-text) kept as `classes`."""
     import torch
 
     from harness.generation import right_pad
@@ -196,6 +291,8 @@ def collate(batch: list[dict], pad_id: int):
         out["labels"] = right_pad([b["labels"] for b in batch], -100)[0]
     if "label" in batch[0]:
         out["labels"] = torch.tensor([b["label"] for b in batch])
+    if "class" in batch[0]:
+        out["classes"] = torch.tensor([b["class"] for b in batch])
     return out
 
 
@@ -228,7 +325,7 @@ def build_model(r: Recipe):
     where = weights_dir(spec)
     tok = load_tokenizer(spec, where)
     torch.manual_seed(r.seed)
-    if r.task == "spam":
+    if r.method == "head":
         model = AutoModelForSequenceClassification.from_pretrained(
             where, num_labels=len(r.labels), dtype=torch.float32, use_safetensors=True,
             id2label=dict(enumerate(r.labels)), label2id={l: i for i, l in enumerate(r.labels)})
@@ -245,14 +342,44 @@ def build_model(r: Recipe):
     return model, tok, renderer
 
 
-def _evaluate(model, batches, task: str) -> dict:
+def label_text_loss(model, batch: dict, pad_id: int, weights=None):
+    """Label-as-text loss on the label tokens only, with the LM head run on the last positions only (left
+    padding); per-example `weights` (class balance) or a plain mean over examples."""
+    import torch
+
+    from harness.classify import left_pad
+    rows = [[int(t) for t, m in zip(ids, mask) if m] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    labs = [[int(x) for x in lab if x != -100] for lab in batch["labels"]]
+    keep = max(map(len, labs)) + 1
+    ids, mask, pos = left_pad(rows, pad_id)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits.float()
+    logp = torch.log_softmax(logits, -1)
+    per = []
+    for k, lab in enumerate(labs):
+        m = len(lab)
+        p_ = torch.arange(keep - 1 - m, keep - 1)
+        per.append(-logp[k, p_, torch.tensor(lab)].mean())
+    per_t = torch.stack(per)
+    if weights is None:
+        return per_t.mean()
+    return (per_t * weights).sum() / weights.sum()
+
+
+def _evaluate(model, batches, r: Recipe, renderer=None, items: list[dict] | None = None) -> dict:
+    """Validation loss; for classifiers also accuracy (head: argmax; label-as-text: the likeliest label)."""
     import torch
     model.eval()
     loss_sum, n_tok, correct, n = 0.0, 0, 0, 0
     with torch.inference_mode():
         for b in batches:
+            b = {k: v for k, v in b.items() if k != "classes"}
+            if r.method == "label_text":
+                k = len(b["input_ids"])
+                loss_sum += float(label_text_loss(model, b, renderer.tokenizer.pad_token_id)) * k
+                n_tok += k
+                continue
             out = model(**b)
-            if task == "spam":
+            if r.method == "head":
                 k = b["labels"].numel()
                 loss_sum += float(out.loss) * k
                 n_tok += k
@@ -262,9 +389,15 @@ def _evaluate(model, batches, task: str) -> dict:
                 k = int((b["labels"][:, 1:] != -100).sum())
                 loss_sum += float(out.loss) * k
                 n_tok += k
+        if r.method == "label_text" and items:
+            from harness.classify import label_loglik, label_prompt
+            prompts = [label_prompt(renderer, r.prompt, it["text"], r.max_length) for it in items]
+            scores = label_loglik(renderer, model, prompts, r.labels, batch_size=r.batch_size * 2)
+            correct = sum(r.labels[max(range(len(s)), key=s.__getitem__)] == it["label"] for s, it in zip(scores, items))
+            n = len(items)
     model.train()
     res = {"loss": loss_sum / max(n_tok, 1)}
-    if task == "spam":
+    if r.method in ("head", "label_text"):
         res["accuracy"] = correct / max(n, 1)
     return res
 
@@ -332,7 +465,7 @@ def plot_history(history: dict, path: Path, title: str) -> None:
         ax.plot([e["epoch"] for e in ep], [e.get("accuracy") for e in ep], "s-", label="validation")
         ax.set_xlabel("epoch"), ax.set_ylabel("accuracy"), ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -350,8 +483,10 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     model, tok, renderer = build_model(r)
     train_items = load_examples(r, r.train_split, data_dir, r.max_train_items)
     eval_items = load_examples(r, r.eval_split, data_dir, r.max_eval_items)
-    if r.task == "spam":
-        enc = lambda it: encode_spam(tok, it, r.labels, r.max_length, r.input_template)  # noqa: E731
+    if r.method == "head":
+        enc = lambda it: encode_head(tok, it, r.labels, r.max_length, r.input_template)  # noqa: E731
+    elif r.method == "label_text":
+        enc = lambda it: encode_label_text(tok, renderer, r, it)  # noqa: E731
     else:
         enc = lambda it: encode_causal(tok, *prompt_and_target(renderer, r, it), r.max_length)  # noqa: E731
     train = [e for e in map(enc, train_items) if e is not None]
@@ -367,8 +502,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     full = steps_per_epoch * r.epochs      # the schedule always spans the whole run: --max-steps only pauses it
     total = full if max_steps is None else min(max_steps, full)
     weight = None
-    if r.task == "spam" and r.balance_classes:
-        weight = torch.tensor(class_weights([t["label"] for t in train], len(r.labels)))
+    if r.method != "sft" and r.balance_classes:
+        weight = torch.tensor(class_weights([t.get("label", t.get("class")) for t in train], len(r.labels)))
         print("class weights: " + ", ".join(f"{l} {w:.3f}" for l, w in zip(r.labels, weight.tolist())))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=r.learning_rate, weight_decay=r.weight_decay)
@@ -398,16 +533,22 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
             if step >= total:
                 break
             batch = collate([train[i] for i in batches[b]], tok.pad_token_id)
-            outp = model(**batch)
-            batch_loss = outp.loss if weight is None else \
-                torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
+            classes = batch.pop("classes", None)
+            if r.method == "label_text":
+                outp = None
+                batch_loss = label_text_loss(model, batch, tok.pad_token_id,
+                                             None if weight is None else weight[classes])
+            else:
+                outp = model(**batch)
+                batch_loss = outp.loss if weight is None else \
+                    torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
             batch_loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
             step += 1
             loss = float(batch_loss.detach())
             run_loss, run_n = run_loss + loss, run_n + 1
-            if r.task == "spam":
+            if r.method == "head":
                 correct += int((outp.logits.argmax(-1) == batch["labels"]).sum())
                 seen += batch["labels"].numel()
             history["steps"].append({"step": step, "loss": loss})
@@ -416,10 +557,12 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
             if step % r.save_every == 0:
                 state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
                 _save_checkpoint(model, optimizer, scheduler, state, ckpt)
-        val = _evaluate(model, eval_batches, r.task)
+        val = _evaluate(model, eval_batches, r, renderer, eval_items)
         row = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(run_n, 1), "val_loss": val["loss"]}
-        if r.task == "spam":
+        if r.method == "head":
             row.update(train_accuracy=correct / max(seen, 1), accuracy=val["accuracy"])
+        elif r.method == "label_text":
+            row.update(accuracy=val["accuracy"])
         history["epochs"].append(row)
         tqdm.write(json.dumps(row))
         state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
@@ -435,11 +578,11 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     for f in ("adapter_config.json", "adapter_model.safetensors"):
         os.replace(stage / f, out / f)
     shutil.rmtree(stage, ignore_errors=True)
-    (out / "recipe.toml").write_text(recipe_toml(r), encoding="utf-8")
+    atomic_write(out / "recipe.toml", recipe_toml(r))
     meta = {"train_items": len(train), "eval_items": len(evals), "steps": step, "train_seconds": round(train_seconds, 1),
             "wall_seconds_total": round(time.perf_counter() - t_start, 1), "history": history,
             "data": _data_meta(r.dataset), "torch_threads": torch.get_num_threads()}
-    (out / "history.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+    atomic_write(out / "history.json", json.dumps(meta, indent=1, ensure_ascii=False))
     plot_history(history, out / "training.png", r.name)
     write_card(out, r, meta)
     if step >= full:
@@ -453,6 +596,23 @@ def _data_meta(dataset: str) -> dict:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
+GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
+                "ai.google.dev/gemma/terms")
+
+
+def _base_license(base: str) -> tuple[str, str]:
+    """(the card's license field, a notice paragraph) from the base's registry entry: an adapter of a Gemma base
+    is under the Gemma Terms of Use; the project's own code stays Apache-2.0."""
+    from harness.models import read_registry
+    spec = read_registry().get(base)
+    lic = (spec.license if spec else "") or "apache-2.0"
+    if "gemma" in lic.lower():
+        return ("other\nlicense_name: gemma-terms-of-use\nlicense_link: https://ai.google.dev/gemma/terms",
+                f"\n**License.** This adapter was trained on {base}, a Gemma model: {GEMMA_NOTICE}. "
+                "ftbench's own code is Apache-2.0.\n")
+    return lic.lower() if lic in ("Apache-2.0", "MIT") else lic, ""
+
+
 def write_card(out: Path, r: Recipe, meta: dict, metrics_md: str | None = None) -> Path:
     """The adapter's README.md: base, data, split, hyperparameters, training time, measured metrics."""
     card = out / "README.md"   # replaces the template peft's save_pretrained writes there
@@ -464,20 +624,27 @@ def write_card(out: Path, r: Recipe, meta: dict, metrics_md: str | None = None) 
     epochs = "\n".join(f"| {e['epoch']} | {e['step']} | {e['train_loss']:.4f} | {e['val_loss']:.4f} |"
                        + (f" {e.get('train_accuracy', 0):.4f} | {e.get('accuracy', 0):.4f} |" if 'accuracy' in e else "")
                        for e in meta["history"]["epochs"])
-    acc_head = " train acc | val acc |" if r.task == "spam" else ""
-    acc_sep = "---|---|" if r.task == "spam" else ""
+    has_acc = any("accuracy" in e for e in meta["history"]["epochs"])
+    acc_head = " train acc | val acc |" if has_acc else ""
+    acc_sep = "---|---|" if has_acc else ""
+    license_, notice = _base_license(r.base)
+    how = {"head": "`SEQ_CLS`, a classification head on the last token",
+           "label_text": "`CAUSAL_LM`, label as text: it writes the label word; predictions are the likeliest label",
+           "sft": "`CAUSAL_LM`, supervised fine-tuning"}[r.method]
+    recipe_file = next((f"harness/recipes/{p.name}" for p in sorted(RECIPES_DIR.glob("*.toml"))
+                        if f'name = "{r.name}"' in p.read_text(encoding="utf-8")), f"adapters/{r.name}/recipe.toml")
     text = f"""---
 base_model: {r.base}
 library_name: peft
-tags: [lora, {r.task}, ftbench]
-license: apache-2.0
+tags: [lora, {r.task}, {r.method}, ftbench]
+license: {license_}
 ---
 # {r.name}
 
 {r.description or f'LoRA adapter for {r.task} on {r.base}.'}
-
-- **Base**: `{r.base}` (see `harness/registry.toml`); task `{r.task}`; peft LoRA
-  (`{'SEQ_CLS' if r.task == 'spam' else 'CAUSAL_LM'}`), r={r.r}, alpha={r.alpha}, dropout={r.dropout},
+{notice}
+- **Base**: `{r.base}` (see `harness/registry.toml`); task `{r.task}` (`harness/tasks/`); peft LoRA
+  ({how}), r={r.r}, alpha={r.alpha}, dropout={r.dropout},
   target modules {', '.join(r.target_modules)}{'; trained head: ' + ', '.join(r.modules_to_save) if r.modules_to_save else ''}.
 - **Data**: `{r.dataset}` split `{r.train_split}` ({meta['train_items']} items{', a seeded subset' if r.max_train_items else ''}),
   validation `{r.eval_split}` ({meta['eval_items']} items). Split recipe: `eval_sets/{r.dataset}.toml`.
@@ -485,7 +652,7 @@ license: apache-2.0
 - **Training**: {meta['steps']} steps, {meta['train_seconds']:.0f} s of training on {meta.get('torch_threads', '?')} CPU threads
   (2-core CPU, no GPU), seed {r.seed}.
 - **Reproduce**: `python -m harness data prepare {r.dataset} --data-dir DIR` then
-  `python -m harness finetune {r.name if (RECIPES_DIR / (r.name + '.toml')).exists() else r.task}`.
+  `python -m harness finetune {recipe_file}`.
 
 Hyperparameters (the full recipe is `recipe.toml` beside this card):
 
@@ -502,7 +669,7 @@ Hyperparameters (the full recipe is `recipe.toml` beside this card):
 ## Metrics
 {metrics_md.strip() if metrics_md else 'Not measured yet: run `python -m harness card ' + r.name + '`.'}
 """
-    card.write_text(text, encoding="utf-8")
+    atomic_write(card, text)
     return card
 
 

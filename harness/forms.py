@@ -211,6 +211,122 @@ def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+class RuleSets:
+    """Rhyme and tone for FormConstraint: which characters each position of the poem allows, per row.
+
+    rhyme: the last character of every even line (and of line 1 with rhyme_first_line) must be a 平声 character
+    of the row's rhyme group: `rhyme_group` if given, else the 平声 groups of the first rhyme character the model
+    writes (a 多音字 in two groups keeps both until a later rhyme narrows them); a rhyme character is not used
+    twice. tone: the constrained positions (harness.rules.constrained_positions) follow a 平仄 template: a given
+    name (True: any of the four) narrowed character by character to the templates the poem still fits, so the
+    template is settled by the first line. Characters: the poem charset and the rhyme table (unknown ones are
+    never allowed where a rule applies). One instance per FormConstraint."""
+
+    def __init__(self, form: str, rhyme: bool, rhyme_group: str | None, tone: bool | str, rhyme_first_line: bool):
+        from harness import rules
+        from harness.errors import UserError
+
+        self.table = rules.rhyme_table()
+        self.rhyme, self.tone = rhyme, bool(tone)
+        self.templates = rules.tone_templates(form)
+        if isinstance(tone, str) and tone not in self.templates:
+            raise UserError(f"no tone template {tone!r} for {form}; templates: {', '.join(self.templates)}")
+        self.template = frozenset([tone] if isinstance(tone, str) else self.templates) if tone else None
+        self.groups = frozenset([rules.resolve_group(rhyme_group)]) if rhyme_group else None
+        self.rhyme_lines = set(rules.rhyme_lines(form, rhyme_first_line))
+        self.free = set(range(FIXED_FORMS[form][1])) - set(rules.constrained_positions(FIXED_FORMS[form][1]))
+        self.chars = FIXED_FORMS[form][1]
+        allowed = charset()[1]
+        level = {rules.PING: np.zeros(0x10000, dtype=bool), rules.ZE: np.zeros(0x10000, dtype=bool)}
+        self.group_arr: dict[str, np.ndarray] = {g: np.zeros(0x10000, dtype=bool) for g in self.table.groups}
+        for ch, gs in self.table.chars.items():
+            o = ord(ch)
+            if o < 0x10000 and allowed[o]:
+                for g in gs:
+                    self.group_arr[g][o] = True
+                    level[self.table.groups[g].level][o] = True
+        self.level_arr = level
+        self.ping_groups = [g for g, info in self.table.groups.items() if info.level == rules.PING]
+        self._cache: dict = {}
+
+    def _levels(self, ch: str):
+        return self.table.levels_of(ch)
+
+    def char_done(self, st: dict, line: int, pos: int, ch: str) -> None:
+        """Narrow the row's templates and rhyme groups by the character just written at (line, pos)."""
+        if self.tone and st["template"] is not None and pos not in self.free:
+            lv = self._levels(ch) or frozenset()
+            live = frozenset(t for t in st["template"] if self.templates[t][line][pos] in lv)
+            if live:
+                st["template"] = live
+        if self.rhyme and line in self.rhyme_lines and pos == self.chars - 1:
+            gs = {g for g in (self.table.groups_of(ch) or ()) if g in self.ping_groups}
+            if gs:
+                st["groups"] = frozenset(gs) if st["groups"] is None else (st["groups"] & gs or st["groups"])
+            st["used"] = st["used"] | {ch}
+        elif self.rhyme and line == 0 and pos == self.chars - 1:
+            st["used"] = st["used"] | {ch}       # a first line that happens to rhyme: its character is used too
+
+    def allowed(self, st: dict, line: int, pos: int):
+        """(bool array over the BMP, lead-nibble prefixes, 10-bit prefixes) of what (line, pos) allows; None if
+        no rule applies there."""
+        tone = None
+        if self.tone and st["template"] is not None and pos not in self.free:
+            want = {self.templates[t][line][pos] for t in st["template"]}
+            tone = next(iter(want)) if len(want) == 1 else None
+        rhyme = self.rhyme and line in self.rhyme_lines and pos == self.chars - 1
+        if tone is None and not rhyme:
+            return None
+        key = (tone, rhyme and (st["groups"], st["used"]))
+        if key not in self._cache:
+            arr = self.level_arr[tone] if tone else None
+            if rhyme:
+                r = np.zeros(0x10000, dtype=bool)
+                for g in (st["groups"] or self.ping_groups):
+                    r |= self.group_arr[g]
+                r &= self.level_arr["平"]
+                for ch in st["used"]:
+                    r[ord(ch)] = False
+                arr = r if arr is None else arr & r
+            cps = np.nonzero(arr)[0]
+            p2 = np.zeros(16, dtype=bool)
+            p2[cps >> 12] = True
+            p1 = np.zeros(1 << 10, dtype=bool)
+            p1[cps >> 6] = True
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[key] = (arr, p2, p1)
+        return self._cache[key]
+
+    def mask(self, st: dict, ok: np.ndarray, done: np.ndarray, need: np.ndarray, cp: np.ndarray,
+             first: np.ndarray, chars: int, token_bytes: list) -> np.ndarray:
+        """ok narrowed to the tokens whose characters (complete or begun) keep the rules at their positions."""
+        line, pos = st["line"], st["count"]
+        s0 = self.allowed(st, line, pos)
+        s1 = self.allowed(st, line, pos + 1) if pos + 1 < chars else None
+        if s0 is None and s1 is None:
+            return ok
+
+        def prefix_ok(s, n, c):
+            return np.where(n == 2, s[1][c & 0xF], s[2][c & 0x3FF])
+
+        out = ok.copy()
+        pending = need > 0
+        if s0 is not None:
+            out &= np.where(done == 0, ~pending | prefix_ok(s0, need, cp), s0[0][first & 0xFFFF])
+        if s1 is not None:
+            out &= ~((done == 1) & pending) | prefix_ok(s1, need, cp)
+        for t in np.nonzero(out & (done >= 2))[0].tolist():       # tokens of several characters: check each
+            raw = st["buf"] + (token_bytes[t] or b"")
+            text = raw[:len(raw) - len(raw) % 3].decode("utf-8", errors="ignore")
+            for k, ch in enumerate(text):
+                s = self.allowed(st, line, pos + k) if pos + k < chars else None
+                if s is not None and not s[0][ord(ch) & 0xFFFF]:
+                    out[t] = False
+                    break
+        return out
+
+
 class FormConstraint:
     """A transformers LogitsProcessor that keeps every row of a batch in `form` (see the module doc).
 
@@ -219,10 +335,14 @@ class FormConstraint:
     its first line four times; real 绝句 almost never repeat a pair (a doubled character such as 萋萋 stays
     possible, once). One instance per generate() call: it remembers each row's place in the poem."""
 
-    def __init__(self, tok, form: str, eos_id: int, no_repeat: bool = True):
+    def __init__(self, tok, form: str, eos_id: int, no_repeat: bool = True, rhyme: bool = False,
+                 rhyme_group: str | None = None, tone: bool | str = False, rhyme_first_line: bool = False):
         if form not in FIXED_FORMS:
             raise ValueError(f"no constrained decoding for form {form!r}; forms: {', '.join(FIXED_FORMS)}")
+        self.form = form
         self.lines, self.chars = FIXED_FORMS[form]
+        self.rules = RuleSets(form, rhyme or bool(rhyme_group), rhyme_group, tone, rhyme_first_line) \
+            if (rhyme or rhyme_group or tone) else None
         self.tables = vocab_tables(tok)
         self.token_bytes = token_bytes_cached(tok)
         newline = _ids(tok, "\n")
@@ -257,7 +377,11 @@ class FormConstraint:
         st["need"], st["cp"] = int(need[token]), int(cp[token])
         st["buf"] += self.token_bytes[token] or b""
         cut = len(st["buf"]) - (3 - st["need"] if st["need"] else 0)     # keep a partial character's bytes
-        for ch in st["buf"][:cut].decode("utf-8", errors="ignore"):
+        new = st["buf"][:cut].decode("utf-8", errors="ignore")
+        if self.rules:
+            for k, ch in enumerate(new):
+                self.rules.char_done(st, st["line"], st["count"] - len(new) + k, ch)
+        for ch in new:
             if st["chars"]:
                 st["pairs"].add((st["chars"][-1], ord(ch)))
             st["chars"].append(ord(ch))
@@ -296,7 +420,9 @@ class FormConstraint:
         if self.width is None:
             self.width = input_ids.shape[1]
             self.rows = [{"line": 0, "count": 0, "need": 0, "cp": 0, "forced": [], "done": False, "buf": b"",
-                          "chars": [], "pairs": set()} for _ in range(input_ids.shape[0])]
+                          "chars": [], "pairs": set(), "template": self.rules.template if self.rules else None,
+                          "groups": self.rules.groups if self.rules else None, "used": frozenset()}
+                         for _ in range(input_ids.shape[0])]
         elif input_ids.shape[1] > self.width:
             last = input_ids[:, -1].tolist()
             for st, token in zip(self.rows, last):
@@ -314,6 +440,9 @@ class FormConstraint:
                 continue
             valid, done, need, cp, first = self.tables.table(st["need"], st["cp"])
             ok = valid & (done + (need > 0) <= self.chars - st["count"])
+            if self.rules:
+                kept = self.rules.mask(st, ok, done, need, cp, first, self.chars, self.token_bytes)
+                ok = kept if kept.any() else ok      # no token keeps the rules (cannot happen with byte tokens)
             if self.no_repeat:
                 fresh = self._no_repeat(st, ok, done, first, need, cp)
                 ok = fresh if fresh.any() else ok    # every way to finish this character repeats a pair: allow it

@@ -226,6 +226,7 @@ class _Row:
     prompt_tokens: int
     processors: list
     seconds: float = 0.0
+    dead: bool = False              # finished, still in the batch until the next compaction
 
     @property
     def new(self) -> list[int]:
@@ -322,16 +323,19 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
                     use_cache=True, logits_to_keep=1, **{cache_kw: cache})   # updates `cache` in place
         logits = res.logits[:, -1, :]
         plain = None if rows[0].processors else logits.float().argmax(-1).tolist()   # no processors: one argmax
-        keep = []
-        ended = []
-        for b, row in enumerate(rows):
-            (ended if choose(row, logits[b:b + 1], None if plain is None else plain[b]) else keep).append(b)
-        share = (time.perf_counter() - t0) / len(rows)
-        for row in rows:
+        live = [b for b, row in enumerate(rows) if not row.dead]
+        share = (time.perf_counter() - t0) / len(live)
+        for b in live:
+            row = rows[b]
             row.seconds += share
-        for b in ended:
-            finish(rows[b])
-        if ended:
+            if choose(row, logits[b:b + 1], None if plain is None else plain[b]):
+                row.dead = True
+                finish(row)
+        # a finished row leaves the batch when a waiting prompt can take its place, or when half the batch is
+        # finished; until then it rides along (its token is ignored), which costs less than compacting the cache
+        dead = sum(row.dead for row in rows)
+        if dead and (waiting or 2 * dead >= len(rows)):
+            keep = [b for b, row in enumerate(rows) if not row.dead]
             rows = [rows[b] for b in keep]
             if not rows:
                 cache, mask = None, None

@@ -177,3 +177,10 @@ def read_table(path: str | Path, required: tuple[str, ...] = (), what: str = "fi
         if missing:
             raise UserError(f"{p}:{lineno}: missing field(s) {', '.join(missing)}")
     return rows
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure saved as PNG atomically (rendered in memory first)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write(path, buf.getvalue())

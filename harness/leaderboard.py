@@ -4,48 +4,43 @@
     python -m harness leaderboard --task chat     # one task
     python -m pytest tests/test_leaderboard.py -q
 
-One leaderboard row per (task, eval_set, model, adapter, adapter_sha, judge, judge_digest,
-judge_prompt_version): a retrained adapter or a changed judge never averages into an older row.
-Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
-``parse_rate`` = n_parsed / n. Within one group, a repeated item_id keeps its last row and is counted
-in ``n_duplicates`` (should be 0; anything else points at the writer).
+The committed rows files are text-free (hashes, scores, token counts, identities), so a fresh clone rebuilds
+every committed leaderboard CSV byte-identically (tests/test_leaderboard.py checks it against the repository).
 
-n_parsed counts the rows usable for the task's main metric: with a judge, rows with parsed=True and a
-score; without a judge (judge ""), rows with rouge_l (chat) or form_ok (poem); for spam, rows with a
-label and a pred (the parsed flag is ignored there: no judge is parsed). Tables are sorted by the main score: spam by accuracy; chat by score_mean then rouge_l; poem by
-score_mean then form_ok_rate (missing values last).
+One leaderboard row per (task, eval_set, model, adapter, adapter_sha, adapter_method, decoding, judge,
+judge_digest, judge_prompt_version): a retrained adapter or a changed judge never averages into an older row.
+Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
+``parse_rate`` = n_parsed / n. Within one group, a repeated item_id keeps its last row and is counted in
+``n_duplicates`` (should be 0; anything else points at the writer).
+
+The task's columns, what counts as usable (n_parsed) and the sort order come from the task registry
+(harness/tasks): e.g. spam by accuracy, chat by ROUGE-L, poems by form rate (missing values last).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.metrics import bootstrap_mean_ci, classification_metrics, distinct_n, looping, repetition_rate
+from harness.io import atomic_write
 
 REQUIRED = ("task", "eval_set", "item_id", "model")
-GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "decoding", "judge", "judge_digest",
-             "judge_prompt_version")
+GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_method", "decoding", "judge",
+             "judge_digest", "judge_prompt_version")
 COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
-TASK_COLUMNS = {
-    "chat": ["rouge_l", "rouge_l_ci_low", "rouge_l_ci_high"],
-    "poem": ["form_ok_rate", "n_form", "distinct_2", "repetition", "looping_rate"],
-    "spam": ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "precision", "precision_ci_low",
-             "precision_ci_high", "recall", "recall_ci_low", "recall_ci_high", "f1", "f1_ci_low",
-             "f1_ci_high", "tp", "fp", "tn", "fn"],
-}
-TAIL_COLUMNS = ["avg_response_tokens", "gen_tokens_per_s", "n_duplicates", "created_at", "git_commit"]
-SORT_BY = {"spam": ["accuracy", "f1"], "chat": ["score_mean", "rouge_l"], "poem": ["score_mean", "form_ok_rate"]}
-PRINT_COLUMNS = ["eval_set", "model", "adapter", "decoding", "judge", "n", "n_parsed", "score_mean", "ci_low", "ci_high",
-                 "rouge_l", "form_ok_rate", "distinct_2", "repetition", "accuracy", "precision", "recall", "f1"]
+TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
+END_COLUMNS = ["n_duplicates", "created_at", "git_commit"]
+PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "judge", "n", "n_parsed",
+                 "score_mean", "rouge_l", "form_ok_rate", "distinct_2", "rhyme_rate", "tone_rate", "accuracy",
+                 "macro_f1", "precision", "recall", "f1"]
 
 
 def columns_for(task: str) -> list[str]:
     """The CSV columns of a task's leaderboard, in order."""
-    return [*COMMON_COLUMNS, *TASK_COLUMNS.get(task, []), *TAIL_COLUMNS]
+    from harness.tasks import get_task
+    t = get_task(task)
+    return [*COMMON_COLUMNS, *t.columns(), *TAIL_COLUMNS[t.kind], *END_COLUMNS]
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -54,7 +49,7 @@ def read_rows(path: str | Path) -> list[dict]:
     A line that is not a JSON object or lacks task/eval_set/item_id/model raises UserError naming the
     file and line number.
     """
-    from harness.data import iter_jsonl
+    from harness.io import iter_jsonl
     path = Path(path)
     fix = ("fix or delete that line, or delete the file and rerun `python -m harness run ...` "
            "for that model and eval set to rewrite it")
@@ -112,9 +107,9 @@ def is_scored(row: dict) -> bool:
 def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """One leaderboard row (a dict over `columns_for(task)`) from the rows of one group.
 
-    All rows must share the same `group_key` (ValueError otherwise). Poem rows missing distinct_2 or
-    repetition get them computed from the response with harness.metrics.
-    """
+    All rows must share the same `group_key` (ValueError otherwise)."""
+    from harness.metrics import bootstrap_mean_ci
+    from harness.tasks import get_task
     if not rows:
         raise ValueError("summarize needs at least one row")
     keys = {group_key(r) for r in rows}
@@ -122,49 +117,27 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         raise ValueError(f"summarize got rows of {len(keys)} groups; split them with group_rows first")
     rows, n_dup = dedupe(rows)
     key = dict(zip(GROUP_KEY, group_key(rows[0])))
-    task = key["task"]
-    out: dict = {c: math.nan for c in columns_for(task)}
+    task = get_task(key["task"])
+    out: dict = {c: math.nan for c in columns_for(task.name)}
     out.update(key)
     n = len(rows)
     scored = [r for r in rows if is_scored(r)]
     mean, lo, hi = bootstrap_mean_ci([as_float(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
     out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup)
-    n_parsed = len(scored)
-
-    if task == "spam":
-        usable = [r for r in rows if r.get("pred") not in (None, "") and r.get("label") not in (None, "")]
-        n_parsed = len(usable)
-        if usable:
-            m = classification_metrics([str(r["label"]) for r in usable], [str(r["pred"]) for r in usable],
-                                       positive="spam", n_boot=max(200, n_boot // 2), seed=seed)
-            out.update({k: m[k] for k in TASK_COLUMNS["spam"]})
-    elif task == "chat":
-        rl = [as_float(r.get("rouge_l")) for r in rows]
-        m, l, h = bootstrap_mean_ci(rl, n_boot=n_boot, seed=seed)
-        out.update(rouge_l=m, rouge_l_ci_low=l, rouge_l_ci_high=h)
-        if not key["judge"]:
-            n_parsed = sum(v is not None for v in rl)
-    elif task == "poem":
-        form = [r.get("form_ok") for r in rows if r.get("form_ok") is not None]
-        out["n_form"] = len(form)
-        out["form_ok_rate"] = sum(bool(v) for v in form) / len(form) if form else math.nan
-        d2 = [as_float(r.get("distinct_2")) if r.get("distinct_2") is not None
-              else distinct_n(str(r.get("response") or ""), 2) for r in rows]
-        rep = [as_float(r.get("repetition")) if r.get("repetition") is not None
-               else repetition_rate(str(r.get("response") or "")) for r in rows]
-        out["distinct_2"], out["repetition"] = _mean(d2), _mean(rep)
-        out["looping_rate"] = sum(looping(str(r.get("response") or "")) for r in rows) / n
-        if not key["judge"]:
-            n_parsed = len(form)
+    out.update(task.summarize(rows, n_boot=n_boot, seed=seed))
+    n_parsed = sum(task.usable(r, bool(key["judge"])) for r in rows)
     out["n_parsed"] = n_parsed
     out["parse_rate"] = n_parsed / n
-
-    toks = [as_float(r.get("response_tokens")) for r in rows]
-    out["avg_response_tokens"] = _mean(toks)
-    timed = [(t, as_float(r.get("gen_seconds"))) for t, r in zip(toks, rows)]
-    timed = [(t, s) for t, s in timed if t is not None and s is not None and s > 0]
-    if timed:
-        out["gen_tokens_per_s"] = sum(t for t, _ in timed) / sum(s for _, s in timed)
+    secs = [as_float(r.get("gen_seconds")) for r in rows]
+    if task.kind == "classify":
+        total = sum(s for s in secs if s is not None)
+        out["items_per_s"] = n / total if total > 0 else math.nan
+    else:
+        toks = [as_float(r.get("response_tokens")) for r in rows]
+        out["avg_response_tokens"] = _mean(toks)
+        timed = [(t, s) for t, s in zip(toks, secs) if t is not None and s is not None and s > 0]
+        if timed:
+            out["gen_tokens_per_s"] = sum(t for t, _ in timed) / sum(s for _, s in timed)
     latest = max(rows, key=lambda r: str(r.get("created_at") or ""))
     out["created_at"] = str(latest.get("created_at") or "")
     out["git_commit"] = str(latest.get("git_commit") or "")
@@ -194,6 +167,7 @@ def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int
     """
     import pandas as pd
 
+    from harness.tasks import get_task
     rows = [r for f in run_files(runs_dir, task) for r in read_rows(f)]
     if task is not None:
         rows = [r for r in rows if r["task"] == task]
@@ -203,7 +177,7 @@ def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int
     tables = {}
     for t, recs in sorted(by_task.items()):
         df = pd.DataFrame(recs, columns=columns_for(t))
-        sort = [c for c in SORT_BY.get(t, ["score_mean"]) if c in df.columns]
+        sort = [c for c in (get_task(t).sort or ("score_mean",)) if c in df.columns]
         df = df.sort_values(sort + ["model", "adapter"], ascending=[False] * len(sort) + [True, True],
                             na_position="last", kind="mergesort").reset_index(drop=True)
         tables[t] = df
@@ -218,9 +192,7 @@ def write_leaderboards(runs_dir: str | Path, out_dir: str | Path, task: str | No
     paths = []
     for t, df in build_leaderboard(runs_dir, task).items():
         path = out_dir / f"leaderboard_{t}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        df.round(4).to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        atomic_write(path, df.round(4).to_csv(index=False, lineterminator="\n"))
         paths.append(path)
     return paths
 
@@ -228,7 +200,7 @@ def write_leaderboards(runs_dir: str | Path, out_dir: str | Path, task: str | No
 def leaderboard_cmd(task: str | None = None, runs_dir: str | None = None, out_dir: str | None = None) -> int:
     """Write results/leaderboard_<task>.csv from the rows files results/runs/<task>/*.jsonl and print them.
 
-    task: only this task (spam, chat, poem); default all tasks with runs
+    task: only this task (see `python -m harness tasks`); default all tasks with runs
     runs_dir: folder holding <task>/<run_id>.jsonl (default results/runs)
     out_dir: where the CSVs go (default results/)
     """

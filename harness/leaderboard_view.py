@@ -1,10 +1,20 @@
-"""The leaderboard as the app shows it: results/leaderboard_<task>.csv filtered, plotted with CIs.
+"""The leaderboard as the app shows it: results/leaderboard_<task>.csv at a glance, each row's items from its
+rows file, and the items where two rows disagree most.
 
-    from harness.leaderboard_view import leaderboard_view
-    v = leaderboard_view("spam")          # dict(table, figure, notice, tasks, eval_sets, metrics, task, metric)
+    from harness.leaderboard_view import leaderboard_view, row_items, diff_runs
+    v = leaderboard_view("poem")   # dict(table, figure, notice, tasks, eval_sets, metrics, task, metric, labels)
+    row_items("poem", v["table"].iloc[0].to_dict())          # the run's items: prompt, response, scores, reason
+    diff_runs("poem", v["labels"][0], v["labels"][1])        # the items where the two runs differ most
+
+Labels name the eval set and the decoding (a form-constrained row and a free row are different runs, never
+look-alike duplicates). Error bars: the CSV's 95% bootstrap CI where it has one, else a Wilson 95% interval
+for a rate with its count (form_ok_rate over n_form, parse_rate over n); a metric without either is drawn
+without bars and the axis says so. Default metrics: ROUGE-L for chat (the judge score is a smoke test),
+accuracy for classification, the form rate for poems.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +22,22 @@ from harness.paths import results_dir
 
 RUN_HINT = ("run `python -m harness run --model smollm2-135m-instruct --eval-set sms_own` (and the other eval sets), "
             "then `python -m harness leaderboard`")
-# leaderboard metric -> its CI columns (None: the CSV has no interval for it)
+# leaderboard metric -> its CI columns; a rate without CI columns -> its count column (Wilson interval)
 METRICS: dict[str, tuple[str, str] | None] = {
-    "score_mean": ("ci_low", "ci_high"), "accuracy": ("accuracy_ci_low", "accuracy_ci_high"),
-    "f1": ("f1_ci_low", "f1_ci_high"), "precision": ("precision_ci_low", "precision_ci_high"),
-    "recall": ("recall_ci_low", "recall_ci_high"), "rouge_l": ("rouge_l_ci_low", "rouge_l_ci_high"),
-    "form_ok_rate": None, "distinct_2": None, "gen_tokens_per_s": None,
+    "rouge_l": ("rouge_l_ci_low", "rouge_l_ci_high"), "accuracy": ("accuracy_ci_low", "accuracy_ci_high"),
+    "form_ok_rate": None, "score_mean": ("ci_low", "ci_high"), "f1": ("f1_ci_low", "f1_ci_high"),
+    "precision": ("precision_ci_low", "precision_ci_high"), "recall": ("recall_ci_low", "recall_ci_high"),
+    "win_rate": ("win_rate_ci_low", "win_rate_ci_high"), "parse_rate": None, "distinct_2": None,
+    "gen_tokens_per_s": None,
 }
-TABLE_COLUMNS = ["eval_set", "model", "adapter", "judge", "n", "n_parsed", "score_mean", "ci_low", "ci_high",
-                 "accuracy", "f1", "precision", "recall", "rouge_l", "form_ok_rate", "distinct_2", "repetition",
-                 "gen_tokens_per_s", "created_at"]
-
-
+RATE_COUNTS = {"form_ok_rate": "n_form", "parse_rate": "n"}
+DEFAULT_METRIC = ("rouge_l", "accuracy", "form_ok_rate", "win_rate", "score_mean")   # the first present
+TABLE_COLUMNS = ["eval_set", "model", "adapter", "decoding", "judge", "n", "n_parsed", "rouge_l", "accuracy",
+                 "form_ok_rate", "score_mean", "ci_low", "ci_high", "f1", "precision", "recall", "distinct_2",
+                 "repetition", "gen_tokens_per_s", "created_at"]
+KEY_COLUMNS = ("task", "eval_set", "model", "adapter", "adapter_sha", "decoding", "judge", "judge_digest",
+               "judge_prompt_version")
+ITEM_SCORES = ("score", "rouge_l", "form_ok", "pred", "label", "correct", "parsed")
 
 
 def leaderboard_tables(folder: Path | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -34,25 +48,75 @@ def leaderboard_tables(folder: Path | None = None) -> tuple[dict[str, Any], list
     tables, problems = {}, []
     for f in sorted(folder.glob("leaderboard_*.csv")) if folder.is_dir() else []:
         try:
-            df = pd.read_csv(f)
+            df = pd.read_csv(f, dtype={c: str for c in KEY_COLUMNS}, keep_default_na=False, na_values=[""])
         except Exception as e:  # noqa: BLE001 - one broken file must not hide the others
             problems.append(f"{f.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
             continue
-        for col in ("model", "adapter", "eval_set", "judge"):
+        for col in KEY_COLUMNS:
             if col in df.columns:
                 df[col] = df[col].fillna("").astype(str)
+        if "decoding" not in df.columns:
+            df["decoding"] = ""
         tables[f.stem.removeprefix("leaderboard_")] = df
     return tables, problems
+
+
+def decoding_of(row) -> str:
+    d = str(row.get("decoding", "") or "")
+    return {"form": "form-constrained", "": "free"}.get(d, d)
+
+
+def row_label(row) -> str:
+    """One row as a label: model + adapter · eval set · decoding [judge]."""
+    model = str(row.get("model", ""))
+    model = Path(model).name if "/" in model else model
+    label = model + (f" + {row['adapter']}" if str(row.get("adapter", "") or "") else " (base)")
+    label += f" · {row.get('eval_set', '')} · {decoding_of(row)}"
+    if str(row.get("judge", "") or ""):
+        label += f" [{row['judge']}]"
+    return label
+
+
+def wilson(rate: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    if not n or n != n or rate != rate:
+        return (float("nan"), float("nan"))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def intervals(df, metric: str) -> tuple[list[float], list[float], str] | None:
+    """(low, high, what) of each row's interval for `metric`, or None when the CSV gives no way to one."""
+    ci = METRICS.get(metric)
+    if ci and all(c in df.columns for c in ci) and df[list(ci)].notna().any().any():
+        return df[ci[0]].astype(float).tolist(), df[ci[1]].astype(float).tolist(), "95% bootstrap CI"
+    count = RATE_COUNTS.get(metric)
+    if count and count in df.columns:
+        pairs = [wilson(float(r), float(n)) for r, n in zip(df[metric], df[count])]
+        return [p[0] for p in pairs], [p[1] for p in pairs], f"Wilson 95% interval over {count}"
+    return None
+
+
+def _useful(df, col: str) -> bool:
+    """A column worth showing: some value is neither empty nor zero (spam's gen_tokens_per_s is all 0)."""
+    values = df[col]
+    if values.dtype.kind in "if":
+        return bool(values.fillna(0).ne(0).any())
+    return bool(values.astype(str).str.strip().ne("").any())
+
+
+def default_metric(metrics: list[str]) -> str | None:
+    return next((m for m in DEFAULT_METRIC if m in metrics), metrics[0] if metrics else None)
 
 
 def leaderboard_view(task: str | None = None, eval_set: str | None = None, search: str = "",
                      metric: str | None = None, folder: Path | None = None) -> dict:
     """One task's table filtered by eval set and a search over model/adapter/judge, with a bar plot of `metric`
-    and its CI. Returns dict(table, figure, notice, tasks, eval_sets, metrics, task, metric)."""
+    and its interval. Returns dict(table, figure, notice, tasks, eval_sets, metrics, task, metric, labels)."""
     tables, problems = leaderboard_tables(folder)
     where = Path(folder) if folder else results_dir()
-    empty = {"table": None, "figure": None, "tasks": list(tables), "eval_sets": [], "metrics": [], "task": None,
-             "metric": None}
+    empty = {"table": None, "figure": None, "caption": "", "tasks": list(tables), "eval_sets": [], "metrics": [], "task": None,
+             "metric": None, "labels": [], "rows": []}
     if not tables:
         bad = f" Unreadable: {'; '.join(problems)}." if problems else ""
         return {**empty, "notice": f"No leaderboard yet: no {where}/leaderboard_*.csv.{bad} To make one, {RUN_HINT}."}
@@ -63,52 +127,133 @@ def leaderboard_view(task: str | None = None, eval_set: str | None = None, searc
         df = df[df["eval_set"] == eval_set]
     if search and search.strip():
         needle = search.strip().lower()
-        cols = [c for c in ("model", "adapter", "judge") if c in df.columns]
+        cols = [c for c in ("model", "adapter", "judge", "decoding") if c in df.columns]
         mask = df[cols].apply(lambda col: col.str.lower().str.contains(needle, regex=False)).any(axis=1)
         df = df[mask]
-    metrics = [m for m in METRICS if m in df.columns and df[m].notna().any()]
-    metric = metric if metric in metrics else (metrics[0] if metrics else None)
-    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c in ("model", "adapter") or df[c].notna().any()
-                                                              and df[c].astype(str).str.strip().ne("").any())]
-    shown = df[cols].round(3).reset_index(drop=True)
-    notice = f"{len(df)} of {len(tables[task])} rows of leaderboard_{task}.csv"
+    df = df.reset_index(drop=True)
+    metrics = [m for m in METRICS if m in df.columns and df[m].notna().any() and _useful(df, m)]
+    metric = metric if metric in metrics else default_metric(metrics)
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c in ("model", "adapter", "decoding") or _useful(df, c))]
+    shown = df[cols].copy()
+    shown["decoding"] = [decoding_of(r) for _, r in df.iterrows()]
+    shown = shown.round(3)
+    notice = f"{len(df)} of {len(tables[task])} rows of leaderboard_{task}.csv. Click a row to see its items."
     if problems:
         notice += f" (unreadable: {'; '.join(problems)})"
     if df.empty:
-        notice += ": nothing matches the filters"
+        notice += " Nothing matches the filters."
+    caption = ""
+    if metric and not df.empty:
+        found = intervals(df, metric)
+        caption = (f"Bars: {metric}; error bars: {found[2]}." if found else
+                   f"Bars: {metric}; no interval in the CSV for this metric, so no error bars.")
+        caption += " Labels: model + adapter · eval set · decoding [judge]."
     return {"table": shown, "figure": bar_plot(df, metric) if metric and not df.empty else None, "notice": notice,
-            "tasks": list(tables), "eval_sets": sets, "metrics": metrics, "task": task, "metric": metric}
-
-
-def _row_label(row) -> str:
-    label = str(row.get("model", ""))
-    label = Path(label).name if "/" in label else label
-    if str(row.get("adapter", "") or ""):
-        label += f" + {row['adapter']}"
-    if str(row.get("judge", "") or ""):
-        label += f"\n[{row['judge']}]"
-    return label
+            "caption": caption,
+            "tasks": list(tables), "eval_sets": sets, "metrics": metrics, "task": task, "metric": metric,
+            "labels": [row_label(r) for _, r in df.iterrows()], "rows": df.to_dict("records")}
 
 
 def bar_plot(df, metric: str):
-    """A horizontal bar per row with its CI as error bars (matplotlib's object API: safe off the main thread)."""
+    """A horizontal bar per row with its interval as error bars (matplotlib's object API: thread-safe)."""
     from matplotlib.figure import Figure
 
-    rows = df[df[metric].notna()].head(20)
-    fig = Figure(figsize=(8, 1.2 + 0.45 * max(1, len(rows))), layout="constrained")
+    rows = df[df[metric].notna()].head(20).reset_index(drop=True)
+    fig = Figure(figsize=(8, 1.2 + 0.5 * max(1, len(rows))), layout="constrained")
     ax = fig.add_subplot()
-    labels = [_row_label(r) for _, r in rows.iterrows()][::-1]
+    labels = [row_label(r) for _, r in rows.iterrows()][::-1]
     values = rows[metric].astype(float).tolist()[::-1]
-    ci = METRICS.get(metric)
-    xerr = None
-    if ci and all(c in rows.columns for c in ci):
-        lo = rows[ci[0]].astype(float).tolist()[::-1]
-        hi = rows[ci[1]].astype(float).tolist()[::-1]
+    found = intervals(rows, metric)
+    xerr, what = None, "no interval in the CSV for this metric"
+    if found:
+        lo, hi, what = found[0][::-1], found[1][::-1], found[2]
         xerr = [[max(0.0, v - low) if low == low else 0.0 for v, low in zip(values, lo)],
                 [max(0.0, high - v) if high == high else 0.0 for v, high in zip(values, hi)]]
     ax.barh(range(len(values)), values, xerr=xerr, capsize=4, color="#4C78A8", ecolor="#333333")
     ax.set_yticks(range(len(values)), labels, fontsize=8)
-    ax.set_xlabel(metric + (" (error bars: 95% bootstrap CI)" if xerr else ""))
+    ax.set_xlabel(f"{metric} (error bars: {what})" if xerr else f"{metric} ({what})")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
+
+# ---------------------------------------------------------------- a row's items, and two rows side by side
+
+def _runs_dir(folder: Path | None) -> Path:
+    return (Path(folder) if folder else results_dir()) / "runs"
+
+
+def _matches(item: dict, row: dict) -> bool:
+    for k in KEY_COLUMNS:
+        if k in row and k in item and str(item.get(k) or "") != str(row.get(k) or ""):
+            return False
+        if k in row and k not in item and str(row.get(k) or "") not in ("", "nan"):
+            return False
+    return True
+
+
+def row_items(task: str, row: dict, folder: Path | None = None) -> list[dict]:
+    """The items of one leaderboard row, read from its rows files (results/runs/<task>/*.jsonl; the newest
+    row of an item wins, as the leaderboard counts it)."""
+    from harness.errors import UserError
+    from harness.leaderboard import read_rows
+    runs = _runs_dir(folder) / task
+    if not runs.is_dir():
+        raise UserError(f"no rows files for task {task!r} in {runs}: the leaderboard CSV was made elsewhere; "
+                        f"rebuild it here with `python -m harness leaderboard`")
+    by_id: dict[str, dict] = {}
+    for f in sorted(runs.glob("*.jsonl")):
+        for r in read_rows(f):
+            if _matches(r, row):
+                by_id[str(r["item_id"])] = r
+    return list(by_id.values())
+
+
+def item_table(items: list[dict]) -> tuple[list[str], list[list]]:
+    """Items as (header, rows): id, prompt, response, the scores present, the judge's reasoning. Text-free
+    rows files (content hashes only) show the hashes."""
+    scores = [k for k in ITEM_SCORES if any(k in it for it in items)]
+    header = ["item_id", "prompt", "response", *scores, "judge_reasoning"]
+    rows = []
+    for it in items:
+        prompt = it.get("prompt", it.get("prompt_sha", ""))
+        response = it.get("response", it.get("response_sha", ""))
+        rows.append([it.get("item_id", ""), str(prompt)[:400], str(response)[:600],
+                     *[it.get(k, "") for k in scores], str(it.get("judge_raw", "") or it.get("reason", ""))[:400]])
+    return header, rows
+
+
+def item_value(item: dict) -> float | None:
+    """The per-item figure two runs are compared on: judge score, else ROUGE-L, else form / correctness."""
+    for k in ("score", "rouge_l"):
+        v = item.get(k)
+        if isinstance(v, (int, float)) and v == v:
+            return float(v) / (100.0 if k == "score" else 1.0)
+    if "form_ok" in item and item["form_ok"] is not None:
+        return float(bool(item["form_ok"]))
+    if "pred" in item and "label" in item:
+        return float(item["pred"] == item["label"])
+    return None
+
+
+def diff_runs(task: str, row_a: dict, row_b: dict, folder: Path | None = None, top: int = 20) -> tuple[list[str], list[list], str]:
+    """The items where two leaderboard rows disagree most, side by side: (header, rows, summary)."""
+    a = {str(i["item_id"]): i for i in row_items(task, row_a, folder)}
+    b = {str(i["item_id"]): i for i in row_items(task, row_b, folder)}
+    common = sorted(set(a) & set(b))
+    diffs = []
+    for k in common:
+        va, vb = item_value(a[k]), item_value(b[k])
+        if va is not None and vb is not None:
+            diffs.append((abs(va - vb), k, va, vb))
+    diffs.sort(key=lambda d: (-d[0], d[1]))
+    header = ["item_id", "difference", "A", "B", "prompt", "response A", "response B"]
+    rows = [[k, round(d, 3), round(va, 3), round(vb, 3), str(a[k].get("prompt", a[k].get("prompt_sha", "")))[:300],
+             str(a[k].get("response", a[k].get("response_sha", "")))[:500],
+             str(b[k].get("response", b[k].get("response_sha", "")))[:500]] for d, k, va, vb in diffs[:top]]
+    summary = (f"A = {row_label(row_a)}; B = {row_label(row_b)}: {len(common)} items in common, "
+               f"{sum(1 for d in diffs if d[0] > 0)} differ; the {min(top, len(diffs))} largest differences first "
+               "(per-item judge score / 100, ROUGE-L, form or correctness).")
+    if not common:
+        summary = (f"A = {row_label(row_a)} and B = {row_label(row_b)} share no items: pick two rows on the "
+                   "same eval set.")
+    return header, rows, summary

@@ -159,15 +159,16 @@ def _prf(tp, fp, fn, tn):
 
 
 def classification_metrics(y_true: list[str], y_pred: list[str], positive: str = "spam",
-                           n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Accuracy, precision, recall and F1 for the ``positive`` class, each with a bootstrap CI.
+                           n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                           labels: list[str] | None = None) -> dict:
+    """Accuracy (exact label match), precision, recall and F1 for the ``positive`` class, and the macro F1
+    over ``labels`` (default: the labels seen), each of the first four with a bootstrap CI.
 
-    Any label other than ``positive`` counts as negative. Zero division is defined as 0.0:
-    precision with no predicted positives, recall with no actual positives, F1 when P + R = 0
-    (the same convention as scikit-learn's ``zero_division=0``). The same rule applies inside every
-    bootstrap resample.
+    For precision/recall/F1 any label other than ``positive`` counts as negative. Zero division is 0.0:
+    precision with no predicted positives, recall with no actual positives, F1 when P + R = 0 (scikit-learn's
+    ``zero_division=0``). The same rule applies inside every bootstrap resample.
 
-    Returns a flat dict: n, positive, tp, fp, tn, fn, and for m in accuracy/precision/recall/f1:
+    Returns a flat dict: n, positive, tp, fp, tn, fn, macro_f1, and for m in accuracy/precision/recall/f1:
     m, m_ci_low, m_ci_high.
     """
     if len(y_true) != len(y_pred):
@@ -176,20 +177,27 @@ def classification_metrics(y_true: list[str], y_pred: list[str], positive: str =
         raise ValueError("classification_metrics needs at least one item")
     t = np.array([y == positive for y in y_true])
     p = np.array([y == positive for y in y_pred])
+    eq = np.array([a == b for a, b in zip(y_true, y_pred)])
     tp, fp = int((t & p).sum()), int((~t & p).sum())
     fn, tn = int((t & ~p).sum()), int((~t & ~p).sum())
     point = _prf(tp, fp, fn, tn)
 
     def stat(idx):
         tt, pp = t[idx], p[idx]
-        return np.stack(_prf((tt & pp).sum(1), (~tt & pp).sum(1), (tt & ~pp).sum(1), (~tt & ~pp).sum(1)))
+        _, prec, rec, f1 = _prf((tt & pp).sum(1), (~tt & pp).sum(1), (tt & ~pp).sum(1), (~tt & ~pp).sum(1))
+        return np.stack([eq[idx].mean(1), prec, rec, f1])
 
     boot = _boot_stat(len(t), n_boot, seed, stat)  # shape (4, n_boot)
     out: dict = {"n": len(t), "positive": positive, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
     for i, name in enumerate(("accuracy", "precision", "recall", "f1")):
         lo, hi = _pct(boot[i], alpha)
-        out[name] = float(point[i])
+        out[name] = float(eq.mean()) if name == "accuracy" else float(point[i])
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+    f1s = []
+    for lab in labels or sorted(set(y_true) | set(y_pred)):
+        lt, lp = np.array([y == lab for y in y_true]), np.array([y == lab for y in y_pred])
+        f1s.append(float(_prf(int((lt & lp).sum()), int((~lt & lp).sum()), int((lt & ~lp).sum()), 0)[3]))
+    out["macro_f1"] = sum(f1s) / len(f1s)
     return out
 
 

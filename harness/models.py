@@ -63,13 +63,16 @@ class AdapterInfo:
     name: str
     path: Path
     base: str                        # registry name (or resolved path) of the base it was trained on
-    task: str                        # spam | chat | poem_zh | poem_en | ...
-    kind: str                        # causal | seq_cls
+    task: str                        # a registered task (harness/tasks): spam | chat | poem | ...
+    kind: str                        # causal | seq_cls (the peft task type)
     labels: tuple[str, ...] = ()
     sha256: str = ""                 # of adapter_model.safetensors: the cache key of its generations
     input_template: str = "{text}"   # classifiers: the text the head was trained to read (recipe.toml)
     max_length: int = 256            # classifiers: tokens read per message, as in training
     problem: str = ""                # why it cannot be used, if it cannot
+    method: str = "sft"              # head (SEQ_CLS classifier) | label_text (writes the label) | sft (generation)
+    prompt: str = ""                 # label_text: the prompt around the message, as in training
+    lang: str = ""                   # poem adapters: the language they write (zh | en)
 
 
 def read_registry(path: Path = REGISTRY_FILE) -> dict[str, BaseSpec]:
@@ -129,6 +132,26 @@ def embedded_gguf(spec: BaseSpec) -> Path | None:
         if (Path(loc) / spec.file).is_file():
             return Path(loc) / spec.file
     return None
+
+
+def model_fingerprint(spec: BaseSpec) -> str:
+    """What identifies a base model's weights beyond its name: the embedded package's version, or a local
+    model's weight files (size + mtime), so a replaced model never reuses stale generations or judgments.
+    The one definition, used by the generation cache and the in-process judge's digest."""
+    from importlib import metadata
+
+    from harness.store import content_key
+    parts: dict[str, Any] = {"source": spec.source, "location": spec.location, "file": spec.file}
+    if spec.package:
+        try:
+            parts["package"] = f"{spec.package}=={metadata.version(spec.package)}"
+        except metadata.PackageNotFoundError:
+            parts["package"] = spec.package
+    loc = Path(spec.location) if spec.location else None
+    if loc is not None and loc.exists():
+        files = [loc] if loc.is_file() else sorted(p for p in loc.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+        parts["files"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return content_key(parts)[:16]
 
 
 def converted_dir(spec: BaseSpec) -> Path:
@@ -329,14 +352,36 @@ def read_adapter(path: Path) -> AdapterInfo:
         return AdapterInfo(name, path, "", "", "", problem=f"unreadable adapter files in {path}: {e}")
     kind = "seq_cls" if cfg.get("task_type") == "SEQ_CLS" else "causal"
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
-    labels = tuple(recipe.get("labels", ("ham", "spam") if kind == "seq_cls" else ()))
-    task = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
+    task_name = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
+    from harness.tasks import get_task
+    try:
+        task = get_task(str(task_name))
+    except UserError as e:
+        return AdapterInfo(name, path, base, str(task_name), kind, problem=f"{path / 'recipe.toml'}: {e}")
+    method = "head" if kind == "seq_cls" else ("label_text" if task.kind == "classify" else "sft")
+    labels = tuple(recipe.get("labels") or (task.labels if task.kind == "classify" else ()))
     template = str(recipe.get("input_template", "{text}"))
     problem = template_problem(template)
     if problem:
-        return AdapterInfo(name, path, base, task, kind, labels, problem=f"{path / 'recipe.toml'}: {problem}")
-    return AdapterInfo(name, path, base, task, kind, labels, sha256_file(weights), template,
-                       int(recipe.get("max_length", 256)) if kind == "seq_cls" else 256)
+        return AdapterInfo(name, path, base, task.name, kind, labels, problem=f"{path / 'recipe.toml'}: {problem}")
+    max_length = int(recipe.get("max_length", 256)) if task.kind == "classify" else 256
+    return AdapterInfo(name, path, base, task.name, kind, labels, sha256_file(weights), template, max_length,
+                       method=method, prompt=str(recipe.get("prompt") or task.prompt),
+                       lang=str(recipe.get("lang") or ""))
+
+
+def check_adapter_file(info: AdapterInfo) -> None:
+    """Refuse an adapter whose weights file cannot be read, naming the file and how to restore or retrain it."""
+    from safetensors import safe_open
+    f = info.path / "adapter_model.safetensors"
+    try:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                st.get_slice(k).get_shape()
+    except Exception as e:  # noqa: BLE001 - any unreadable header or data is a corrupt file
+        raise UserError(f"adapter {info.name!r}: {f} is corrupt or truncated ({str(e).splitlines()[0][:120]}); "
+                        f"restore it with `git checkout -- {f}` or retrain it with "
+                        f"`python -m harness finetune {info.path / 'recipe.toml'}`") from None
 
 
 def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:
@@ -387,6 +432,7 @@ class LoadedModel:
         if adapter in self.adapters:
             return self.adapters[adapter]
         info = find_adapter(adapter, self.adapters_folder)
+        check_adapter_file(info)
         if info.base != self.name:
             raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, but the loaded base is "
                             f"{self.name!r}: load its base with --model {info.base}")
@@ -526,6 +572,12 @@ def load_model(name: str | None = None, adapters: list[str] | None = None, *, de
                dtype: str = "auto", adapters_folder: Path | None = None) -> LoadedModel:
     """Load a base (registry name, local dir or .gguf; default: the embedded model) and attach adapters."""
     spec = resolve_base(name or default_base())
+    for a in adapters or []:       # an unknown or broken adapter is reported before the base loads
+        info = find_adapter(a, Path(adapters_folder) if adapters_folder else None)
+        check_adapter_file(info)
+        if info.base != spec.name:
+            raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, not {spec.name!r}: "
+                            f"load its base with --model {info.base}")
     model, tok, device = load_causal_lm(spec, device, dtype)
     lm = LoadedModel(spec.name, spec, model, tok, device,
                      adapters_folder=Path(adapters_folder) if adapters_folder else None)

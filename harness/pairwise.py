@@ -430,6 +430,25 @@ def pairwise_markdown(res: PairwiseResult, name_a: str = "the run", name_b: str 
     return "\n".join(lines) + "\n"
 
 
+def row_fields(res: PairwiseResult, baseline: str) -> dict[str, dict]:
+    """{item_id: fields to add to that item's row} after a pairwise run: the baseline's run id and both verdicts.
+    A leaderboard rebuilt from rows files gets the pw_* columns back with columns_from_rows()."""
+    return {it.item_id: {"pw_baseline": baseline, "pw_judge": res.judge, "pw_prompt_version": res.prompt_version,
+                         "pw_method": res.method, "pw_ab": it.ab, "pw_ba": it.ba, "pw_winner": it.winner}
+            for it in res.items}
+
+
+def columns_from_rows(rows: list[dict]) -> dict:
+    """The pw_* leaderboard columns from rows that carry row_fields() (empty dict when none do)."""
+    rows = [r for r in rows if r.get("pw_baseline")]
+    if not rows:
+        return {}
+    items = [PairwiseItem(str(r["item_id"]), r.get("pw_ab"), r.get("pw_ba"), *combine(r.get("pw_ab"), r.get("pw_ba")))
+             for r in rows]
+    return pairwise_columns(PairwiseResult(str(rows[0].get("pw_judge", "")), str(rows[0].get("pw_prompt_version", "")),
+                                           items, 0, 0.0, str(rows[0].get("pw_method", ""))))
+
+
 # ---------------------------------------------------------------- runs as candidate and baseline
 
 def find_run(name: str) -> Path:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.io import atomic_write, save_figure, slug
 from harness.leaderboard import as_float, dedupe, is_scored, read_rows, run_files
 from harness.metrics import (bootstrap_mean_ci, classification_metrics, histogram, mcnemar_exact, paired_bootstrap, pearson,
                              spearman)
@@ -103,6 +104,8 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
     if ia["task"] != ib["task"]:
         raise ValueError(f"cannot compare a {ia['task']} run with a {ib['task']} run")
     task = ia["task"]
+    from harness.tasks import METRICS, get_task
+    t = get_task(task)
     A = {str(r["item_id"]): r for r in rows_a}
     B = {str(r["item_id"]): r for r in rows_b}
     common = [i for i in A if i in B]
@@ -117,16 +120,17 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
                         f"{ib['judge_digest'][:12]} v{ib['judge_prompt_version']}); a score difference mixes "
                         f"judge and model")
     for info, rows in ((ia, rows_a), (ib, rows_b)):
-        if task != "spam" and rows and info["judge"] and sum(map(is_scored, rows)) < len(rows):
+        if t.kind == "generate" and rows and info["judge"] and sum(map(is_scored, rows)) < len(rows):
             n_bad = len(rows) - sum(map(is_scored, rows))
             warnings.append(f"{info['label']}: {n_bad} of {len(rows)} judge answers gave no score")
 
     out: dict = {"task": task, "a": ia, "b": ib, "n_common": len(common),
                  "only_a": len(A) - len(common), "only_b": len(B) - len(common),
-                 "secondary": [], "spam": None, "warnings": warnings, "unpaired": 0,
+                 "secondary": [], "classification": None, "warnings": warnings, "unpaired": 0,
                  "health": {"a": judge_health(rows_a), "b": judge_health(rows_b)}}
     unit = 1.0
-    if task == "spam":
+    if t.kind == "classify":
+        positive = t.positive or t.labels[-1]
         pairs = [(i, A[i], B[i]) for i in common
                  if A[i].get("pred") not in (None, "") and B[i].get("pred") not in (None, "")]
         ok_a = [float(a["pred"] == a["label"]) for _, a, _ in pairs]
@@ -137,9 +141,12 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
         spam = {"a_only": a_only, "b_only": b_only, "mcnemar_p": mcnemar_exact(a_only, b_only)}
         if pairs:
             labels = [str(a["label"]) for _, a, _ in pairs]
-            spam["a_metrics"] = classification_metrics(labels, [str(a["pred"]) for _, a, _ in pairs], seed=seed)
-            spam["b_metrics"] = classification_metrics(labels, [str(b["pred"]) for _, _, b in pairs], seed=seed)
-        out["spam"] = spam
+            spam["a_metrics"] = classification_metrics(labels, [str(a["pred"]) for _, a, _ in pairs], positive,
+                                                       seed=seed, labels=list(t.labels))
+            spam["b_metrics"] = classification_metrics(labels, [str(b["pred"]) for _, _, b in pairs], positive,
+                                                       seed=seed, labels=list(t.labels))
+            spam["positive"] = positive
+        out["classification"] = spam
         unit = 100.0  # accuracy differences shown in percentage points
     else:
         judged = [(i, A[i], B[i]) for i in common if is_scored(A[i]) and is_scored(B[i])]
@@ -148,21 +155,17 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
             primary = _paired("judge score", [float(a["score"]) for _, a, _ in pairs],
                               [float(b["score"]) for _, _, b in pairs], tie_tol, n_boot, seed)
             out["unpaired"] = len(common) - len(judged)
-        elif task == "chat":
-            pairs = [(i, A[i], B[i]) for i in common
-                     if as_float(A[i].get("rouge_l")) is not None and as_float(B[i].get("rouge_l")) is not None]
-            primary = _paired("ROUGE-L", [float(a["rouge_l"]) for _, a, _ in pairs],
-                              [float(b["rouge_l"]) for _, _, b in pairs], 0.005, n_boot, seed)
         else:
+            fld = t.primary
             pairs = [(i, A[i], B[i]) for i in common
-                     if A[i].get("form_ok") is not None and B[i].get("form_ok") is not None]
-            primary = _paired("form_ok", [float(bool(a["form_ok"])) for _, a, _ in pairs],
-                              [float(bool(b["form_ok"])) for _, _, b in pairs], 0.0, n_boot, seed)
-            unit = 100.0
-        sec = {"chat": [("ROUGE-L", "rouge_l", 0.005)],
-               "poem": [("form_ok", "form_ok", 0.0), ("distinct_2", "distinct_2", 0.005),
-                        ("repetition", "repetition", 0.005)]}.get(task, [])
-        for name, field, tol in sec:
+                     if as_float(A[i].get(fld)) is not None and as_float(B[i].get(fld)) is not None]
+            binary = _is_rate(t, fld)
+            primary = _paired(_metric_name(fld), [float(a[fld]) for _, a, _ in pairs],
+                              [float(b[fld]) for _, _, b in pairs], 0.0 if binary else 0.005, n_boot, seed)
+            unit = 100.0 if binary else 1.0
+        sec = [(_metric_name(f), f, 0.0 if how == "rate" else 0.005) for m in t.metrics
+               for f, how, _ in METRICS[m].aggregates if how in ("rate", "mean", "mean_ci")]
+        for name, field, tol in dict.fromkeys(sec):
             if name == primary["metric"]:
                 continue
             both = [(A[i].get(field), B[i].get(field)) for i in common]
@@ -178,7 +181,7 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
     out["verdict"] = _verdict(primary, ia["label"], ib["label"], min_n, unit)
     for sp in out["secondary"]:  # other metrics whose CI excludes 0 get one sentence each
         if sp["distinguishable"]:
-            u = 100.0 if sp["metric"] == "form_ok" else 1.0
+            u = 100.0 if _is_rate(t, {"ROUGE-L": "rouge_l"}.get(sp["metric"], sp["metric"])) else 1.0
             word = "higher" if sp["mean_diff"] > 0 else "lower"
             out["verdict"] += (f" {sp['metric']} is {word} for B by {abs(sp['mean_diff']) * u:.3g}"
                                f"{' points' if u != 1.0 else ''} (95% CI {sp['ci_low'] * u:+.3g} to "
@@ -186,22 +189,25 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], n_boot: int = 2000, see
     return out
 
 
+def _metric_name(field: str) -> str:
+    return {"rouge_l": "ROUGE-L"}.get(field, field)
+
+
+def _is_rate(task, field: str) -> bool:
+    from harness.tasks import METRICS
+    return any(f == field and how == "rate" for m in task.metrics for f, how, _ in METRICS[m].aggregates)
+
+
 def _primary_value(metric: str, row: dict) -> float:
     if metric == "judge score":
         return float(row["score"])
-    if metric == "ROUGE-L":
-        return float(row["rouge_l"])
-    if metric == "form_ok":
-        return float(bool(row["form_ok"]))
-    return float(row["pred"] == row["label"])
+    if metric == "accuracy":
+        return float(row["pred"] == row["label"])
+    field = {"ROUGE-L": "rouge_l"}.get(metric, metric)
+    return float(row[field])
 
 
 # ---------------------------------------------------------------- Markdown + plots
-
-def slugify(text: str) -> str:
-    """Letters, digits, '.', '_' and '-' only (anything else becomes '-')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-
 
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -224,25 +230,28 @@ def _plots(cmp: dict, rows_a: list[dict], rows_b: list[dict], folder: Path) -> l
     import matplotlib.pyplot as plt
 
     la, lb = cmp["a"]["label"], cmp["b"]["label"]
-    task = cmp["task"]
+    from harness.tasks import get_task
+    t = get_task(cmp["task"])
     made = []
 
     # 1. distributions side by side: judge scores, or p_spam for spam, or ROUGE-L without a judge
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    if task == "spam":
-        title, file = "p(spam) by true label", "p_spam.png"
+    if t.kind == "classify":
+        pos = t.positive or t.labels[-1]
+        title, file = f"p({pos}) by true label", f"p_{pos}.png"
         for ax, rows, lab in ((axes[0], rows_a, la), (axes[1], rows_b, lb)):
-            for cls, color in (("ham", "tab:blue"), ("spam", "tab:red")):
-                v = [as_float(r.get("p_spam")) for r in rows if r.get("label") == cls]
-                ax.hist([x for x in v if x is not None], bins=20, range=(0, 1), alpha=0.6, color=color, label=cls)
+            for cls in t.labels:
+                v = [as_float(r.get(f"p_{pos}")) for r in rows if r.get("label") == cls]
+                ax.hist([x for x in v if x is not None], bins=20, range=(0, 1), alpha=0.6, label=cls)
             ax.set_title(_cell(lab, 50), fontsize=9)
-            ax.set_xlabel("p(spam)")
+            ax.set_xlabel(f"p({pos})")
             ax.legend()
     else:
         have_scores = cmp["health"]["a"]["n_scored"] or cmp["health"]["b"]["n_scored"]
-        field, rng = ("score", (0, 100)) if have_scores else ("rouge_l", (0, 1))
-        title, file = ("judge score distribution", "scores.png") if have_scores else ("ROUGE-L distribution", "rouge_l.png")
-        if not have_scores and task == "poem":
+        field, rng = ("score", (0, 100)) if have_scores else (t.primary, (0, 1))
+        title, file = ("judge score distribution", "scores.png") if have_scores else \
+            (f"{_metric_name(t.primary)} distribution", f"{t.primary}.png")
+        if not have_scores and _is_rate(t, t.primary):
             plt.close(fig)
             fig = None
         else:
@@ -255,7 +264,7 @@ def _plots(cmp: dict, rows_a: list[dict], rows_b: list[dict], folder: Path) -> l
         axes[0].set_ylabel("items")
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(folder / file, dpi=110)
+        save_figure(fig, folder / file)
         plt.close(fig)
         made.append((file, title))
 
@@ -307,12 +316,12 @@ def _plots(cmp: dict, rows_a: list[dict], rows_b: list[dict], folder: Path) -> l
             axes[1].set_xlabel("items")
             axes[1].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(folder / "paired.png", dpi=110)
+        save_figure(fig, folder / "paired.png")
         plt.close(fig)
         made.append(("paired.png", f"per-item {metric}, A vs B"))
 
-    # 3. poem: form compliance by form
-    if task == "poem":
+    # 3. poems: form compliance by form
+    if any(r.get("form_ok") is not None for r in rows_a + rows_b):
         forms = sorted({str(r.get("form")) for r in rows_a + rows_b if r.get("form_ok") is not None})
         if forms:
             def rate(rows, f):
@@ -333,7 +342,7 @@ def _plots(cmp: dict, rows_a: list[dict], rows_b: list[dict], folder: Path) -> l
             ax.set_title("form compliance by form")
             ax.legend(fontsize=8)
             fig.tight_layout()
-            fig.savefig(folder / "form_ok.png", dpi=110)
+            save_figure(fig, folder / "form_ok.png")
             plt.close(fig)
             made.append(("form_ok.png", "form compliance by form"))
     return made
@@ -356,7 +365,9 @@ def _form_labels(forms: list[str]) -> tuple[list[str], str | None]:
 
 def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[str, str],
               images: list[tuple[str, str]]) -> str:
+    from harness.tasks import get_task
     a, b, pr, unit = cmp["a"], cmp["b"], cmp["primary"], cmp["unit"]
+    t = get_task(a["task"])
     L = [f"# {a['label']} vs {b['label']} — {a['task']}, {a['eval_set']}", ""]
     L += [f"**Verdict.** {cmp['verdict']}", ""]
     for w in cmp["warnings"]:
@@ -376,24 +387,27 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
     L += ["## Differences (B - A, paired bootstrap 95% CI)", "",
           f"| metric | A | B | B - A{scale} | 95% CI | B wins / ties / losses | n |", "|---|---|---|---|---|---|---|"]
     for i, p in enumerate([pr, *cmp["secondary"]]):
-        u = unit if i == 0 else (100.0 if p["metric"] == "form_ok" else 1.0)
+        u = unit if i == 0 else (100.0 if _is_rate(t, {"ROUGE-L": "rouge_l"}.get(p["metric"], p["metric"])) else 1.0)
         L.append(f"| {p['metric']} | {_fmt(p['mean_a'] * u)} | {_fmt(p['mean_b'] * u)} | {p['mean_diff'] * u:+.3f} | "
                  f"{p['ci_low'] * u:+.3f} to {p['ci_high'] * u:+.3f} | {p['wins']} / {p['ties']} / {p['losses']} | "
                  f"{p['n']} |" if p["n"] else f"| {p['metric']} | – | – | – | – | – | 0 |")
     L.append("")
-    if cmp["spam"]:
-        s = cmp["spam"]
+    if cmp["classification"]:
+        s = cmp["classification"]
         L += ["## Classification (shared items)", "",
               f"Discordant items: A right and B wrong {s['a_only']}, B right and A wrong {s['b_only']} "
               f"(exact McNemar p = {s['mcnemar_p']:.3g}).", ""]
         if "a_metrics" in s:
-            L += ["| run | accuracy | precision | recall | f1 | tp | fp | tn | fn |", "|---|---|---|---|---|---|---|---|---|"]
+            L += [f"Precision, recall and F1 are for the label `{s['positive']}`.", "",
+                  "| run | accuracy | precision | recall | f1 | macro F1 | tp | fp | tn | fn |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
             for tag, m in (("A", s["a_metrics"]), ("B", s["b_metrics"])):
                 cells = [f"{m[k]:.3f} [{m[k + '_ci_low']:.3f}, {m[k + '_ci_high']:.3f}]"
                          for k in ("accuracy", "precision", "recall", "f1")]
-                L.append(f"| {tag} | " + " | ".join(cells) + f" | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} |")
+                L.append(f"| {tag} | " + " | ".join(cells) + f" | {m['macro_f1']:.3f} | {m['tp']} | {m['fp']} | "
+                         f"{m['tn']} | {m['fn']} |")
             L.append("")
-    if a["task"] != "spam":
+    if t.kind == "generate" and (cmp["health"]["a"]["n_scored"] or cmp["health"]["b"]["n_scored"]):
         L += ["## Judge health", "",
               "| run | scored / items | mean score | distinct scores | ρ(score, length) | r(score, length) "
               "| ρ(score, ROUGE-L) | histogram 0-100 (10 bins) |", "|---|---|---|---|---|---|---|---|"]
@@ -424,9 +438,9 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
         if picks:
             L += ["## Largest per-item differences", "", "| | item | A | B | A response | B response |",
                   "|---|---|---|---|---|---|"]
-            for tag, (i, x, y) in picks:
-                L.append(f"| {tag} | {i} | {_fmt(x, 2)} | {_fmt(y, 2)} | {_cell(A[i].get('response'))} | "
-                         f"{_cell(B[i].get('response'))} |")
+            for tag, (i, x, y) in picks:   # dataset-split rows are text-free: their responses are not shown
+                L.append(f"| {tag} | {i} | {_fmt(x, 2)} | {_fmt(y, 2)} | {_cell(A[i].get('response', '(text not committed)'))} | "
+                         f"{_cell(B[i].get('response', '(text not committed)'))} |")
             L.append("")
     if images:
         L += ["## Plots", ""]
@@ -459,15 +473,13 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     except ValueError as e:
         raise UserError(f"{run_a_path} vs {run_b_path}: {e}") from None
     a, b = cmp["a"], cmp["b"]
-    slug = "_".join(slugify(s) for s in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge"))
-    folder = Path(out_dir) / slug
+    name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge"))
+    folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(cmp, rows_a, rows_b, folder)
     md = _markdown(cmp, rows_a, rows_b, (_shown(run_a_path), _shown(run_b_path)), images)
     path = folder / "report.md"
-    tmp = folder / "report.md.tmp"
-    tmp.write_text(md, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, md)
     return path
 
 

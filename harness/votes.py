@@ -76,12 +76,11 @@ def gone(task: str, eval_set: str, item_id: str, models: list[tuple[str, str]]) 
 
     problems = []
     if eval_set:
-        from harness.data import load_eval_set
-        try:
-            es = load_eval_set(eval_set)
-        except UserError:
+        from harness.data import list_eval_sets, load_eval_set
+        if eval_set not in list_eval_sets():
             problems.append(f"eval set {eval_set!r} no longer exists")
         else:
+            es = load_eval_set(eval_set)
             if item_id and item_id not in {str(it["id"]) for it in es.items}:
                 problems.append(f"item {item_id!r} is no longer in eval set {eval_set!r}")
     for model, adapter in models:
@@ -156,12 +155,13 @@ def counted_votes(store: Store | str | Path | None = None) -> list[dict]:
 def read_labels(path: str | Path) -> list[dict]:
     """Validate a labels file (see the module docstring); vote rows ready for the store. All errors at once,
     as file:line, in one UserError; nothing is returned half-checked."""
-    from harness.data import load_eval_set
+    from harness.data import list_eval_sets, load_eval_set
 
     p = Path(path)
     if p.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"labels file {p}: use a .csv or .jsonl file")
     rows = read_table(p, ("eval_set", "item_id", "winner"), "labels file")
+    known = set(list_eval_sets())
     if not rows:
         raise UserError(f"labels file {p} holds no labels")
     errors: list[str] = []
@@ -174,10 +174,7 @@ def read_labels(path: str | Path) -> list[dict]:
         get = lambda k: "" if row.get(k) is None else str(row.get(k)).strip()  # noqa: E731
         eval_set, item_id, winner = get("eval_set"), get("item_id"), get("winner").lower()
         if eval_set not in sets:
-            try:
-                sets[eval_set] = {str(it["id"]) for it in load_eval_set(eval_set).items}
-            except UserError:
-                sets[eval_set] = None
+            sets[eval_set] = {str(it["id"]) for it in load_eval_set(eval_set).items} if eval_set in known else None
         if sets[eval_set] is None:
             bad(f"unknown eval set {eval_set!r}")
         elif item_id not in sets[eval_set]:

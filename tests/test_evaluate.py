@@ -22,7 +22,7 @@ from harness.paths import PROJECT_ROOT
 from harness.store import Store
 
 ROW_FIELDS = {"task", "eval_set", "item_id", "model", "adapter", "adapter_sha", "judge", "judge_digest",
-              "judge_prompt_version", "prompt", "response", "reference", "response_tokens", "gen_seconds", "score",
+              "judge_prompt_version", "prompt", "response", "response_tokens", "gen_seconds", "score",
               "parsed", "judge_raw", "created_at", "git_commit"}
 
 
@@ -121,7 +121,7 @@ def test_form_decoding_run_keeps_every_classical_poem_in_form(tiny_lm):
     assert not all(r["form_ok"] for r in free.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS)
     assert form.run_id == free.run_id.replace("__first16", "__form__first16") and form.path != free.path
     assert {r["decoding"] for r in form.rows} == {"form"} and {r["decoding"] for r in free.rows} == {""}
-    with pytest.raises(UserError, match="poem eval sets"):
+    with pytest.raises(UserError, match="--decoding form does not apply to sms_own"):
         run(None, None, "sms_own", None, limit=2, lm=tiny_lm, progress=False, decoding="form")
 
 
@@ -174,7 +174,7 @@ def test_judge_cmd_scores_the_books_json_file(tmp_path, monkeypatch, capsys):
     path.write_text(json.dumps(_book_rows(3), indent=4), encoding="utf-8")
     with FakeOllama(answers=["I'd rate the model response an 85 out of 100."]) as fake:
         monkeypatch.setenv("OLLAMA_HOST", fake.host)
-        assert judge_cmd(str(path), str(tmp_path / "out.jsonl"), workers=1) == 0
+        assert judge_cmd(str(path), str(tmp_path / "out.jsonl"), JudgeConfig(workers=1)) == 0
         out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert out[0]["score"] == 85 and all(r["parsed"] for r in out) and out[0]["model_response"]
         assert out[0]["judge"] == "ollama:llama3" and out[0]["judge_digest"] == fake.digest
@@ -201,7 +201,7 @@ def test_kill_9_mid_judging_then_rerun_loses_and_redoes_nothing(tmp_path, monkey
     with FakeOllama(delay=0.25) as fake:
         monkeypatch.setenv("OLLAMA_HOST", fake.host)
         proc = subprocess.Popen([sys.executable, "-m", "harness", "judge", "--responses", responses, "--output",
-                                 str(tmp_path / "o.jsonl"), "--workers", str(workers)], cwd=PROJECT_ROOT,
+                                 str(tmp_path / "o.jsonl"), "--judge-workers", str(workers)], cwd=PROJECT_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
         while fake.count("/api/chat") < 5 and time.time() < deadline:
@@ -217,7 +217,7 @@ def test_kill_9_mid_judging_then_rerun_loses_and_redoes_nothing(tmp_path, monkey
         assert sent_before - len(stored) <= 2 * workers
 
         fake.reset()
-        judge_cmd(responses, str(tmp_path / "o.jsonl"), workers=workers)
+        judge_cmd(responses, str(tmp_path / "o.jsonl"), JudgeConfig(workers=workers))
         asked_again = {b["messages"][0]["content"] for b in fake.chat_bodies()}
     assert fake.count("/api/chat") == n - len(stored)               # nothing redone
     assert not any(instr in text for instr in done_before for text in asked_again)

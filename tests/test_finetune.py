@@ -38,7 +38,12 @@ def fake_data():
 
 def tiny_recipe(base: Path, task: str, **kw) -> Recipe:
     dataset = {"spam": "sms_spam", "chat": "instruction", "poem_zh": "poems_zh"}[task]
-    args = dict(name=f"tiny-{task.replace('_', '-')}", task=task, dataset=dataset, base=str(base), r=4, alpha=8,
+    name = f"tiny-{task.replace('_', '-')}"
+    if task == "poem_zh":
+        task, kw = "poem", {"lang": "zh", **kw}
+    if task == "spam":
+        kw = {"method": "head", **kw}
+    args = dict(name=name, task=task, dataset=dataset, base=str(base), r=4, alpha=8,
                 target_modules=["q_proj", "v_proj"], batch_size=4, max_length=128, learning_rate=1e-2, epochs=1,
                 save_every=1, modules_to_save=["score"] if task == "spam" else [])
     args.update(kw)
@@ -49,7 +54,8 @@ def tiny_recipe(base: Path, task: str, **kw) -> Recipe:
 def test_every_recipe_file_loads_and_validates(name):
     r = load_recipe(name)
     assert r.base == "smollm2-135m-instruct" and r.epochs >= 1 and r.target_modules
-    assert (r.task == "spam") == ("score" in r.modules_to_save)
+    assert (r.method == "head") == ("score" in r.modules_to_save)
+    assert r.method in ("head", "label_text", "sft") and (r.method == "sft") == (r.task_spec.kind == "generate")
 
 
 def test_bad_recipes_are_rejected(tmp_path):
@@ -101,7 +107,7 @@ def test_finetune_end_to_end(task, tiny_llama_dir, tmp_path):
     # the saved adapter reloads onto the base with the logits of the trained model
     lm = load_model(str(tiny_llama_dir))
     info = lm.attach(r.name)
-    assert info.task == task and info.kind == ("seq_cls" if task == "spam" else "causal")
+    assert info.task == r.task and info.lang == r.lang and info.kind == ("seq_cls" if task == "spam" else "causal")
     enc = lm.tokenizer(["写一首五言绝句 see you at 3 mum"], return_tensors="pt")
     with torch.inference_mode(), lm.using(None) as m:
         base_logits = m(**enc).logits
@@ -118,7 +124,7 @@ def test_classifier_template_is_read_the_same_way_in_training_and_inference(tiny
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from harness.finetune import encode_spam
+    from harness.finetune import encode_head
     from harness.generation import classifier_ids, classify
     fake_data()
     template = "SMS message: {text}\nIs this SMS spam?"
@@ -132,7 +138,7 @@ def test_classifier_template_is_read_the_same_way_in_training_and_inference(tiny
              "see you at noon"]
     ids = [classifier_ids(lm.tokenizer, t, template, cap) for t in texts]
     assert len(ids[0]) == cap and ids[0][-3:] == ids[1][-3:], "long messages are cut before the template's end"
-    assert encode_spam(lm.tokenizer, {"text": texts[0], "label": "spam"}, ["ham", "spam"], cap,
+    assert encode_head(lm.tokenizer, {"text": texts[0], "label": "spam"}, ["ham", "spam"], cap,
                        template)["input_ids"] == ids[0]
     got = classify(lm, texts, adapter=r.name)
     plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_llama_dir), num_labels=2)

@@ -151,3 +151,58 @@ def test_character_level_vocabulary(tmp_path):
                                                                          do_sample=True, seed=1))
     for g in outs:
         assert form_check(g.text, "五言绝句")["ok"], g.text
+
+
+# ---------------------------------------------------------------- rhyme and tone (harness/rules.py)
+
+def _constrained(lm, form: str, topics: list[str], **opts) -> list[str]:
+    from transformers import LogitsProcessorList
+
+    from harness.forms import FormConstraint
+    enc = lm.tokenizer([lm.render_instruction(f"写一首{form}，题目：{t}") for t in topics], return_tensors="pt",
+                       padding=True, padding_side="left", add_special_tokens=False)
+    proc = FormConstraint(lm.tokenizer, form, lm.tokenizer.eos_token_id, **opts)
+    ids = lm.model.generate(**enc, max_new_tokens=320, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
+                            logits_processor=LogitsProcessorList([proc]))
+    return [lm.tokenizer.decode(row, skip_special_tokens=True) for row in ids[:, enc["input_ids"].shape[1]:]]
+
+
+@pytest.mark.parametrize("form", list(FIXED_FORMS))
+def test_rhyme_and_tone_constraints_hold(form, tiny_llama_dir):
+    from harness.rules import check_poem
+    lm = load_model(str(tiny_llama_dir))
+    free = [check_poem(t, form, "zh") for t in _constrained(lm, form, TOPICS)]
+    assert all(r["rhyme_ok"] is not None or r["unknown_chars"] for r in free)
+    assert not all(r["rhyme_ok"] and r["tone_ok"] for r in free), "a random tiny model does not keep the rules"
+    for opts in ({"rhyme": True}, {"rhyme": True, "tone": True}):
+        for text in _constrained(lm, form, TOPICS, **opts):
+            r = check_poem(text, form, "zh")
+            assert form_check(text, form)["ok"], text
+            assert r["rhyme_ok"] is True and r["repeated_rhyme"] is False, (text, r["rules_summary"])
+            if "tone" in opts:
+                assert r["tone_ok"] is True and r["tone_rate"] == 1.0, (text, r["rules_summary"])
+
+
+def test_given_rhyme_group_and_template(tiny_gpt2_dir):
+    from harness.rules import check_poem, constrained_positions, rhyme_table, tone_templates, zh_lines
+    lm = load_model(str(tiny_gpt2_dir))
+    table = rhyme_table()
+    pats = tone_templates("七言绝句")["平起首句入韵"]
+    for text in _constrained(lm, "七言绝句", TOPICS[:3], rhyme_group="東", tone="平起首句入韵", rhyme_first_line=True):
+        r = check_poem(text, "七言绝句", "zh")
+        assert r["rhyme_ok"] is True and r["rhyme_group"] == "东" and r["tone_ok"] is True, text
+        lines = zh_lines(text)
+        assert "东" in table.groups_of(lines[0][-1]), "with rhyme_first_line the first line rhymes too"
+        for line, pat in zip(lines, pats):          # the given template, not merely one of the four
+            assert all(pat[p] in table.levels_of(line[p]) for p in constrained_positions(7)), (line, pat)
+
+
+def test_unknown_rhyme_group_or_template_is_refused(tiny_llama_dir):
+    from harness.forms import FormConstraint
+    lm = load_model(str(tiny_llama_dir))
+    with pytest.raises(UserError, match="nearest 东"):
+        FormConstraint(lm.tokenizer, "五言绝句", lm.tokenizer.eos_token_id, rhyme_group="董")
+    with pytest.raises(UserError, match="平声 groups are 东冬江"):
+        FormConstraint(lm.tokenizer, "五言绝句", lm.tokenizer.eos_token_id, rhyme_group="foo")
+    with pytest.raises(UserError, match="仄起首句不入韵"):
+        FormConstraint(lm.tokenizer, "五言绝句", lm.tokenizer.eos_token_id, tone="平起")

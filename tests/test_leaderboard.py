@@ -12,6 +12,7 @@ import pytest
 from harness.errors import UserError
 from harness.leaderboard import (build_leaderboard, leaderboard_cmd, read_rows, summarize, write_leaderboards)
 from harness.metrics import form_check
+from harness.tasks import get_task
 from harness.report import compare_runs, find_run_pair, list_runs, report_cmd, write_report
 
 ISSUE_COLUMNS = ["task", "eval_set", "model", "adapter", "adapter_sha", "judge", "judge_digest", "n", "n_parsed",
@@ -63,9 +64,11 @@ def poem_rows(n_ok, n_bad, adapter="") -> list[dict]:
     rows = []
     for i in range(n_ok + n_bad):
         text = POEMS["五言绝句"] if i < n_ok else POEMS["bad"]
-        rows.append(row(task="poem", eval_set="poems_own", item_id=f"p{i}", adapter=adapter, lang="zh",
-                        form="五言绝句", response=text, form_ok=form_check(text, "五言绝句", "zh")["ok"],
-                        rouge_l=None, reference=""))
+        item = {"id": f"p{i}", "lang": "zh", "form": "五言绝句", "title": "静夜思", "prompt": "p"}
+        fields = get_task("poem").row_metrics(item, text)       # what a run writes on each poem row
+        assert fields["form_ok"] == form_check(text, "五言绝句", "zh")["ok"]
+        rows.append(row(task="poem", eval_set="poems_own", item_id=f"p{i}", adapter=adapter, response=text,
+                        rouge_l=None, **fields))
     return rows
 
 
@@ -141,12 +144,15 @@ def test_write_leaderboards_csv_columns(runs, tmp_path):
     assert sorted(p.name for p in paths) == ["leaderboard_chat.csv", "leaderboard_poem.csv", "leaderboard_spam.csv"]
     with (tmp_path / "out" / "leaderboard_spam.csv").open() as fh:
         recs = list(csv.DictReader(fh))
-    for col in ISSUE_COLUMNS + ["accuracy", "precision", "recall", "f1", "f1_ci_low", "f1_ci_high", "tp", "fp"]:
+    classify_cols = [c for c in ISSUE_COLUMNS if c not in ("avg_response_tokens", "gen_tokens_per_s")]
+    for col in classify_cols + ["accuracy", "macro_f1", "precision", "recall", "f1", "f1_ci_low", "f1_ci_high", "tp",
+                                "fp", "items_per_s"]:
         assert col in recs[0], col
+    assert "gen_tokens_per_s" not in recs[0], "a classifier generates no tokens: no tokens/s column that reads 0"
     assert float(recs[0]["accuracy"]) == pytest.approx(39 / 40)
     with (tmp_path / "out" / "leaderboard_chat.csv").open() as fh:
         chat = list(csv.DictReader(fh))
-    assert {"rouge_l", "parse_rate"} <= set(chat[0]) and chat[1]["n_parsed"] == "37"
+    assert set(ISSUE_COLUMNS) | {"rouge_l", "parse_rate"} <= set(chat[0]) and chat[1]["n_parsed"] == "37"
     with (tmp_path / "out" / "leaderboard_poem.csv").open() as fh:
         assert {"form_ok_rate", "distinct_2", "repetition"} <= set(next(csv.DictReader(fh)))
 
@@ -198,7 +204,7 @@ def test_compare_runs_only_common_items_and_spam_discordance():
     b = spam_rows(errors=(3, 5), adapter="s")[:30]
     cmp = compare_runs(a, b)
     assert cmp["n_common"] == 30 and cmp["only_a"] == 10 and cmp["only_b"] == 0
-    assert cmp["spam"]["a_only"] == 1 and cmp["spam"]["b_only"] == 3  # item 5 vs items 0, 1, 2
+    assert cmp["classification"]["a_only"] == 1 and cmp["classification"]["b_only"] == 3  # item 5 vs items 0, 1, 2
     assert cmp["primary"]["mean_diff"] == pytest.approx(2 / 30)
     with pytest.raises(ValueError):
         compare_runs(a, chat_rows())

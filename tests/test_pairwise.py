@@ -201,3 +201,15 @@ def test_logprob_judge_in_process_one_forward_pass(tiny_llama_dir, tmp_path):
         expected = "tie" if abs(la - lb) < 0.1 else ("A" if la > lb else "B")
         assert r["verdict"] == expected and json.loads(r["raw"])["logp_A"] == pytest.approx(la, abs=1e-3)
     assert all(it.winner in ("a", "b", "tie") for it in res.items)
+
+
+def test_row_fields_give_the_same_columns_back(tmp_path):
+    from harness.pairwise import columns_from_rows, row_fields
+    items, ra, rb = _items(5)
+    with FakeOllama(default=fake_pairwise_answer) as fake, Store(tmp_path / "s.sqlite") as st:
+        with open_judge(_cfg(fake)) as judge:
+            res = pairwise_judge(judge, items, ra, rb, st, progress=False)
+    fields = row_fields(res, "instructions_own__m__base__x")
+    rows = [{"item_id": it["id"], **fields[it["id"]]} for it in items]
+    assert columns_from_rows(rows) == res.columns()
+    assert columns_from_rows([{"item_id": "x"}]) == {}

@@ -161,12 +161,13 @@ def test_the_cli_reports_a_bad_file_in_one_sentence(tmp_path):
 def test_the_committed_labels_are_valid_and_match_the_committed_answers():
     path = PROJECT_ROOT / "eval_sets" / "own" / "instructions_own_pairs.jsonl"
     labels = read_labels(path)
-    runs = PROJECT_ROOT / "results" / "runs" / "chat"
-    answers = {(r["item_id"], r["adapter"], text_sha(r["response"])) for f in runs.glob("instructions_own__*.jsonl")
+    answers = {(r["item_id"], r["adapter"], text_sha(r["response"]))
+               for task in ("chat", "poem") for f in (PROJECT_ROOT / "results" / "runs" / task).glob("*_own__*.jsonl")
                for _, r in iter_jsonl(f)}
-    assert len(labels) >= 34
+    assert len(labels) >= 40 and sum(lab["eval_set"] == "instructions_own" for lab in labels) == 34
     for lab in labels:
-        assert (lab["item_id"], "smollm2-135m-alpaca", lab["sha_a"]) in answers
+        assert lab["adapter_a"] in ("smollm2-135m-alpaca", "smollm2-135m-poem-zh") and lab["adapter_b"] == ""
+        assert (lab["item_id"], lab["adapter_a"], lab["sha_a"]) in answers
         assert (lab["item_id"], "", lab["sha_b"]) in answers
         assert lab["reason"] and lab["side_a"] in ("left", "right")
     raw = [row for _, row in iter_jsonl(path)]

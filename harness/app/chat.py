@@ -1,23 +1,237 @@
-"""The Chat tab: one turn streamed, as plain functions.
+"""The Chat tab: a conversation kept per session on the server, each answer labelled with who wrote it.
 
     from harness.app.state import AppState, Sampling
-    from harness.app.chat import chat_turn
-    for history, info in chat_turn(AppState(), "Hi!", [], sampling=Sampling(max_new_tokens=32)):
+    from harness.app import chat
+    state = AppState()
+    chat.submit(state, "s1", "Hi!", adapter="base", sampling=Sampling(max_new_tokens=32))   # shown at once
+    for messages, info in chat.generate_pending(state, "s1"):                                # then streamed
         pass
+    chat.render(state, "s1")[-1]["content"]     # the reply, with "smollm2-135m-instruct · no adapter · greedy"
+    chat.export(state, "s1", "md")              # a Markdown file of the conversation with its settings
+
+Why a server-side conversation: every update (a streamed token, a queued message, a Stop) renders the same
+list, so a message typed while another reply streams is never lost and the textbox is never touched by a
+stream. Each assistant message carries the model, adapter and decoding fixed when it was sent; a stopped
+reply is marked as stopped. `chat_turn` is the stateless form for API clients (history in, history out).
 """
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from harness.app.state import (BASE, LANGS, POEM_FORMS, TRAIN_HINT, AppState, Limits, Sampling, optional_text,
-                                 normalize_history, require_text, run_info, stream_into)
+from harness.app.state import (AppState, Sampling, normalize_history, optional_text, require_text, run_info,
+                               stream_into)
 from harness.errors import UserError
+
+WAITING, WRITING, DONE, STOPPED, FAILED = "waiting", "writing", "done", "stopped", "failed"
+
+
+def messages(state: AppState, session: str) -> list[dict]:
+    """This session's conversation: [{"role", "content", "meta"}] (meta only on assistant messages)."""
+    return state.session_data(session).setdefault("chat", [])
+
+
+def label(meta: dict) -> str:
+    """Who wrote an answer and how, as fixed when it was sent."""
+    adapter = meta.get("adapter") or ""
+    parts = [meta.get("model", "?"), f"adapter {adapter}" if adapter else "no adapter", meta.get("decoding", "")]
+    if meta.get("engine", "transformers") != "transformers":
+        parts.append(meta["engine"])
+    if meta.get("new_tokens"):
+        parts.append(f"{meta['new_tokens']} tokens")
+    if meta.get("status") == STOPPED:
+        parts.append("⏹ stopped by you")
+    if meta.get("status") == FAILED:
+        parts.append(f"⚠ failed: {meta.get('error', '')}")
+    return " · ".join(p for p in parts if p)
+
+
+def decoding_text(sampling: Sampling) -> str:
+    if sampling.temperature > 0:
+        return (f"sampling t={sampling.temperature:g} top-p={sampling.top_p:g} seed={sampling.seed}, "
+                f"max {sampling.max_new_tokens} tokens")
+    return f"greedy, max {sampling.max_new_tokens} tokens"
+
+
+def render(state: AppState, session: str) -> list[dict]:
+    """The conversation as Gradio's Chatbot shows it (messages format), with labels and queue positions."""
+    out = []
+    for m in messages(state, session):
+        if m["role"] == "user":
+            out.append({"role": "user", "content": m["content"]})
+            continue
+        meta = m["meta"]
+        body = m["content"]
+        if meta["status"] == WAITING:
+            n = state.ahead(meta.get("job", ""))
+            body = ("⏳ waiting: next in line" if n == 0 else
+                    f"⏳ waiting for {n} request{'s' if n != 1 else ''} ahead" if n else "⏳ waiting")
+        elif meta["status"] == WRITING:
+            body = (body or "") + " ▍"
+        out.append({"role": "assistant", "content": f"{body}\n\n*— {label(meta)}*"})
+    return out
+
+
+def history_before(msgs: list[dict], index: int) -> list[dict]:
+    """The turns the model sees for the answer at `index`: earlier answers that hold text, and the users'."""
+    return [{"role": m["role"], "content": m["content"]} for m in msgs[:index]
+            if m["content"].strip() and (m["role"] == "user" or m["meta"]["status"] in (DONE, STOPPED))]
+
+
+def _pending(state: AppState, session: str, adapter: str | None, sampling: Sampling, system: str) -> dict:
+    lm_name = state.base_name
+    name = state.resolve_adapter(adapter, "causal")
+    return {"role": "assistant", "content": "", "meta": {
+        "status": WAITING, "job": state.enqueue("chat", session), "model": lm_name, "adapter": name or "",
+        "decoding": decoding_text(sampling), "sampling": sampling.as_dict(), "system": system,
+        "engine": state.engine, "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+
+
+def submit(state: AppState, session: str, text: Any, system: Any = "", adapter: str | None = None,
+           sampling: Sampling = Sampling()) -> None:
+    """Add the user's message and a waiting answer (shown at once); generate_pending() then writes it.
+    Raises UserError (nothing added) for an empty or too long message, or an adapter that cannot be used."""
+    text = require_text(text, "message", state.limits.message_chars, "type a message")
+    system = optional_text(system, "system prompt", state.limits.system_chars)
+    pending = _pending(state, session, adapter, sampling, system)
+    msgs = messages(state, session)
+    msgs.append({"role": "user", "content": text})
+    msgs.append(pending)
+    del msgs[:-state.limits.history_messages * 2]
+
+
+def generate_pending(state: AppState, session: str) -> Iterator[tuple[list[dict], dict]]:
+    """Write the oldest waiting answer of this session, streamed: yields (rendered conversation, info).
+    Yields the conversation once and returns when nothing waits (a message that was undone or cleared)."""
+    msgs = messages(state, session)
+    index = next((i for i, m in enumerate(msgs) if m["role"] == "assistant" and m["meta"]["status"] == WAITING), None)
+    if index is None:
+        yield render(state, session), {}
+        return
+    m = msgs[index]
+    meta = m["meta"]
+    state.start_job(meta["job"])
+    info: dict = {}
+    try:
+        lm = state.get_model()
+        sampling = Sampling(**{k: v for k, v in meta["sampling"].items() if k != "decoding"})
+        turns = history_before(msgs, index)
+        prompt = lm.render_chat(turns, meta["system"] or None, sampling.max_new_tokens)
+        trimmed = len(turns) > 1 and turns[0]["content"] not in prompt
+        meta["status"] = WRITING
+        for reply, stats in stream_into(state, prompt, meta["adapter"] or None, sampling, session):
+            m["content"] = reply
+            meta["new_tokens"] = stats.new_tokens
+            info = run_info(lm, meta["adapter"] or None, prompt, stats, sampling, history_trimmed=trimmed)
+            yield render(state, session), info
+        meta["status"] = STOPPED if info.get("finish_reason") == "cancelled" else DONE
+        meta["finish_reason"] = info.get("finish_reason", "")
+        meta["prompt_tokens"] = info.get("prompt_tokens")
+    except UserError as e:
+        meta["status"], meta["error"] = FAILED, str(e)
+    finally:
+        state.finish_job(meta["job"])
+        if meta["status"] in (WAITING, WRITING):      # closed half-way (the page went away)
+            meta["status"] = STOPPED
+    yield render(state, session), info
+
+
+def _last_answer(msgs: list[dict]) -> int | None:
+    return next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i]["role"] == "assistant"), None)
+
+
+def _busy(msgs: list[dict]) -> bool:
+    return any(m["role"] == "assistant" and m["meta"]["status"] in (WAITING, WRITING) for m in msgs)
+
+
+def regenerate(state: AppState, session: str, adapter: str | None = None, sampling: Sampling = Sampling(),
+               system: Any = "") -> None:
+    """Write the last answer again (with the settings chosen now); the old one is replaced."""
+    msgs = messages(state, session)
+    if _busy(msgs):
+        raise UserError("an answer is still being written: wait for it or press Stop first")
+    i = _last_answer(msgs)
+    if i is None:
+        raise UserError("nothing to regenerate yet: send a message first")
+    system = optional_text(system, "system prompt", state.limits.system_chars)
+    msgs[i] = _pending(state, session, adapter, sampling, system)
+
+
+def undo(state: AppState, session: str) -> str:
+    """Remove the last turn (the user's message and its answer); returns the removed message's text."""
+    msgs = messages(state, session)
+    if _busy(msgs):
+        state.stop(session, wait=2.0)
+    for m in msgs:
+        if m["role"] == "assistant" and m["meta"]["status"] == WAITING:
+            state.finish_job(m["meta"]["job"])
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if not users:
+        raise UserError("nothing to undo: the conversation is empty")
+    text = msgs[users[-1]]["content"]
+    del msgs[users[-1]:]
+    return text
+
+
+def edit_last(state: AppState, session: str) -> str:
+    """Take the last message back for editing: its turn is removed and its text returned for the textbox."""
+    return undo(state, session)
+
+
+def clear(state: AppState, session: str) -> None:
+    state.stop(session, wait=2.0)
+    for m in messages(state, session):
+        if m["role"] == "assistant":
+            state.finish_job(m["meta"].get("job", ""))
+    messages(state, session).clear()
+
+
+def export(state: AppState, session: str, fmt: str = "json", folder: Path | None = None) -> Path:
+    """The conversation as a file: JSON (every message with its settings) or Markdown (readable, settings in
+    each answer's label and the system prompt at the top)."""
+    import tempfile
+
+    from harness.app.classify import predictions_path
+    from harness.io import atomic_write
+    msgs = [m for m in messages(state, session) if m["role"] == "user" or m["meta"]["status"] in (DONE, STOPPED)]
+    if not msgs:
+        raise UserError("nothing to export yet: the conversation is empty")
+    if fmt not in ("json", "md"):
+        raise UserError(f"export format must be json or md, got {fmt!r}")
+    rows = []
+    for m in msgs:
+        row = {"role": m["role"], "content": m["content"]}
+        if m["role"] == "assistant":
+            meta = m["meta"]
+            row.update({k: meta.get(k) for k in ("model", "adapter", "decoding", "sampling", "system", "engine",
+                                                  "finish_reason", "new_tokens", "prompt_tokens", "sent_at")})
+            row["stopped"] = meta["status"] == STOPPED
+        rows.append(row)
+    folder = folder or Path(tempfile.gettempdir()) / "ftbench-predictions"
+    out = predictions_path("conversation", folder).with_suffix(f".{fmt}")
+    if fmt == "json":
+        atomic_write(out, json.dumps({"app": "ftbench", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                      "messages": rows}, ensure_ascii=False, indent=2) + "\n")
+        return out
+    lines = ["# ftbench conversation", "", f"Exported {time.strftime('%Y-%m-%d %H:%M')}."]
+    systems = {r.get("system") for r in rows if r["role"] == "assistant" and r.get("system")}
+    if systems:
+        lines += ["", "System prompt: " + " / ".join(sorted(systems))]
+    for r in rows:
+        lines += ["", f"**{'You' if r['role'] == 'user' else 'Assistant'}:**", "", r["content"]]
+        if r["role"] == "assistant":
+            meta = {**r, "status": STOPPED if r["stopped"] else DONE}
+            lines += ["", f"*— {label(meta)}; sampling {json.dumps(r['sampling'])}*"]
+    atomic_write(out, "\n".join(lines) + "\n")
+    return out
 
 
 def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", adapter: str | None = None,
               sampling: Sampling = Sampling(), session: str = "") -> Iterator[tuple[list[dict], dict]]:
-    """One chat turn, streamed: yields (history including the growing answer, transparency info)."""
+    """One chat turn for API clients, streamed: yields (history including the growing answer, info)."""
     text = require_text(message, "message", state.limits.message_chars, "type a message")
     system = optional_text(system, "system prompt", state.limits.system_chars)
     past = normalize_history(history, state.limits)
@@ -30,4 +244,3 @@ def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", ada
     for reply, stats in stream_into(state, prompt, name, sampling, session):
         out[-1] = {"role": "assistant", "content": reply}
         yield [dict(m) for m in out], run_info(lm, name, prompt, stats, sampling, history_trimmed=trimmed)
-

@@ -1,84 +1,339 @@
-"""The Compare tab: the same prompt through the base and a fine-tuned adapter, with judge scores when reachable.
+"""The Compare tab: one prompt through the base and a fine-tuned adapter in ONE mixed-adapter batch, both sides
+streamed at once, with offline figures, judge scores when a judge answers, and blind human votes.
 
     from harness.app.state import AppState, Sampling
-    from harness.app.compare import compare
-    r = compare(AppState(), "Name three colors.", "smollm2-135m-alpaca", Sampling(temperature=0))
+    from harness.app import compare as C
+    state = AppState()
+    C.start(state, "s1", "Name three colors.", "smollm2-135m-alpaca", Sampling(temperature=0))
+    for view in C.stream(state, "s1"):          # {"left": ..., "right": ..., "figures": [...], "info": {...}}
+        pass
+    C.judge(state, "s1")                         # judge scores (outside the model queue), or why there are none
+    C.vote(state, "s1", "left")                  # a blind vote (harness.votes), then the names are revealed
+
+Blind mode shuffles the sides and hides which is which until the vote. Offline figures need no judge: the
+length of each answer, ROUGE-L against the reference when the prompt is an eval-set item with one (the
+example prompts are), and the form check when a poem form is asked for.
 """
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from harness.app.state import BASE, TRAIN_HINT, AppState, Sampling, require_text
+from harness.app.state import BASE, TRAIN_HINT, AppState, Sampling, require_text, stats_info
 from harness.errors import UserError
+
+VOTE_BUTTONS = {"left": "left better", "right": "right better", "tie": "tie", "both_bad": "both bad"}
+EXAMPLE_SETS = {"chat": "instructions_own", "poem": "poems_own"}
+AUTO, NO_FORM = "auto (from the prompt)", "none"
 
 
 def compare_choices(state: AppState) -> list[str]:
     return [a.name for a in state.adapters("causal")]
 
 
+def adapter_task(state: AppState, name: str | None) -> str:
+    info = next((a for a in state.adapters("causal") if a.name == name), None)
+    return "poem" if info is not None and str(info.task).startswith("poem") else (info.task if info else "chat")
+
+
+def eval_items() -> dict[str, dict]:
+    """Prompt text -> {eval_set, item_id, reference, task, form, lang} for the example eval sets (a missing
+    set gives no examples: the tab still works with typed prompts)."""
+    from harness.data import load_eval_set
+    out: dict[str, dict] = {}
+    for task, name in EXAMPLE_SETS.items():
+        try:
+            items = load_eval_set(name).items
+        except UserError:
+            continue
+        for it in items:
+            if task == "chat":
+                text = it["instruction"] + (f"\n\n{it['input']}" if it.get("input") else "")
+                out[text] = {"task": "chat", "eval_set": name, "item_id": str(it["id"]),
+                             "reference": it.get("output", "")}
+            else:
+                out[it["prompt"]] = {"task": "poem", "eval_set": name, "item_id": str(it["id"]), "reference": "",
+                                     "form": it.get("form", ""), "lang": it.get("lang", "")}
+    return out
+
+
+def examples(n: int = 4) -> dict[str, list[str]]:
+    """A few example prompts per task, from the project's own eval sets."""
+    out: dict[str, list[str]] = {}
+    for text, it in eval_items().items():
+        out.setdefault(it["task"], [])
+        if len(out[it["task"]]) < n:
+            out[it["task"]].append(text)
+    return out
+
+
+def form_for(state: AppState, prompt: str, adapter: str | None, choice: str = AUTO) -> str:
+    """The classical form to keep while decoding: a chosen one, or (auto) the form a poem prompt names when the
+    adapter is a poem adapter; "" for none."""
+    from harness.metrics import FIXED_FORMS
+    if choice in FIXED_FORMS:
+        return choice
+    if choice == NO_FORM or adapter_task(state, adapter) != "poem":
+        return ""
+    return next((f for f in FIXED_FORMS if f in prompt), "")
+
+
+def start(state: AppState, session: str, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
+          form: str = AUTO, blind: bool = False) -> dict:
+    """Check the request and queue it (shown at once as waiting); returns the comparison's record."""
+    text = require_text(prompt, "prompt", state.limits.message_chars, "type an instruction to compare")
+    if not adapter or str(adapter).strip().lower() in (BASE, "none"):
+        found = compare_choices(state)
+        if not found:
+            raise UserError(f"no fine-tuned chat/poem adapter for base {state.base_name} to compare with: {TRAIN_HINT}")
+        adapter = found[0]
+    name = state.resolve_adapter(adapter, "causal")
+    base_left = secrets.randbelow(2) == 0 if blind else True
+    rec = {"job": state.enqueue("compare", session), "prompt": text, "adapter": name, "sampling": sampling,
+           "form": form_for(state, text, name, form), "blind": bool(blind), "base_left": base_left,
+           "model": state.base_name, "texts": {"base": "", "tuned": ""}, "status": "waiting", "vote": None,
+           "item": eval_items().get(text), "task": adapter_task(state, name), "scores": None}
+    state.session_data(session)["compare"] = rec
+    return rec
+
+
+def side_names(rec: dict, revealed: bool | None = None) -> tuple[str, str]:
+    """The headings of the left and right answers: names, or "Answer 1/2" while a blind comparison is unvoted."""
+    if revealed is None:
+        revealed = not rec["blind"] or rec.get("vote") is not None
+    if not revealed:
+        return "Answer 1 (hidden until you vote)", "Answer 2 (hidden until you vote)"
+    base, tuned = f"Base: {rec['model']}", f"Fine-tuned: {rec['adapter']}"
+    return (base, tuned) if rec["base_left"] else (tuned, base)
+
+
+def view(state: AppState, rec: dict | None) -> dict:
+    """What the tab shows for a comparison record (left/right texts, headings, figures, status)."""
+    if rec is None:
+        return {"left": "", "right": "", "headings": ("Left", "Right"), "figures": ("", ""), "status": "",
+                "info": None}
+    if rec["status"] == "waiting":
+        n = state.ahead(rec["job"])
+        wait = "⏳ waiting: next in line" if n == 0 else f"⏳ waiting for {n} requests ahead" if n else "⏳ waiting"
+        return {"left": wait, "right": wait, "headings": side_names(rec), "figures": ("", ""), "status": wait,
+                "info": None}
+    base, tuned = rec["texts"]["base"], rec["texts"]["tuned"]
+    left, right = (base, tuned) if rec["base_left"] else (tuned, base)
+    figs = rec.get("figures") or {}
+    fl, fr = (figs.get("base", ""), figs.get("tuned", "")) if rec["base_left"] else (figs.get("tuned", ""),
+                                                                                      figs.get("base", ""))
+    status = {"writing": "✍ both sides are writing (one batch)", "done": "done", "stopped": "⏹ stopped by you",
+              "failed": f"⚠ {rec.get('error', '')}"}.get(rec["status"], rec["status"])
+    return {"left": left, "right": right, "headings": side_names(rec), "figures": (fl, fr), "status": status,
+            "info": rec.get("info")}
+
+
+def stream(state: AppState, session: str) -> Iterator[dict]:
+    """Write both sides of this session's waiting comparison at once, streamed: yields view() dicts."""
+    from harness.app.poem import form_token_budget
+    from harness.app.streaming import stream_rows
+    from harness.generation import StreamStats
+
+    rec = state.session_data(session).get("compare")
+    if rec is None or rec["status"] != "waiting":
+        yield view(state, rec)
+        return
+    state.start_job(rec["job"])
+    try:
+        lm = state.get_model()
+        rendered = lm.render_instruction(rec["prompt"])
+        cfg = rec["sampling"].config()
+        if rec["form"]:
+            cfg = replace(cfg, form=rec["form"], max_new_tokens=form_token_budget(lm.tokenizer, rec["form"]))
+        stats = [StreamStats(), StreamStats()]
+        rec["status"] = "writing"
+        t0 = time.perf_counter()
+        with state.running(session) as (event, _):
+            gen = stream_rows(state, lm, rendered, [None, rec["adapter"]], cfg, event, stats)
+            try:
+                for base, tuned in gen:
+                    rec["texts"] = {"base": base, "tuned": tuned}
+                    yield view(state, rec)
+            finally:
+                gen.close()
+            stopped = getattr(event, "requested", False)
+        seconds = time.perf_counter() - t0
+        rec["status"] = "stopped" if stopped else "done"
+        rec["figures"] = {side: figures(rec["texts"][side], rec, lm) for side in ("base", "tuned")}
+        rec["info"] = {"model": lm.name, "adapter": rec["adapter"], "prompt": rendered, "one_batch": True,
+                       "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
+                       "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
+                       "sampling": rec["sampling"].as_dict()}
+    except UserError as e:
+        rec["status"], rec["error"] = "failed", str(e)
+    finally:
+        state.finish_job(rec["job"])
+        if rec["status"] in ("waiting", "writing"):
+            rec["status"] = "stopped"
+    yield view(state, rec)
+
+
+def figures(text: str, rec: dict, lm=None) -> str:
+    """Offline figures of one answer: length, ROUGE-L vs the eval-set reference, the form check."""
+    from harness.metrics import rouge_l
+    parts = [f"{len(text.split())} words, {len(text)} characters" +
+             (f", {lm.count_tokens(text)} tokens" if lm is not None and text else "")]
+    item = rec.get("item") or {}
+    if item.get("reference"):
+        parts.append(f"ROUGE-L {rouge_l(text, item['reference']):.3f} vs the reference of "
+                     f"{item['eval_set']}/{item['item_id']}")
+    form = rec.get("form") or item.get("form", "")
+    if form:
+        from harness.app.poem import form_report
+        lang = item.get("lang") or "zh"
+        try:
+            parts.append(form_report(text, form, lang)["summary"].replace("**", ""))
+        except (UserError, ValueError):
+            pass
+    return " · ".join(parts)
+
+
+def judge(state: AppState, session: str) -> tuple[str, str, str]:
+    """Judge scores for both sides of the last comparison -> (left text, right text, notice). Runs outside the
+    model queue, with the judge timeout; a judge that is down or slow is one sentence, never a failure."""
+    rec = state.session_data(session).get("compare")
+    if rec is None or rec["status"] not in ("done", "stopped") or not (rec["texts"]["base"] or rec["texts"]["tuned"]):
+        return "", "", ""
+    text = rec["prompt"]
+    if rec["task"] == "poem":
+        from harness.io import has_cjk
+        fields = {"prompt": text, "lang": "zh" if has_cjk(text) else "en", "form": rec["form"] or "(as requested)",
+                  "title": ""}
+    else:
+        ref = (rec.get("item") or {}).get("reference") or "(no reference answer: judge the response on its own merits)"
+        fields = {"instruction": text, "input": "", "output": ref}
+    scores, notice = judge_pair(state, "poem" if rec["task"] == "poem" else "chat", fields,
+                                [rec["texts"]["base"], rec["texts"]["tuned"]])
+    rec["scores"] = scores
+    sb, st = score_text(scores[0]), score_text(scores[1])
+    return (sb, st, notice) if rec["base_left"] else (st, sb, notice)
+
+
 def judge_pair(state: AppState, task: str, fields: dict, responses: list[str]) -> tuple[list[float | None], str]:
-    """Judge scores (0-100) for each response when the judge is reachable; otherwise Nones and a plain notice."""
+    """Judge scores (0-100) for each response when the judge answers; otherwise Nones and a plain notice."""
+    from harness.judge import JudgeConfig, JudgeRequest, judge_many, open_judge
     none = [None] * len(responses)
     try:
-        from harness.judge import JudgeConfig, JudgeRequest, judge_many, open_judge
-    except ImportError as e:
-        return none, f"No judge scores: the judge module is not available ({e})."
-    try:
-        cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0, timeout=60.0,
-                          workers=1)   # two requests: in order, one after the other
-        with open_judge(cfg, lm=state.lm) as judge:
+        cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0,
+                          timeout=state.judge_timeout, workers=1)
+        with open_judge(cfg, lm=state.lm) as j:
             reqs = [JudgeRequest(f"compare-{i}", task, {**fields, "response": r}) for i, r in enumerate(responses)]
-            scores = [j.score for j in judge_many(judge, reqs, progress=False)]
+            scores = [x.score for x in judge_many(j, reqs, progress=False)]
     except UserError as e:
-        return none, f"No judge scores: {str(e).split(' [')[0]}"
+        return none, f"No judge scores: {str(e).split(' [')[0]} The offline figures above need no judge."
     except Exception as e:  # noqa: BLE001 - a judge problem must never break the comparison itself
         return none, f"No judge scores: the judge failed ({type(e).__name__}: {str(e)[:200]})."
     if any(s is None for s in scores):
         return scores, f"Judge {state.judge}: some answers held no score (shown as —)."
-    return scores, f"Scores 0-100 by {state.judge} (temperature 0, fixed seed; no reference answer)."
-
-
-def compare(state: AppState, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
-            judge: bool = True) -> dict:
-    """The same prompt through the base and a fine-tuned adapter in ONE batch with the same seed, plus judge
-    scores when the judge is reachable. Returns dict(base, tuned, adapter, prompt, judge_notice, scores, info)."""
-    from harness.generation import generate_pair
-
-    text = require_text(prompt, "prompt", state.limits.message_chars, "type an instruction to compare")
-    lm = state.get_model()
-    if not adapter or str(adapter).strip().lower() in (BASE, "none"):
-        found = compare_choices(state)
-        if not found:
-            raise UserError(f"no fine-tuned chat/poem adapter for base {lm.name} to compare with: {TRAIN_HINT}")
-        adapter = found[0]
-    name = state.resolve_adapter(adapter, "causal")
-    rendered = lm.render_instruction(text)
-    t0 = time.perf_counter()
-    base, tuned = generate_pair(lm, rendered, name, sampling.config())
-    seconds = time.perf_counter() - t0
-    info = state.adapters("causal")
-    task = next((a.task for a in info if a.name == name), "chat")
-    scores, notice = [None, None], "Judge not asked."
-    if judge:
-        if task.startswith("poem"):
-            lang = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
-            fields = {"prompt": text, "lang": lang, "form": "(as requested)", "title": ""}
-            scores, notice = judge_pair(state, "poem", fields, [base.text, tuned.text])
-        else:
-            fields = {"instruction": text, "input": "",
-                      "output": "(no reference answer: judge the response on its own merits)"}
-            scores, notice = judge_pair(state, "chat", fields, [base.text, tuned.text])
-    return {"base": base.text, "tuned": tuned.text, "adapter": name, "prompt": rendered, "scores": scores,
-            "judge_notice": notice,
-            "info": {"model": lm.name, "adapter": name, "prompt": rendered, "prompt_tokens": base.prompt_tokens,
-                     "new_tokens": {"base": base.new_tokens, "tuned": tuned.new_tokens},
-                     "seconds": round(seconds, 3),
-                     "tokens_per_s": round((base.new_tokens + tuned.new_tokens) / seconds, 1) if seconds else 0.0,
-                     "finish_reason": {"base": base.finish_reason, "tuned": tuned.finish_reason},
-                     "sampling": sampling.as_dict()}}
+    return scores, f"Scores 0-100 by {state.judge} (temperature 0, fixed seed)."
 
 
 def score_text(score: float | None) -> str:
     return "Judge score: —" if score is None else f"Judge score: {score:g} / 100"
 
+
+# ---------------------------------------------------------------- blind votes (harness.votes)
+
+def votes_module():
+    """harness.votes, or None while it is not installed in this checkout."""
+    try:
+        from harness import votes
+        return votes
+    except ImportError:
+        return None
+
+
+VOTING_MISSING = "Voting is not available yet (harness.votes is not in this version of ftbench)."
+
+
+def vote(state: AppState, session: str, choice: str) -> str:
+    """Store a vote on the last comparison (harness.votes.cast_vote) and reveal the sides; returns a message."""
+    votes = votes_module()
+    if votes is None:
+        return VOTING_MISSING
+    rec = state.session_data(session).get("compare")
+    if rec is None or rec["status"] != "done":
+        raise UserError("compare two answers first: a vote needs a finished comparison")
+    if rec.get("vote"):
+        raise UserError(f"you already voted on this comparison (vote {rec['vote']}); undo it below to vote again")
+    if choice not in VOTE_BUTTONS:
+        raise UserError(f"choice must be one of {', '.join(VOTE_BUTTONS)}, got {choice!r}")
+    left, right = view(state, rec)["left"], view(state, rec)["right"]
+    item = rec.get("item") or {}
+    seed = rec["sampling"].seed
+    # A = the fine-tuned side, B = the base
+    try:
+        vid = votes.cast_vote(state.store, prompt=rec["prompt"], response_left=left, response_right=right,
+                              side_a="right" if rec["base_left"] else "left", model_a=rec["model"],
+                              adapter_a=rec["adapter"], model_b=rec["model"], adapter_b="", seed_a=seed,
+                              seed_b=seed, choice=choice, task=rec["task"], eval_set=item.get("eval_set", ""),
+                              item_id=item.get("item_id", ""))
+        note = "counted"
+    except UserError as e:               # VoteKept: stored for review, not counted
+        vid, note = getattr(e, "vote_id", "") or (e.args[1] if len(e.args) > 1 else ""), str(e)
+    rec["vote"] = vid or "review"
+    lname, rname = side_names(rec, revealed=True)
+    return f"Vote stored ({VOTE_BUTTONS[choice]}; {note}). Left was **{lname}**, right was **{rname}**."
+
+
+def vote_table(state: AppState, limit: int = 50) -> list[list]:
+    """Your recent votes as table rows: id, when, choice, winner, status, prompt."""
+    votes = votes_module()
+    if votes is None:
+        return []
+    rows = votes.list_votes(state.store, limit=limit)
+    return [[r["id"], str(r.get("created_at", ""))[:19], r.get("choice", ""), r.get("winner", ""),
+             r.get("status", ""), str(r.get("prompt", ""))[:80]] for r in rows]
+
+
+def undo(state: AppState, vote_id: Any) -> str:
+    votes = votes_module()
+    if votes is None:
+        return VOTING_MISSING
+    vid = str(vote_id or "").strip()
+    if not vid:
+        raise UserError("pick a vote to undo: click its row in the table, or paste its id")
+    if not votes.undo_vote(state.store, vid):
+        raise UserError(f"no counted vote {vid!r} to undo (already undone, or not a vote id)")
+    return f"Vote {vid} undone (kept for review, no longer counted)."
+
+
+def agreement(state: AppState) -> str:
+    """The leaderboard tab's "judges vs your votes" section (harness.agreement), as Markdown."""
+    try:
+        from harness.agreement import agreement_summary
+    except ImportError:
+        return "Judges vs your votes: not available yet (harness.agreement is not in this version of ftbench)."
+    results = agreement_summary(state.store)
+    n = len(vote_table(state, limit=10_000))
+    if not results:
+        return (f"**Judges vs your votes:** {n} vote(s) stored; no judge has judged the same pairs yet. Vote in the "
+                "Compare tab, then run a judge on the same items (`python -m harness judge ...`).")
+    return "**Judges vs your votes**\n\n" + "\n".join(f"- {r['sentence']}" for r in results)
+
+
+def compare_once(state: AppState, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
+                 session: str = "api", judge_it: bool = True) -> tuple:
+    """One whole comparison for API clients, not blind: (base, tuned, base score, tuned score, judge notice,
+    rendered prompt, info)."""
+    start(state, session, prompt, adapter, sampling)
+    last = None
+    for last in stream(state, session):
+        pass
+    rec = state.session_data(session)["compare"]
+    if rec["status"] == "failed":
+        raise UserError(rec.get("error", "the comparison failed"))
+    sb, st, notice = judge(state, session) if judge_it else ("Judge score: —", "Judge score: —", "Judge not asked.")
+    info = dict(rec.get("info") or {})
+    rendered = info.pop("prompt", "")
+    if not rec["base_left"]:
+        sb, st = st, sb
+    return rec["texts"]["base"], rec["texts"]["tuned"], sb, st, notice, rendered, info

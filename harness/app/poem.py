@@ -1,17 +1,24 @@
-"""The Poem tab: a poem streamed in a chosen language and form, with the form check.
+"""The Poem tab: a poem streamed in a chosen language and form, with the form check in plain words.
 
     from harness.app.state import AppState
     from harness.app.poem import poem_stream
     for poem, check, info in poem_stream(AppState(), "春夜", "中文", "五言绝句"):
         pass
+    check["summary"]     # "Form check: OK. 4 lines × 5 characters, as a 五言绝句 needs."
+
+Under the form constraint (绝句/律诗) max new tokens is derived from the form (form_token_budget), so the poem
+always ends complete; a free poem is cut at a character boundary (never a broken "�"). A poem adapter trained on
+another language than the one asked for, or a poem in the wrong language, gets a warning.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from harness.app.state import BASE, LANGS, POEM_FORMS, TRAIN_HINT, AppState, Sampling, require_text, run_info, stream_into
+from harness.app.state import BASE, LANGS, POEM_FORMS, AppState, Sampling, require_text, run_info, stream_into
 from harness.errors import UserError
+
+LANG_NAMES = {"zh": "Chinese", "en": "English"}
 
 
 def poem_lang(lang: Any) -> str:
@@ -27,6 +34,12 @@ def poem_forms(lang: Any) -> tuple[str, ...]:
     return POEM_FORMS[poem_lang(lang)]
 
 
+def has_fixed_form(form: Any) -> bool:
+    """Can this form be kept while decoding (五言/七言 绝句/律诗)? The checkbox shows only then."""
+    from harness.metrics import FIXED_FORMS
+    return str(form or "") in FIXED_FORMS
+
+
 def poem_instruction(topic: str, lang: Any, form: str) -> str:
     """The request as the project's eval sets phrase it (so a poem adapter sees its training format)."""
     code = poem_lang(lang)
@@ -37,25 +50,72 @@ def poem_instruction(topic: str, lang: Any, form: str) -> str:
     return f"Write a sonnet about {topic}." if form == "sonnet" else f"Write a free verse poem about {topic}."
 
 
+def adapter_lang(info) -> str:
+    """The language a poem adapter writes ("" if it is not a poem adapter)."""
+    lang = getattr(info, "lang", "") or ""
+    if not lang and str(info.task).startswith("poem_"):
+        lang = info.task.split("_", 1)[1]
+    return lang if (lang or str(info.task).startswith("poem")) else ""
+
+
 def default_poem_adapter(state: AppState, lang: Any) -> str:
-    """This base's poem adapter for the language (task poem_zh / poem_en), or "base"."""
-    task = f"poem_{poem_lang(lang)}"
-    return next((a.name for a in state.adapters("causal") if a.task == task), BASE)
+    """This base's poem adapter for the language, or "base"."""
+    code = poem_lang(lang)
+    return next((a.name for a in state.adapters("causal") if adapter_lang(a) == code), BASE)
+
+
+def language_warning(state: AppState, adapter: str | None, lang: Any) -> str:
+    """A warning when the chosen adapter was trained to write poems in another language ("" otherwise)."""
+    code = poem_lang(lang)
+    name = (adapter or "").strip()
+    info = next((a for a in state.adapters("causal") if a.name == name), None)
+    if info is None:
+        return ""
+    trained = adapter_lang(info)
+    if trained and trained != code:
+        return (f"⚠ `{name}` was trained on {LANG_NAMES.get(trained, trained)} poems; you asked for a "
+                f"{LANG_NAMES[code]} poem. Pick a {LANG_NAMES[code]} poem adapter or the base.")
+    return ""
+
+
+def output_warning(poem: str, lang: Any) -> str:
+    from harness.io import has_cjk
+    code = poem_lang(lang)
+    if not poem.strip():
+        return ""
+    if code == "zh" and not has_cjk(poem):
+        return "⚠ the poem is not in Chinese: this model or adapter did not follow the language asked for."
+    if code == "en" and has_cjk(poem):
+        return "⚠ the poem is not in English: this model or adapter wrote Chinese characters."
+    return ""
+
+
+def form_token_budget(tok, form: str) -> int:
+    """Max new tokens that always fit a poem in `form` under the constraint: every character at most 3 tokens
+    (a 3-byte UTF-8 ideograph split byte by byte), each line's forced punctuation, and the end of text."""
+    from harness.metrics import FIXED_FORMS
+    lines, chars = FIXED_FORMS[form]
+    punct = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in ("，\n", "。\n", "。"))
+    return lines * (chars * 3 + punct) + 2
 
 
 def form_report(poem: str, form: str, lang: Any) -> dict:
-    """harness.metrics.form_check plus a one-line summary for the UI."""
+    """harness.metrics.form_check plus a one-line summary in plain words for the UI."""
     from harness.metrics import form_check
     code = poem_lang(lang)
     if not poem.strip():
         return {"ok": False, "lines": 0, "chars_per_line": [], "problem": "no poem yet", "summary": "—"}
     check = form_check(poem, form, code)
-    exp = f"{check.get('expected_lines')} lines" + (
+    lines = check["lines"]
+    if form == "free verse":
+        summary = f"**Form check: OK.** Free verse: {lines} line{'s' if lines != 1 else ''} (any shape is fine)."
+        return {**check, "summary": summary}
+    need = f"{check.get('expected_lines')} lines" + (
         f" × {check['expected_chars']} characters" if check.get("expected_chars") else "")
     if check["ok"]:
-        summary = f"**Form check: OK.** {form}: {check['lines']} lines, as expected ({exp})"
+        summary = f"**Form check: OK.** {need}, as a {form} needs."
     else:
-        summary = f"**Form check: not right.** {form}: {check['problem']} (expected {exp})"
+        summary = f"**Form check: not a {form}.** {check['problem']}; a {form} has {need}."
     return {**check, "summary": summary}
 
 
@@ -64,19 +124,38 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
                 ) -> Iterator[tuple[str, dict, dict]]:
     """Write a poem, streamed: yields (poem so far, form check, transparency info).
 
-    enforce_form: for 五言/七言 绝句/律诗, decode under the form constraint (harness/forms.py): the model picks
-    every character but cannot break the lines × characters; off, the model alone decides the shape."""
-    from harness.metrics import FIXED_FORMS
+    enforce_form: for 五言/七言 绝句/律诗, decode under the form constraint (harness/forms.py) with max new
+    tokens derived from the form; off (or any other form), the model alone decides the shape."""
     topic = require_text(topic, "topic", state.limits.topic_chars, "give a title or topic, e.g. 春夜 or the sea")
     form = str(form or "").strip()
     instruction = poem_instruction(topic, lang, form)
     lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
     prompt = lm.render_instruction(instruction)
-    enforced = form if enforce_form and form in FIXED_FORMS else ""
-    extra = {"form_constrained": bool(enforced)}
-    poem = ""
-    for poem, stats in stream_into(state, prompt, name, sampling, session, enforced):
-        yield poem, {"summary": "…writing"}, run_info(lm, name, prompt, stats, sampling, **extra)
-    yield poem.strip(), form_report(poem, form, lang), run_info(lm, name, prompt, stats, sampling, **extra)
+    enforced = form if enforce_form and has_fixed_form(form) else ""
+    budget = form_token_budget(lm.tokenizer, enforced) if enforced else None
+    warning = language_warning(state, name, lang)
+    extra = {"form_constrained": bool(enforced), "max_new_tokens_used": budget or sampling.max_new_tokens}
+    poem, stats = "", None
+    for poem, stats in stream_into(state, prompt, name, sampling, session, enforced, budget):
+        yield poem, {"summary": "…writing", "warning": warning}, run_info(lm, name, prompt, stats, sampling, **extra)
+    report = form_report(poem, form, lang)
+    report["warning"] = " ".join(w for w in (warning, output_warning(poem, lang)) if w)
+    if stats is not None and stats.finish_reason == "length" and not enforced:
+        report["summary"] += f" (stopped at max new tokens, {sampling.max_new_tokens}: raise it for a longer poem)"
+    yield poem.strip(), report, run_info(lm, name, prompt, stats, sampling, **extra)
 
+
+def poem_job(state: AppState, session: str, topic: Any, lang: Any, form: Any, adapter: str | None = None,
+             sampling: Sampling = Sampling(max_new_tokens=160), enforce_form: bool = True
+             ) -> Iterator[tuple[str, dict, dict]]:
+    """poem_stream as one request of the generation queue: the first update says how many requests are ahead."""
+    token = state.enqueue("poem", session)
+    try:
+        n = state.ahead(token)
+        if n:
+            yield "", {"summary": f"⏳ waiting for {n} request{'s' if n != 1 else ''} ahead"}, {}
+        state.start_job(token)
+        yield from poem_stream(state, topic, lang, form, adapter, sampling, session, enforce_form)
+    finally:
+        state.finish_job(token)

@@ -35,7 +35,8 @@ TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (it writes adap
 
 @dataclass(frozen=True)
 class Limits:
-    """Input limits checked at the boundary (the UI also caps its textboxes at these lengths)."""
+    """Input limits checked at the boundary. Textboxes do not cap their length in the browser (a silent cut of a
+    paste is worse than a refusal): a longer input is refused with its length and how much is too many."""
     message_chars: int = 4000
     system_chars: int = 2000
     topic_chars: int = 200
@@ -113,6 +114,14 @@ class AppState:
     _adapters_cache: Any = field(default=None, repr=False)
     _short: Any = field(default_factory=threading.Condition, repr=False)     # short work waiting / running
     _short_count: int = field(default=0, repr=False)
+    store: str | None = None                 # SQLite store of votes (None: harness.store default, $FTBENCH_CACHE)
+    judge_timeout: float = 60.0              # seconds per judge request (harness.judge JudgeConfig.timeout)
+    engine: str = "transformers"             # "llama.cpp": chat through harness.llamacpp when it is available
+    phase: str = "idle"                      # idle | preparing | ready | failed (the first start, see prepare())
+    phase_note: str = ""
+    phase_started: float = 0.0
+    _jobs: OrderedDict = field(default_factory=OrderedDict, repr=False)     # token -> (kind, session, started)
+    sessions: OrderedDict = field(default_factory=OrderedDict, repr=False)  # session -> dict of per-tab data
 
     def __post_init__(self):
         self.spec = resolve_base(self.model or default_base())     # an unknown name fails here, before loading
@@ -232,6 +241,77 @@ class AppState:
         raise UserError(f"adapter {name!r} is not usable here ({hint}). Adapters live in {folder}; "
                         f"{TRAIN_HINT}")
 
+    # ------------------------------------------------------------ first start: prepare in the background
+
+    def begin_prepare(self) -> None:
+        """Say that the model is being prepared (before the page is up, so its first view says so)."""
+        converting = base_status(self.spec) == "needs conversion"
+        self.phase, self.phase_started = "preparing", time.monotonic()
+        self.phase_note = ("preparing the model (one-time, about a minute): converting the embedded GGUF to "
+                           "safetensors in the cache" if converting else "loading the model")
+
+    def prepare(self, warmup: bool = True) -> float:
+        """Load (on an empty cache: convert) the base and warm it up; phase/phase_note tell the UI where it is.
+        Returns the warm-up seconds. Errors are kept in phase_note (phase "failed"); the page keeps serving."""
+        if self.phase != "preparing":
+            self.begin_prepare()
+        seconds = 0.0
+        try:
+            self.get_model()
+            if warmup:
+                self.phase_note = "warming up the model"
+                seconds = self.warmup()
+            self.phase, self.phase_note = "ready", ""
+            return seconds
+        except Exception as e:  # noqa: BLE001 - shown in the status line and the server log
+            self.phase, self.phase_note = "failed", f"loading {self.spec.name} failed: {e}"
+            raise
+
+    def phase_text(self) -> str:
+        """The status line's preparation part ("" when ready)."""
+        if self.phase == "preparing":
+            return f"⏳ {self.phase_note} … {time.monotonic() - self.phase_started:.0f} s"
+        if self.phase == "failed":
+            return f"⚠ {self.phase_note}"
+        return ""
+
+    # ------------------------------------------------------------ the generation queue, as the user sees it
+
+    def enqueue(self, kind: str, session: str) -> str:
+        """Register a generation request the moment the user sends it; returns its token."""
+        import uuid
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._jobs[token] = (kind, session, None)
+        return token
+
+    def start_job(self, token: str) -> None:
+        with self._lock:
+            if token in self._jobs:
+                kind, session, _ = self._jobs[token]
+                self._jobs[token] = (kind, session, time.monotonic())
+
+    def finish_job(self, token: str) -> None:
+        with self._lock:
+            self._jobs.pop(token, None)
+
+    def ahead(self, token: str) -> int | None:
+        """How many generation requests (any user, any tab) are before this one; None once it runs or ended."""
+        with self._lock:
+            keys = list(self._jobs)
+            if token not in self._jobs or self._jobs[token][2] is not None:
+                return None
+            return keys.index(token)
+
+    def session_data(self, session: str) -> dict:
+        """Per-session data of the tabs (the chat's conversation, the last comparison), newest 256 sessions."""
+        with self._lock:
+            data = self.sessions.setdefault(session, {})
+            self.sessions.move_to_end(session)
+            while len(self.sessions) > 256:
+                self.sessions.popitem(last=False)
+            return data
+
     # ------------------------------------------------------------ short work before long generation
 
     @contextmanager
@@ -337,15 +417,19 @@ def require_text(value: Any, what: str, limit: int, hint: str = "") -> str:
     text = "" if value is None else str(value).strip()
     if not text:
         raise UserError(f"the {what} is empty: {hint or f'type a {what} first'}")
-    if len(text) > limit:
-        raise UserError(f"the {what} is too long ({len(text)} characters; the limit is {limit}): shorten it")
+    too_long(text, what, limit)
     return text
+
+
+def too_long(text: str, what: str, limit: int) -> None:
+    if len(text) > limit:
+        raise UserError(f"the {what} is too long: {len(text):,} characters, the limit is {limit:,} "
+                        f"({len(text) - limit:,} too many); nothing was cut: shorten it and send again")
 
 
 def optional_text(value: Any, what: str, limit: int) -> str:
     text = "" if value is None else str(value).strip()
-    if len(text) > limit:
-        raise UserError(f"the {what} is too long ({len(text)} characters; the limit is {limit}): shorten it")
+    too_long(text, what, limit)
     return text
 
 
@@ -399,36 +483,37 @@ def run_info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling:
 
 
 def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str,
-                 form: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield (text so far, stats) while the model streams; Stop (state.stop) or closing this halts the model.
-    form: a classical Chinese form to enforce while decoding (harness/forms.py)."""
+                form: str = "", max_new_tokens: int | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (text so far, stats) while the model streams (harness/app/streaming.py: short work may run between
+    two tokens); Stop (state.stop) or closing this halts the model. form: a classical Chinese form to enforce
+    while decoding (harness/forms.py); max_new_tokens overrides the sampling's."""
     from dataclasses import replace
 
-    from harness.generation import stream
+    from harness.app.streaming import stream_rows
     lm = state.get_model()
-    cfg = replace(sampling.config(), form=form) if form else sampling.config()
+    cfg = sampling.config()
+    if form:
+        cfg = replace(cfg, form=form)
+    if max_new_tokens:
+        cfg = replace(cfg, max_new_tokens=max_new_tokens)
     with state.running(session) as (event, stats):
         text = ""
         stats.prompt_tokens = lm.count_tokens(prompt)
         yield text, stats
-        gen = stream(lm, prompt, cfg, adapter=adapter, stop_event=event, stats=stats)
         completed = False
+        gen = stream_rows(state, lm, prompt, [adapter], cfg, event, [stats])
         try:
-            for chunk in gen:
-                text += chunk
+            for texts in gen:
+                text = texts[0]
                 yield text, stats
             completed = True
         finally:
-            event.set()
             gen.close()
-            # stream() calls a stop that lands while it waits for a token (or a close) "stop"; say what happened
             if not completed or getattr(event, "requested", False):
                 stats.finish_reason = "cancelled"
+            event.set()
         yield text, stats
 
-
-
-# ---------------------------------------------------------------- the model picker
 
 def base_choices(state: AppState) -> list[tuple[str, str]]:
     """(label, value) for every registered base with its status, plus the loaded one if it is a local path."""
@@ -448,7 +533,8 @@ def status_line(state: AppState, adapter: str | None = None) -> str:
     """The always-visible "which model am I talking to" line."""
     base = state.base_name
     shown = Path(base).name if "/" in base else base
-    loaded = "" if state.lm is not None else " (loading…)"
+    phase = state.phase_text()
+    loaded = f" {phase}" if phase else ("" if state.lm is not None else " (loads on first use)")
     try:
         name = state.resolve_adapter(adapter, "causal")
         what = f"`{name}`" if name else "none: the base model alone"
