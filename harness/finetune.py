@@ -692,50 +692,53 @@ def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = 
 
 # ---------------------------------------------------------------- card metrics
 
-CARD_EVAL_SETS = {   # task -> eval sets the card reports (dataset test splits + the project's own set)
-    "spam": ["sms_spam:test", "sms_spam:natural_test", "sms_own"],
-    "chat": ["instruction:test", "instructions_own"],
-    "poem_zh": ["poems_zh:test_jueju", "poems_own"],
-    "poem_en": ["poems_en:test", "poems_own"],
-}
-
-
 def _fmt(v, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{100 * v:.1f}" if pct else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def _metrics_table(task: str, rows: list[tuple[str, str, dict]]) -> str:
-    """Markdown table of leaderboard rows: (eval set, checkpoint, summary)."""
-    if task == "spam":
-        head = "| eval set | checkpoint | n | accuracy % (95% CI) | precision % | recall % | F1 % |\n|---|---|---|---|---|---|---|\n"
-        body = "".join(
-            f"| {es} | {who} | {s['n']} | {_fmt(s['accuracy'], True)} ({_fmt(s['accuracy_ci_low'], True)}–"
-            f"{_fmt(s['accuracy_ci_high'], True)}) | {_fmt(s['precision'], True)} | {_fmt(s['recall'], True)} | "
-            f"{_fmt(s['f1'], True)} |\n" for es, who, s in rows)
-    elif task == "chat":
-        head = ("| eval set | checkpoint | n | ROUGE-L (95% CI) | judge score (95% CI) | judge parsed | avg tokens |\n"
-                "|---|---|---|---|---|---|---|\n")
-        body = "".join(
-            f"| {es} | {who} | {s['n']} | {_fmt(s['rouge_l'])} ({_fmt(s['rouge_l_ci_low'])}–{_fmt(s['rouge_l_ci_high'])}) | "
-            f"{_fmt(s['score_mean'])} ({_fmt(s['ci_low'])}–{_fmt(s['ci_high'])}) | {s['n_parsed']}/{s['n']} | "
-            f"{_fmt(s['avg_response_tokens'])} |\n" for es, who, s in rows)
-    else:
-        head = ("| eval set | checkpoint | n | form OK % | distinct-2 | repetition | looping % | judge score |\n"
-                "|---|---|---|---|---|---|---|---|\n")
-        body = "".join(
-            f"| {es} | {who} | {s['n']} | {_fmt(s['form_ok_rate'], True)} | {_fmt(s['distinct_2'])} | "
-            f"{_fmt(s['repetition'])} | {_fmt(s['looping_rate'], True)} | {_fmt(s['score_mean'])} |\n"
-            for es, who, s in rows)
-    return head + body
+_PERCENT = ("accuracy", "macro_f1", "precision", "recall", "f1")
 
 
-def reference_loss(lm, adapter: str | None, r: Recipe, items: list[dict], batch_size: int = 8) -> float:
-    """Mean loss (nats per target token) of the reference poems/answers under the model: how much more likely
-    the fine-tuned model finds what poets actually wrote. Same encoding as training (loss on the target only)."""
+def _card_columns(task) -> list[str]:
+    """The card table's metric columns: the task's own (without CI bounds), then the judge's for generate tasks."""
+    cols = [c for c in task.columns() if not c.endswith(("_ci_low", "_ci_high")) and c not in ("tp", "fp", "tn", "fn")]
+    return cols + (["score_mean", "avg_response_tokens"] if task.kind == "generate" else [])
+
+
+def _metrics_table(task, rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown table of leaderboard rows: (eval set, checkpoint, summary), columns from the task."""
+    cols = _card_columns(task)
+
+    def cell(s: dict, c: str) -> str:
+        pct = c in _PERCENT or c.endswith("_rate")
+        v = _fmt(s.get(c), pct)
+        if f"{c}_ci_low" in s or c == "score_mean":
+            lo, hi = (s.get("ci_low"), s.get("ci_high")) if c == "score_mean" else (s.get(f"{c}_ci_low"), s.get(f"{c}_ci_high"))
+            if v != "–" and _fmt(lo) != "–":
+                v += f" ({_fmt(lo, pct)}–{_fmt(hi, pct)})"
+        return v
+
+    names = [c.replace("_", " ") + (" %" if c in _PERCENT or c.endswith("_rate") else "") +
+             (" (95% CI)" if c == "score_mean" or f"{c}_ci_low" in task.columns() else "") for c in cols]
+    head = "| eval set | checkpoint | n | " + " | ".join(names) + " |\n|" + "---|" * (3 + len(cols)) + "\n"
+    return head + "".join(f"| {es} | {who} | {s['n']} | " + " | ".join(cell(s, c) for c in cols) + " |\n"
+                          for es, who, s in rows)
+
+
+def reference_loss(lm, adapter: str | None, r: Recipe, items: list[dict], batch_size: int = 8) -> tuple[float, float]:
+    """(nats per target token, bits per target character) of the reference answers/poems under the model: how
+    much more likely the fine-tuned model finds what people actually wrote. Same encoding as training (loss on
+    the target only). Bits per character compare bases with different tokenizers; per-token figures do not."""
     import torch
-    encs = [e for e in (encode_causal(lm.tokenizer, *prompt_and_target(lm, r, it), r.max_length) for it in items) if e]
+    encs, chars = [], 0
+    for it in items:
+        prompt, target = prompt_and_target(lm, r, it)
+        e = encode_causal(lm.tokenizer, prompt, target, r.max_length)
+        if e:
+            encs.append(e)
+            chars += len(target)
     total, n_tok = 0.0, 0
     with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
         for i in range(0, len(encs), batch_size):
@@ -743,7 +746,7 @@ def reference_loss(lm, adapter: str | None, r: Recipe, items: list[dict], batch_
             k = int((b["labels"][:, 1:] != -100).sum())
             total += float(model(**b).loss) * k
             n_tok += k
-    return total / max(n_tok, 1)
+    return total / max(n_tok, 1), total / math.log(2) / max(chars, 1)
 
 
 def measure(name: str, judge: str | None = None, limit: int | None = None, batch_size: int = 16,
@@ -755,41 +758,43 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     from harness.models import find_adapter, load_model
 
     info = find_adapter(name)
-    with open(info.path / "recipe.toml", "rb") as f:
-        r = Recipe(**tomllib.load(f))
+    r = read_recipe_file(info.path / "recipe.toml")
+    task = r.task_spec
     lm = load_model(info.base, adapters=[name])
-    sets = eval_sets or CARD_EVAL_SETS[r.task]
-    judged = judge if r.task != "spam" else None
+    sets = eval_sets or r.eval_sets()
+    judged = judge if task.kind == "generate" else None
+    # poems in a classical form are measured as the model writes them (free) and under the form constraint
+    decodings = task.decodings if r.lang in ("", "zh") else ("free",)
     table, commands = [], []
-    # Chinese poems: measured as the model writes them (free) and under the form constraint the app uses
-    decodings = ("free", "form") if r.task == "poem_zh" else ("free",)
     for es in sets:
         for decoding in decodings:
             for adapter in (name, None):
                 res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, lm=lm, decoding=decoding)
                 rows = res.rows
-                if r.task.startswith("poem_"):   # poems_own mixes languages: the card reports the adapter's own
-                    rows = [x for x in rows if x.get("lang") in (None, r.task[-2:])]
-                who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if r.task == 'spam' else ''})"
+                if r.lang:          # a mixed-language set (poems_own): the card reports the adapter's language
+                    rows = [x for x in rows if x.get("lang") in (None, r.lang)]
+                who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if task.kind == 'classify' else ''})"
                 if decoding != "free":
                     who += f", {decoding}-constrained decoding"
                 table.append((es, who, summarize(rows)))
-            flags = f" --judge {judged}" if judged else (" --judge none" if r.task != "spam" else "")
+            flags = f" --judge {judged}" if judged else (" --judge none" if task.kind == "generate" else "")
             flags += f" --decoding {decoding}" if decoding != "free" else ""
             lim = f" --limit {limit}" if limit else ""
             commands.append(f"python -m harness run --model {info.base} --adapter {name} --eval-set {es}{flags}{lim}")
             commands.append(f"python -m harness run --model {info.base} --eval-set {es}{flags}{lim}")
     md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
           f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
-          + _metrics_table(r.task, table))
-    references = [it for it in load_items(sets[0], limit)[1] if it.get("poem")] if r.task == "poem_zh" else []
-    if references:
-        tuned, base = reference_loss(lm, name, r, references), reference_loss(lm, None, r, references)
-        md += (f"\nLoss on the {len(references)} reference poems of {sets[0]} (nats per token, loss on the poem only, as in "
-               f"training): **{tuned:.3f}** for {name} vs {base:.3f} for the base (perplexity {math.exp(tuned):.1f} vs "
-               f"{math.exp(base):.1f}; lower = the model finds what the poets wrote more likely). Under the form "
-               f"constraint every poem of both is well-formed, so form alone no longer tells them apart.\n")
+          + _metrics_table(task, table))
+    if task.kind == "generate" and task.target_field and r.lang:
+        references = [it for it in load_items(sets[0], limit)[1] if it.get(task.target_field)]
+        if references:
+            (tuned, tuned_bpc), (base, base_bpc) = (reference_loss(lm, name, r, references),
+                                                    reference_loss(lm, None, r, references))
+            md += (f"\nLoss on the {len(references)} reference texts of {sets[0]} (loss on the target only, as in "
+                   f"training): **{tuned_bpc:.2f} bits per character** for {name} vs {base_bpc:.2f} for the base "
+                   f"({tuned:.3f} vs {base:.3f} nats per token; lower = the model finds what people wrote more "
+                   f"likely; compare bases by bits per character, never per token).\n")
     if judged and judged.startswith("transformers:"):
         md += ("\nThe judge here is the 135M embedded model itself (the offline fallback): its scores are noisy; "
                "use `--judge ollama:llama3` where Ollama runs for the reference judge.\n")

@@ -114,7 +114,8 @@ class JudgeConfig:
     batch_size: int = 8              # in-process (transformers) judging batch
 
     def __post_init__(self):
-        self.spec = canonical_spec(self.spec)
+        # "none" = no judge: the run scores task metrics only (--judge none, same as --no-judge)
+        self.spec = "none" if self.spec.strip().lower() in ("none", "no") else canonical_spec(self.spec)
         checks = [
             (0 <= self.temperature <= 2, "temperature must be in [0, 2] (0 = deterministic)"),
             (256 <= self.num_ctx <= 1_048_576, "num_ctx must be between 256 and 1048576"),
@@ -197,14 +198,19 @@ class JudgeRequest:
     fields: dict
 
     def values(self) -> dict[str, str]:
-        f = self.fields
-        if self.task == "chat":
-            return {"input": book_input(str(f.get("instruction", "")), str(f.get("input") or "")),
-                    "output": str(f.get("output", "")), "response": str(f.get("response", ""))}
-        lang = str(f.get("lang", ""))
-        return {"prompt": str(f.get("prompt", "")), "form": str(f.get("form", "")),
-                "language": {"zh": "Chinese", "en": "English"}.get(lang, lang),
-                "title": str(f.get("title", "")), "response": str(f.get("response", ""))}
+        """The placeholders of the judge prompt: every field as text, plus the book's Alpaca block as {input}
+        when the item has an instruction, and {language} spelled out for a `lang` code. A template uses the
+        placeholders it names (harness/prompts/judge_<task>_<version>.txt); fields it does not name are unused."""
+        out = {k: "" if v is None else str(v) for k, v in self.fields.items()}
+        for k in ("prompt", "form", "title", "output", "response"):
+            out.setdefault(k, "")
+        if "instruction" in self.fields:
+            out["input"] = book_input(out["instruction"], out.get("input", ""))
+        out["language"] = LANGUAGES.get(out.get("lang", ""), out.get("lang", ""))
+        return out
+
+
+LANGUAGES = {"zh": "Chinese", "en": "English"}
 
 
 def estimate_tokens(text: str) -> int:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every run behind the committed leaderboards (results/leaderboard_*.csv) and reports (results/reports/).
+# Each writes a text-free rows file results/runs/<task>/<run_id>.jsonl (dataset splits carry content hashes,
+# never the datasets' text; the project's own sets also carry prompts and answers). The leaderboard CSVs are
+# then a pure function of those committed files: `python -m harness leaderboard` rebuilds them byte for byte.
+#
+#   bash results/runs.sh            # needs the datasets prepared (README: `python -m harness data prepare ...`)
+#
+# Generations and judgments are cached in the store ($FTBENCH_CACHE/store.sqlite): a rerun only recomputes rows.
+# On 2 CPU cores an empty cache takes about 40 minutes; a warm one about 3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE=smollm2-135m-instruct
+JUDGE=transformers:smollm2-135m-instruct   # the offline judge (the embedded model); ollama:llama3 where Ollama runs
+run() { python -m harness run --model "$BASE" "$@"; }
+
+# chat: the base and the alpaca adapter, ROUGE-L and the offline judge
+for adapter in "" smollm2-135m-alpaca; do
+  for es in instructions_own instruction:test; do
+    run ${adapter:+--adapter "$adapter"} --eval-set "$es" --judge "$JUDGE"
+  done
+done
+# poem: the base and the Tang-poem adapter, free decoding and under the form constraint
+for adapter in "" smollm2-135m-poem-zh; do
+  for es in poems_own poems_zh:test_jueju; do
+    for decoding in free form; do
+      run ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" --judge none
+    done
+  done
+done
+# spam: the base zero-shot (label likelihoods), the classification-head adapter and the label-as-text adapter
+for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
+  for es in sms_own sms_spam:test sms_spam:natural_test; do
+    run ${adapter:+--adapter "$adapter"} --eval-set "$es" --judge none
+  done
+done
+python -m harness leaderboard
