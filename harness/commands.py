@@ -2,28 +2,26 @@
 
     python -m harness models
     python -m harness generate --model smollm2-135m-instruct --input prompts.txt --output out.jsonl
-    python -m harness classify --model smollm2-135m-instruct --adapter smollm2-135m-spam --input sms.txt --output p.csv
+    python -m harness generate --model openai:smol@http://127.0.0.1:8080 --input prompts.txt --output out.jsonl
+    python -m harness classify --adapter smollm2-135m-spam --input sms.csv --output p.csv
+
+Every check that can fail on the user's input (an empty or unreadable input, an output that is a folder, an
+unwritable cache, an unknown or wrong-kind adapter, a server that is down) runs before any model loads.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 from pathlib import Path
 
+from harness.engines import EngineConfig, parse_engine_spec
 from harness.errors import UserError
+from harness.generation import GenerationConfig
+from harness.io import check_writable_dir, check_writable_file, read_table, read_text, write_csv, write_jsonl
 
 
 def read_text_file(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"input file {p} not found")
-    try:
-        return p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[:e.start].count(b"\n") + 1
-        raise UserError(f"{p}:{line}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    """A UTF-8 input file (harness.io.read_text: missing files and non-UTF-8 bytes are one sentence)."""
+    return read_text(path, "input file")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -38,32 +36,49 @@ def read_prompts(path: str) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); write one JSON object per line") from None
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 raise UserError(f"{path}:{n}: a JSONL line needs a string field \"prompt\"")
             prompts.append(row["prompt"])
         else:
             prompts.append(line)
+    if not prompts:
+        raise UserError(f"input file {path} holds no prompts: write one prompt per line "
+                        "(or JSONL lines with a \"prompt\" field)")
     return prompts
 
 
 def read_messages(path: str) -> list[str]:
-    """One message per line, or a CSV with a `text` column."""
-    text = read_text_file(path)
-    if path.lower().endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise UserError(f"{path}:1: a CSV needs a `text` column; found columns {reader.fieldnames}")
-        return [row["text"] for row in reader if (row.get("text") or "").strip()]
-    return [line for line in text.splitlines() if line.strip()]
+    """The messages of a file: one per line, or the `text` column of a CSV / JSONL (blank ones skipped)."""
+    return [r["text"] for r in read_message_rows(path)[0]]
 
 
-def _write_atomic(path: str, text: str) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+def read_message_rows(path: str) -> tuple[list[dict], list[str]]:
+    """(rows, input columns): a CSV or JSONL with a `text` field keeps every column of each row; any other file
+    is one message per line (column `text`). Blank messages are skipped; no message at all is an error."""
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".jsonl"):
+        table = read_table(p, required=("text",), what="input file")
+        columns = list(dict.fromkeys(k for _, row in table for k in row))
+        rows = []
+        for line, row in table:
+            if not isinstance(row["text"], str):
+                raise UserError(f"{p}:{line}: `text` must be a string, got {type(row['text']).__name__}")
+            if row["text"].strip():
+                rows.append(row)
+    else:
+        columns = ["text"]
+        rows = [{"text": line} for line in read_text_file(path).splitlines() if line.strip()]
+    if not rows:
+        raise UserError(f"input file {path} holds no messages: write one message per line, or a CSV / JSONL "
+                        "with a non-empty `text` column")
+    return rows, columns
+
+
+def check_cache_writable() -> None:
+    """The model cache (where an embedded GGUF is converted once) must be writable before any model loads."""
+    from harness.paths import cache_dir
+    check_writable_dir(cache_dir(), "FTBENCH_CACHE (the cache folder)")
 
 
 def models() -> int:
@@ -86,59 +101,166 @@ def models() -> int:
     return 0
 
 
-def generate(model: str, input: str, output: str, adapter: str | None = None, max_new_tokens: int = 256,
-             batch_size: int = 16, seed: int = 0, sample: bool = False, temperature: float = 0.7,
-             top_p: float = 0.9, raw: bool = False, form: str = "") -> int:
-    """Generate a response for each prompt of a file, in batches; one JSON object per prompt in the output.
+def _local_adapter(name: str):
+    """The adapter folder `name` (UserError listing the available ones), checked before any model loads."""
+    from harness.models import find_adapter
+    return find_adapter(name)
 
-    model: a registry name (see `models`), a local model directory, or a .gguf file
+
+def check_generation_adapter(name: str) -> None:
+    """Refuse a classifier where text is generated (as `run` does), before the base loads."""
+    info = _local_adapter(name)
+    if info.method != "sft":
+        raise UserError(f"adapter {name!r} is a {info.task} classifier ({info.method}): it does not write "
+                        f"responses; classify with `python -m harness classify --adapter {name}`, or pick a "
+                        "chat/poem adapter (see `python -m harness models`)")
+
+
+def generate(model: str, input: str, output: str, gen: GenerationConfig, engine: EngineConfig,
+             adapter: str = "", raw: bool = False) -> int:
+    """Generate a response for each prompt of a file, in batches (or concurrently through a server); one JSON
+    object per prompt in the output.
+
+    model: a registry name, a model directory, a .gguf file, or a server: openai:<model>@<url> or ollama:<model>
     input: one prompt per line, or JSONL with a "prompt" field
     output: the JSONL file to write
-    adapter: an adapter name from adapters/ (default: the base alone)
-    sample: sample instead of greedy decoding (with --seed, --temperature, --top-p)
-    raw: send prompts as they are instead of wrapping each in the model's prompt format
-    form: keep every response in this classical Chinese form while decoding (五言绝句, 七言绝句, 五言律诗, 七言律诗)
+    adapter: an adapter under adapters/ (default: the base); with a server, the model id it serves the adapter as
+    raw: send prompts as they are instead of wrapping each in the model's prompt format (in process only)
     """
-    from harness.generation import GenerationConfig, generate_batch
+    prompts = read_prompts(input)
+    check_writable_file(output)
+    check_cache_writable()
+    kind = parse_engine_spec(model)[0]
+    if kind != "transformers":
+        return _generate_remote(model, prompts, output, gen, engine, adapter, raw)
+    if adapter:
+        check_generation_adapter(adapter)
+    from harness.generation import generate_batch
     from harness.models import load_model
 
-    prompts = read_prompts(input)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, do_sample=sample,
-                           temperature=temperature, top_p=top_p, form=form)
     lm = load_model(model, adapters=[adapter] if adapter else None)
     rendered = prompts if raw else [lm.render_instruction(p) for p in prompts]
-    outs = generate_batch(lm, rendered, cfg, adapter=adapter, progress=True)
-    lines = [json.dumps({"prompt": p, "response": g.text, "model": lm.name, "adapter": adapter or "",
-                         "prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
-                         "seconds": round(g.seconds, 4), "finish_reason": g.finish_reason}, ensure_ascii=False)
-             for p, g in zip(prompts, outs)]
-    _write_atomic(output, "".join(line + "\n" for line in lines))
+    outs = generate_batch(lm, rendered, gen, adapter=adapter or None, progress=True)
+    _write_generations(output, prompts, outs, lm.name, adapter)
+    return 0
+
+
+# `generate`'s flags (harness.cli): the engine's spec is --model, its batch size is GenerationConfig's
+generate.cli_skip = {"gen": ("ignore_eos",), "engine": ("spec", "host", "batch_size")}
+
+
+def _generate_remote(model: str, prompts: list[str], output: str, gen: GenerationConfig, engine: EngineConfig,
+                     adapter: str, raw: bool) -> int:
+    import dataclasses
+
+    from harness.engines import EngineRequest, engine_generate, open_engine
+
+    if raw:
+        raise UserError("--raw sends prompts without a chat template, which a chat server cannot do: drop --raw "
+                        "(the server applies its own template) or generate in process")
+    if gen.form:
+        raise UserError("--form constrains decoding token by token, which runs in process only: drop --form or "
+                        "use an in-process model")
+    from harness.models import list_adapters
+    if adapter in {a.name for a in list_adapters()}:
+        check_generation_adapter(adapter)
+    cfg = dataclasses.replace(engine, spec=model)
+    reqs = [EngineRequest([{"role": "user", "content": p}], max_new_tokens=gen.max_new_tokens,
+                          temperature=gen.temperature if gen.do_sample else 0.0, seed=gen.seed, stop=gen.stop,
+                          adapter=adapter or None) for p in prompts]
+    with open_engine(cfg) as eng:
+        outs = engine_generate(eng, reqs, progress=True)
+    _write_generations(output, prompts, outs, cfg.spec, adapter)
+    return 0
+
+
+def _write_generations(output: str, prompts: list[str], outs: list, model: str, adapter: str) -> None:
+    write_jsonl(output, [{"prompt": p, "response": g.text, "model": model, "adapter": adapter or "",
+                          "prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
+                          "seconds": round(g.seconds, 4), "finish_reason": g.finish_reason}
+                         for p, g in zip(prompts, outs)])
     toks, secs = sum(g.new_tokens for g in outs), sum(g.seconds for g in outs)
-    print(f"{len(outs)} responses -> {output} ({toks} new tokens, {toks / secs if secs else 0:.1f} tokens/s)")
-    return 0
+    failed = sum(g.finish_reason == "error" for g in outs)
+    print(f"{len(outs)} responses -> {output} ({toks} new tokens, {toks / secs if secs else 0:.1f} tokens/s)"
+          + (f"; {failed} failed (the server's answer was not valid JSON: finish_reason \"error\")" if failed else ""))
 
 
-def classify(model: str, input: str, output: str, adapter: str | None = None, batch_size: int = 16) -> int:
-    """Classify each message of a file; write a CSV text,label,p_<class>... (p_spam for the spam adapter).
+def classify_task(adapter: str, task: str):
+    """(adapter info or None, the classify task): from the adapter's recipe, from --task, or the only
+    registered classify task. All before any model loads."""
+    from harness.tasks import all_tasks, get_task
 
-    model: a registry name, a local model directory, or a .gguf file
-    input: one message per line, or a CSV with a `text` column
+    info = None
+    if adapter:
+        info = _local_adapter(adapter)
+        if info.method not in ("head", "label_text"):
+            raise UserError(f"adapter {adapter!r} is a {info.task} generation adapter, not a classifier; pick a "
+                            "classifier (see `python -m harness models`) or classify zero-shot without --adapter")
+        if task and task != info.task:
+            raise UserError(f"adapter {adapter!r} was trained for task {info.task!r}, not {task!r}: drop --task "
+                            f"or pick a {task} adapter")
+        task = info.task
+    if not task:
+        names = [t.name for t in all_tasks() if t.kind == "classify"]
+        if len(names) != 1:
+            raise UserError(f"name the task to classify zero-shot with --task: one of {', '.join(names) or 'none'}")
+        task = names[0]
+    t = get_task(task)
+    if t.kind != "classify":
+        classifiers = [x.name for x in all_tasks() if x.kind == "classify"]
+        raise UserError(f"task {task!r} generates text; classify needs a classify task: "
+                        f"{', '.join(classifiers) or 'none registered'}")
+    return info, t
+
+
+def classify(input: str, output: str, model: str = "", adapter: str = "", task: str = "",
+             batch_size: int = 16) -> int:
+    """Classify each message of a file with a classification adapter (a head or label-as-text), or the base
+    zero-shot; the output CSV keeps every input column and adds `label` and `p_<label>` for each label.
+
+    input: one message per line, or a CSV / JSONL with a `text` column (a `label` column is kept as label_given)
     output: the CSV file to write
-    adapter: a classification adapter (default: the base model zero-shot, spam vs ham)
+    model: a registry name, a local model directory, or a .gguf file (default: the embedded base)
+    adapter: a classification adapter (default: the base zero-shot on the task's prompt)
+    task: the classify task (default: the adapter's, or the only registered one; see `python -m harness tasks`)
+    batch_size: messages scored together
     """
-    from harness.generation import classify as run
-    from harness.models import load_model
+    rows, columns = read_message_rows(input)
+    check_writable_file(output)
+    check_cache_writable()
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if model and parse_engine_spec(model)[0] != "transformers":
+        raise UserError(f"classification runs in process only: no server API returns per-label probabilities; "
+                        f"drop {model.split(':', 1)[0]}: and pass a base model")
+    info, t = classify_task(adapter, task)
+    from harness.classify import classify as classify_texts
+    from harness.models import default_base, load_model
 
-    texts = read_messages(input)
-    lm = load_model(model, adapters=[adapter] if adapter else None)
-    probs = run(lm, texts, adapter=adapter, batch_size=batch_size)
-    labels = list(probs[0]) if probs else ["ham", "spam"]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["text", "label"] + [f"p_{l}" for l in labels])
-    for text, p in zip(texts, probs):
-        w.writerow([text, max(p, key=p.get)] + [f"{p[l]:.6f}" for l in labels])
-    _write_atomic(output, buf.getvalue())
-    counts = {l: sum(1 for p in probs if max(p, key=p.get) == l) for l in labels}
-    print(f"{len(texts)} messages -> {output} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
+    probs = classify_texts(lm, [r["text"] for r in rows], adapter or None, t, batch_size=batch_size)
+    labels = list(probs[0]) if probs else list(t.labels)
+    given = "label" in columns
+    header = [("label_given" if c == "label" else c) for c in columns] + ["label"] + [f"p_{lab}" for lab in labels]
+    header += ["correct"] if given else []
+    out_rows = []
+    preds = []
+    for r, p in zip(rows, probs):
+        pred = max(p, key=p.get)
+        preds.append(pred)
+        cells = [_cell(r.get(c, "")) for c in columns] + [pred] + [f"{p[lab]:.6f}" for lab in labels]
+        out_rows.append(cells + ([str(pred == str(r.get("label", "")).strip())] if given else []))
+    write_csv(output, header, out_rows)
+    counts = ", ".join(f"{lab}: {preds.count(lab)}" for lab in labels)
+    how = f"adapter {adapter} ({info.method})" if info else f"{lm.name} zero-shot"
+    print(f"{len(rows)} messages -> {output} ({counts}; task {t.name}, {how})")
+    if given:
+        acc = sum(p == str(r.get("label", "")).strip() for p, r in zip(preds, rows)) / len(rows)
+        print(f"  accuracy against the input's `label` column (kept as label_given): {acc:.3f}")
     return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

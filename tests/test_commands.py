@@ -71,6 +71,7 @@ def test_classify_with_adapter_and_zero_shot(tiny_llama_dir, tmp_path):
                "--output", str(out)) == 0
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     assert [r["text"] for r in rows] == ["WIN a prize now, claim it", "see you at noon, mum", "Hi, it's me"]
+    assert [r["id"] for r in rows] == ["1", "2", "3"]                    # every input column is kept
     for r in rows:
         assert r["label"] in ("ham", "spam")
         assert float(r["p_ham"]) + float(r["p_spam"]) == pytest.approx(1.0, abs=1e-4)
@@ -86,7 +87,7 @@ def test_classify_csv_without_text_column(tiny_llama_dir, tmp_path, capsys):
     src.write_text("message\nhello\n")
     assert run("classify", "--model", str(tiny_llama_dir), "--input", str(src), "--output",
                str(tmp_path / "o.csv")) == 2
-    assert "`text` column" in capsys.readouterr().err
+    assert "missing column(s) text" in capsys.readouterr().err
 
 
 def test_causal_adapter_is_not_a_classifier(tiny_llama_dir, tmp_path, capsys):
@@ -96,6 +97,157 @@ def test_causal_adapter_is_not_a_classifier(tiny_llama_dir, tmp_path, capsys):
     assert run("classify", "--model", str(tiny_llama_dir), "--adapter", "chat-x", "--input", str(src),
                "--output", str(tmp_path / "o.csv")) == 2
     assert "not a classifier" in capsys.readouterr().err
+
+
+def test_classify_label_as_text_keeps_columns_and_a_given_label(tiny_llama_dir, tmp_path):
+    """A label-as-text adapter (a causal LoRA for a classify task) answers through harness.classify: the label
+    with the highest likelihood, p_<label> for each; a `label` column in the input is kept as label_given."""
+    build_adapter(tiny_llama_dir, tmp_path / "adapters" / "spam-text", task="spam")
+    src = tmp_path / "msgs.jsonl"
+    src.write_text('{"text": "WIN cash now", "label": "spam", "src": "a"}\n'
+                   '{"text": "lunch at 1?", "label": "ham", "src": "b"}\n', encoding="utf-8")
+    out = tmp_path / "pred.csv"
+    assert run("classify", "--model", str(tiny_llama_dir), "--adapter", "spam-text", "--input", str(src),
+               "--output", str(out)) == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert list(rows[0]) == ["text", "label_given", "src", "label", "p_ham", "p_spam", "correct"]
+    assert [r["src"] for r in rows] == ["a", "b"] and [r["label_given"] for r in rows] == ["spam", "ham"]
+    for r in rows:
+        assert float(r["p_ham"]) + float(r["p_spam"]) == pytest.approx(1.0, abs=1e-4)
+        assert r["label"] == max(("ham", "spam"), key=lambda lab: float(r[f"p_{lab}"]))
+        assert r["correct"] == str(r["label"] == r["label_given"])
+
+
+def test_classify_any_label_set_zero_shot(tiny_llama_dir, tmp_path, monkeypatch):
+    """A user's three-label task (eval_sets/tasks/<name>.toml) classifies zero-shot with --task."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "intent.toml").write_text('name = "intent"\nkind = "classify"\nlabels = ["billing", "tech", "other"]\n'
+                                       'prompt = "Which team: billing, tech or other?\\n\\n{text}"\n', encoding="utf-8")
+    monkeypatch.setenv("FTBENCH_TASKS", str(tasks))
+    src = tmp_path / "m.txt"
+    src.write_text("my invoice is wrong\nthe app crashes\n", encoding="utf-8")
+    out = tmp_path / "p.csv"
+    assert run("classify", "--model", str(tiny_llama_dir), "--task", "intent", "--input", str(src),
+               "--output", str(out)) == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert list(rows[0]) == ["text", "label", "p_billing", "p_tech", "p_other"] and len(rows) == 2
+    assert all(r["label"] in ("billing", "tech", "other") for r in rows)
+    # two classify tasks registered now: zero-shot needs --task, said in one sentence before any model loads
+    assert run("classify", "--model", str(tiny_llama_dir), "--input", str(src), "--output", str(out)) == 2
+
+
+# ---------------------------------------------------------------- every failure is one sentence (#12 part 6)
+
+def _files(root) -> set:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: the checks must come first."""
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+    monkeypatch.setattr("harness.models.load_model", boom)
+
+
+def _fails(capsys, tmp_path, before, *argv) -> str:
+    capsys.readouterr()                      # what the test's own setup printed
+    assert run(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert _files(tmp_path) == before, "a failed command left files behind"
+    return err
+
+
+@pytest.mark.parametrize("cmd", ["generate", "classify"])
+def test_empty_input_is_an_error_before_any_model_loads(cmd, tmp_path, capsys, no_model_load):
+    src = tmp_path / "empty.txt"
+    src.write_text("\n  \n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, cmd, "--model", "smollm2-135m-instruct", "--input", str(src),
+                 "--output", str(tmp_path / "out"))
+    assert "holds no" in err and "write one" in err and "per line" in err
+
+
+def test_empty_csv_text_column_is_an_error(tmp_path, capsys, no_model_load):
+    src = tmp_path / "m.csv"
+    src.write_text("id,text\n1,\n2,  \n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, "classify", "--input", str(src), "--output", str(tmp_path / "o.csv"))
+    assert "holds no messages" in err and "non-empty `text` column" in err
+
+
+@pytest.mark.parametrize("cmd", ["generate", "classify"])
+def test_output_that_is_a_folder_is_refused_before_any_model_loads(cmd, tmp_path, capsys, no_model_load):
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, cmd, "--model", "smollm2-135m-instruct", "--input", str(src),
+                 "--output", str(folder))
+    assert "is a folder" in err and "give a file name inside it" in err
+
+
+@pytest.mark.parametrize("cmd", ["generate", "classify"])
+def test_unwritable_cache_is_refused_before_any_model_loads(cmd, tmp_path, capsys, monkeypatch, no_model_load):
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("FTBENCH_CACHE", str(blocker / "cache"))      # a folder inside a file: never writable
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, cmd, "--model", "smollm2-135m-instruct", "--input", str(src),
+                 "--output", str(tmp_path / "o.out"))
+    assert "FTBENCH_CACHE" in err and "pick a folder you can write to" in err
+
+
+@pytest.mark.parametrize("what", ["--store", "FTBENCH_RESULTS"])
+def test_run_checks_store_and_results_before_any_model_loads(what, tmp_path, capsys, monkeypatch, no_model_load):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = ["run", "--eval-set", "instructions_own", "--judge", "none", "--limit", "1"]
+    if what == "--store":
+        argv += ["--store", str(blocker / "s" / "store.sqlite")]
+    else:
+        monkeypatch.setenv("FTBENCH_RESULTS", str(blocker / "results"))
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, *argv)
+    assert what in err and "pick a folder you can write to" in err
+
+
+@pytest.mark.parametrize("kind", ["seq_cls", "label_text"])
+def test_a_classifier_passed_to_generate_is_refused_before_the_base_loads(kind, tiny_llama_dir, tmp_path, capsys,
+                                                                          no_model_load):
+    build_adapter(tiny_llama_dir, tmp_path / "adapters" / "clf", kind="seq_cls" if kind == "seq_cls" else "causal",
+                  task="spam")
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, "generate", "--model", str(tiny_llama_dir), "--adapter", "clf",
+                 "--input", str(src), "--output", str(tmp_path / "o.jsonl"))
+    assert "spam classifier" in err and "python -m harness classify --adapter clf" in err
+
+
+@pytest.mark.parametrize("cmd", ["generate", "classify"])
+def test_unknown_adapter_is_reported_before_the_base_loads(cmd, tiny_llama_dir, tmp_path, capsys, no_model_load):
+    build_adapter(tiny_llama_dir, tmp_path / "adapters" / "chat-x")
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, cmd, "--model", str(tiny_llama_dir), "--adapter", "chat-y",
+                 "--input", str(src), "--output", str(tmp_path / "o.out"))
+    assert "unknown adapter 'chat-y'" in err and "chat-x" in err
+
+
+def test_classify_refuses_a_server_model(tmp_path, capsys, no_model_load):
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, "classify", "--model", "openai:smol@http://127.0.0.1:9", "--input",
+                 str(src), "--output", str(tmp_path / "o.csv"))
+    assert "in process only" in err
 
 
 @pytest.mark.slow
