@@ -1,7 +1,7 @@
 """Poem rule checks as pure functions on the text (no model): 近体诗 rhyme and tone, English sonnet rhyme and metre.
 
     >>> from harness.rules import check_poem
-    >>> r = check_poem("白日依山尽，黄河入海流。\\n欲穷千里目，更上一层楼。", "五言绝句", "zh")
+    >>> r = explain_poem("白日依山尽，黄河入海流。\\n欲穷千里目，更上一层楼。", "五言绝句", "zh")
     >>> r["rhyme_ok"], r["rhyme_group"], r["tone_ok"]
     (True, '尤', True)
 
@@ -47,9 +47,13 @@ PING, ZE = "平", "仄"
 # (tone word in the table's section names) -> 平/仄, and the tone shown to users
 _TONES = (("上平", "上平", PING), ("下平", "下平", PING), ("上聲", "上声", ZE), ("去聲", "去声", ZE), ("入聲", "入声", ZE))
 
-# the fields check_poem returns and how a leaderboard aggregates them over rows:
-# "rate" = share of True among the rows where the field is not None; "mean" = mean of the non-None values;
-# "sum" = total. Rows where a field is None (other language, broken form) do not count for it.
+# the fields check_poem returns: the "rules" metric hook of harness/tasks (METRICS["rules"]) stores them on every
+# poem row and aggregates them (rate of True / mean over the rows where the field is not None). None = the rule
+# does not apply to this row (other language or form, or the form is broken so no rule was checked).
+RULE_FIELDS = ("rhyme_ok", "tone_ok", "repeated_rhyme", "sonnet_scheme_ok", "syllables_ok_rate", "unknown_chars",
+               "oov_words")
+# every field explain_poem returns that is aggregated, and how: "rate" = share of True among the rows where the
+# field is not None; "mean" = mean of the non-None values; "sum" = total.
 AGGREGATE = {
     "rhyme_ok": "rate", "tone_ok": "rate", "tone_rate": "mean", "repeated_rhyme": "rate", "unknown_chars": "sum",
     "sonnet_lines_ok": "rate", "sonnet_scheme_ok": "rate", "sonnet_rhyme_rate": "mean",
@@ -164,6 +168,29 @@ _FOUR_TONES = ("东董送屋 冬肿宋沃 江讲绛觉 支纸寘 微尾未 鱼�
                "侵寝沁缉 覃感勘合 盐琰艳叶 咸豏陷洽")
 
 
+# the 平声 groups' names in pinyin, so a name typed in Latin letters ("dong") is answered with its groups
+GROUP_PINYIN = {"东": "dong", "冬": "dong", "江": "jiang", "支": "zhi", "微": "wei", "鱼": "yu", "虞": "yu", "齐": "qi",
+                "佳": "jia", "灰": "hui", "真": "zhen", "文": "wen", "元": "yuan", "寒": "han", "删": "shan",
+                "先": "xian", "萧": "xiao", "肴": "yao", "豪": "hao", "歌": "ge", "麻": "ma", "阳": "yang",
+                "庚": "geng", "青": "qing", "蒸": "zheng", "尤": "you", "侵": "qin", "覃": "tan", "盐": "yan",
+                "咸": "xian"}
+
+
+def nearest_groups(key: str) -> list[str]:
+    """The 平声 groups nearest to a name that is not one: by pinyin (exact, then close spellings), or the
+    groups named inside a longer string ("东冬" -> 东, 冬). [] when nothing is near."""
+    import difflib
+
+    latin = re.sub(r"[^a-z]", "", key.lower())
+    if latin:
+        exact = [g for g, py in GROUP_PINYIN.items() if py == latin]
+        if exact:
+            return exact
+        close = difflib.get_close_matches(latin, sorted(set(GROUP_PINYIN.values())), n=3, cutoff=0.6)
+        return [g for py in close for g, p in GROUP_PINYIN.items() if p == py]
+    return [g for g in GROUP_PINYIN if g in key]
+
+
 def resolve_group(name: str) -> str:
     """A user's rhyme group ("东", "東", "一东", "上平一東", "东韵") -> the simplified 平声 group name.
     Anything else: UserError naming the nearest 平声 groups."""
@@ -186,6 +213,13 @@ def resolve_group(name: str) -> str:
         raise UserError(f"no rhyme group {raw!r}: {key} is a character of {', '.join(table.groups_of(key))}; nearest "
                         f"平声 groups: {', '.join(near) or '-'} (e.g. rhyme_group={near[0] if near else ping[0]!r}); "
                         f"all: {''.join(ping)}")
+    if len(key) == 1 and is_cjk(key):
+        raise UserError(f"no rhyme group {raw!r}: {raw} is not in the 平水韵 table (unknown, not guessed); "
+                        f"the 30 平声 groups are {''.join(ping)} (e.g. rhyme_group='东')")
+    near = nearest_groups(key)
+    if near:
+        raise UserError(f"no rhyme group {raw!r}; nearest: {', '.join(f'{g} ({GROUP_PINYIN[g]})' for g in near)}; "
+                        f"the 30 平声 groups are {''.join(ping)}")
     raise UserError(f"no rhyme group {raw!r}; the 30 平声 groups are {''.join(ping)} (e.g. rhyme_group='东')")
 
 
@@ -449,18 +483,30 @@ def _check_sonnet(text: str, lang: str) -> dict:
 
 def _empty() -> dict:
     return {"rhyme_ok": None, "tone_ok": None, "tone_rate": None, "tone_template": "", "rhyme_group": "",
-            "repeated_rhyme": None, "unknown_chars": 0, "unknown_list": "", "sonnet_lines_ok": None,
-            "sonnet_scheme_ok": None, "sonnet_scheme": "", "sonnet_rhyme_rate": None, "syllables_ok_rate": None, "oov_words": 0,
-            "rules_summary": ""}
+            "repeated_rhyme": None, "unknown_chars": None, "unknown_list": "", "sonnet_lines_ok": None,
+            "sonnet_scheme_ok": None, "sonnet_scheme": "", "sonnet_rhyme_rate": None, "syllables_ok_rate": None,
+            "oov_words": None, "rules_summary": ""}
 
 
 def check_poem(text: str, form: str, lang: str) -> dict:
-    """Every rule check of one poem, as flat JSON-able fields (None where a check does not apply).
+    """The rule metrics of one poem, exactly RULE_FIELDS (what the "rules" metric stores on every poem row):
 
-    rhyme_ok, tone_ok, repeated_rhyme: bool | None (近体诗 with the right form only); tone_rate: float | None;
-    tone_template, rhyme_group, unknown_list: str; unknown_chars: int (occurrences not in the rhyme table);
-    sonnet_lines_ok, sonnet_scheme_ok: bool | None; sonnet_scheme: str (one letter a line, ? not in CMUdict); sonnet_rhyme_rate, syllables_ok_rate: float | None;
-    oov_words: int (word occurrences not in CMUdict); rules_summary: one sentence. See AGGREGATE."""
+    rhyme_ok, tone_ok, repeated_rhyme: bool | None (近体诗 in its form; None also when a rhyme or tone position
+    holds a character not in the table and the rest agree: unconfirmed, never guessed); unknown_chars: int | None
+    (characters of a checked 近体诗 not in the 平水韵 table); sonnet_scheme_ok: bool | None (14-line English sonnets);
+    syllables_ok_rate: float | None (English sonnets: share of lines of 9-11 syllables, among lines whose words
+    are all in CMUdict); oov_words: int | None (word occurrences of an English sonnet not in CMUdict).
+    None where a rule does not apply. explain_poem gives the details (rhyme group, template, one sentence)."""
+    full = explain_poem(text, form, lang)
+    return {k: full[k] for k in RULE_FIELDS}
+
+
+def explain_poem(text: str, form: str, lang: str) -> dict:
+    """Every rule check of one poem with its details, as flat JSON-able fields (None where a check does not apply).
+
+    The RULE_FIELDS, plus: tone_rate: float | None; tone_template, rhyme_group, unknown_list: str;
+    sonnet_lines_ok: bool | None; sonnet_scheme: str (one letter a line, ? not in CMUdict); sonnet_rhyme_rate:
+    float | None; rules_summary: one sentence. See AGGREGATE."""
     f = (form or "").strip()
     if f in FIXED_FORMS:
         return _check_zh(text, f)
@@ -530,7 +576,7 @@ def measure_rules(n: int = 40, eval_set: str = "poems_zh:test_jueju", adapter: s
     from harness.data import load_eval_set
     from harness.models import load_model
     items = load_eval_set(eval_set).items
-    ref = [check_poem(it["poem"], it["form"], it.get("lang", "zh")) for it in items]
+    ref = [explain_poem(it["poem"], it["form"], it.get("lang", "zh")) for it in items]
     form_ok = [form_check(it["poem"], it["form"], "zh")["ok"] for it in items]
     result: dict = {"eval_set": eval_set, "adapter": adapter, "n": min(n, len(items)), "table": table_version(),
                     "reference": {"n": len(items), "form_ok": sum(form_ok) / len(items), **aggregate_rules(ref)}}
@@ -558,7 +604,7 @@ def measure_rules(n: int = 40, eval_set: str = "poems_zh:test_jueju", adapter: s
                 chars = sum(1 for ch in text if is_cjk(ch))
                 row = {"title": it["title"], "form": it["form"], "text": text, "logp": lp,
                        "logp_per_char": lp / chars if chars else None,
-                       "form_ok": form_check(text, it["form"], "zh")["ok"], **check_poem(text, it["form"], "zh")}
+                       "form_ok": form_check(text, it["form"], "zh")["ok"], **explain_poem(text, it["form"], "zh")}
                 rows.append(row)
             lps = [r["logp_per_char"] for r in rows if r["logp_per_char"] is not None]
             summary = {"form_ok": sum(r["form_ok"] for r in rows) / len(rows), **aggregate_rules(rows),
@@ -584,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         print(main.__doc__, file=sys.stderr)
         return 2
     try:
-        res = check_poem(args[0].replace("\\n", "\n"), args[1], args[2] if len(args) > 2 else "zh")
+        res = explain_poem(args[0].replace("\\n", "\n"), args[1], args[2] if len(args) > 2 else "zh")
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -169,7 +169,7 @@ def _constrained(lm, form: str, topics: list[str], **opts) -> list[str]:
 
 @pytest.mark.parametrize("form", list(FIXED_FORMS))
 def test_rhyme_and_tone_constraints_hold(form, tiny_llama_dir):
-    from harness.rules import check_poem
+    from harness.rules import explain_poem as check_poem
     lm = load_model(str(tiny_llama_dir))
     free = [check_poem(t, form, "zh") for t in _constrained(lm, form, TOPICS)]
     assert all(r["rhyme_ok"] is not None or r["unknown_chars"] for r in free)
@@ -184,7 +184,7 @@ def test_rhyme_and_tone_constraints_hold(form, tiny_llama_dir):
 
 
 def test_given_rhyme_group_and_template(tiny_gpt2_dir):
-    from harness.rules import check_poem, constrained_positions, rhyme_table, tone_templates, zh_lines
+    from harness.rules import constrained_positions, explain_poem as check_poem, rhyme_table, tone_templates, zh_lines
     lm = load_model(str(tiny_gpt2_dir))
     table = rhyme_table()
     pats = tone_templates("七言绝句")["平起首句入韵"]
