@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.engines import EngineConfig
 from harness.errors import UserError
 from harness.generation import GenerationConfig
 from harness.io import check_writable_dir, check_writable_file, read_text, slug, text_sha, write_jsonl
@@ -43,10 +44,19 @@ def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None
                decoding: str = "free") -> str:
     """A limited run gets its own file, so `--limit 5` never overwrites the full run's rows; so does a
     form-constrained one."""
-    rid = "__".join(slug(x) for x in (eval_set, model, adapter or "base", judge or "nojudge"))
+    rid = "__".join(slug(x) for x in (eval_set, model_slug(model), adapter or "base", judge or "nojudge"))
     if decoding != "free":
         rid += f"__{decoding}"
     return f"{rid}__first{limit}" if limit else rid
+
+
+def model_slug(model: str) -> str:
+    """A model spec for a file name: a server spec (openai:<model>@<url>) as kind-model-<hash of the spec>."""
+    from harness.engines import parse_engine_spec
+    kind, name, _ = parse_engine_spec(model or "")
+    if kind == "transformers":
+        return model
+    return f"{kind}-{name.replace('/', '-')}-{text_sha(model)[:8]}"
 
 
 def git_commit() -> str:
@@ -145,6 +155,66 @@ def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: lis
         have = store.get("generations", keys)
     return [_Gen(have[k]["response"], int(have[k]["response_tokens"] or 0), float(have[k]["seconds"] or 0.0),
                  have[k].get("extra") or {}, int(have[k]["prompt_tokens"] or 0)) for k in keys], len(missing)
+
+
+def item_messages(task, item: dict) -> list[dict]:
+    """A generate item as chat messages for a server (it applies its own chat template): the instruction and
+    its input in one user message, as LoadedModel.render_instruction does for a chat model in process."""
+    ins, inp = task.instruction(item)
+    return [{"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins}]
+
+
+def _generate_remote_with_store(engine, adapter: str | None, items: list[dict], task, gcfg, store: Store,
+                                progress: bool) -> tuple[list[_Gen], int]:
+    """Generate through a server (harness.engines: bounded pool, retries, timeouts), each answer stored as it
+    arrives. The key holds the served model's own identity (what /v1/models or Ollama reports), not the URL:
+    a server that moved still answers from the cache, a different served model never does. A 200 answer that is
+    not JSON fails that item only (finish_reason "error", empty response) and is not stored: a rerun asks again.
+    An item's seconds are its share of the run's wall time (time since the previous answer), as in process."""
+    from harness.engines import EngineRequest, _prompt_text, engine_generate
+
+    served = adapter or engine.model
+    identity = engine.identity_of(adapter)
+    cfg_key = {"engine": engine.kind, **gcfg.as_key()}
+    reqs = [EngineRequest(item_messages(task, it), max_new_tokens=gcfg.max_new_tokens, temperature=0.0,
+                          seed=gcfg.seed, stop=gcfg.stop, adapter=adapter) for it in items]
+    prompts = [_prompt_text(r) for r in reqs]
+    name = f"{engine.kind}:{served}"
+    keys = [generation_key(name, "", cfg_key, p, identity) for p in prompts]
+    have = store.get("generations", keys)
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k not in have:
+            first.setdefault(k, i)
+    missing = list(first)
+    failed: dict[str, _Gen] = {}
+    if missing:
+        last = [time.perf_counter()]
+
+        def save(j: int, g) -> None:
+            now = time.perf_counter()
+            share, last[0] = now - last[0], now
+            k = missing[j]
+            if g.finish_reason == "error":
+                failed[k] = _Gen("", 0, share, {"finish_reason": "error", "model_digest": identity})
+                return
+            store.put("generations", [{
+                "key": k, "model": name, "adapter": adapter or "", "adapter_sha": "", "config": cfg_key,
+                "prompt": g.prompt, "response": g.text, "prompt_tokens": g.prompt_tokens,
+                "response_tokens": g.new_tokens, "seconds": share,
+                "extra": {"finish_reason": g.finish_reason, "model_digest": identity, "engine": engine.where}}])
+
+        engine_generate(engine, [reqs[first[k]] for k in missing], on_done=save, progress=progress)
+        have = store.get("generations", keys)
+    out = []
+    for k in keys:
+        if k in have:
+            h = have[k]
+            out.append(_Gen(h["response"], int(h["response_tokens"] or 0), float(h["seconds"] or 0.0),
+                            h.get("extra") or {}, int(h["prompt_tokens"] or 0)))
+        else:
+            out.append(failed[k])
+    return out, len(missing)
 
 
 def classify_key(lm, adapter: str | None, task) -> dict:
@@ -271,6 +341,22 @@ def _adapter_sha(lm, adapter: str | None, task) -> str:
     return info.sha256
 
 
+def _check_remote(task, eval_set: str, decoding: str, adapter: str | None) -> None:
+    """What a server cannot do, refused before anything starts: classification (no per-label probabilities),
+    the form constraint (token by token, in process), a local classifier adapter."""
+    if task.kind == "classify":
+        raise UserError(f"{eval_set} is a {task.name} classification set, which runs in process only (no server API "
+                        "returns per-label probabilities): pass a base model instead of openai:/ollama:")
+    if decoding != "free":
+        raise UserError("--decoding form constrains decoding token by token, which runs in process only: drop "
+                        "--decoding or pass a base model instead of openai:/ollama:")
+    if adapter:
+        from harness.models import list_adapters
+        local = {a.name: a for a in list_adapters() if not a.problem}
+        if adapter in local:
+            check_adapter_for(local[adapter], task)
+
+
 def check_outputs(store: str | None = None) -> None:
     """Before any model loads: the cache, the store's folder and the results folder must be writable."""
     check_writable_dir(cache_dir(), "FTBENCH_CACHE (the cache folder)")
@@ -282,12 +368,17 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256, workers: int = 4, *,
         judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
         retry_unparsed: bool = False, progress: bool = True, write: bool = True,
-        run_dir: Path | None = None, decoding: str = "free", gen_config: Any = None) -> RunResult:
+        run_dir: Path | None = None, decoding: str = "free", gen_config: Any = None,
+        engine_config: Any = None) -> RunResult:
     """Generate (batched, greedy, cached) or classify, judge (cached), score and write one rows file; update
     the leaderboards. (The CLI's `run` builds the arguments from RunConfig, GenerationConfig and JudgeConfig.)
 
     decoding "form": poems in a classical Chinese form are decoded under harness/forms.py's constraint (the
     app's default); other items are generated freely. Its rows carry decoding="form" and their own run id.
+
+    model "openai:<model>@<url>" or "ollama:<model>": generate through that server (harness.engines, with
+    engine_config's workers, timeouts and retries); the adapter is then the model id the server serves it as.
+    Rows and leaderboard columns are the same as in process; the rows' model is the spec.
 
     judge None or "" = no judge (classify tasks never have one). lm: an already loaded model to reuse.
     write=False: only fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default
@@ -302,7 +393,11 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     if decoding not in task.decodings:
         raise UserError(f"--decoding {decoding} does not apply to {eval_set} (a {task.name} set); "
                         f"it allows {', '.join(task.decodings)}")
-    if adapter:
+    from harness.engines import EngineConfig, open_engine, parse_engine_spec
+    remote = parse_engine_spec(model or "")[0] != "transformers"
+    if remote:
+        _check_remote(task, eval_set, decoding, adapter)
+    elif adapter:
         check_adapter_for(find_adapter(adapter), task)     # before any model loads
     jcfg = None
     if task.kind == "generate" and task.judge_prompt and (judge or judge_config):
@@ -311,19 +406,31 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     own_store = store is None
     store = store or Store()
     the_judge: Judge | None = None
+    engine = None
     try:
+        if remote:
+            from dataclasses import replace
+            engine = open_engine(replace(engine_config or EngineConfig(), spec=model))   # health check first
+            engine.identity_of(adapter)                        # the adapter's model id is served
         if jcfg is not None and jcfg.backend != "transformers":
             the_judge = open_judge(jcfg)                       # health check before any generation
-        if lm is None:
-            lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
-        adapter_sha = _adapter_sha(lm, adapter, task)
-
-        if task.kind == "classify":
-            outs, generated = _classify_with_store(lm, adapter or None, adapter_sha, [it["text"] for it in items],
-                                                   gcfg.batch_size, store, progress, task)
+        if engine is not None:
+            model_name, adapter_sha, method = engine.config.spec, "", ""
+            outs, generated = _generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
+                                                          progress)
         else:
-            outs, generated = _generate_items(lm, adapter or None, adapter_sha, items, task, gcfg, store, progress,
-                                              decoding)
+            if lm is None:
+                lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
+            model_name = lm.name
+            adapter_sha = _adapter_sha(lm, adapter, task)
+            method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
+            if task.kind == "classify":
+                outs, generated = _classify_with_store(lm, adapter or None, adapter_sha,
+                                                       [it["text"] for it in items], gcfg.batch_size, store,
+                                                       progress, task)
+            else:
+                outs, generated = _generate_items(lm, adapter or None, adapter_sha, items, task, gcfg, store,
+                                                  progress, decoding)
 
         judged_rows: list[dict | None] = [None] * len(items)
         asked = 0
@@ -334,16 +441,17 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
                     for it, o in zip(items, outs)]
             judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
 
-        method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
-        rows = make_rows(es, task, lm.name, adapter or "", adapter_sha, method, items, outs, judged_rows,
+        rows = make_rows(es, task, model_name, adapter or "", adapter_sha, method, items, outs, judged_rows,
                          the_judge, jcfg, "" if decoding == "free" else decoding)
     finally:
         if the_judge is not None:
             the_judge.close()
+        if engine is not None:
+            engine.close()
         if own_store:
             store.close()
 
-    rid = run_id_for(es.name, lm.name, adapter, jcfg.spec if jcfg else None,
+    rid = run_id_for(es.name, model_name, adapter, jcfg.spec if jcfg else None,
                      limit if limit and limit < len(es.items) else None, decoding)
     runs = run_dir or results_dir() / "runs"
     path = runs / task.name / f"{rid}.jsonl"
@@ -501,9 +609,10 @@ def _judge_or_none(judge: JudgeConfig, no_judge: bool) -> JudgeConfig | None:
     return None if no_judge or judge.spec.strip().lower() in ("", "none", "no") else judge
 
 
-def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig) -> int:
+def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig, engine: EngineConfig) -> int:
     """Generate (or classify), judge and score an eval set; write results/runs/<task>/<run_id>.jsonl and the
-    leaderboard.
+    leaderboard. --model openai:<model>@<url> or ollama:<model> generates through that server (--workers
+    concurrent requests, --timeout, --retries).
 
     Generations and judgments are cached in the store: a rerun (or a run killed and restarted) only does
     what is missing.
@@ -518,7 +627,8 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig) -> int:
     try:
         res = globals()["run"](cfg.model or None, cfg.adapter or None, cfg.eval_set, jcfg.spec if jcfg else None,
                                cfg.limit, gen.batch_size, gen.max_new_tokens, judge.workers, judge_config=jcfg,
-                               store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen)
+                               store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen,
+                               engine_config=engine)
     finally:
         if st:
             st.close()
@@ -528,7 +638,8 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig) -> int:
 
 # the flags of `run` (see harness.cli): GenerationConfig's sampling knobs do not apply to evaluation runs
 run_cmd.cli_skip = {"gen": ("do_sample", "temperature", "top_p", "seed", "stop", "ignore_eos", "form",
-                            "repetition_penalty")}
+                            "repetition_penalty"),
+                    "engine": ("spec", "host", "batch_size")}       # the engine's spec is --model
 
 
 def _print_summary(res: RunResult, seconds: float) -> None:

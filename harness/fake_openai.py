@@ -115,6 +115,12 @@ class FakeOpenAI:
         with self._lock:
             return sum(1 for r in self.requests if path is None or r["path"] == path)
 
+    def reset(self) -> None:
+        """Forget the recorded requests (the served models and pending answers stay)."""
+        with self._lock:
+            self.requests.clear()
+            self.max_in_flight = 0
+
     def chat_bodies(self) -> list[dict]:
         with self._lock:
             return [r["body"] for r in self.requests if r["path"] == "/v1/chat/completions"]

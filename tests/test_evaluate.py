@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from harness.engines import EngineConfig
 from harness.errors import UserError
 from harness.evaluate import judge_cmd, judge_with_store, read_responses, run, run_id_for, slug
 from harness.fake_ollama import FakeOllama
@@ -244,3 +245,74 @@ def test_kill_9_mid_generation_then_rerun_generates_only_the_rest(tiny_llama_dir
     with Store() as st:
         assert st.count("generations") == 34
     assert res.generated == 34 - stored and len(res.rows) == 34
+
+
+# ---------------------------------------------------------------- run through a server (openai:, ollama:)
+
+def _cli(*argv) -> int:
+    from harness.__main__ import COMMANDS
+    from harness.cli import main
+    return main(COMMANDS, list(argv))
+
+
+def test_run_through_an_openai_server_same_rows_cached_by_served_identity(tiny_lm, tmp_path):
+    import csv
+
+    from harness.fake_openai import FakeOpenAI
+    local = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, lm=tiny_lm, progress=False)
+    with FakeOpenAI(models=[{"id": "smol", "meta": {"n_params": 1}}]) as fake:
+        res = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+        assert res.generated == 3 and fake.count() == 3
+        assert set(res.rows[0]) == set(local.rows[0])                       # the same row schema
+        assert res.rows[0]["model"] == f"openai:smol@{fake.base}" and res.rows[0]["rouge_l"] is not None
+        bodies = fake.chat_bodies()
+        assert all(b["temperature"] == 0 and b["max_tokens"] == 8 for b in bodies)
+        assert sorted(b["messages"][0]["content"] for b in bodies) == sorted(r["prompt"] for r in res.rows)
+        boards = list(csv.reader(open(tmp_path / "results" / "leaderboard_chat.csv", encoding="utf-8")))
+        assert {r[2] for r in boards[1:]} == {local.rows[0]["model"], res.rows[0]["model"]}
+
+        fake.reset()
+        again = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+        assert again.generated == 0 and fake.count() == 0
+        assert again.responses == res.responses
+        fake.models = [{"id": "smol", "meta": {"n_params": 2}}]             # another model behind the same name
+        other = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+        assert other.generated == 3 and fake.count() == 3                   # never served from the cache
+
+
+def test_run_through_a_server_keeps_going_past_a_non_json_answer_and_asks_again(tmp_path):
+    from harness.fake_openai import FakeOpenAI
+    with FakeOpenAI(answers=[{"raw": "<html>oops"}]) as fake:
+        res = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
+                  engine_config=EngineConfig(workers=1))
+        assert [r["finish_reason"] for r in res.rows].count("error") == 1 and res.generated == 3
+        fake.reset()
+        again = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+        assert again.generated == 1 and fake.count() == 1                   # only the failed item, not stored
+        assert all(r["finish_reason"] != "error" for r in again.rows)
+
+
+@pytest.mark.parametrize("case", ["down", "500", "hang", "not served", "500 mid-run", "classify set"])
+def test_run_through_a_bad_server_is_one_sentence(case, tmp_path, capsys, closed_port):
+    from harness.fake_openai import FakeOpenAI
+    kw = {"models_status": 500} if case == "500" else {"models_delay": 3} if case == "hang" else {}
+    if case == "500 mid-run":
+        kw = {"answers": ["fine"] + [{"status": 500}] * 10}
+    with FakeOpenAI(**kw) as fake:
+        url = f"http://127.0.0.1:{closed_port}" if case == "down" else fake.url
+        model = "other" if case == "not served" else "smol"
+        t0 = time.perf_counter()
+        rc = _cli("run", "--model", f"openai:{model}@{url}", "--eval-set",
+                  "sms_own" if case == "classify set" else "instructions_own", "--judge", "none", "--limit", "3",
+                  "--timeout", "0.5", "--retries", "1", "--backoff", "0.05", "--workers", "1")
+        took = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("error: ") and took < 10, (case, err)
+    expect = {"down": "cannot reach a server at", "500": "answered 500 to the model list: check its log",
+              "hang": "connected but did not answer within 0.5 s", "not served": "it serves: smol",
+              "500 mid-run": "rerun the same command to resume", "classify set": "runs in process only"}[case]
+    assert expect in err, err
+    assert not (tmp_path / "results" / "runs").exists()                      # nothing half-written
+    if case == "500 mid-run":
+        with Store() as st:
+            assert st.count("generations") == 1                              # the answer before the 500s is kept
