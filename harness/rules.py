@@ -581,7 +581,11 @@ def measure_rules(n: int = 40, eval_set: str = "poems_zh:test_jueju", adapter: s
     result: dict = {"eval_set": eval_set, "adapter": adapter, "n": min(n, len(items)), "table": table_version(),
                     "reference": {"n": len(items), "form_ok": sum(form_ok) / len(items), **aggregate_rules(ref)}}
     log(f"reference poems: {json.dumps(result['reference'], ensure_ascii=False)}")
+    if model is None and adapter:           # the adapter's own base (SmolLM2 or Gemma)
+        from harness.models import find_adapter
+        model = find_adapter(adapter).base
     lm = load_model(model, adapters=[adapter] if adapter else None)
+    result["model"] = lm.name
     items = items[:n]
     prompts = [lm.render_instruction(it["prompt"]) for it in items]
     result["configs"] = {}
@@ -616,12 +620,13 @@ def measure_rules(n: int = 40, eval_set: str = "poems_zh:test_jueju", adapter: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m harness.rules POEM FORM [LANG] | --measure [N [OUT_JSON]]"""
+    """python -m harness.rules POEM FORM [LANG] | --measure [N [OUT_JSON [ADAPTER]]]"""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "--measure":
-        res = measure_rules(n=int(args[1]) if len(args) > 1 else 40)
+        res = measure_rules(n=int(args[1]) if len(args) > 1 else 40,
+                            **({"adapter": args[3]} if len(args) > 3 else {}))
         if len(args) > 2:
             from harness.io import atomic_write
             atomic_write(Path(args[2]), json.dumps(res, ensure_ascii=False, indent=1))
