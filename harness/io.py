@@ -62,16 +62,27 @@ def check_writable_file(path: str | Path, what: str = "--output") -> Path:
 
 
 def check_writable_dir(folder: str | Path, what: str) -> Path:
-    """Create `folder` if needed and check a file can be made in it; UserError naming `what` otherwise."""
+    """Check that files can be made in `folder` (or, if it does not exist yet, that it can be created), without
+    creating anything; UserError naming `what` otherwise."""
     d = Path(folder)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=d, prefix=".ftbench-check-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        raise UserError(f"{what}: cannot write in {d} ({e.strerror or e}); pick a folder you can write to "
-                        f"(check its permissions and free space)") from None
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = ""
+    if not probe.is_dir():
+        problem = f"{probe} is not a folder"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = "permission denied"
+    elif probe == d:
+        try:
+            fd, name = tempfile.mkstemp(dir=d, prefix=".ftbench-check-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            problem = e.strerror or str(e)
+    if problem:
+        raise UserError(f"{what}: cannot write in {d} ({problem}); pick a folder you can write to "
+                        f"(check its permissions and free space)")
     return d
 
 
