@@ -35,7 +35,7 @@ from harness.app import compare as K
 from harness.app import poem as P
 from harness.app.classify import classifier_choices, classify_file, classify_message, default_classifier, spam_examples
 from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
-                               base_choices, stats_info, status_line)
+                               base_choices, stats_info, status_line, task_hints)
 from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
 from harness import leaderboard_view as LB
@@ -126,6 +126,16 @@ def session(request) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
+def stopper(state: AppState):
+    """A Stop button's callback: the session's running generation halts at its next step. (Gradio passes the
+    request only to a parameter annotated gr.Request, so this cannot be a lambda.)"""
+    import gradio as gr
+
+    def stop(request: gr.Request) -> None:
+        state.stop(session(request), wait=2.0)
+    return stop
+
+
 def sampling_controls(defaults: Sampling, prefix: str, limits):
     import gradio as gr
     with gr.Row():
@@ -138,6 +148,11 @@ def sampling_controls(defaults: Sampling, prefix: str, limits):
         s = gr.Number(value=defaults.seed, precision=0, minimum=0, label="Seed")
         r = gr.Slider(1.0, 1.5, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
     return [t, p, n, s, r]
+
+
+def default_sampling(state: AppState, **kw) -> Sampling:
+    """A tab's default sampling; on --engine llama.cpp without a repetition penalty (that path has none)."""
+    return Sampling(**({"repetition_penalty": 1.0} if state.engine == "llama.cpp" else {}), **kw)
 
 
 def transparency(prefix: str):
@@ -181,7 +196,8 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
                          placeholder="Say hello: your message shows at once, the reply streams in as the model "
                                      "writes it, labelled with the model, adapter and decoding that wrote it.")
     with gr.Row():
-        msg = gr.Textbox(placeholder="Type a message and press Enter (you can type while a reply streams)",
+        hints = task_hints("chat")
+        msg = gr.Textbox(placeholder=hints.get("placeholder") or "Type a message and press Enter",
                          show_label=False, scale=6, elem_id="chat-input", autofocus=True)
         send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="chat-stop")
@@ -193,12 +209,14 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
         export_json = gr.Button("Export JSON", size="sm", elem_id="chat-export-json")
         export_md = gr.Button("Export Markdown", size="sm", elem_id="chat-export-md")
     notice = gr.Markdown(elem_id="chat-notice", elem_classes="notice")
+    if hints.get("examples"):
+        gr.Examples([[x] for x in hints["examples"]], inputs=[msg], label="Examples (harness/tasks/chat.toml)")
     export_file = gr.File(label="Conversation export (with the settings of every answer)", visible=False,
                           interactive=False, elem_id="chat-export-file")
     with gr.Accordion("Settings: system prompt and sampling", open=False):
         system = gr.Textbox(label=f"System prompt (empty = the model's default; up to {limits.system_chars:,} "
                                   "characters)", lines=2, elem_id="chat-system")
-        sampling = sampling_controls(Sampling(), "chat", limits)
+        sampling = sampling_controls(default_sampling(state), "chat", limits)
     prompt, stats = transparency("chat")
 
     def submit_fn(text, system_text, adapter, t, p, n, s, r, request: gr.Request):
@@ -208,7 +226,8 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
     def generate_fn(request: gr.Request):
         for shown, info in C.generate_pending(state, session(request)):
             info = dict(info)
-            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), ""
+            says = info.get("engine_notice", "")
+            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), f"ℹ {says}" if says else ""
 
     def regen_fn(adapter, system_text, t, p, n, s, r, request: gr.Request):
         C.regenerate(state, session(request), adapter, Sampling.from_ui(t, p, n, s, r), system_text)
@@ -274,7 +293,8 @@ def build_classify_tab(state: AppState, ui: dict) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             text = gr.Textbox(label=f"SMS message (up to {limits.message_chars:,} characters; longer is refused, "
-                                    "never cut)", lines=4, placeholder="Paste a text message", elem_id="spam-input")
+                                    "never cut)", lines=4, placeholder=task_hints("spam").get("placeholder", ""),
+                              elem_id="spam-input")
             with gr.Row():
                 classifier = gr.Dropdown(classifier_choices(state), value=default_classifier(state),
                                          label="Classifier", allow_custom_value=True, elem_id="spam-classifier")
@@ -285,7 +305,10 @@ def build_classify_tab(state: AppState, ui: dict) -> None:
             verdict = gr.Markdown(elem_id="spam-verdict")
     try:
         examples, note = spam_examples()
-        gr.Examples([[t] for t in examples], inputs=[text], label=note, examples_per_page=8)
+        hinted = task_hints("spam").get("examples", [])
+        gr.Examples([[t] for t in dict.fromkeys(hinted + examples)], inputs=[text],
+                    label=f"{note} The first {len(hinted)} come from harness/tasks/spam.toml." if hinted else note,
+                    examples_per_page=8)
     except UserError as e:
         gr.Markdown(f"⚠ No examples: {e}")
     with gr.Accordion("Classify a file: a CSV with a `text` column (every column is kept), or one message per line",
@@ -327,7 +350,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             topic = gr.Textbox(label=f"Title or topic (up to {state.limits.topic_chars} characters)",
-                               placeholder="春夜 · the sea · moving house", elem_id="poem-topic")
+                               placeholder=task_hints("poem").get("placeholder", ""), elem_id="poem-topic")
             with gr.Row():
                 lang = gr.Radio(list(LANGS), value="中文", label="Language", elem_id="poem-lang")
                 form = gr.Dropdown(list(POEM_FORMS["zh"]), value="五言绝句", label="Form", allow_custom_value=True,
@@ -336,7 +359,8 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
                                   "enforced; the model picks every character; max new tokens follows the form)",
                                   elem_id="poem-enforce")
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(Sampling(temperature=0.7, max_new_tokens=160), "poem", state.limits)
+                sampling = sampling_controls(default_sampling(state, temperature=0.7, max_new_tokens=160), "poem",
+                                             state.limits)
             with gr.Row():
                 write = gr.Button("Write", variant="primary", elem_id="poem-button")
                 stop = gr.Button("Stop", variant="stop", elem_id="poem-stop")
@@ -345,6 +369,9 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
             out = gr.Textbox(label="Poem", lines=10, max_lines=30, interactive=False, elem_id="poem-output")
             check = gr.Markdown("**Form check:** —", elem_id="poem-check")
             details = gr.JSON(label="Lines × characters", elem_id="poem-details")
+    poem_examples = task_hints("poem").get("examples", [])
+    if poem_examples:
+        gr.Examples([[x] for x in poem_examples], inputs=[topic], label="Example titles (harness/tasks/poem.toml)")
     prompt, stats = transparency("poem")
 
     def forms_fn(language):
@@ -361,7 +388,8 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
             info = dict(info)
             rendered = info.pop("prompt", gr.skip())
             shown = {k: v for k, v in report.items() if k not in ("summary", "warning")} or None
-            yield poem, report["summary"], shown, rendered, info, report.get("warning", ""), ""
+            says = info.get("engine_notice", "")
+            yield poem, report["summary"], shown, rendered, info, report.get("warning", ""), f"ℹ {says}" if says else ""
 
     lang.change(forms_fn, lang, [form, enforce], queue=False, api_visibility="private")
     form.change(lambda f: gr.update(visible=P.has_fixed_form(f)), form, enforce, queue=False, api_visibility="private")
@@ -371,7 +399,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
     ev = write.click(noticed(write_fn, 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
                      [out, check, details, prompt, stats, warning, notice], show_progress="minimal",
                      api_visibility="private", **GENERATE)
-    stop.click(lambda request: state.stop(session(request), wait=2.0) and None, None, None, queue=False,
+    stop.click(stopper(state), None, None, queue=False,
                api_visibility="private")
 
     def api_poem(topic_, language, form_, adapter, t, p, n, s, r, enforce_=True, request: gr.Request = None):
@@ -400,22 +428,21 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
     choices = K.compare_choices(state)
     note = gr.Markdown(compare_note(state), elem_id="compare-note")
     with gr.Row():
-        prompt = gr.Textbox(label="Instruction", lines=3, scale=3, placeholder="Give three tips for staying healthy.",
+        prompt = gr.Textbox(label="Instruction", lines=3, scale=3, placeholder=task_hints("chat").get("placeholder", ""),
                             elem_id="compare-input")
         with gr.Column(scale=2):
             adapter = gr.Dropdown(choices, value=choices[0] if choices else None, label="Fine-tuned adapter",
                                   allow_custom_value=True, elem_id="compare-adapter")
             form = gr.Dropdown([K.AUTO, K.NO_FORM, *FIXED_FORMS], value=K.AUTO,
                                label="Classical form kept while decoding (poem adapters)", elem_id="compare-form",
-                               visible=K.adapter_task(state, choices[0] if choices else None) == "poem")
+                               visible=K.keeps_forms(state, choices[0] if choices else None))
             blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote",
                                 elem_id="compare-blind")
     examples = K.examples()
     with gr.Row():
-        for task, prompts in examples.items():
-            gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"Examples ({task}, from "
-                        f"eval_sets/own/{K.EXAMPLE_SETS[task]}: ROUGE-L against its reference where it has one)",
-                        examples_per_page=4)
+        for task, (eval_set, prompts) in examples.items():
+            gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"Examples ({task}, from the eval set "
+                        f"{eval_set}: ROUGE-L against its reference where it has one)", examples_per_page=4)
     with gr.Accordion("Sampling (both sides use the same settings and seed)", open=False):
         sampling = sampling_controls(Sampling(temperature=0.0), "compare", state.limits)
     with gr.Row():
@@ -437,6 +464,7 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
     with gr.Row():
         vote_btns = {c: gr.Button(label, size="sm", elem_id=f"vote-{c}") for c, label in K.VOTE_BUTTONS.items()}
     vote_msg = gr.Markdown(K.VOTING_MISSING if K.votes_module() is None else "", elem_id="vote-message")
+    tally = gr.Markdown(K.vote_tally(state), elem_id="votes-tally")
     with gr.Accordion("Your votes: review and undo", open=False):
         votes_table = gr.Dataframe(headers=["id", "when", "choice", "winner", "status", "prompt"],
                                    value=K.vote_table(state) or None, interactive=False, wrap=True,
@@ -468,17 +496,19 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
         def run(request: gr.Request):
             says = K.vote(state, session(request), choice)
             v = K.view(state, state.session_data(session(request)).get("compare"))
-            return f"### {v['headings'][0]}", f"### {v['headings'][1]}", K.vote_table(state) or None, says
+            return (f"### {v['headings'][0]}", f"### {v['headings'][1]}", K.vote_table(state) or None,
+                    K.vote_tally(state), says)
         return run
 
     def undo_fn(vote_id):
-        return K.vote_table(state) or None, K.undo(state, vote_id)
+        says = K.undo(state, vote_id)
+        return K.vote_table(state) or None, K.vote_tally(state), says
 
     def pick_vote(evt: gr.SelectData):
         row = evt.row_value if hasattr(evt, "row_value") else None
         return row[0] if row else gr.skip()
 
-    adapter.change(lambda a: gr.update(visible=K.adapter_task(state, a) == "poem"), adapter, form, queue=False,
+    adapter.change(lambda a: gr.update(visible=K.keeps_forms(state, a)), adapter, form, queue=False,
                    api_visibility="private")
     ev = button.click(noticed(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
                       [*shown, left_score, right_score, judge_notice, vote_msg, notice], queue=False,
@@ -487,13 +517,13 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
                  api_visibility="private", **GENERATE)
     ev.then(noticed(judge_fn, 3), None, [left_score, right_score, judge_notice], show_progress="minimal",
             api_visibility="private", **JUDGE)
-    stop.click(lambda request: state.stop(session(request), wait=2.0) and None, None, None, queue=False,
+    stop.click(stopper(state), None, None, queue=False,
                api_visibility="private")
     for choice, btn in vote_btns.items():
-        btn.click(noticed(vote_fn(choice), 4), None, [left_head, right_head, votes_table, vote_msg], queue=False,
-                  api_visibility="private")
+        btn.click(noticed(vote_fn(choice), 5), None, [left_head, right_head, votes_table, tally, vote_msg],
+                  queue=False, api_visibility="private")
     votes_table.select(pick_vote, None, undo_id, queue=False, api_visibility="private")
-    undo_btn.click(noticed(undo_fn, 2), undo_id, [votes_table, vote_msg], queue=False, api_visibility="private")
+    undo_btn.click(noticed(undo_fn, 3), undo_id, [votes_table, tally, vote_msg], queue=False, api_visibility="private")
 
     def api_compare(text, name, t, p, n, s, r, request: gr.Request):
         base, tuned, sb, st, says, prompt_, info = K.compare_once(state, text, name, Sampling.from_ui(t, p, n, s, r),
@@ -503,7 +533,8 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
     api = gr.Button(visible=False)
     api.click(guarded(api_compare), [prompt, adapter, *sampling],
               [left, right, left_score, right_score, judge_notice, rendered, stats], api_name="compare", **GENERATE)
-    ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=as_outputs)
+    ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=as_outputs,
+              votes_view=(lambda: (K.vote_table(state) or None, K.vote_tally(state)), [votes_table, tally]))
 
 
 def compare_note(state: AppState) -> str:
@@ -605,6 +636,7 @@ def build_demo(state: AppState | None = None):
                 lb_fn, lb_in, lb_out = build_leaderboard_tab(state, ui)
         wire_pickers(state, ui, demo)
         demo.load(lb_fn, lb_in, lb_out, queue=False, api_visibility="undocumented")
+        demo.load(ui["votes_view"][0], None, ui["votes_view"][1], queue=False, api_visibility="private")
         timer = gr.Timer(1.0)
 
         def tick(adapter, request: gr.Request):
@@ -708,9 +740,9 @@ def pick_engine(engine: str) -> str:
         print("note: --engine llama.cpp needs harness.llamacpp, which this version lacks; using transformers",
               file=sys.stderr)
         return "transformers"
-    if not llamacpp.is_available():
-        print("note: llama.cpp is not available here (pip install llama-cpp-python); using transformers",
-              file=sys.stderr)
+    ok, why = llamacpp.is_available()
+    if not ok:
+        print(f"note: {why}; the app uses transformers", file=sys.stderr)
         return "transformers"
     return "llama.cpp"
 
@@ -725,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads > 0 else auto_threads()
     try:
         state = AppState(model=args.model, judge=args.judge, judge_timeout=args.judge_timeout,
-                         engine=pick_engine(args.engine))
+                         engine=pick_engine(args.engine), threads=threads)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

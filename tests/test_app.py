@@ -561,6 +561,7 @@ def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, a
             proc.terminate()
             proc.wait(timeout=30)
     text = log.read_text()
+    assert text.splitlines()[0].startswith(f"ftbench app: http://127.0.0.1:{port}/"), "the URL is printed first"
     assert f"127.0.0.1:{port}" in text and "0.0.0.0" not in text
     assert "warm-up took" in text and "Traceback" not in text
 
@@ -577,3 +578,123 @@ def test_predictions_files_share_one_folder_and_old_ones_are_removed(tmp_path):
     c = predictions_path("../../etc/passwd", folder)
     assert not a.exists() and b.exists(), "files older than PREDICTIONS_MAX_AGE are removed, newer ones kept"
     assert c.parent == folder and "/" not in c.name
+
+
+# ---------------------------------------------------------------- --engine llama.cpp, first start, task hints
+
+class FakeLlama:
+    """Stands in for harness.llamacpp.LlamaCppEngine (its API: lock, add_adapter, render, llm.detokenize,
+    stream_chat): the routing and the labels are the app's; llama.cpp itself is timed by bench app."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = []
+        outer = self
+
+        class Llm:
+            def detokenize(self, ids, special=False):
+                return b"<prompt " + str(len(ids)).encode() + b">"
+        self.llm = Llm()
+        self.outer = outer
+
+    broken: tuple = ()
+
+    def add_adapter(self, name):
+        if name in self.broken:
+            raise UserError("cannot export")
+
+    def render(self, messages, max_new_tokens=0, system=None):
+        return list(range(len(messages) * 3))
+
+    def stream_chat(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, stop_event=None, stats=None,
+                    system=None, seed=0, top_p=0.9):
+        self.calls.append((adapter, max_new_tokens, temperature))
+        for i, chunk in enumerate(["Hello", " from", " llama", "\ufffd"]):
+            stats.new_tokens = i + 1
+            yield chunk
+        stats.finish_reason = "stop"
+
+
+def test_llama_cpp_serves_plain_chat_and_falls_back_with_a_notice(tiny_llama_dir, adapters):
+    from harness.app import chat as C
+    from harness.app.state import chat_stream
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters, engine="llama.cpp")
+    assert state.llama_route(None, Sampling(), "")[0] is None and "repetition penalty" in state.llama_route(
+        None, Sampling(), "")[1]
+    assert "form constraint" in state.llama_route(None, Sampling(repetition_penalty=1.0), "五言绝句")[1]
+    engine, why = state.llama_route(None, Sampling(repetition_penalty=1.0))      # a tiny dir has no GGUF
+    assert engine is None and "llama.cpp could not load" in why and "using transformers" in why
+    assert "engine:** transformers ⚠" in status_line(state)
+
+    state.engine_note, state.llama = "", FakeLlama()
+    plain = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=8)
+    C.submit(state, "s", "Hi", adapter="tiny-chat", sampling=plain)
+    for _ in C.generate_pending(state, "s"):
+        pass
+    answer = C.render(state, "s")[-1]["content"]
+    assert answer.startswith("Hello from llama\n") and "llama.cpp" in answer and "adapter tiny-chat" in answer
+    assert state.llama.calls == [("tiny-chat", 8, 0.0)]
+    state.llama.broken = ("tiny-chat",)
+    *_, last = chat_stream(state, [{"role": "user", "content": "Hi"}], "", "tiny-chat", plain, "s")
+    assert last[3] == "transformers" and "cannot use tiny-chat" in last[4]             # fell back, and says so
+    C.submit(state, "s", "Hi again", adapter="base", sampling=Sampling(max_new_tokens=8))   # rep. penalty 1.1
+    for _ in C.generate_pending(state, "s"):
+        pass
+    assert "transformers (llama.cpp fallback)" in C.render(state, "s")[-1]["content"]
+    assert len(state.llama.calls) == 1
+
+
+def test_pick_engine_without_llama_cpp_says_so_and_uses_transformers(monkeypatch, capsys):
+    from harness import llamacpp
+    monkeypatch.setattr(llamacpp, "is_available", lambda: (False, "the llama.cpp engine needs llama-cpp-python"))
+    assert app_module.pick_engine("llama.cpp") == "transformers"
+    assert "needs llama-cpp-python; the app uses transformers" in capsys.readouterr().err
+    monkeypatch.setattr(llamacpp, "is_available", lambda: (True, "llama-cpp-python 0.3"))
+    assert app_module.pick_engine("llama.cpp") == "llama.cpp" and app_module.pick_engine("transformers") == "transformers"
+
+
+def test_first_start_on_an_empty_cache_says_the_model_is_being_prepared():
+    from harness.models import base_status
+    state = AppState()                       # the embedded default; this test's $FTBENCH_CACHE is empty
+    assert base_status(state.spec) == "needs conversion"
+    state.begin_prepare()
+    line = status_line(state)
+    assert "⏳ preparing the model (one-time, about a minute)" in line and state.lm is None
+
+
+def test_tab_hints_come_from_the_task_registry():
+    from harness.app.state import task_hints
+    from harness.tasks import get_task
+    for name in ("chat", "poem", "spam"):
+        assert task_hints(name)["placeholder"] == get_task(name).app["placeholder"]
+        assert task_hints(name)["examples"] == list(get_task(name).app["examples"])
+    assert task_hints("no-such-task") == {}
+
+
+def test_compare_examples_and_judge_items_follow_the_task_declarations():
+    from harness.app.compare import examples, judge_item
+    found = examples()
+    assert set(found) == {"chat", "poem"} and found["chat"][0] == "instructions_own"
+    typed = judge_item({"task": "poem", "prompt": "写一首七言绝句，题目：秋", "form": "七言绝句", "item": None})
+    assert typed == {"prompt": "写一首七言绝句，题目：秋", "poem": typed["poem"], "lang": "zh", "form": "七言绝句"}
+    chat = judge_item({"task": "chat", "prompt": "Hi", "form": "", "item": None})
+    assert chat["instruction"] == "Hi" and "no reference" in chat["output"]
+
+
+def test_leaderboard_bars_carry_eval_set_and_decoding_labels_and_error_bars(tmp_path):
+    import pandas as pd
+
+    from harness.leaderboard_view import bar_plot
+    df = pd.DataFrame([{"model": "m", "adapter": "", "eval_set": "poems_own", "decoding": "form", "judge": "",
+                        "form_ok_rate": 1.0, "n_form": 24},
+                       {"model": "m", "adapter": "a", "eval_set": "poems_own", "decoding": "", "judge": "",
+                        "form_ok_rate": 0.25, "n_form": 24}])
+    ax = bar_plot(df, "form_ok_rate").axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["m + a · poems_own · free", "m (base) · poems_own · form-constrained"]
+    from matplotlib.container import ErrorbarContainer
+    found = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert found, "the Wilson interval is drawn"
+    segments = found[0].lines[2][0].get_segments()
+    widths = sorted(round(float(s[1][0] - s[0][0]), 3) for s in segments)
+    assert widths[0] > 0.05 and widths[1] > 0.2          # n=24: wide intervals, never zero

@@ -92,7 +92,9 @@ def url(tiny_llama_dir, tmp_path_factory):
     from harness.app.state import AppState
     folder = tmp_path_factory.mktemp("adapters")
     build_adapter(tiny_llama_dir, folder / "tiny-chat", kind="causal")
-    build_adapter(tiny_llama_dir, folder / "tiny-poem", kind="causal", seed=3, task="poem_zh")
+    poem = build_adapter(tiny_llama_dir, folder / "tiny-poem", kind="causal", seed=3, task="poem")
+    with open(poem / "recipe.toml", "a", encoding="utf-8") as f:
+        f.write('lang = "zh"\n')                       # a Chinese poem adapter, as the real one
     build_adapter(tiny_llama_dir, folder / "tiny-spam", kind="seq_cls")
     results = tmp_path_factory.mktemp("results")
     (results / "leaderboard_spam.csv").write_text(        # made-up numbers: only the rendering is tested
@@ -165,7 +167,14 @@ def csss(d, selector: str):
 
 
 def wait(d, condition, timeout: float = WAIT):
-    return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda _: condition())
+    from selenium.common.exceptions import TimeoutException
+    try:
+        return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda _: condition())
+    except TimeoutException:      # say what the page showed instead
+        shown = {sel: text(d, sel)[:300] for sel in ("#model-status", "#chat-notice", "#compare-status",
+                                                       "#spam-verdict", "#poem-check", "#vote-message")}
+        raise AssertionError(f"timed out after {timeout} s; the page shows {shown}; users {users(d)[-3:]}, "
+                             f"answers {[b[-200:] for b in bots(d)[-3:]]}") from None
 
 
 def open_tab(d, tab: str) -> None:
@@ -482,6 +491,92 @@ def test_4_an_eval_set_example_gets_rouge_l_and_a_poem_adapter_keeps_the_form(dr
     assert "Form check: OK" in text(driver, "#compare-left-figures")
     assert "Form check: OK" in text(driver, "#compare-right-figures")
     pick(driver, "#compare-adapter", "tiny-chat")
+
+
+@in_process
+def test_4_blind_votes_hide_the_names_are_counted_and_can_be_undone(driver, monkeypatch):
+    monkeypatch.setenv("FTBENCH_ADAPTERS", str(IN_PROCESS["adapters"]))   # the votes check the adapter exists
+    open_tab(driver, "compare")
+    pick(driver, "#compare-adapter", "tiny-chat")
+    blind = css(driver, "#compare-blind input")
+    if not blind.is_selected():
+        blind.click()
+
+    def compare(prompt):
+        type_into(driver, "#compare-input", prompt)
+        css(driver, "#compare-button").click()
+        wait(driver, lambda: "done" in text(driver, "#compare-status"))
+
+    compare("Name a fruit.")
+    heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
+    assert heads.count("hidden until you vote") == 2 and "tiny-chat" not in heads and "Base" not in heads
+    before = text(driver, "#votes-tally")
+    css(driver, "#vote-left").click()
+    wait(driver, lambda: "Vote stored" in text(driver, "#vote-message"), 10)
+    assert "counted" in text(driver, "#vote-message")
+    heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
+    assert "Fine-tuned: tiny-chat" in heads and "Base:" in heads, "the names are revealed after the vote"
+    wait(driver, lambda: "Votes counted: 1" in text(driver, "#votes-tally"), 10)
+    assert before != text(driver, "#votes-tally")
+    css(driver, "#vote-tie").click()                                 # one vote per comparison
+    wait(driver, lambda: "already voted" in text(driver, "#vote-message"), 10)
+    compare("Name a vegetable.")
+    css(driver, "#vote-tie").click()
+    wait(driver, lambda: "Votes counted: 2" in text(driver, "#votes-tally") and "tie 1" in text(driver, "#votes-tally"),
+         10)
+    open_accordion(driver, "compare", "Your votes")
+    wait(driver, lambda: len([c for c in csss(driver, "#votes-table td") if c.text.strip() == "tie"]) >= 1, 10)
+    [c for c in csss(driver, "#votes-table td") if c.text.strip() == "tie"][0].click()     # the newest vote's row
+    wait(driver, lambda: len(value(driver, "#vote-undo-id")) == 16, 10)
+    css(driver, "#vote-undo").click()
+    wait(driver, lambda: "Votes counted: 1" in text(driver, "#votes-tally") and "1 undone" in text(driver, "#votes-tally"),
+         10)
+    assert "tie 0" in text(driver, "#votes-tally")
+    blind = css(driver, "#compare-blind input")
+    blind.click()                                                     # not blind: a vote is refused
+    compare("Name a tree.")
+    css(driver, "#vote-left").click()
+    wait(driver, lambda: "names were hidden" in text(driver, "#vote-message"), 10)
+    assert "Votes counted: 1" in text(driver, "#votes-tally")
+
+
+@in_process
+def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_prepared(tiny_llama_dir, tmp_path_factory):
+    import threading
+
+    import app as app_module
+    from harness.app.state import AppState
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=IN_PROCESS["adapters"],
+                     results_folder=IN_PROCESS["results"], store=str(tmp_path_factory.mktemp("store2") / "s.sqlite"))
+    release, real_get = threading.Event(), state.get_model
+
+    def slow_get_model():                   # the one-time conversion, held until the test lets it finish
+        release.wait(60)
+        return real_get()
+    state.get_model = slow_get_model
+    state.begin_prepare()                   # as main() does before the page is built
+    loader = threading.Thread(target=state.prepare, daemon=True)
+    t0 = time.perf_counter()
+    demo = app_module.build_demo(state)
+    port = free_port()
+    app_module.launch(demo, port=port, block=False, quiet=True)
+    loader.start()
+    d = make_driver(f"http://127.0.0.1:{port}/", tmp_path_factory.mktemp("first-start-profile"))
+    try:
+        wait(d, lambda: "loading the model" in css(d, "#model-status").text, 20)
+        assert time.perf_counter() - t0 < 20, "the page is up within 20 s while the model is still preparing"
+        assert "⏳" in css(d, "#model-status").text and state.phase == "preparing"
+        type_into(d, "#chat-input", "Hi")
+        css(d, "#chat-send").click()
+        wait(d, lambda: users(d) and bots(d) and "model is ready" in bots(d)[-1], 10)   # shown at once, waiting
+        release.set()
+        wait(d, lambda: "⏳" not in css(d, "#model-status").text, 30)
+        idle(d)
+        assert "no adapter" in bots(d)[-1]
+    finally:
+        release.set()
+        d.quit()
+        demo.close()
 
 
 @in_process

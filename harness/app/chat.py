@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.app.state import (AppState, Sampling, normalize_history, optional_text, require_text, run_info,
-                               stream_into)
+from harness.app.state import (AppState, Sampling, chat_stream, normalize_history, optional_text, require_text,
+                               run_info)
 from harness.errors import UserError
 
 WAITING, WRITING, DONE, STOPPED, FAILED = "waiting", "writing", "done", "stopped", "failed"
@@ -40,6 +40,8 @@ def label(meta: dict) -> str:
     parts = [meta.get("model", "?"), f"adapter {adapter}" if adapter else "no adapter", meta.get("decoding", "")]
     if meta.get("engine", "transformers") != "transformers":
         parts.append(meta["engine"])
+    elif meta.get("engine_note"):
+        parts.append("transformers (llama.cpp fallback)")
     if meta.get("new_tokens"):
         parts.append(f"{meta['new_tokens']} tokens")
     if meta.get("status") == STOPPED:
@@ -69,6 +71,8 @@ def render(state: AppState, session: str) -> list[dict]:
             n = state.ahead(meta.get("job", ""))
             body = ("⏳ waiting: next in line" if n == 0 else
                     f"⏳ waiting for {n} request{'s' if n != 1 else ''} ahead" if n else "⏳ waiting")
+            if state.phase == "preparing":
+                body += f" ({state.phase_note}; it starts when the model is ready)"
         elif meta["status"] == WRITING:
             body = (body or "") + " ▍"
         out.append({"role": "assistant", "content": f"{body}\n\n*— {label(meta)}*"})
@@ -119,13 +123,15 @@ def generate_pending(state: AppState, session: str) -> Iterator[tuple[list[dict]
         lm = state.get_model()
         sampling = Sampling(**{k: v for k, v in meta["sampling"].items() if k != "decoding"})
         turns = history_before(msgs, index)
-        prompt = lm.render_chat(turns, meta["system"] or None, sampling.max_new_tokens)
-        trimmed = len(turns) > 1 and turns[0]["content"] not in prompt
         meta["status"] = WRITING
-        for reply, stats in stream_into(state, prompt, meta["adapter"] or None, sampling, session):
+        for reply, stats, prompt, engine, notice in chat_stream(state, turns, meta["system"], meta["adapter"] or None,
+                                                                sampling, session):
             m["content"] = reply
             meta["new_tokens"] = stats.new_tokens
-            info = run_info(lm, meta["adapter"] or None, prompt, stats, sampling, history_trimmed=trimmed)
+            meta["engine"], meta["engine_note"] = engine, notice       # fixed when the answer is written
+            trimmed = len(turns) > 1 and turns[0]["content"] not in prompt
+            info = run_info(lm, meta["adapter"] or None, prompt, stats, sampling, history_trimmed=trimmed,
+                            engine=engine, **({"engine_notice": notice} if notice else {}))
             yield render(state, session), info
         meta["status"] = STOPPED if info.get("finish_reason") == "cancelled" else DONE
         meta["finish_reason"] = info.get("finish_reason", "")
@@ -238,9 +244,9 @@ def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", ada
     lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
     msgs = past + [{"role": "user", "content": text}]
-    prompt = lm.render_chat(msgs, system or None, sampling.max_new_tokens)
-    trimmed = bool(past) and past[0]["content"] not in prompt      # render_chat drops the oldest turns first
     out = msgs + [{"role": "assistant", "content": ""}]
-    for reply, stats in stream_into(state, prompt, name, sampling, session):
+    for reply, stats, prompt, engine, notice in chat_stream(state, msgs, system, name, sampling, session):
+        trimmed = bool(past) and past[0]["content"] not in prompt      # the oldest turns are dropped first
         out[-1] = {"role": "assistant", "content": reply}
-        yield [dict(m) for m in out], run_info(lm, name, prompt, stats, sampling, history_trimmed=trimmed)
+        yield [dict(m) for m in out], run_info(lm, name, prompt, stats, sampling, history_trimmed=trimmed,
+                                               engine=engine, **({"engine_notice": notice} if notice else {}))

@@ -26,47 +26,65 @@ from harness.app.state import BASE, TRAIN_HINT, AppState, Sampling, require_text
 from harness.errors import UserError
 
 VOTE_BUTTONS = {"left": "left better", "right": "right better", "tie": "tie", "both_bad": "both bad"}
-EXAMPLE_SETS = {"chat": "instructions_own", "poem": "poems_own"}
 AUTO, NO_FORM = "auto (from the prompt)", "none"
+NO_REFERENCE = "(no reference answer: judge the response on its own merits)"
 
 
 def compare_choices(state: AppState) -> list[str]:
     return [a.name for a in state.adapters("causal")]
 
 
+def task_of(name: str | None):
+    """The registered task (harness.tasks) of that name, or None."""
+    from harness.tasks import get_task
+    try:
+        return get_task(str(name or ""))
+    except UserError:
+        return None
+
+
 def adapter_task(state: AppState, name: str | None) -> str:
+    """The task an adapter was trained for (its card's task; "chat" for an unknown adapter)."""
     info = next((a for a in state.adapters("causal") if a.name == name), None)
-    return "poem" if info is not None and str(info.task).startswith("poem") else (info.task if info else "chat")
+    return str(info.task) if info is not None else "chat"
+
+
+def keeps_forms(state: AppState, adapter: str | None) -> bool:
+    """Does the adapter's task decode under a form constraint (its task declares the "form" decoding)?"""
+    task = task_of(adapter_task(state, adapter))
+    return task is not None and "form" in task.decodings
 
 
 def eval_items() -> dict[str, dict]:
-    """Prompt text -> {eval_set, item_id, reference, task, form, lang} for the example eval sets (a missing
-    set gives no examples: the tab still works with typed prompts)."""
+    """Prompt text -> {task, eval_set, item_id, reference, form, lang, item} for the own eval sets of every
+    generate task in the registry (task.card_eval_sets); a missing set gives no examples, typed prompts work."""
     from harness.data import load_eval_set
+    from harness.tasks import all_tasks
     out: dict[str, dict] = {}
-    for task, name in EXAMPLE_SETS.items():
-        try:
-            items = load_eval_set(name).items
-        except UserError:
+    for task in all_tasks():
+        if task.kind != "generate":
             continue
-        for it in items:
-            if task == "chat":
-                text = it["instruction"] + (f"\n\n{it['input']}" if it.get("input") else "")
-                out[text] = {"task": "chat", "eval_set": name, "item_id": str(it["id"]),
-                             "reference": it.get("output", "")}
-            else:
-                out[it["prompt"]] = {"task": "poem", "eval_set": name, "item_id": str(it["id"]), "reference": "",
-                                     "form": it.get("form", ""), "lang": it.get("lang", "")}
+        for name in task.card_eval_sets:
+            try:
+                items = load_eval_set(name).items
+            except UserError:
+                continue
+            for it in items:
+                ref = it.get(task.target_field) if task.target_field else ""
+                out.setdefault(task.request_text(it), {
+                    "task": task.name, "eval_set": name, "item_id": str(it["id"]),
+                    "reference": ref if isinstance(ref, str) else "", "form": str(it.get("form", "") or ""),
+                    "lang": str(it.get("lang", "") or ""), "item": dict(it)})
     return out
 
 
-def examples(n: int = 4) -> dict[str, list[str]]:
-    """A few example prompts per task, from the project's own eval sets."""
-    out: dict[str, list[str]] = {}
+def examples(n: int = 4) -> dict[str, tuple[str, list[str]]]:
+    """task -> (eval set, a few example prompts), from the own eval sets of the registry's generate tasks."""
+    out: dict[str, tuple[str, list[str]]] = {}
     for text, it in eval_items().items():
-        out.setdefault(it["task"], [])
-        if len(out[it["task"]]) < n:
-            out[it["task"]].append(text)
+        _, found = out.setdefault(it["task"], (it["eval_set"], []))
+        if len(found) < n:
+            found.append(text)
     return out
 
 
@@ -76,7 +94,7 @@ def form_for(state: AppState, prompt: str, adapter: str | None, choice: str = AU
     from harness.metrics import FIXED_FORMS
     if choice in FIXED_FORMS:
         return choice
-    if choice == NO_FORM or adapter_task(state, adapter) != "poem":
+    if choice == NO_FORM or not keeps_forms(state, adapter):
         return ""
     return next((f for f in FIXED_FORMS if f in prompt), "")
 
@@ -202,30 +220,39 @@ def judge(state: AppState, session: str) -> tuple[str, str, str]:
     rec = state.session_data(session).get("compare")
     if rec is None or rec["status"] not in ("done", "stopped") or not (rec["texts"]["base"] or rec["texts"]["tuned"]):
         return "", "", ""
-    text = rec["prompt"]
-    if rec["task"] == "poem":
-        from harness.io import has_cjk
-        fields = {"prompt": text, "lang": "zh" if has_cjk(text) else "en", "form": rec["form"] or "(as requested)",
-                  "title": ""}
-    else:
-        ref = (rec.get("item") or {}).get("reference") or "(no reference answer: judge the response on its own merits)"
-        fields = {"instruction": text, "input": "", "output": ref}
-    scores, notice = judge_pair(state, "poem" if rec["task"] == "poem" else "chat", fields,
-                                [rec["texts"]["base"], rec["texts"]["tuned"]])
+    scores, notice = judge_pair(state, rec["task"], judge_item(rec), [rec["texts"]["base"], rec["texts"]["tuned"]])
     rec["scores"] = scores
     sb, st = score_text(scores[0]), score_text(scores[1])
     return (sb, st, notice) if rec["base_left"] else (st, sb, notice)
 
 
-def judge_pair(state: AppState, task: str, fields: dict, responses: list[str]) -> tuple[list[float | None], str]:
+def judge_item(rec: dict) -> dict:
+    """The item a judge sees for a comparison: the eval-set item when the prompt is one, else the typed prompt
+    in the task's instruction field, with the asked-for form and language and no reference."""
+    from harness.io import has_cjk
+    task = task_of(rec["task"]) or task_of("chat")
+    item = dict((rec.get("item") or {}).get("item") or {task.instruction_field: rec["prompt"]})
+    if task.target_field and not item.get(task.target_field):
+        item[task.target_field] = NO_REFERENCE
+    if "lang" in task.fields and not item.get("lang"):
+        item["lang"] = "zh" if has_cjk(rec["prompt"]) else "en"
+    if "form" in task.fields and not item.get("form"):
+        item["form"] = rec.get("form") or "(as requested)"
+    return item
+
+
+def judge_pair(state: AppState, task_name: str, item: dict, responses: list[str]) -> tuple[list[float | None], str]:
     """Judge scores (0-100) for each response when the judge answers; otherwise Nones and a plain notice."""
+    from harness.evaluate import judge_fields
     from harness.judge import JudgeConfig, JudgeRequest, judge_many, open_judge
+    task = task_of(task_name) or task_of("chat")
     none = [None] * len(responses)
     try:
         cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0,
                           timeout=state.judge_timeout, workers=1)
         with open_judge(cfg, lm=state.lm) as j:
-            reqs = [JudgeRequest(f"compare-{i}", task, {**fields, "response": r}) for i, r in enumerate(responses)]
+            reqs = [JudgeRequest(f"compare-{i}", task.judge_prompt or "chat", judge_fields(task, item, r))
+                    for i, r in enumerate(responses)]
             scores = [x.score for x in judge_many(j, reqs, progress=False)]
     except UserError as e:
         return none, f"No judge scores: {str(e).split(' [')[0]} The offline figures above need no judge."
@@ -262,6 +289,8 @@ def vote(state: AppState, session: str, choice: str) -> str:
     rec = state.session_data(session).get("compare")
     if rec is None or rec["status"] != "done":
         raise UserError("compare two answers first: a vote needs a finished comparison")
+    if not rec["blind"]:
+        raise UserError("votes count only when the names were hidden: tick Blind, compare again, then vote")
     if rec.get("vote"):
         raise UserError(f"you already voted on this comparison (vote {rec['vote']}); undo it below to vote again")
     if choice not in VOTE_BUTTONS:
@@ -292,6 +321,22 @@ def vote_table(state: AppState, limit: int = 50) -> list[list]:
     rows = votes.list_votes(state.store, limit=limit)
     return [[r["id"], str(r.get("created_at", ""))[:19], r.get("choice", ""), r.get("winner", ""),
              r.get("status", ""), str(r.get("prompt", ""))[:80]] for r in rows]
+
+
+def vote_tally(state: AppState) -> str:
+    """One line: how many votes are counted and how they split, plus those kept for review or undone."""
+    votes = votes_module()
+    if votes is None:
+        return ""
+    rows = votes.list_votes(state.store, limit=1_000_000)
+    counted = [r for r in rows if r.get("status") == "counted"]
+    wins = {w: sum(r.get("winner") == w for r in counted) for w in ("a", "b", "tie", "both_bad")}
+    others = {s: sum(r.get("status") == s for r in rows) for s in ("review", "undone")}
+    if not rows:
+        return "**Votes counted: 0.** Tick Blind, compare, then vote."
+    extra = ", ".join(f"{n} {s}" for s, n in others.items() if n)
+    return (f"**Votes counted: {len(counted)}** (fine-tuned better {wins['a']}, base better {wins['b']}, "
+            f"tie {wins['tie']}, both bad {wins['both_bad']})" + (f"; not counted: {extra}" if extra else "") + ".")
 
 
 def undo(state: AppState, vote_id: Any) -> str:

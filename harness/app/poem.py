@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from harness.app.state import BASE, LANGS, POEM_FORMS, AppState, Sampling, require_text, run_info, stream_into
+from harness.app.state import BASE, LANGS, POEM_FORMS, AppState, Sampling, chat_stream, require_text, run_info
 from harness.errors import UserError
 
 LANG_NAMES = {"zh": "Chinese", "en": "English"}
@@ -131,13 +131,14 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
     instruction = poem_instruction(topic, lang, form)
     lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
-    prompt = lm.render_instruction(instruction)
     enforced = form if enforce_form and has_fixed_form(form) else ""
     budget = form_token_budget(lm.tokenizer, enforced) if enforced else None
     warning = language_warning(state, name, lang)
     extra = {"form_constrained": bool(enforced), "max_new_tokens_used": budget or sampling.max_new_tokens}
-    poem, stats = "", None
-    for poem, stats in stream_into(state, prompt, name, sampling, session, enforced, budget):
+    poem, stats, prompt = "", None, ""
+    for poem, stats, prompt, engine, notice in chat_stream(state, [{"role": "user", "content": instruction}], "", name,
+                                                           sampling, session, enforced, budget, instruction=True):
+        extra.update(engine=engine, **({"engine_notice": notice} if notice else {}))
         yield poem, {"summary": "…writing", "warning": warning}, run_info(lm, name, prompt, stats, sampling, **extra)
     report = form_report(poem, form, lang)
     report["warning"] = " ".join(w for w in (warning, output_warning(poem, lang)) if w)

@@ -116,7 +116,10 @@ class AppState:
     _short_count: int = field(default=0, repr=False)
     store: str | None = None                 # SQLite store of votes (None: harness.store default, $FTBENCH_CACHE)
     judge_timeout: float = 60.0              # seconds per judge request (harness.judge JudgeConfig.timeout)
-    engine: str = "transformers"             # "llama.cpp": chat through harness.llamacpp when it is available
+    engine: str = "transformers"             # "llama.cpp": chat and free poems through harness.llamacpp
+    threads: int = 0                         # CPU threads for llama.cpp (0: every core)
+    llama: Any = field(default=None, repr=False)            # harness.llamacpp.LlamaCppEngine, loaded on first use
+    engine_note: str = ""                    # why llama.cpp is not in use (one line; "" when it is, or not asked)
     phase: str = "idle"                      # idle | preparing | ready | failed (the first start, see prepare())
     phase_note: str = ""
     phase_started: float = 0.0
@@ -171,6 +174,7 @@ class AppState:
             if self.lm is not None and self.lm.name == spec.name:
                 return self.lm
             old_name, old = self.spec.name, self.lm
+            self.close_llama()
             if old is not None:
                 with old.lock:                      # a generation still finishing keeps its model until done
                     self.lm = None
@@ -190,6 +194,46 @@ class AppState:
                     now = f"Reloading {old_name} failed too ({type(again).__name__}): restart the app."
                 raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
             return self.lm
+
+    # ------------------------------------------------------------ the llama.cpp fast path (--engine llama.cpp)
+
+    def llama_engine(self):
+        """The llama.cpp engine for the base in use (loaded once, adapters hot-swapped on it), or None when the app
+        runs on transformers or llama.cpp cannot load this base (engine_note says why, once)."""
+        if self.engine != "llama.cpp":
+            return None
+        with self._load_lock:
+            if self.llama is None and not self.engine_note:
+                try:
+                    from harness.llamacpp import load_engine
+                    self.llama = load_engine(self.spec.name, n_threads=self.threads or None)
+                except Exception as e:  # noqa: BLE001 - the app goes on with transformers, and says so
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                    self.engine_note = f"llama.cpp could not load {self.spec.name} ({reason}): using transformers"
+            return self.llama
+
+    def close_llama(self) -> None:
+        if self.llama is not None:
+            try:
+                self.llama.close()
+            except Exception:  # noqa: BLE001 - freeing a half-broken engine must not stop a base switch
+                pass
+        self.llama, self.engine_note = None, ""
+
+    def llama_route(self, adapter: str | None, sampling: Sampling, form: str = ""):
+        """(engine, notice): llama.cpp for a plain chat or free poem; (None, why) for what it cannot do here
+        (the form constraint, a repetition penalty); (None, "") when the app runs on transformers."""
+        if self.engine != "llama.cpp":
+            return None, ""
+        if form:
+            return None, f"{form} under the form constraint runs on transformers (llama.cpp has no form constraint here)"
+        if sampling.repetition_penalty != 1.0:
+            return None, (f"repetition penalty {sampling.repetition_penalty:g} runs on transformers (the llama.cpp "
+                          "path has none): set it to 1 for llama.cpp")
+        engine = self.llama_engine()
+        if engine is None:
+            return None, self.engine_note
+        return engine, ""
 
     # ------------------------------------------------------------ adapters
 
@@ -258,6 +302,9 @@ class AppState:
         seconds = 0.0
         try:
             self.get_model()
+            if self.engine == "llama.cpp":
+                self.phase_note = "loading llama.cpp"
+                self.llama_engine()
             if warmup:
                 self.phase_note = "warming up the model"
                 seconds = self.warmup()
@@ -387,6 +434,13 @@ class AppState:
             except Exception as e:  # noqa: BLE001 - a broken adapter must not stop the app
                 print(f"warm-up: adapter {a.name} skipped: {e}")
         generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])], GenerationConfig(max_new_tokens=2))
+        if self.llama is not None:
+            for a in [None, *[a.name for a in self.adapters("causal")]]:
+                try:       # exports each adapter's GGUF once (harness.llamacpp) and loads it on the base
+                    for _ in self.llama.stream_chat([{"role": "user", "content": "Hi"}], a, max_new_tokens=2):
+                        pass
+                except Exception as e:  # noqa: BLE001 - that adapter falls back to transformers, with a notice
+                    print(f"warm-up: llama.cpp adapter {a} skipped: {e}")
         return time.perf_counter() - t0
 
 
@@ -409,6 +463,18 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
         except (AttributeError, OSError):   # Windows
             load = 0.0
     return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def task_hints(name: str) -> dict:
+    """A task's app hints from the registry (the [app] table of harness/tasks/<name>.toml: placeholder,
+    examples), {} when the task or the table is missing: a tab then shows no hint, never fails."""
+    from harness.tasks import get_task
+    try:
+        hints = get_task(name).app
+    except UserError:
+        return {}
+    return {"placeholder": str(hints.get("placeholder", "")),
+            "examples": [str(x) for x in hints.get("examples", []) if str(x).strip()]}
 
 
 # ---------------------------------------------------------------- inputs
@@ -515,6 +581,54 @@ def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sam
         yield text, stats
 
 
+def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str | None, sampling: Sampling,
+                session: str, form: str = "", max_new_tokens: int | None = None, instruction: bool = False
+                ) -> Iterator[tuple[str, Any, str, str, str]]:
+    """A chat (or a one-message instruction) streamed on the engine that can do it: yields (text so far, stats,
+    the exact prompt, engine, notice). llama.cpp (--engine llama.cpp) for plain decoding; transformers for the
+    form constraint, a repetition penalty, or when llama.cpp cannot load the base or adapter (notice says why).
+    instruction: one message rendered as the model's instruction prompt (LoadedModel.render_instruction)."""
+    engine, notice = state.llama_route(adapter, sampling, form)
+    if engine is not None:
+        try:
+            with engine.lock:
+                if adapter:
+                    engine.add_adapter(adapter)        # exports the adapter's GGUF once
+                ids = engine.render(messages, max_new_tokens or sampling.max_new_tokens, system or None)
+            prompt = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+        except (UserError, RuntimeError, OSError, ValueError) as e:
+            engine = None
+            notice = f"llama.cpp cannot use {adapter or 'the base'} here ({str(e).splitlines()[0][:200]}): using transformers"
+    if engine is not None:
+        with state.running(session) as (event, stats):
+            text = ""
+            yield text, stats, prompt, "llama.cpp", ""
+            gen = engine.stream_chat(messages, adapter, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
+                                     temperature=sampling.temperature, stop_event=event, stats=stats,
+                                     system=system or None, seed=sampling.seed, top_p=sampling.top_p)
+            try:
+                for chunk in gen:
+                    text += chunk
+                    yield text, stats, prompt, "llama.cpp", ""
+            finally:
+                gen.close()
+                if getattr(event, "requested", False):
+                    stats.finish_reason = "cancelled"
+            yield clean_tail(text), stats, prompt, "llama.cpp", ""
+        return
+    lm = state.get_model()
+    if instruction:
+        prompt = lm.render_instruction(messages[-1]["content"])
+    else:
+        prompt = lm.render_chat(messages, system or None, max_new_tokens or sampling.max_new_tokens)
+    for text, stats in stream_into(state, prompt, adapter, sampling, session, form, max_new_tokens):
+        yield text, stats, prompt, "transformers", notice
+
+
+def clean_tail(text: str) -> str:
+    return text.rstrip("\ufffd")
+
+
 def base_choices(state: AppState) -> list[tuple[str, str]]:
     """(label, value) for every registered base with its status, plus the loaded one if it is a local path."""
     shown = {"cached": "ready", "needs conversion": "first load converts it, ~20 s",
@@ -542,4 +656,8 @@ def status_line(state: AppState, adapter: str | None = None) -> str:
         what = f"`{adapter}` ⚠ not usable with this base"
     usable = state.adapters()
     note = f"{len(usable)} adapter(s) for this base" if usable else f"no adapters for this base yet: {TRAIN_HINT}"
-    return f"**Model:** `{shown}`{loaded} · **adapter:** {what} · {note}"
+    engine = ""
+    if state.engine == "llama.cpp":
+        engine = (f" · **engine:** transformers ⚠ {state.engine_note}" if state.engine_note else
+                  " · **engine:** llama.cpp for chat and free poems (transformers for forms, Compare, Spam)")
+    return f"**Model:** `{shown}`{loaded} · **adapter:** {what} · {note}{engine}"
