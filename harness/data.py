@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.io import atomic_write, iter_jsonl
+from harness.io import CJK_CLASS, atomic_write, iter_jsonl
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
@@ -348,7 +348,9 @@ def _split_instruction(files: dict[str, Path], p: dict) -> tuple[dict[str, list[
             "validation": records[n_train + n_test:]}, {}
 
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# The poem filter predates 〇 (U+3007) in harness.io.CJK_CLASS; it stays without it so the published splits
+# (and the adapters trained on them) are reproduced exactly.
+_CJK = re.compile(f"[{CJK_CLASS.replace(chr(0x3007), '')}]")
 _ZH_FORMS = {(5, 4): "五言绝句", (7, 4): "七言绝句", (5, 8): "五言律诗", (7, 8): "七言律诗"}
 
 

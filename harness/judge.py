@@ -216,7 +216,8 @@ LANGUAGES = {"zh": "Chinese", "en": "English"}
 def estimate_tokens(text: str) -> int:
     """A conservative token estimate for servers whose tokenizer we do not have: ~1.5 per CJK character,
     ~1 per 3.5 other characters, plus the chat template's overhead."""
-    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef")
+    from harness.io import is_cjk
+    cjk = sum(1 for ch in text if is_cjk(ch) or "\u3000" <= ch <= "\u30ff" or "\uff00" <= ch <= "\uffef")  # + CJK punctuation
     return math.ceil(cjk * 1.5 + (len(text) - cjk) / 3.5) + 16
 
 

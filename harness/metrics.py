@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # CJK Unified Ideographs + Extension A + compatibility ideographs + 〇 + Extensions B.. (supplementary planes)
-_CJK_CLASS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3007\U00020000-\U0003134f"
+from harness.io import CJK_CLASS as _CJK_CLASS  # the one definition of a CJK ideograph
 _CJK = re.compile(f"[{_CJK_CLASS}]")
 _TOKEN = re.compile(f"[{_CJK_CLASS}]|[^\\W_{_CJK_CLASS}]+(?:'[^\\W_{_CJK_CLASS}]+)*")
 _MAX_BOOT_CELLS = 2_000_000  # resample in chunks so n_boot x n never allocates more than ~16 MB
