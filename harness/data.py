@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.io import CJK_CLASS, atomic_write, iter_jsonl
+from harness.io import CJK_CLASS, atomic_write, atomic_writer, iter_jsonl
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
@@ -139,14 +138,16 @@ def with_checksums(manifest: Manifest, sha256s: dict[str, str]) -> Manifest:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+def _mismatch(path: Path, expected: str, got: str, what: str) -> str:
+    return (f"sha256 mismatch for {path}: expected {expected}, got {got}. {what} is not the file the "
+            "manifest describes (corrupt, truncated or a different version); nothing was cached. "
+            "Replace it with the original file.")
+
+
 def _verify(path: Path, expected: str, what: str) -> None:
     got = sha256_file(path)
     if got != expected:
-        raise UserError(
-            f"sha256 mismatch for {path}: expected {expected}, got {got}. {what} is not the file the "
-            "manifest describes (corrupt, truncated or a different version); nothing was cached. "
-            "Replace it with the original file."
-        )
+        raise UserError(_mismatch(path, expected, got, what))
 
 
 def _local_inputs(m: Manifest, data_dir: Path) -> dict[str, Path]:
@@ -165,25 +166,27 @@ def _local_inputs(m: Manifest, data_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _download(url: str, dest: Path, hint: str) -> None:
+def _download(url: str, out, hint: str) -> str:
+    """Stream `url` into the open binary file `out` (an io.atomic_writer: nothing appears unless it completes);
+    returns the sha256 of what was written."""
     import requests  # lazily: only a download needs it
 
-    tmp = dest.with_name(dest.name + ".part")
+    h = hashlib.sha256()
     try:
         with requests.get(url, timeout=_DOWNLOAD_TIMEOUT, stream=True) as r:
             r.raise_for_status()
-            with open(tmp, "wb") as out:
-                for chunk in r.iter_content(1 << 16):
-                    out.write(chunk)
+            for chunk in r.iter_content(1 << 16):
+                out.write(chunk)
+                h.update(chunk)
+        return h.hexdigest()
     except requests.RequestException as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"could not download {url} ({type(e).__name__}: {e}). Offline? Get the file "
                         f"elsewhere and pass `--data-dir DIR` with it at {hint}") from e
-    os.replace(tmp, dest)
 
 
-def _extract(archive: Path, member: str, dest: Path) -> None:
-    """Copy the archive's file whose name (or basename) is `member` to dest; never extracts paths."""
+def _extract(archive: Path, member: str, dest) -> str:
+    """Write the archive's file whose name (or basename) is `member` into the open binary file `dest`; never
+    extracts paths."""
     import tarfile
     import zipfile
 
@@ -192,59 +195,49 @@ def _extract(archive: Path, member: str, dest: Path) -> None:
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if n == member or n.rsplit("/", 1)[-1] == base]
             if names:
-                dest.write_bytes(z.read(names[0]))
-                return
+                data = z.read(names[0])
+                dest.write(data)
+                return hashlib.sha256(data).hexdigest()
     else:
         with tarfile.open(archive, "r:*") as t:
             for info in t:
                 if info.isfile() and (info.name == member or info.name.rsplit("/", 1)[-1] == base):
-                    dest.write_bytes(t.extractfile(info).read())
-                    return
+                    data = t.extractfile(info).read()
+                    dest.write(data)
+                    return hashlib.sha256(data).hexdigest()
     raise UserError(f"{archive} has no file {member!r}: the download is not the archive the manifest expects")
 
 
-def _tmp_file(folder: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    os.close(fd)
-    return Path(name)
-
-
 def _downloaded_inputs(m: Manifest) -> dict[str, Path]:
-    """Verified copies in <cache>/downloads/<name>/, downloading (and extracting) what is missing."""
+    """Verified copies in <cache>/downloads/<name>/, downloading (and extracting) what is missing. Every file is
+    written through io.atomic_writer and checked against its sha256 before it takes its name."""
     root = cache_dir() / "downloads" / m.name
     root.mkdir(parents=True, exist_ok=True)
     out, archives = {}, {}
-    for f in m.files:
-        dest = root / f.path
-        hint = f"DIR/{m.name}/{f.path}"
-        if dest.is_file() and sha256_file(dest) == f.sha256:
+    try:
+        for f in m.files:
+            dest = root / f.path
+            hint = f"DIR/{m.name}/{f.path}"
+            if dest.is_file() and sha256_file(dest) == f.sha256:
+                out[f.path] = dest
+                continue
+            if not f.url:
+                raise UserError(f"{m.name}: no URL for {f.path}; pass `--data-dir DIR` with the file at {hint}")
+            if f.member and f.url not in archives:
+                arch = root / f".archive-{hashlib.sha256(f.url.encode()).hexdigest()[:16]}"
+                with atomic_writer(arch, "wb") as fh:
+                    _download(f.url, fh, hint)
+                archives[f.url] = arch
+                if f.archive_sha256:
+                    _verify(arch, f.archive_sha256, f"the archive downloaded from {f.url}")
+            with atomic_writer(dest, "wb") as fh:
+                got = _extract(archives[f.url], f.member, fh) if f.member else _download(f.url, fh, hint)
+                if got != f.sha256:           # raised inside the block: the file never takes its name
+                    raise UserError(_mismatch(dest, f.sha256, got, f"{f.path} downloaded from {f.url}"))
             out[f.path] = dest
-            continue
-        if not f.url:
-            raise UserError(f"{m.name}: no URL for {f.path}; pass `--data-dir DIR` with the file at {hint}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_file(dest.parent)
-        try:
-            if f.member:
-                if f.url not in archives:
-                    archives[f.url] = _tmp_file(root)
-                    _download(f.url, archives[f.url], hint)
-                    if f.archive_sha256:
-                        _verify(archives[f.url], f.archive_sha256, f"the archive downloaded from {f.url}")
-                _extract(archives[f.url], f.member, tmp)
-            else:
-                _download(f.url, tmp, hint)
-            _verify(tmp, f.sha256, f"{f.path} downloaded from {f.url}")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            for arch in archives.values():
-                arch.unlink(missing_ok=True)
-            raise
-        out[f.path] = dest
-    for arch in archives.values():
-        arch.unlink(missing_ok=True)
+    finally:
+        for arch in archives.values():
+            arch.unlink(missing_ok=True)
     return out
 
 
