@@ -253,3 +253,36 @@ def test_cli_wiring(runs, tmp_path):
             "--out-dir", str(tmp_path / "r")]
     assert main(COMMANDS, args) == 0
     assert main(COMMANDS, args[:3] + ["nope", *args[4:]]) == 2  # UserError -> exit 2, no traceback
+
+
+def test_committed_leaderboards_rebuild_byte_identically(tmp_path, capsys):
+    """`python -m harness leaderboard` on a fresh clone rewrites every committed CSV byte for byte: the rows files
+    behind them are committed (text-free) and the CSVs are a pure function of them."""
+    from harness.paths import PROJECT_ROOT
+    results = PROJECT_ROOT / "results"
+    committed = sorted(results.glob("leaderboard_*.csv"))
+    assert committed, "no committed leaderboards"
+    assert leaderboard_cmd(runs_dir=str(results / "runs"), out_dir=str(tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.glob("leaderboard_*.csv")) == [p.name for p in committed]
+    for p in committed:
+        assert (tmp_path / p.name).read_bytes() == p.read_bytes(), (
+            f"{p.name} does not match its rows files: run `python -m harness leaderboard` and commit the result")
+
+
+def test_reports_cite_only_committed_files():
+    import re
+    import subprocess
+    from harness.paths import PROJECT_ROOT
+    reports = sorted((PROJECT_ROOT / "results" / "reports").rglob("*.md"))
+    assert reports
+    try:
+        tracked = set(subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                     check=True).stdout.splitlines())
+    except (OSError, subprocess.CalledProcessError):
+        tracked = None          # not a git checkout: the files must at least exist
+    for md in reports:
+        text = md.read_text(encoding="utf-8")
+        cited = set(re.findall(r"`((?:results|adapters|eval_sets)/[^`\s]+)`", text))
+        cited |= {str((md.parent / f).relative_to(PROJECT_ROOT)) for f in re.findall(r"\]\(([^)\s:]+\.png)\)", text)}
+        for c in cited:
+            assert (PROJECT_ROOT / c).exists() and (tracked is None or c in tracked), f"{md}: cites {c}, not committed"
