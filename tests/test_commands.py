@@ -137,10 +137,20 @@ def test_classify_any_label_set_zero_shot(tiny_llama_dir, tmp_path, monkeypatch)
     assert run("classify", "--model", str(tiny_llama_dir), "--input", str(src), "--output", str(out)) == 2
 
 
-# ---------------------------------------------------------------- every failure is one sentence (#12 part 6)
-
-def _files(root) -> set:
-    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+def test_generate_through_an_openai_server(tmp_path, no_model_load):
+    """--model openai:<model>@<url>: concurrent requests through harness.engines, no model loaded here."""
+    from harness.fake_openai import FakeOpenAI
+    src = tmp_path / "p.txt"
+    src.write_text("one two three\nfour five\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    with FakeOpenAI(models=["smol", "smol-alpaca"]) as fake:
+        assert run("generate", "--model", fake.spec("smol"), "--adapter", "smol-alpaca", "--input", str(src),
+                   "--output", str(out), "--max-new-tokens", "2", "--workers", "2") == 0
+        bodies, base = fake.chat_bodies(), fake.base
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["response"] for r in rows] == ["three two", "five four"]
+    assert all(r["model"] == f"openai:smol@{base}" and r["adapter"] == "smol-alpaca" for r in rows)
+    assert {b["model"] for b in bodies} == {"smol-alpaca"} and all(b["max_tokens"] == 2 for b in bodies)
 
 
 @pytest.fixture
@@ -149,6 +159,12 @@ def no_model_load(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the input was checked")
     monkeypatch.setattr("harness.models.load_model", boom)
+
+
+# ---------------------------------------------------------------- every failure is one sentence (#12 part 6)
+
+def _files(root) -> set:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
 
 
 def _fails(capsys, tmp_path, before, *argv) -> str:
@@ -239,6 +255,15 @@ def test_unknown_adapter_is_reported_before_the_base_loads(cmd, tiny_llama_dir, 
     err = _fails(capsys, tmp_path, before, cmd, "--model", str(tiny_llama_dir), "--adapter", "chat-y",
                  "--input", str(src), "--output", str(tmp_path / "o.out"))
     assert "unknown adapter 'chat-y'" in err and "chat-x" in err
+
+
+def test_generate_through_a_down_server_is_one_sentence(tmp_path, capsys, closed_port, no_model_load):
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\n", encoding="utf-8")
+    before = _files(tmp_path)
+    err = _fails(capsys, tmp_path, before, "generate", "--model", f"openai:smol@http://127.0.0.1:{closed_port}",
+                 "--input", str(src), "--output", str(tmp_path / "o.jsonl"))
+    assert "cannot reach a server at" in err and "llama_cpp.server" in err
 
 
 def test_classify_refuses_a_server_model(tmp_path, capsys, no_model_load):
