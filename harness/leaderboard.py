@@ -30,6 +30,9 @@ GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_met
              "judge_digest", "judge_prompt_version")
 COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
 TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
+# pairwise judging against a baseline run (harness.pairwise; `run --judge-mode pairwise --baseline RUN`)
+PAIRWISE_COLUMNS = ["pw_baseline", "pw_win_rate", "pw_win_ci_low", "pw_win_ci_high", "pw_ties", "pw_consistency",
+                    "pw_first_wins", "pw_n", "pw_unparsed"]
 END_COLUMNS = ["n_duplicates", "created_at", "git_commit"]
 PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "judge", "n", "n_parsed",
                  "score_mean", "rouge_l", "form_ok_rate", "distinct_2", "rhyme_rate", "tone_rate", "accuracy",
@@ -40,7 +43,8 @@ def columns_for(task: str) -> list[str]:
     """The CSV columns of a task's leaderboard, in order."""
     from harness.tasks import get_task
     t = get_task(task)
-    return [*COMMON_COLUMNS, *t.columns(), *TAIL_COLUMNS[t.kind], *END_COLUMNS]
+    pairwise = PAIRWISE_COLUMNS if t.kind == "generate" else []
+    return [*COMMON_COLUMNS, *t.columns(), *TAIL_COLUMNS[t.kind], *pairwise, *END_COLUMNS]
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -138,6 +142,10 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         timed = [(t, s) for t, s in zip(toks, secs) if t is not None and s is not None and s > 0]
         if timed:
             out["gen_tokens_per_s"] = sum(t for t, _ in timed) / sum(s for _, s in timed)
+    if task.kind == "generate":
+        from harness.pairwise import columns_from_rows
+        out["pw_baseline"] = next((str(r["pw_baseline"]) for r in rows if r.get("pw_baseline")), "")
+        out.update(columns_from_rows(rows))
     latest = max(rows, key=lambda r: str(r.get("created_at") or ""))
     out["created_at"] = str(latest.get("created_at") or "")
     out["git_commit"] = str(latest.get("git_commit") or "")
