@@ -116,7 +116,21 @@ def form_report(poem: str, form: str, lang: Any) -> dict:
         summary = f"**Form check: OK.** {need}, as a {form} needs."
     else:
         summary = f"**Form check: not a {form}.** {check['problem']}; a {form} has {need}."
-    return {**check, "summary": summary}
+    rules = rules_summary(poem, form, code)
+    if rules:
+        summary += f" Rules: {rules}."
+    return {**check, "summary": summary, "rules": rules}
+
+
+def rules_summary(poem: str, form: str, lang: str) -> str:
+    """harness.rules' one sentence on rhyme and tones (平水韵, 平仄) or a sonnet's rhyme scheme; "" when no rule
+    applies to the form or the checks cannot run."""
+    try:
+        from harness.rules import explain_poem
+        text = str(explain_poem(poem, form, lang).get("rules_summary") or "").strip().rstrip(".")
+    except Exception:  # noqa: BLE001 - the rule checks are extra information; the form check stands alone
+        return ""
+    return "" if text.startswith("no rule checks") else text
 
 
 def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str | None = None,

