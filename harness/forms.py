@@ -120,7 +120,7 @@ class VocabTables:
         self.count2 = np.bincount(cps >> 12, minlength=16)       # ... per lead-byte nibble
         tb = token_bytes_cached(tok)
         width = max((len(b) for b in tb if b), default=1)
-        self.bytes = np.zeros((len(tb), width), dtype=np.int64)
+        self.bytes = np.zeros((len(tb), width), dtype=np.uint8)     # 262k tokens x the longest (Gemma): keep it small
         self.lengths = np.zeros(len(tb), dtype=np.int64)
         for i, b in enumerate(tb):
             if b:
