@@ -35,6 +35,9 @@ from harness.paths import PROJECT_ROOT, check_name
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 KINDS = ("classify", "generate")
+# How a generate task may decode: free, or under constraints (harness/forms.py): form = the classical Chinese form;
+# rhyme = form + the rhyming positions in one 平水韵 group; rhyme+tone = rhyme + the 平仄 template.
+DECODINGS = ("free", "form", "rhyme", "rhyme+tone")
 # Leaderboard columns every task has (the judge's and the run's), so a task may sort by them too.
 COMMON_COLUMNS = ("n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high", "avg_response_tokens",
                   "gen_tokens_per_s", "items_per_s")
@@ -149,9 +152,10 @@ class Task:
             if self.instruction_field not in self.fields:
                 raise UserError(f"{where}: instruction_field {self.instruction_field!r} must be one of the "
                                 f"fields {list(self.fields)}")
-        bad = [d for d in self.decodings if d not in ("free", "form")]
+        bad = [d for d in self.decodings if d not in DECODINGS]
         if bad or "free" not in self.decodings:
-            raise UserError(f"{where}: decodings must include free and may add form, got {list(self.decodings)}")
+            raise UserError(f"{where}: decodings must include free and may add {', '.join(DECODINGS[1:])}, "
+                            f"got {list(self.decodings)}")
         known = set(self.columns()) | set(COMMON_COLUMNS)
         wrong = [s for s in self.sort if s not in known]
         if wrong:
