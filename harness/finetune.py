@@ -804,7 +804,10 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     return md
 
 
-def card_cmd(name: str, /, judge: str = "transformers:smollm2-135m-instruct", limit: int | None = None,
+from harness.judge import DEFAULT_OFFLINE_JUDGE  # noqa: E402 - the card's default judge (offline)
+
+
+def card_cmd(name: str, /, judge: str = DEFAULT_OFFLINE_JUDGE, limit: int | None = None,
              batch_size: int = 16, max_new_tokens: int = 256, eval_set: list[str] | None = None) -> int:
     """Measure an adapter against its base on its task's eval sets and write the metrics into its card.
 
