@@ -752,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    print(f"ftbench app: http://{shown_host}:{args.port}/  (starting; the page shows when the model is ready)",
+    print(f"ftbench app: http://{shown_host}:{args.port}/  (the page is up in seconds; the model loads behind it)",
           flush=True)
     threads = args.threads if args.threads > 0 else auto_threads()
     try:

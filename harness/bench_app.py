@@ -20,6 +20,7 @@ Targets (issue 14 / 15): empty-cache page <= 20 s, warm page <= 10 s, TTFT <= 1 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -60,15 +61,19 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise UserError(f"the app at {url} was not ready after {timeout:.0f} s")
 
 
-def wait_log(log: Path, needle: str, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+READY = re.compile(r"INFO model \S+ ready")       # app.py's log line once the model is loaded and warm
+
+
+def wait_log(log: Path, needle: re.Pattern, proc: subprocess.Popen, timeout: float = 600.0) -> None:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        if needle in log.read_text(errors="replace"):
+        if needle.search(log.read_text(errors="replace")):
             return
         if proc.poll() is not None:
-            raise UserError(f"the app exited with code {proc.returncode} before its log said {needle!r} ({log})")
+            raise UserError(f"the app exited with code {proc.returncode} before its log said "
+                            f"{needle.pattern!r} ({log})")
         time.sleep(0.1)
-    raise UserError(f"the app's log {log} did not say {needle!r} within {timeout:.0f} s")
+    raise UserError(f"the app's log {log} did not say {needle.pattern!r} within {timeout:.0f} s")
 
 
 class App:
@@ -88,7 +93,7 @@ class App:
         try:
             wait_ready(self.url, self.proc, timeout=300)
             self.page_s = time.perf_counter() - t0
-            wait_log(self.log, " ready", self.proc)
+            wait_log(self.log, READY, self.proc)
             self.ready_s = time.perf_counter() - t0
         except BaseException as e:
             self.stop()
@@ -162,6 +167,8 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
     """
     if runs < 1:
         raise UserError("--runs must be at least 1")
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a timeout still stops the apps (finally blocks)
     base_args = ["--model", model] if model else []
     lines: list[str] = []
 
@@ -184,10 +191,9 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
     # 2. warm starts (the cache holds the converted model)
     warm = []
     for _ in range(runs):
-        app = App(port, base_args)
-        warm.append(app)
+        warm.append(App(port, base_args))
         if len(warm) < runs:
-            app.stop()
+            warm[-1].stop()
     pages = [a.page_s for a in warm]
     readies = [a.ready_s for a in warm]
     page, ready = statistics.median(pages), statistics.median(readies)

@@ -541,7 +541,8 @@ def test_4_blind_votes_hide_the_names_are_counted_and_can_be_undone(driver, monk
 
 
 @in_process
-def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_prepared(tiny_llama_dir, tmp_path_factory):
+def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_prepared(url, tiny_llama_dir,
+                                                                                         tmp_path_factory):
     import threading
 
     import app as app_module
