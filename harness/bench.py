@@ -4,8 +4,9 @@
     python -m harness bench generation --skip-load --server openai:smol@http://127.0.0.1:8080   # + a server
 
 Natural length is continuously batched (a row that reaches EOS leaves the batch, the next prompt takes its
-place: harness/generation.py). With --server, 64 prompts go through the engine (harness/engines.py) with
---workers concurrent requests and through in-process batched generation; the ratio of tokens/s is printed.
+place: harness/generation.py). With --server, 64 prompts go through `run`'s generation path twice, the
+server's (harness/engines.py, --workers concurrent requests) and in process (continuous batching), each into a
+fresh store; the ratio of tokens/s is printed, whatever it is.
 """
 from __future__ import annotations
 
@@ -143,26 +144,43 @@ def _static_natural(lm, prompts: list[str], cfg, seq) -> tuple[int, float, int]:
 
 def _bench_server(lm, server: str, workers: int, local: tuple[list, float], max_new_tokens: int,
                   batch_size: int) -> None:
-    """The same prompts through the server (workers concurrent requests) vs in-process continuous batching."""
-    from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
+    """The same prompts as `run` generates them: through the server (harness.evaluate's remote path: the engine
+    pool with `workers` concurrent requests, each answer stored) vs in process (continuous batching, stored),
+    each into a fresh store so nothing comes from a cache."""
+    from harness.engines import EngineConfig, open_engine
+    from harness.evaluate import _generate_remote_with_store, _generate_with_store
+    from harness.generation import GenerationConfig
+    from harness.store import Store
+    from harness.tasks import get_task
 
-    gens, t_loc = local
+    gens, _ = local
     texts = _many_prompts(len(gens))
     n = len(texts)
+    task = get_task("chat")
+    items = [{"id": f"bench-{k}", "instruction": t, "input": "", "output": ""} for k, t in enumerate(texts)]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
     engine = open_engine(EngineConfig(server, workers=workers))
-    reqs = [EngineRequest([{"role": "user", "content": t}], max_new_tokens=max_new_tokens) for t in texts]
-    engine_generate(engine, reqs[:2])                                                   # warm-up
-    t0 = time.perf_counter()
-    remote = engine_generate(engine, reqs)
-    t_srv = time.perf_counter() - t0
-    n_srv, n_loc = sum(g.new_tokens for g in remote), sum(g.new_tokens for g in gens)
-    failed = sum(g.finish_reason == "error" for g in remote)
-    same = sum(a.text.strip() == b.text.strip() for a, b in zip(remote, gens))
+    with tempfile.TemporaryDirectory() as tmp:
+        with Store(os.path.join(tmp, "warm.sqlite")) as st:                              # warm-up
+            _generate_remote_with_store(engine, None, items[:2], task, cfg, st, False)
+        with Store(os.path.join(tmp, "server.sqlite")) as st:
+            t0 = time.perf_counter()
+            remote, _ = _generate_remote_with_store(engine, None, items, task, cfg, st, False)
+            t_srv = time.perf_counter() - t0
+        prompts = [lm.render_instruction(t) for t in texts]
+        with Store(os.path.join(tmp, "local.sqlite")) as st:
+            t0 = time.perf_counter()
+            mine, _ = _generate_with_store(lm, None, "", prompts, cfg, st, False)
+            t_loc = time.perf_counter() - t0
+    n_srv, n_loc = sum(g.response_tokens for g in remote), sum(g.response_tokens for g in mine)
+    failed = sum((g.extra or {}).get("finish_reason") == "error" for g in remote)
+    same = sum(a.text.strip() == b.text.strip() for a, b in zip(remote, mine))
     r_srv, r_loc = n_srv / t_srv, n_loc / t_loc
-    print(f"server {engine.model} at {engine.where}, the same {n} prompts, greedy:")
-    print(f"  server, {workers} workers: {n_srv} tokens in {t_srv:.1f} s = {r_srv:.1f} tokens/s"
-          + (f" ({failed} failed)" if failed else ""))
-    print(f"  in process, continuous batch {batch_size}: {n_loc} tokens in {t_loc:.1f} s = {r_loc:.1f} tokens/s")
-    print(f"  server / in process = {r_srv / r_loc:.2f}x; identical answers: {same}/{n} "
-          f"(llama.cpp computes with quantised kernels; the in-process model is the dequantised GGUF)")
+    print(f"`run`'s generation of {n} chat prompts, greedy, natural length, each answer stored:")
+    print(f"  server {engine.model} at {engine.where}, {workers} workers: {n_srv} tokens in {t_srv:.1f} s = "
+          f"{r_srv:.1f} tokens/s, {n / t_srv:.2f} items/s" + (f" ({failed} failed)" if failed else ""))
+    print(f"  in process, continuous batch {batch_size}: {n_loc} tokens in {t_loc:.1f} s = {r_loc:.1f} tokens/s, "
+          f"{n / t_loc:.2f} items/s")
+    print(f"  server / in process = {r_srv / r_loc:.2f}x tokens/s, {t_loc / t_srv:.2f}x items/s; identical answers: "
+          f"{same}/{n} (llama.cpp computes with the Q4_1 kernels; the in-process model is the dequantised GGUF)")
     engine.close()

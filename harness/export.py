@@ -4,7 +4,8 @@
     python -m harness export smollm2-135m-alpaca --to ollama      # + Modelfile; prints `ollama create ...`
     python -m harness export smollm2-135m-alpaca --to vllm        # prints `vllm serve ... --lora-modules ...`
 
-    python -m llama_cpp.server --model <base.gguf> --lora_path <name>.gguf --host 127.0.0.1 --port 8080
+    python -m llama_cpp.server --model <base.gguf> --lora_path <name>.gguf --model_alias <name> --host 127.0.0.1 --port 8080
+    python -m harness run --model openai:<name>@http://127.0.0.1:8080 --eval-set instructions_own --judge none
 
 The GGUF adapter is written the way llama.cpp's own convert_lora_to_gguf.py writes one: general.type=adapter,
 adapter.type=lora, adapter.lora.alpha, the base's architecture, tensors `blk.N.attn_q.weight.lora_a` / `.lora_b`
@@ -287,8 +288,13 @@ def export_cmd(adapter: str, /, to: Literal["gguf", "ollama", "vllm"] = "gguf", 
         path = export_gguf(info, target)
         _, base_path = base_gguf_path(info)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        # llama-cpp-python's /v1/models reports only the alias: a distinct one per base + adapter keeps the
+        # generation cache of this adapter apart from the base's (harness.evaluate keys by the served identity)
         print(f"serve it: python -m llama_cpp.server --model {shlex.quote(str(base_path))} "
-              f"--lora_path {shlex.quote(str(path))} --host 127.0.0.1 --port 8080")
+              f"--lora_path {shlex.quote(str(path))} --model_alias {shlex.quote(info.name)} "
+              "--host 127.0.0.1 --port 8080")
+        print(f"evaluate it: python -m harness run --model openai:{shlex.quote(info.name)}@http://127.0.0.1:8080 "
+              "--eval-set instructions_own --judge none")
         return 0
     modelfile = check_writable_file(out) if out else default_export_path(info.name).with_name("Modelfile")
     path = export_gguf(info, modelfile.with_name(f"{info.name}.gguf"))

@@ -1,0 +1,250 @@
+"""A real engine that nobody on the team wrote: llama-cpp-python's OpenAI-compatible server on 127.0.0.1, serving
+the embedded SmolLM2 GGUF with the smollm2-135m-alpaca adapter exported by harness/export.py.
+
+    python -m pytest -q tests/test_llamacpp.py            # ~2 min on 2 cores; CI installs llama-cpp-python[server]
+    FTBENCH_LLAMACPP_ITEMS=34 python -m pytest -q -s tests/test_llamacpp.py -k rouge   # the README's figures
+
+- `run` through openai: writes the same rows and leaderboard columns as in process;
+- the exported adapter changes the answers the same way as in process: ROUGE-L between the engine's and the
+  in-process adapter's greedy answers is far above ROUGE-L between the engine's adapter and base answers;
+- a server killed mid-run loses nothing: the answers it gave are in the store, a rerun (against a restarted
+  server, even on another port) asks only for the rest.
+
+Fault cases (500s, hangs, wrong model names) use the fakes (tests/test_engines.py, tests/test_evaluate.py).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+try:
+    import llama_cpp  # noqa: F401
+    import llama_cpp.server  # noqa: F401
+except ImportError:
+    pytest.skip('llama-cpp-python[server] is not installed: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '
+                '"llama-cpp-python[server]" (about 10 minutes to build; .ci/run does it)', allow_module_level=True)
+
+from harness.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+ADAPTER = "smollm2-135m-alpaca"
+MAX_NEW = 48
+ITEMS = int(os.environ.get("FTBENCH_LLAMACPP_ITEMS", "8"))
+REAL_CACHE = os.environ.get("FTBENCH_REAL_CACHE", str(Path.home() / ".cache" / "ftbench"))
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """`python -m llama_cpp.server` in a subprocess, waited for until /v1/models answers."""
+
+    def __init__(self, gguf: Path, alias: str, log: Path, lora: Path | None = None):
+        self.gguf, self.alias, self.lora, self.log = gguf, alias, lora, log
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def spec(self) -> str:
+        return f"openai:{self.alias}@http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        import requests
+        self.port = _free_port()
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", "1", "--n_threads_batch", "1",
+               "--n_ctx", "2048"]
+        if self.lora:
+            cmd += ["--lora_path", str(self.lora)]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llama_cpp.server exited ({self.proc.returncode}): "
+                                     + self.log.read_text(errors="replace")[-2000:])
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError("llama_cpp.server did not answer within 120 s: " + self.log.read_text()[-2000:])
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory):
+    """The real model cache and the project's adapters (the autouse fixture isolates every test otherwise)."""
+    return {"FTBENCH_CACHE": REAL_CACHE, "FTBENCH_ADAPTERS": str(PROJECT_ROOT / "adapters")}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, real_env):
+    """(base server, adapter server): the embedded GGUF alone, and with the adapter's GGUF export as --lora_path.
+    Each has its own --model_alias: llama-cpp-python reports only the alias in /v1/models, so the alias is what
+    tells the two apart in the generation cache."""
+    from harness.export import base_gguf_path, export_gguf
+    from harness.models import find_adapter
+
+    tmp = tmp_path_factory.mktemp("llamacpp")
+    info = find_adapter(ADAPTER, folder=PROJECT_ROOT / "adapters")
+    _, gguf = base_gguf_path(info)
+    lora = export_gguf(info, tmp / f"{ADAPTER}.gguf")
+    base = Server(gguf, "smol", tmp / "base.log").start()
+    try:
+        tuned = Server(gguf, "smol-alpaca", tmp / "alpaca.log", lora).start()
+    except BaseException:
+        base.stop()
+        raise
+    yield base, tuned
+    base.stop()
+    tuned.stop()
+
+
+@pytest.fixture
+def env(real_env, monkeypatch):
+    for k, v in real_env.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory, real_env):
+    """The in-process adapter's greedy answers on the first ITEMS items of instructions_own (rows, responses)."""
+    from harness.evaluate import run
+    from harness.store import Store
+
+    tmp = tmp_path_factory.mktemp("inproc")
+    saved = {k: os.environ.get(k) for k in real_env}
+    os.environ.update(real_env)
+    try:
+        with Store(tmp / "store.sqlite") as st:
+            res = run(None, ADAPTER, "instructions_own", None, limit=ITEMS, max_new_tokens=MAX_NEW, batch_size=8,
+                      store=st, progress=False, run_dir=tmp / "results" / "runs")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return res
+
+
+def _engine_run(spec: str, store_path: Path, run_dir: Path, limit: int = ITEMS, **kw):
+    from harness.engines import EngineConfig
+    from harness.evaluate import run
+    from harness.store import Store
+    with Store(store_path) as st:
+        return run(spec, None, "instructions_own", None, limit=limit, max_new_tokens=MAX_NEW, store=st,
+                   progress=False, run_dir=run_dir, engine_config=EngineConfig(**{"workers": 2, "timeout": 600, **kw}))
+
+
+def test_run_through_llama_cpp_writes_the_same_rows_and_columns(servers, in_process, env, tmp_path):
+    import csv
+    _, tuned = servers
+    res = _engine_run(tuned.spec, tmp_path / "s.sqlite", in_process.path.parent.parent)
+    assert res.generated == ITEMS and len(res.rows) == ITEMS
+    assert set(res.rows[0]) == set(in_process.rows[0])
+    assert [r["item_id"] for r in res.rows] == [r["item_id"] for r in in_process.rows]
+    assert all(r["model"] == f"{tuned.spec}/v1" and r["response"].strip() and r["rouge_l"] is not None
+               for r in res.rows)
+    assert all(r["response_tokens"] <= MAX_NEW and r["prompt_tokens"] > 0 for r in res.rows)
+    # the server renders the GGUF's own chat template: the same prompt as in process. One known difference in
+    # tokens: llama.cpp merges "\n\n" into one token, the transformers tokenizer converted from the GGUF
+    # splits it into two "\n" (the instruction-input separator)
+    assert [r["prompt_tokens"] for r in res.rows] == [r["prompt_tokens"] - r["prompt"].count("\n\n")
+                                                      for r in in_process.rows]
+    board = in_process.path.parent.parent.parent / "leaderboard_chat.csv"
+    header, *rows = list(csv.reader(open(board, encoding="utf-8")))
+    models = {r[header.index("model")]: r for r in rows}
+    assert set(models) == {in_process.rows[0]["model"], res.rows[0]["model"]}
+    for r in models.values():                                 # every column filled for both
+        assert r[header.index("rouge_l")] and r[header.index("gen_tokens_per_s")] and r[header.index("n")] == str(ITEMS)
+
+
+def test_the_exported_adapter_changes_the_answers_as_in_process(servers, in_process, env, tmp_path):
+    from harness.metrics import rouge_l
+    base, tuned = servers
+    eng_tuned = _engine_run(tuned.spec, tmp_path / "s.sqlite", tmp_path / "runs").responses
+    eng_base = _engine_run(base.spec, tmp_path / "s.sqlite", tmp_path / "runs").responses
+    mine = in_process.responses
+    same_way = sum(rouge_l(a, b) for a, b in zip(eng_tuned, mine)) / len(mine)
+    vs_base = sum(rouge_l(a, b) for a, b in zip(eng_tuned, eng_base)) / len(mine)
+    identical = sum(a.strip() == b.strip() for a, b in zip(eng_tuned, mine))
+    print(f"\n{len(mine)} items of instructions_own, greedy, {MAX_NEW} new tokens: ROUGE-L(engine adapter, "
+          f"in-process adapter) = {same_way:.3f}; ROUGE-L(engine adapter, engine base) = {vs_base:.3f}; "
+          f"identical answers {identical}/{len(mine)}")
+    assert same_way > 0.6 and same_way > vs_base + 0.25, (same_way, vs_base)
+
+
+def test_a_server_killed_mid_run_loses_nothing(servers, in_process, env, tmp_path):
+    """SIGKILL the server while `run` is generating: the run ends with one sentence, the answers given so far
+    are stored, and a rerun against a restarted server (on another port) asks only for the rest."""
+    from harness.errors import UserError
+    from harness.store import Store
+
+    _, tuned = servers
+    victim = Server(tuned.gguf, tuned.alias, tmp_path / "victim.log", tuned.lora).start()
+    store_path = tmp_path / "s.sqlite"
+    n = min(ITEMS, 8)
+    outcome: dict = {}
+
+    def client():
+        try:
+            outcome["res"] = _engine_run(victim.spec, store_path, tmp_path / "runs", limit=n, retries=1,
+                                         backoff=0.1, workers=1)
+        except UserError as e:
+            outcome["error"] = str(e)
+
+    t = threading.Thread(target=client)
+    try:
+        t.start()
+        deadline = time.time() + 600
+        with Store(store_path) as st:
+            while st.count("generations") < 2 and time.time() < deadline and t.is_alive():
+                time.sleep(0.05)
+            victim.kill()
+            t.join(60)
+            stored = st.count("generations")
+    finally:
+        victim.kill()
+    assert not t.is_alive()
+    assert "error" in outcome, "the run finished before the server was killed: give it more items"
+    assert "rerun the same command to resume" in outcome["error"] and "\n" not in outcome["error"]
+    assert 2 <= stored < n, outcome["error"]
+    again = Server(tuned.gguf, tuned.alias, tmp_path / "again.log", tuned.lora).start()
+    try:
+        res = _engine_run(again.spec, store_path, tmp_path / "runs", limit=n)
+    finally:
+        again.stop()
+    assert res.generated == n - stored and len(res.rows) == n
+    with Store(store_path) as st:
+        assert st.count("generations") == n                 # nothing lost, nothing twice
+    ref = _engine_run(tuned.spec, tmp_path / "ref.sqlite", tmp_path / "runs", limit=n).responses
+    assert res.responses == ref                             # the resumed answers are the uninterrupted ones
