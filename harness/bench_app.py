@@ -101,7 +101,10 @@ class App:
                 tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
                 raise UserError(f"{e}; log {self.log}:\n" + "\n".join(tail)) from None
             raise
-        self.first_line = (self.log.read_text(errors="replace").splitlines() or [""])[0]
+        text = self.log.read_text(errors="replace")
+        self.first_line = (text.splitlines() or [""])[0]
+        found = re.search(r"torch threads: (\d+)", text)
+        self.threads = int(found.group(1)) if found else None
 
     def client(self):
         from gradio_client import Client
@@ -199,7 +202,8 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
     page, ready = statistics.median(pages), statistics.median(readies)
     say(f"warm cache: page up {page:6.2f} s, model ready {ready:6.2f} s (target <= {TARGETS['warm_page']:.0f} s, "
         f"{_verdict(ready <= TARGETS['warm_page'])}; median of {runs}: page "
-        f"{', '.join(f'{x:.2f}' for x in pages)} s, ready {', '.join(f'{x:.2f}' for x in readies)} s)")
+        f"{', '.join(f'{x:.2f}' for x in pages)} s, ready {', '.join(f'{x:.2f}' for x in readies)} s; "
+        f"torch threads {warm[-1].threads})")
     app = warm[-1]
     try:
         client = app.client()
@@ -260,7 +264,8 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
                 f"{', '.join(sorted(map(str, engines)))}; first token {runs_[-1][0]:.2f} s)")
         finally:
             fast.stop()
-    print(f"threads: torch/llama.cpp per app = the free cores at start (os.cpu_count() = {os.cpu_count()})")
+    say(f"threads: each app uses the cores not busy at its start (app.py --threads 0; os.cpu_count() = "
+        f"{os.cpu_count()})")
     return 0
 
 

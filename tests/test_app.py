@@ -698,3 +698,30 @@ def test_leaderboard_bars_carry_eval_set_and_decoding_labels_and_error_bars(tmp_
     segments = found[0].lines[2][0].get_segments()
     widths = sorted(round(float(s[1][0] - s[0][0]), 3) for s in segments)
     assert widths[0] > 0.05 and widths[1] > 0.2          # n=24: wide intervals, never zero
+
+
+def test_the_browser_suites_order_of_work_leaves_the_model_free(tiny_llama_dir, adapters, tmp_path):
+    """Chat, classify, poem, compare + a judge that is down, then chat again (the order of the browser suite's
+    tab tests): every job ends, no short work is left counted, and the last chat streams token by token."""
+    from harness.app import chat as C
+    from harness.app import compare as K
+    from harness.app.classify import classify_message
+    from harness.app.poem import poem_job
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters, results_folder=tmp_path / "r",
+                     store=str(tmp_path / "s.sqlite"), judge_host=f"127.0.0.1:{free_port()}")
+    state.prepare()
+    quick = Sampling(max_new_tokens=16)
+    C.submit(state, "s", "Hello!", sampling=quick)
+    for _ in C.generate_pending(state, "s"):
+        pass
+    assert classify_message(state, "WIN a prize", None, 0.5)[1].startswith("**")
+    *_, (poem, report, _) = poem_job(state, "s", "春夜", "中文", "五言绝句")
+    assert report["summary"].startswith("**Form check: OK.**")
+    K.start(state, "s", "Name three colors.", "tiny-chat", Sampling(temperature=0, max_new_tokens=16))
+    *_, view = K.stream(state, "s")
+    assert view["status"] == "done" and "No judge scores" in K.judge(state, "s")[2]
+    C.clear(state, "s")
+    C.submit(state, "s", "Tell me a story.", sampling=quick)
+    updates = list(C.generate_pending(state, "s"))
+    assert len(updates) > 3 and "▍" in updates[2][0][-1]["content"], "the reply streams"
+    assert not state._jobs and state.short_waiting == 0 and not state._running
