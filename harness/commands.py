@@ -83,13 +83,17 @@ def check_cache_writable() -> None:
 
 def models() -> int:
     """List base models and adapters with their status (cached / needs conversion / downloadable / missing)."""
-    from harness.models import base_status, list_adapters, list_bases
+    from harness.models import base_note, base_status, list_adapters, list_bases
     from harness.paths import adapters_dir, cache_dir
 
     print(f"{'base model':28} {'status':17} {'prompt style':14} description")
     for s in list_bases():
         star = " (default)" if s.default else ""
-        print(f"{s.name:28} {base_status(s):17} {s.prompt_style:14} {s.description}{star}")
+        status = base_status(s)
+        print(f"{s.name:28} {status:17} {s.prompt_style:14} {s.description}{star}")
+        note = base_note(s, status)
+        if note:
+            print(f"{'':28} to get it: {note}")
     print(f"\ncache: {cache_dir()}  (set FTBENCH_CACHE to move it)")
     adapters = list_adapters()
     print(f"\n{'adapter':28} {'task':8} {'kind':8} {'base':24} status")

@@ -262,6 +262,11 @@ def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[
 
 # ---------------------------------------------------------------- the pipeline
 
+# --decoding -> the GenerationConfig fields it sets on classical-form items (besides form)
+DECODING_RULES: dict[str, dict] = {"free": {}, "form": {}, "rhyme": {"rhyme": True},
+                                   "rhyme+tone": {"rhyme": True, "tone": True}}
+
+
 @dataclass
 class RunConfig:
     """One evaluation run: which checkpoint, which eval set, which judge. The CLI's `run` flags are these fields."""
@@ -269,7 +274,7 @@ class RunConfig:
     model: str = ""                  # base model (registry name, local directory or .gguf); default the embedded one
     adapter: str = ""                # LoRA adapter name under adapters/ (default: the base alone)
     limit: int | None = None         # only the first N items
-    decoding: Literal["free", "form"] = "free"   # poems: form = classical Chinese forms under the form constraint
+    decoding: Literal["free", "form", "rhyme", "rhyme+tone"] = "free"   # poems: form = classical forms under the form constraint; rhyme(+tone) adds 平水韵 rhyme (and 平仄)
     no_judge: bool = False           # skip the judge (task metrics only); same as --judge none
     retry_unparsed: bool = False     # ask the judge again for stored answers that held no score
     store: str = ""                  # the store file (default $FTBENCH_CACHE/store.sqlite)
@@ -280,8 +285,8 @@ class RunConfig:
             raise UserError("--eval-set is required; available eval sets: " + ", ".join(list_eval_sets()))
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, got {self.limit}")
-        if self.decoding not in ("free", "form"):
-            raise UserError(f"--decoding must be free or form, got {self.decoding!r}")
+        if self.decoding not in DECODING_RULES:
+            raise UserError(f"--decoding must be one of {', '.join(DECODING_RULES)}, got {self.decoding!r}")
 
 
 @dataclass
@@ -348,7 +353,7 @@ def _check_remote(task, eval_set: str, decoding: str, adapter: str | None) -> No
         raise UserError(f"{eval_set} is a {task.name} classification set, which runs in process only (no server API "
                         "returns per-label probabilities): pass a base model instead of openai:/ollama:")
     if decoding != "free":
-        raise UserError("--decoding form constrains decoding token by token, which runs in process only: drop "
+        raise UserError(f"--decoding {decoding} constrains decoding token by token, which runs in process only: drop "
                         "--decoding or pass a base model instead of openai:/ollama:")
     if adapter:
         from harness.models import list_adapters
@@ -476,7 +481,7 @@ def _generate_items(lm, adapter, adapter_sha, items, task, gcfg, store, progress
     generated = 0
     for form in dict.fromkeys(it.get("form", "") for it in items):
         idx = [i for i, it in enumerate(items) if it.get("form", "") == form]
-        cfg = replace(gcfg, form=form) if form in FIXED_FORMS else gcfg
+        cfg = replace(gcfg, form=form, **DECODING_RULES.get(decoding, {})) if form in FIXED_FORMS else gcfg
         got, n = _generate_with_store(lm, adapter, adapter_sha, [prompts[i] for i in idx], cfg, store, progress)
         generated += n
         for i, g in zip(idx, got):
@@ -638,7 +643,7 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig, engine: E
 
 # the flags of `run` (see harness.cli): GenerationConfig's sampling knobs do not apply to evaluation runs
 run_cmd.cli_skip = {"gen": ("do_sample", "temperature", "top_p", "seed", "stop", "ignore_eos", "form",
-                            "repetition_penalty"),
+                            "repetition_penalty", "rhyme", "rhyme_group", "tone"),      # --decoding sets these
                     "engine": ("spec", "host", "batch_size")}       # the engine's spec is --model
 
 

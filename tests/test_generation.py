@@ -195,3 +195,25 @@ def test_continuous_with_an_adapter_and_on_done(tiny_llama_dir, tmp_path):
     assert [t.text for t in tuned] != [b.text for b in base]
     assert sorted(i for i, _, _ in calls) == list(range(len(prompts)))
     assert all(g is tuned[i] for i, g, _ in calls) and {t for _, _, t in calls} == {main}
+
+
+def test_rhyme_constrained_decoding_rhymes_and_stays_exact(tiny_llama_dir):
+    """GenerationConfig(rhyme=True, rhyme_group=...) reaches FormConstraint in both the continuous and the static
+    path: every quatrain's even lines end in the group, batched equals one at a time; without --form: one sentence."""
+    from harness.errors import UserError
+    from harness.metrics import form_check
+    from harness.rules import check_poem
+
+    lm = load_model(str(tiny_llama_dir))
+    prompts = [lm.render_instruction(p) for p in MIXED[:3]]
+    cfg = GenerationConfig(max_new_tokens=90, form="五言绝句", rhyme_group="东", batch_size=2)
+    batched = generate_batch(lm, prompts, cfg)
+    single = [generate_batch(lm, [p], GenerationConfig(max_new_tokens=90, form="五言绝句", rhyme_group="东",
+                                                       batch_size=1))[0] for p in prompts]
+    assert [_fields(b) for b in batched] == [_fields(s) for s in single]
+    for g in batched:
+        assert form_check(g.text, "五言绝句", "zh")["ok"], g.text
+        assert check_poem(g.text, "五言绝句", "zh")["rhyme_ok"], g.text
+    assert cfg.as_key()["rhyme_group"] == "东" and "rhyme" not in GenerationConfig(form="五言绝句").as_key()
+    with pytest.raises(UserError, match="add --form"):
+        GenerationConfig(tone=True)
