@@ -178,8 +178,11 @@ def test_run_through_llama_cpp_writes_the_same_rows_and_columns(servers, in_proc
     # the server renders the GGUF's own chat template: the same prompt as in process. One known difference in
     # tokens: llama.cpp merges "\n\n" into one token, the transformers tokenizer converted from the GGUF
     # splits it into two "\n" (the instruction-input separator)
-    assert [r["prompt_tokens"] for r in res.rows] == [r["prompt_tokens"] - r["prompt"].count("\n\n")
-                                                      for r in in_process.rows]
+    # splits it into two "\n" (the instruction-input separator); not every "\n\n" merges (seen in CI), so the
+    # server's count lies between the in-process count minus the separators and the in-process count
+    for srv, loc in zip(res.rows, in_process.rows):
+        assert loc["prompt_tokens"] - loc["prompt"].count("\n\n") <= srv["prompt_tokens"] <= loc["prompt_tokens"], (
+            srv["item_id"], srv["prompt_tokens"], loc["prompt_tokens"])
     board = in_process.path.parent.parent.parent / "leaderboard_chat.csv"
     header, *rows = list(csv.reader(open(board, encoding="utf-8")))
     models = {r[header.index("model")]: r for r in rows}
