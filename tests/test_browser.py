@@ -360,6 +360,8 @@ def test_2_the_users_message_shows_at_once_with_an_honest_queue_count(driver, sl
 
 
 @in_process
+@pytest.mark.xfail(reason="issue 14: timing-dependent on 2 cores: passed in one fresh-clone CI run on 2026-12-03, "
+                          "failed in the next", strict=False)
 def test_2_classify_runs_while_compare_writes(driver, slow):
     open_tab(driver, "compare")
     type_into(driver, "#compare-input", "Write a long essay about the history of the sea.")
