@@ -267,6 +267,19 @@ DECODING_RULES: dict[str, dict] = {"free": {}, "form": {}, "rhyme": {"rhyme": Tr
                                    "rhyme+tone": {"rhyme": True, "tone": True}}
 
 
+JUDGE_MODES = ("pointwise", "pairwise")
+
+
+def check_judge_mode(mode: str, baseline: str | None) -> None:
+    if mode not in JUDGE_MODES:
+        raise UserError(f"--judge-mode must be one of {', '.join(JUDGE_MODES)}, got {mode!r}")
+    if mode == "pairwise" and not baseline:
+        raise UserError("--judge-mode pairwise needs --baseline RUN: the run id (a file name under results/runs/"
+                        "<task>/, without .jsonl) or rows file of another model or adapter on the same eval set")
+    if mode == "pointwise" and baseline:
+        raise UserError("--baseline only applies with --judge-mode pairwise: add it, or drop --baseline")
+
+
 @dataclass
 class RunConfig:
     """One evaluation run: which checkpoint, which eval set, which judge. The CLI's `run` flags are these fields."""
@@ -278,8 +291,11 @@ class RunConfig:
     no_judge: bool = False           # skip the judge (task metrics only); same as --judge none
     retry_unparsed: bool = False     # ask the judge again for stored answers that held no score
     store: str = ""                  # the store file (default $FTBENCH_CACHE/store.sqlite)
+    judge_mode: Literal["pointwise", "pairwise"] = "pointwise"   # pairwise: A/B verdicts vs --baseline, both orders
+    baseline: str = ""               # pairwise: the run id (results/runs/<task>/) or rows file to compare against
 
     def __post_init__(self):
+        check_judge_mode(self.judge_mode, self.baseline)
         if not self.eval_set:
             from harness.data import list_eval_sets
             raise UserError("--eval-set is required; available eval sets: " + ", ".join(list_eval_sets()))
@@ -374,7 +390,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
         retry_unparsed: bool = False, progress: bool = True, write: bool = True,
         run_dir: Path | None = None, decoding: str = "free", gen_config: Any = None,
-        engine_config: Any = None) -> RunResult:
+        engine_config: Any = None, judge_mode: str = "pointwise", baseline: str | None = None) -> RunResult:
     """Generate (batched, greedy, cached) or classify, judge (cached), score and write one rows file; update
     the leaderboards. (The CLI's `run` builds the arguments from RunConfig, GenerationConfig and JudgeConfig.)
 
@@ -384,6 +400,10 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     model "openai:<model>@<url>" or "ollama:<model>": generate through that server (harness.engines, with
     engine_config's workers, timeouts and retries); the adapter is then the model id the server serves it as.
     Rows and leaderboard columns are the same as in process; the rows' model is the spec.
+
+    judge_mode "pairwise": instead of a 0-100 score per answer, the judge compares each answer with the
+    `baseline` run's answer to the same item, in both orders (harness.pairwise); the rows carry both verdicts
+    and the leaderboard the pw_* columns. The baseline must be another model or adapter on the same items.
 
     judge None or "" = no judge (classify tasks never have one). lm: an already loaded model to reuse.
     write=False: only fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default
@@ -407,12 +427,31 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     jcfg = None
     if task.kind == "generate" and task.judge_prompt and (judge or judge_config):
         jcfg = judge_config or JudgeConfig(spec=judge or DEFAULT_JUDGE, workers=workers)
+    check_judge_mode(judge_mode, baseline)
+    pairwise = judge_mode == "pairwise"
+    base_rows: list[dict] = []
+    base_name = ""
+    if pairwise:
+        from harness.pairwise import check_baseline, find_run, load_pairwise_prompt, read_run
+        if task.kind != "generate":
+            raise UserError(f"--judge-mode pairwise compares generated answers; {eval_set} is a {task.name} "
+                            f"(classify) set: drop --judge-mode")
+        if jcfg is None:
+            raise UserError("--judge-mode pairwise needs a judge: drop --judge none / --no-judge, or pass --judge")
+        load_pairwise_prompt(task.name, jcfg.prompt_version)         # the prompt file exists and is valid
+        base_path = find_run(str(baseline))
+        base_rows, base_name = read_run(base_path), f"baseline {base_path.stem}"
+        check_baseline([{"eval_set": es.name, "item_id": it["id"]} for it in items], base_rows,
+                       "this run", base_name)
     gcfg = gen_config or GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
     own_store = store is None
     store = store or Store()
     the_judge: Judge | None = None
     engine = None
     try:
+        if pairwise:
+            from harness.pairwise import responses_of
+            base_texts = responses_of(base_rows, store, base_name)    # before any generation: fail fast
         if remote:
             from dataclasses import replace
             engine = open_engine(replace(engine_config or EngineConfig(), spec=model))   # health check first
@@ -421,12 +460,19 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             the_judge = open_judge(jcfg)                       # health check before any generation
         if engine is not None:
             model_name, adapter_sha, method = engine.config.spec, "", ""
+            if pairwise:
+                check_baseline([{"eval_set": es.name, "item_id": it["id"], "model": model_name,
+                                 "adapter": adapter or "", "decoding": ""} for it in items], base_rows, "this run", base_name)
             outs, generated = _generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
                                                           progress)
         else:
             if lm is None:
                 lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
             model_name = lm.name
+            if pairwise:       # not the same checkpoint as the baseline: before any generation
+                check_baseline([{"eval_set": es.name, "item_id": it["id"], "model": model_name,
+                                 "adapter": adapter or "", "decoding": "" if decoding == "free" else decoding}
+                                for it in items], base_rows, "this run", base_name)
             adapter_sha = _adapter_sha(lm, adapter, task)
             method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
             if task.kind == "classify":
@@ -439,15 +485,27 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
 
         judged_rows: list[dict | None] = [None] * len(items)
         asked = 0
+        pw = None
         if jcfg is not None:
             if the_judge is None:
                 the_judge = open_judge(jcfg, lm=lm)
-            reqs = [JudgeRequest(it["id"], task.judge_prompt, judge_fields(task, it, o.text))
-                    for it, o in zip(items, outs)]
-            judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
+            if pairwise:
+                from harness.pairwise import pairwise_judge
+                pw = pairwise_judge(the_judge, [{"task": task.name, **it} for it in items], [o.text for o in outs],
+                                    base_texts, store, progress, retry_unparsed)
+                asked = pw.asked
+            else:
+                reqs = [JudgeRequest(it["id"], task.judge_prompt, judge_fields(task, it, o.text))
+                        for it, o in zip(items, outs)]
+                judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
 
         rows = make_rows(es, task, model_name, adapter or "", adapter_sha, method, items, outs, judged_rows,
                          the_judge, jcfg, "" if decoding == "free" else decoding)
+        if pw is not None:
+            from harness.pairwise import row_fields
+            fields = row_fields(pw, base_path.stem)
+            for r in rows:
+                r.update(fields[str(r["item_id"])])
     finally:
         if the_judge is not None:
             the_judge.close()
@@ -456,7 +514,10 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         if own_store:
             store.close()
 
-    rid = run_id_for(es.name, model_name, adapter, jcfg.spec if jcfg else None,
+    judge_part = jcfg.spec if jcfg else None
+    if pairwise:    # its own file: a pointwise run with the same judge, or another baseline, is kept
+        judge_part = f"pairwise-{jcfg.spec}-vs-{text_sha(base_path.stem)[:8]}"
+    rid = run_id_for(es.name, model_name, adapter, judge_part,
                      limit if limit and limit < len(es.items) else None, decoding)
     runs = run_dir or results_dir() / "runs"
     path = runs / task.name / f"{rid}.jsonl"
@@ -608,6 +669,58 @@ def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_J
     return out
 
 
+def _keyed_responses(path: str | Path, store: Store, name: str) -> dict[str, str]:
+    """{id: response} of a responses file (the book's format, keyed by its `id` or line number) or of a run
+    (a rows file written by `run`, or a run id under results/runs/, keyed by item_id)."""
+    from harness.pairwise import find_run, read_run, responses_of
+    p = Path(path)
+    if p.is_file() and p.suffix == ".jsonl":
+        first = next((line for line in read_text(p, name).splitlines() if line.strip()), "")
+        if '"item_id"' not in first:           # not a run's rows: a responses file
+            return {str(r.get("id", r["_line"])): r["model_response"] for r in read_responses(p)}
+    elif p.is_file():
+        return {str(r.get("id", r["_line"])): r["model_response"] for r in read_responses(p)}
+    return responses_of(read_run(find_run(str(path))), store, name)
+
+
+def judge_pairwise_file(responses: str | Path, baseline: str | Path, output: str | Path,
+                        judge_config: JudgeConfig, store: Store, retry_unparsed: bool = False,
+                        progress: bool = True) -> tuple[list[dict], Any]:
+    """Pairwise-judge a responses file against a baseline (another responses file, a rows file or a run id),
+    item by item (matched by `id`, else by line number), in both orders. Writes `output`: each input row +
+    pw_ab, pw_ba, pw_winner, pw_baseline, pw_judge, judge_digest. Returns (rows, PairwiseResult)."""
+    from harness.pairwise import pairwise_judge, row_fields
+    check_writable_file(output)
+    rows = read_responses(responses)
+    base = _keyed_responses(baseline, store, f"baseline {baseline}")
+    ids = [str(r.get("id", r["_line"])) for r in rows]
+    only, bonly = sorted(set(ids) - set(base)), sorted(set(base) - set(ids))
+    if only or bonly:
+        raise UserError(f"{responses} and the baseline {baseline} cover different items: "
+                        + "; ".join(x for x in (
+                            f"{len(only)} id(s) only in {responses} ({', '.join(only[:5])})" if only else "",
+                            f"{len(bonly)} only in the baseline ({', '.join(bonly[:5])})" if bonly else "") if x)
+                        + ". Give both files the same `id` values (or the same rows in the same order)")
+    items = []
+    for row, i in zip(rows, ids):
+        task = responses_task(row)
+        fields = {k: v for k, v in judge_fields(task, row, "").items() if k != "response"}
+        items.append({"id": i, "task": task.name, **fields})
+    with open_judge(judge_config) as the_judge:
+        res = pairwise_judge(the_judge, items, [r["model_response"] for r in rows], base, store, progress,
+                             retry_unparsed)
+        digest = the_judge.digest
+    fields = row_fields(res, str(baseline))
+    out = []
+    for row, i in zip(rows, ids):
+        row = {k: v for k, v in row.items() if k != "_line"}
+        row.update(fields[i], judge=judge_config.spec, judge_digest=digest,
+                   judge_prompt_version=judge_config.prompt_version)
+        out.append(row)
+    write_jsonl(output, out)
+    return out, res
+
+
 # ---------------------------------------------------------------- CLI
 
 def _judge_or_none(judge: JudgeConfig, no_judge: bool) -> JudgeConfig | None:
@@ -633,7 +746,7 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig, engine: E
         res = globals()["run"](cfg.model or None, cfg.adapter or None, cfg.eval_set, jcfg.spec if jcfg else None,
                                cfg.limit, gen.batch_size, gen.max_new_tokens, judge.workers, judge_config=jcfg,
                                store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen,
-                               engine_config=engine)
+                               engine_config=engine, judge_mode=cfg.judge_mode, baseline=cfg.baseline or None)
     finally:
         if st:
             st.close()
@@ -657,6 +770,8 @@ def _print_summary(res: RunResult, seconds: float) -> None:
     if task.kind == "classify":
         acc = sum(r["pred"] == r["label"] for r in rows) / n
         print(f"  accuracy {acc:.3f}")
+    elif rows and rows[0].get("pw_baseline"):
+        print("  " + _pairwise_line(rows[0]["judge"], rows[0]["pw_baseline"], rows))
     else:
         judged = [r for r in rows if r["judge"]]
         if judged:
@@ -671,6 +786,18 @@ def _print_summary(res: RunResult, seconds: float) -> None:
     print(f"  rows: {res.path}")
     for p in res.leaderboards:
         print(f"  leaderboard: {p}")
+
+
+def _pairwise_line(judge: str, baseline: str, rows: list[dict]) -> str:
+    from harness.pairwise import columns_from_rows
+    c = columns_from_rows(rows)
+    if not c.get("pw_n"):
+        return (f"pairwise judge {judge} vs {baseline}: no item has both orders parsed "
+                f"({c.get('pw_unparsed', 0)} unparsed verdicts kept; --retry-unparsed asks again)")
+    return (f"pairwise judge {judge} vs {baseline}: win rate {c['pw_win_rate']:.3f} "
+            f"(95% CI {c['pw_win_ci_low']:.3f}-{c['pw_win_ci_high']:.3f}, ties = 1/2), ties {c['pw_ties']:.3f}, "
+            f"position consistency {c['pw_consistency']:.3f}, first position wins {c['pw_first_wins']:.3f}, "
+            f"{c['pw_n']} items, {c['pw_unparsed']} unparsed verdicts")
 
 
 def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adapter: str | None = None,
@@ -720,7 +847,7 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
 
 
 def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), retry_unparsed: bool = False,
-              store: str | None = None) -> int:
+              store: str | None = None, judge_mode: str = "pointwise", baseline: str | None = None) -> int:
     """Score a responses file made elsewhere with a judge (cached, resumable): rows with instruction, input,
     output (reference) and model_response, as in the book's instruction-data-with-response.json.
 
@@ -728,10 +855,24 @@ def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), r
     output: the JSONL to write (each row + score, parsed, judge_raw, judge, judge_digest)
     retry_unparsed: ask the judge again for stored answers that held no score
     store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    judge_mode: pointwise (a 0-100 score per answer) or pairwise (A/B verdicts vs --baseline, in both orders)
+    baseline: pairwise: another responses file with the same ids, a rows file, or a run id under results/runs/
     """
     t0 = time.perf_counter()
+    check_judge_mode(judge_mode, baseline)
     st = Store(store) if store else None
     try:
+        if judge_mode == "pairwise":
+            own = st is None
+            st = st or Store()
+            rows, res = judge_pairwise_file(responses, str(baseline), output, judge, st, retry_unparsed)
+            print(_pairwise_line(judge.spec, str(baseline), rows))
+            print(f"{len(rows)} items, {res.asked} single-order verdicts asked [{time.perf_counter() - t0:.1f} s] "
+                  f"-> {output}")
+            if own:
+                st.close()
+                st = None
+            return 0
         rows = judge_file(responses, output, judge_config=judge, store=st,
                           retry_unparsed=retry_unparsed)
     finally:

@@ -31,6 +31,7 @@ GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_met
 COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
 TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
 # pairwise judging against a baseline run (harness.pairwise; `run --judge-mode pairwise --baseline RUN`)
+COUNT_COLUMNS = {"pw_n", "pw_unparsed"}
 PAIRWISE_COLUMNS = ["pw_baseline", "pw_win_rate", "pw_win_ci_low", "pw_win_ci_high", "pw_ties", "pw_consistency",
                     "pw_first_wins", "pw_n", "pw_unparsed"]
 END_COLUMNS = ["n_duplicates", "created_at", "git_commit"]
@@ -185,6 +186,8 @@ def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int
     tables = {}
     for t, recs in sorted(by_task.items()):
         df = pd.DataFrame(recs, columns=columns_for(t))
+        for c in COUNT_COLUMNS & set(df.columns):      # counts stay integers when some rows have none
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
         sort = [c for c in (get_task(t).sort or ("score_mean",)) if c in df.columns]
         df = df.sort_values(sort + ["model", "adapter"], ascending=[False] * len(sort) + [True, True],
                             na_position="last", kind="mergesort").reset_index(drop=True)

@@ -438,15 +438,22 @@ def row_fields(res: PairwiseResult, baseline: str) -> dict[str, dict]:
             for it in res.items}
 
 
-def columns_from_rows(rows: list[dict]) -> dict:
-    """The pw_* leaderboard columns from rows that carry row_fields() (empty dict when none do)."""
+def result_from_rows(rows: list[dict]) -> PairwiseResult | None:
+    """The PairwiseResult stored in rows that carry row_fields() (None when none do): for reports and the
+    leaderboard, which are rebuilt from rows files alone."""
     rows = [r for r in rows if r.get("pw_baseline")]
     if not rows:
-        return {}
-    items = [PairwiseItem(str(r["item_id"]), r.get("pw_ab"), r.get("pw_ba"), *combine(r.get("pw_ab"), r.get("pw_ba")))
-             for r in rows]
-    return pairwise_columns(PairwiseResult(str(rows[0].get("pw_judge", "")), str(rows[0].get("pw_prompt_version", "")),
-                                           items, 0, 0.0, str(rows[0].get("pw_method", ""))))
+        return None
+    items = [PairwiseItem(str(r.get("item_id", r.get("id", ""))), r.get("pw_ab"), r.get("pw_ba"),
+                          *combine(r.get("pw_ab"), r.get("pw_ba"))) for r in rows]
+    return PairwiseResult(str(rows[0].get("pw_judge", "")), str(rows[0].get("pw_prompt_version", "")), items, 0, 0.0,
+                          str(rows[0].get("pw_method", "")))
+
+
+def columns_from_rows(rows: list[dict]) -> dict:
+    """The pw_* leaderboard columns from rows that carry row_fields() (empty dict when none do)."""
+    res = result_from_rows(rows)
+    return pairwise_columns(res) if res else {}
 
 
 # ---------------------------------------------------------------- runs as candidate and baseline
@@ -499,6 +506,35 @@ def check_baseline(rows: list[dict], baseline: list[dict], name: str = "the run"
         raise UserError(f"{baseline_name} is the same model and adapter as {name}: pick another model or adapter")
 
 
+def responses_of(rows: list[dict], store: Store, name: str = "the baseline") -> dict[str, str]:
+    """{item_id: response text} of a run's rows. Rows of the project's own sets carry the text; rows of dataset
+    splits are text-free (response_sha only), so their texts are looked up by hash among the store's
+    generations of the same model and adapter (there whenever the run was made with this store)."""
+    out = {str(r["item_id"]): r["response"] for r in rows if isinstance(r.get("response"), str)}
+    need = {str(r["item_id"]): r.get("response_sha") for r in rows if str(r["item_id"]) not in out}
+    if not need:
+        return out
+    wanted = {sha for sha in need.values() if sha}
+    found: dict[str, str] = {}
+    if wanted:
+        model, adapter = rows[0].get("model", ""), rows[0].get("adapter", "")
+        for text in store.responses(model=None if ":" in str(model) else model, adapter=adapter):
+            sha = text_sha(text)
+            if sha in wanted:
+                found[sha] = text
+    lost = [i for i, sha in need.items() if sha not in found]
+    if lost:
+        r = rows[0]
+        cmd = (f"python -m harness run --eval-set {r.get('eval_set')} --model {r.get('model')}"
+               + (f" --adapter {r['adapter']}" if r.get("adapter") else "")
+               + (f" --decoding {r['decoding']}" if r.get("decoding") else "") + " --judge none")
+        raise UserError(f"{name}'s rows hold no response texts (a dataset split: rows are text-free) and "
+                        f"{len(lost)} of its {len(rows)} responses are not in the store {store.path}: regenerate "
+                        f"them with `{cmd}` (greedy, so the same answers), then rerun")
+    out.update({i: found[sha] for i, sha in need.items()})
+    return out
+
+
 def pairwise_runs(judge: Judge, rows: list[dict], baseline: list[dict], store: Store, progress: bool = True,
                   retry_unparsed: bool = False, name: str = "the run", baseline_name: str = "the baseline"
                   ) -> PairwiseResult:
@@ -512,8 +548,9 @@ def pairwise_runs(judge: Judge, rows: list[dict], baseline: list[dict], store: S
     if missing:
         raise UserError(f"{name}: item(s) {', '.join(missing[:5])} are no longer in eval set {es.name}: rerun it")
     items = [{"task": es.task, **by_id[str(r["item_id"])]} for r in rows]
-    resp_b = {str(r["item_id"]): r["response"] for r in baseline}
-    return pairwise_judge(judge, items, [r["response"] for r in rows], resp_b, store, progress, retry_unparsed)
+    resp_a = responses_of(rows, store, name)
+    resp_b = responses_of(baseline, store, baseline_name)
+    return pairwise_judge(judge, items, resp_a, resp_b, store, progress, retry_unparsed)
 
 
 # ---------------------------------------------------------------- a fake judge and the benchmark

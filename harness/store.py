@@ -174,6 +174,16 @@ class Store:
             return [self._row(table, v) for v in
                     self._db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY created_at, key")]
 
+    def responses(self, model: str | None = None, adapter: str | None = None) -> list[str]:
+        """The stored generations' response texts, optionally of one model and adapter ("" = the base)."""
+        q, args = "SELECT response FROM generations", []
+        where = [(c, v) for c, v in (("model", model), ("adapter", adapter)) if v is not None]
+        if where:
+            q += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+            args = [v for _, v in where]
+        with self._lock:
+            return [v for (v,) in self._db.execute(q, args) if v is not None]
+
     # ------------------------------------------------------------ writes
     def put(self, table: str, rows: Iterable[dict]) -> int:
         """Insert (or replace) rows in one transaction; unknown fields are an error, missing ones NULL."""

@@ -316,3 +316,121 @@ def test_run_through_a_bad_server_is_one_sentence(case, tmp_path, capsys, closed
     if case == "500 mid-run":
         with Store() as st:
             assert st.count("generations") == 1                              # the answer before the 500s is kept
+
+
+# ---------------------------------------------------------------- pairwise runs (--judge-mode pairwise --baseline)
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_lm(tiny_gpt2_dir):
+    from harness.models import load_model
+    return load_model(str(tiny_gpt2_dir))
+
+
+def _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=4):
+    """A baseline run (tiny llama, no judge) and a pairwise run of tiny gpt2 against it."""
+    monkeypatch.setenv("OLLAMA_HOST", fake.host)
+    base = run(None, None, "instructions_own", None, limit=limit, max_new_tokens=6, lm=tiny_lm, progress=False)
+    cand = run(None, None, "instructions_own", "ollama:llama3", limit=limit, max_new_tokens=6, lm=tiny_gpt2_lm,
+               progress=False, judge_mode="pairwise", baseline=base.run_id)
+    return base, cand
+
+
+def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reruns_from_the_cache(
+        tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
+    import csv
+
+    from harness.pairwise import combine, fake_pairwise_answer
+    with FakeOllama(default=fake_pairwise_answer) as fake:
+        base, cand = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch)
+        assert fake.count("/api/chat") == 8 and cand.judged == 8          # 4 items x both orders
+        shown = [b["messages"][-1]["content"] for b in fake.chat_bodies()]
+        first = cand.rows[0]
+        assert first["pw_baseline"] == base.run_id and first["pw_judge"] == "ollama:llama3"
+        for r in cand.rows:                                                # the verdicts are combined per item
+            assert (r["pw_winner"], ) == (combine(r["pw_ab"], r["pw_ba"])[0], )
+            assert r["score"] is None                                     # no pointwise score in this mode
+        # each item's two prompts show the candidate's and the baseline's answers in swapped places
+        a, b = cand.rows[0]["response"], base.rows[0]["response"]
+        both = [t for t in shown if a in t and b in t]
+        assert len(both) >= 2 and any(t.index(a) < t.index(b) for t in both) and any(t.index(b) < t.index(a) for t in both)
+        assert cand.run_id != run_id_for("instructions_own", cand.rows[0]["model"], None, "ollama:llama3", 4)
+        assert "pairwise" in cand.run_id
+
+        import pandas as pd
+        board = pd.read_csv(tmp_path / "results" / "leaderboard_chat.csv", dtype=str, keep_default_na=False)
+        row = board[board["pw_baseline"] == base.run_id].iloc[0]
+        assert row["judge"] == "ollama:llama3" and row["pw_n"] == "4" and row["pw_unparsed"] == "0"
+        win = sum({"a": 1.0, "tie": 0.5, "b": 0.0}[r["pw_winner"]] for r in cand.rows) / 4
+        assert float(row["pw_win_rate"]) == pytest.approx(win, abs=1e-4)
+        assert board[board["pw_baseline"] == ""]["pw_n"].tolist() == [""]      # the baseline's own row: no verdicts
+
+        fake.reset()
+        again = run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=6, lm=tiny_gpt2_lm,
+                    progress=False, judge_mode="pairwise", baseline=base.run_id)
+        assert fake.count("/api/chat") == 0 and again.judged == 0
+        assert [r["pw_winner"] for r in again.rows] == [r["pw_winner"] for r in cand.rows]
+
+
+def test_a_text_free_baseline_is_read_from_the_store_or_refused_with_the_command_to_regenerate(
+        tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
+    from harness.pairwise import fake_pairwise_answer
+    with FakeOllama(default=fake_pairwise_answer) as fake:
+        base, _ = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=3)
+        rows = [json.loads(x) for x in base.path.read_text(encoding="utf-8").splitlines()]
+        free = tmp_path / "textfree.jsonl"                                # as committed for a dataset split
+        free.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("prompt", "response")}) + "\n"
+                                for r in rows), encoding="utf-8")
+        ok = run(None, None, "instructions_own", "ollama:llama3", limit=3, max_new_tokens=6, lm=tiny_gpt2_lm,
+                 progress=False, judge_mode="pairwise", baseline=str(free))
+        assert ok.rows[0]["pw_baseline"] == "textfree" and all(r["pw_winner"] for r in ok.rows)
+        with Store(tmp_path / "empty.sqlite") as empty, \
+                pytest.raises(UserError, match=r"rows hold no response texts .* 3 of its 3 responses are not in the "
+                                               r"store .*regenerate them with `python -m harness run --eval-set "
+                                               r"instructions_own --model .* --judge none`"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=3, max_new_tokens=6, lm=tiny_gpt2_lm,
+                progress=False, judge_mode="pairwise", baseline=str(free), store=empty)
+
+
+def test_pairwise_bad_input_is_refused_before_any_generation(tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
+    from harness.pairwise import fake_pairwise_answer
+    with FakeOllama(default=fake_pairwise_answer) as fake:
+        base, _ = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=3)
+        fake.reset()
+        kw = dict(max_new_tokens=6, progress=False, judge_mode="pairwise")
+        with pytest.raises(UserError, match=r"cover different items: 1 item\(s\) only in this run"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=4, lm=tiny_gpt2_lm, baseline=base.run_id, **kw)
+        with pytest.raises(UserError, match="same model and adapter as this run"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=3, lm=tiny_lm, baseline=base.run_id, **kw)
+        with pytest.raises(UserError, match="baseline run 'no-such-run' not found: .*instructions_own__"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=3, lm=tiny_gpt2_lm, baseline="no-such-run", **kw)
+        with pytest.raises(UserError, match="needs a judge"):
+            run(None, None, "instructions_own", None, limit=3, lm=tiny_gpt2_lm, baseline=base.run_id, **kw)
+        with pytest.raises(UserError, match="needs --baseline RUN"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=3, lm=tiny_gpt2_lm, **kw)
+        with pytest.raises(UserError, match="--baseline only applies with --judge-mode pairwise"):
+            run(None, None, "instructions_own", "ollama:llama3", limit=3, lm=tiny_gpt2_lm, baseline=base.run_id,
+                max_new_tokens=6, progress=False)
+        assert fake.count("/api/chat") == 0
+
+
+def test_judge_cmd_pairwise_compares_two_responses_files_by_id(tmp_path, monkeypatch, capsys):
+    from harness.pairwise import fake_pairwise_answer
+    rows = _book_rows(5)
+    cand = _jsonl(tmp_path / "cand.jsonl", [{"id": f"q{i}", **r} for i, r in enumerate(rows)])
+    base = _jsonl(tmp_path / "base.jsonl", [{"id": f"q{i}", **r, "model_response": f"The cat chased mouse {i}."}
+                                            for i, r in reversed(list(enumerate(rows)))])      # any order: by id
+    other = _jsonl(tmp_path / "other.jsonl", [{"id": f"z{i}", **r} for i, r in enumerate(rows)])
+    out = tmp_path / "out.jsonl"
+    with FakeOllama(default=fake_pairwise_answer) as fake:
+        cfg = JudgeConfig("ollama:llama3", host=fake.url, workers=2)
+        assert judge_cmd(cand, str(out), cfg, store=str(tmp_path / "s.sqlite"), judge_mode="pairwise",
+                         baseline=base) == 0
+        assert fake.count("/api/chat") == 10
+        got = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+        assert [g["id"] for g in got] == [f"q{i}" for i in range(5)] and all("pw_winner" in g for g in got)
+        # the baseline's answer for q0 is the one shown against the candidate's q0 answer
+        q0 = [b["messages"][-1]["content"] for b in fake.chat_bodies() if "Mouse 0 was chased" in b["messages"][-1]["content"]]
+        assert q0 and all("The cat chased mouse 0." in t for t in q0)
+        assert "win rate" in capsys.readouterr().out
+        with pytest.raises(UserError, match=r"cover different items: 5 id\(s\) only in .*cand.jsonl \(q0, q1"):
+            judge_cmd(cand, str(out), cfg, store=str(tmp_path / "s.sqlite"), judge_mode="pairwise", baseline=other)
