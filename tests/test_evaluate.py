@@ -364,6 +364,14 @@ def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reru
         assert float(row["pw_win_rate"]) == pytest.approx(win, abs=1e-4)
         assert board[board["pw_baseline"] == ""]["pw_n"].tolist() == [""]      # the baseline's own row: no verdicts
 
+        from harness.report import write_report
+        md = write_report(base.path, cand.path, tmp_path / "reports").read_text(encoding="utf-8")
+        section = md[md.index("## Pairwise: "):]
+        assert section.startswith(f"## Pairwise: {cand.rows[0]['model']} vs {base.rows[0]['model']}")
+        assert f"{100 * win:.1f}%" in section and "position consistency" in section
+        flips = sum(r["pw_ab"] is not None and combine(r["pw_ab"], r["pw_ba"])[1] is False for r in cand.rows)
+        assert f"({flips} flipped)" in section
+
         fake.reset()
         again = run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=6, lm=tiny_gpt2_lm,
                     progress=False, judge_mode="pairwise", baseline=base.run_id)
