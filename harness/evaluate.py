@@ -32,6 +32,7 @@ from harness.errors import UserError
 from harness.generation import GenerationConfig
 from harness.io import check_writable_dir, check_writable_file, read_text, slug, text_sha, write_jsonl
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
+from harness.models import model_fingerprint
 from harness.paths import PROJECT_ROOT, cache_dir, results_dir
 from harness.store import Store, content_key, generation_key, judgment_key, now_iso
 
@@ -66,12 +67,6 @@ def git_commit() -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def base_fingerprint(spec: Any) -> str:
-    """What identifies a base model's weights beyond its name (see harness.models.model_fingerprint)."""
-    from harness.models import model_fingerprint
-    return model_fingerprint(spec)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -129,7 +124,7 @@ def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: lis
                          progress: bool) -> tuple[list[_Gen], int]:
     from harness.generation import generate_batch
 
-    digest = base_fingerprint(lm.spec)
+    digest = model_fingerprint(lm.spec)
     cfg_key = gcfg.as_key()
     keys = [generation_key(lm.name, adapter_sha, cfg_key, p, digest) for p in prompts]
     have = store.get("generations", keys)
@@ -233,7 +228,7 @@ def _classify_with_store(lm, adapter: str | None, adapter_sha: str, texts: list[
                          store: Store, progress: bool, task) -> tuple[list[_Gen], int]:
     from harness.classify import classify
 
-    digest = base_fingerprint(lm.spec)
+    digest = model_fingerprint(lm.spec)
     cfg_key = classify_key(lm, adapter, task)
     keys = [generation_key(lm.name, adapter_sha, cfg_key, t, digest) for t in texts]
     have = store.get("generations", keys)
@@ -885,12 +880,15 @@ def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), r
     return 0
 
 
-def bench_judge_cmd(n: int = 40, delay: float = 0.2, workers: int = 4) -> int:
-    """Judge throughput against the fake Ollama server (answers in `delay` s): 1 vs N workers, cold vs warm cache.
+def bench_judge_cmd(n: int = 40, delay: float = 0.2, workers: int = 4, offline_items: int = 16) -> int:
+    """Judge throughput against the fake Ollama server (answers in `delay` s): 1 vs N workers, cold vs warm
+    cache, pointwise then pairwise (both orders); then the in-process log-prob pairwise judge vs the generating
+    pointwise judge on the same committed answers (items/s ratio).
 
     n: items to judge
     delay: seconds the fake server takes per answer
     workers: the parallel run's workers
+    offline_items: items for the in-process comparison (0 skips it; it loads the embedded model)
     """
     from harness.fake_ollama import FakeOllama
 
@@ -920,4 +918,5 @@ def bench_judge_cmd(n: int = 40, delay: float = 0.2, workers: int = 4) -> int:
     print(f"  {workers} workers, warm: {tw:7.3f} s  ({n / tw:6.1f} items/s, {rw} requests)")
     print(f"  {workers} workers vs 1: {par:.2f}x faster (target >= 3.5x: {'met' if par >= 3.5 else 'NOT met'})")
     print(f"  warm vs cold:      {warm:.0f}x faster (target >= 50x: {'met' if warm >= 50 else 'NOT met'})")
-    return 0
+    from harness.pairwise import bench_pairwise
+    return bench_pairwise(n=n, delay=delay, workers=workers, offline_items=offline_items)

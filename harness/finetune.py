@@ -21,10 +21,11 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from harness.errors import UserError
 from harness.io import atomic_write, save_figure
+from harness.judge import DEFAULT_OFFLINE_JUDGE
 from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
 
@@ -750,9 +751,16 @@ def reference_loss(lm, adapter: str | None, r: Recipe, items: list[dict], batch_
 
 
 def measure(name: str, judge: str | None = None, limit: int | None = None, batch_size: int = 16,
-            max_new_tokens: int = 256, eval_sets: list[str] | None = None) -> str:
+            max_new_tokens: int = 256, eval_sets: list[str] | None = None, engine: str = "",
+            base_engine: str = "", engine_config: Any = None) -> str:
     """Evaluate an adapter and its base on the card's eval sets with the evaluate pipeline (cached, so a
-    rerun is cheap); write the Metrics section of adapters/<name>/README.md; return it."""
+    rerun is cheap); write the Metrics section of adapters/<name>/README.md; return it.
+
+    engine / base_engine: generate the adapter's (the base's) answers through a server instead of in process:
+    an `openai:<model>@<url>` or `ollama:<model>` spec naming the model id the server serves it as (e.g. the
+    adapter exported with `python -m harness export NAME --to gguf` and served by llama.cpp). Free decoding
+    only; classification adapters are refused (no server API returns a head's probabilities)."""
+    from harness.engines import parse_engine_spec
     from harness.evaluate import load_items, run
     from harness.leaderboard import summarize
     from harness.models import find_adapter, load_model
@@ -760,37 +768,59 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     info = find_adapter(name)
     r = read_recipe_file(info.path / "recipe.toml")
     task = r.task_spec
-    lm = load_model(info.base, adapters=[name])
+    for flag, spec in (("--engine", engine), ("--base-engine", base_engine)):
+        if spec and parse_engine_spec(spec)[0] == "transformers":
+            raise UserError(f"{flag} {spec!r} is not a server spec: use openai:<model>@<url> or ollama:<model> "
+                            f"(or leave it out to measure in process)")
+        if spec and task.kind == "classify":
+            raise UserError(f"{name} is a {task.name} classifier ({info.method}): no server API returns its "
+                            f"per-label probabilities, so it is measured in process only: drop {flag}")
+    lm = None
+
+    def model():
+        nonlocal lm
+        if lm is None:
+            lm = load_model(info.base, adapters=[name])
+        return lm
+
     sets = eval_sets or r.eval_sets()
     judged = judge if task.kind == "generate" else None
-    # poems in a classical form are measured as the model writes them (free) and under the form constraint
-    decodings = task.decodings if r.lang in ("", "zh") else ("free",)
+    # poems in a classical form are measured as the model writes them (free) and under the form constraint;
+    # a server decodes freely only
+    decodings = task.decodings if r.lang in ("", "zh") and not (engine or base_engine) else ("free",)
     table, commands = [], []
     for es in sets:
         for decoding in decodings:
-            for adapter in (name, None):
-                res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, lm=lm, decoding=decoding)
+            flags = f" --judge {judged}" if judged else (" --judge none" if task.kind == "generate" else "")
+            flags += f" --decoding {decoding}" if decoding != "free" else ""
+            lim = f" --limit {limit}" if limit else ""
+            for adapter, spec in ((name, engine), (None, base_engine)):
+                if spec:
+                    res = run(spec, None, es, judge=judged, limit=limit, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, engine_config=engine_config)
+                    commands.append(f"python -m harness run --model {spec} --eval-set {es}{flags}{lim}")
+                else:
+                    res = run(info.base, adapter, es, judge=judged, limit=limit, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, lm=model(), decoding=decoding)
+                    commands.append(f"python -m harness run --model {info.base}"
+                                    f"{' --adapter ' + adapter if adapter else ''} --eval-set {es}{flags}{lim}")
                 rows = res.rows
                 if r.lang:          # a mixed-language set (poems_own): the card reports the adapter's language
                     rows = [x for x in rows if x.get("lang") in (None, r.lang)]
                 who = f"**{name}**" if adapter else f"{info.base} (base{', zero-shot' if task.kind == 'classify' else ''})"
+                if spec:
+                    who += f", served by `{spec}`"
                 if decoding != "free":
                     who += f", {decoding}-constrained decoding"
                 table.append((es, who, summarize(rows)))
-            flags = f" --judge {judged}" if judged else (" --judge none" if task.kind == "generate" else "")
-            flags += f" --decoding {decoding}" if decoding != "free" else ""
-            lim = f" --limit {limit}" if limit else ""
-            commands.append(f"python -m harness run --model {info.base} --adapter {name} --eval-set {es}{flags}{lim}")
-            commands.append(f"python -m harness run --model {info.base} --eval-set {es}{flags}{lim}")
     md = (f"Measured with `python -m harness card {name}` (greedy decoding, max {max_new_tokens} new tokens"
           f"{', judge ' + judged if judged else ''}), which runs:\n\n```\n" + "\n".join(commands) + "\n```\n\n"
           + _metrics_table(task, table))
     if task.kind == "generate" and task.target_field and r.lang:
         references = [it for it in load_items(sets[0], limit)[1] if it.get(task.target_field)]
         if references:
-            (tuned, tuned_bpc), (base, base_bpc) = (reference_loss(lm, name, r, references),
-                                                    reference_loss(lm, None, r, references))
+            (tuned, tuned_bpc), (base, base_bpc) = (reference_loss(model(), name, r, references),
+                                                    reference_loss(model(), None, r, references))
             md += (f"\nLoss on the {len(references)} reference texts of {sets[0]} (loss on the target only, as in "
                    f"training): **{tuned_bpc:.2f} bits per character** for {name} vs {base_bpc:.2f} for the base "
                    f"({tuned:.3f} vs {base:.3f} nats per token; lower = the model finds what people wrote more "
@@ -804,18 +834,22 @@ def measure(name: str, judge: str | None = None, limit: int | None = None, batch
     return md
 
 
-from harness.judge import DEFAULT_OFFLINE_JUDGE  # noqa: E402 - the card's default judge (offline)
-
-
 def card_cmd(name: str, /, judge: str = DEFAULT_OFFLINE_JUDGE, limit: int | None = None,
-             batch_size: int = 16, max_new_tokens: int = 256, eval_set: list[str] | None = None) -> int:
+             batch_size: int = 16, max_new_tokens: int = 256, eval_set: list[str] | None = None,
+             engine: str = "", base_engine: str = "", workers: int = 4, timeout: float = 60.0) -> int:
     """Measure an adapter against its base on its task's eval sets and write the metrics into its card.
 
     name: an adapter in adapters/
     judge: judge for chat/poem tasks (ollama:llama3 with Ollama running; `none` for no judge)
     limit: only the first N items of each eval set
     eval_set: override the eval sets (default: the task's test split and the project's own set)
+    engine: generate the adapter's answers through a server: openai:<model>@<url> or ollama:<model>, the model id it serves the adapter as
+    base_engine: the same for the base (default: the base in process)
+    workers: concurrent requests to a server
+    timeout: seconds for one server answer
     """
-    md = measure(name, None if judge in ("", "none") else judge, limit, batch_size, max_new_tokens, eval_set)
+    from harness.engines import EngineConfig
+    md = measure(name, None if judge in ("", "none") else judge, limit, batch_size, max_new_tokens, eval_set,
+                 engine, base_engine, EngineConfig(workers=workers, timeout=timeout))
     print(md)
     return 0

@@ -191,3 +191,26 @@ def test_card_metrics_come_from_the_evaluate_pipeline(tiny_llama_dir, tmp_path):
     assert "python -m harness run --model" in md and f"--adapter {r.name} --eval-set sms_own" in md
     assert "| sms_own | **tiny-spam** | 6 |" in card and "zero-shot" in card
     assert (tmp_path / "results" / "leaderboard_spam.csv").is_file()
+
+
+def test_card_measures_an_adapter_served_by_an_engine_and_refuses_a_served_classifier(tiny_llama_dir, tmp_path):
+    from harness.fake_openai import FakeOpenAI
+    from harness.finetune import measure
+    fake_data()
+    r = tiny_recipe(tiny_llama_dir, "chat")
+    finetune(r, tmp_path / "adapters" / r.name, max_steps=1)
+    with FakeOpenAI(models=["tiny-chat-served"], default=lambda body: "Mouse 0 was chased by the cat.") as fake:
+        spec = f"openai:tiny-chat-served@{fake.url}"
+        md = measure(r.name, judge=None, eval_sets=["instructions_own"], limit=3, max_new_tokens=8, engine=spec)
+        asked = fake.count("/v1/chat/completions")
+    assert asked == 3                                                   # the adapter's answers came from the server
+    card = (tmp_path / "adapters" / r.name / "README.md").read_text(encoding="utf-8")
+    assert f"**{r.name}**, served by `{spec}`" in card and "(base)" in card   # the base measured in process
+    assert f"python -m harness run --model {spec} --eval-set instructions_own --judge none --limit 3" in md
+    assert "--decoding" not in md
+    s = tiny_recipe(tiny_llama_dir, "spam")
+    finetune(s, tmp_path / "adapters" / s.name, max_steps=1)
+    with pytest.raises(UserError, match="no server API returns its per-label probabilities.*drop --engine"):
+        measure(s.name, eval_sets=["sms_own"], limit=3, engine="openai:x@http://127.0.0.1:9")
+    with pytest.raises(UserError, match="--base-engine 'tiny' is not a server spec"):
+        measure(r.name, eval_sets=["instructions_own"], limit=3, base_engine="tiny")
