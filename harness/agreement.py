@@ -147,19 +147,26 @@ def pairwise_predictions(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
     both orientations of every pair judged in both orders (the newest verdict per order wins)."""
     from harness.pairwise import combine
 
-    single: dict[tuple, dict[tuple, str | None]] = defaultdict(dict)
+    from harness.pairwise import debias
+
+    single: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
     for r in sorted(rows, key=lambda r: r["created_at"] or ""):
         jid = (r["judge"], r["prompt_version"], (r.get("options") or {}).get("method", "generate"))
-        single[jid][(r["item_id"], r["sha_first"], r["sha_second"])] = r["verdict"]
+        single[jid][(r["item_id"], r["sha_first"], r["sha_second"])] = r
     out: dict[tuple, dict[tuple, dict]] = {}
     for jid, verdicts in single.items():
-        preds = {}
+        preds, debiased = {}, {}
         for (item, s1, s2), v in verdicts.items():
             if (item, s2, s1) in verdicts:
-                w, c = combine(v, verdicts[(item, s2, s1)])      # v: s1 shown first, so s1 plays "a"
+                other = verdicts[(item, s2, s1)]
+                w, c = combine(v["verdict"], other["verdict"])      # v: s1 shown first, so s1 plays "a"
                 if w is not None:
                     preds[(item, s1, s2)] = {"winner": w, "consistent": c}
+                if jid[2] == "logprob" and (d := debias(v, other)) is not None:
+                    debiased[(item, s1, s2)] = {"winner": d}
         out[jid] = preds
+        if debiased:
+            out[(jid[0], jid[1], "logprob-debiased")] = debiased
     return out
 
 
@@ -190,7 +197,8 @@ def agreement_summary(store=None) -> list[dict]:
             return []
         results = []
         for (judge, version, method), preds in pairwise_predictions(st.rows("pairwise")).items():
-            r = judge_vs_humans(labels, preds, f"{judge} (pairwise {version}{', log-prob' if method == 'logprob' else ''})")
+            how = {"logprob": ", log-prob", "logprob-debiased": ", log-prob, position-debiased"}.get(method, "")
+            r = judge_vs_humans(labels, preds, f"{judge} (pairwise {version}{how})")
             if r["n"]:
                 results.append(r)
         by_judge: dict[str, dict[tuple, float]] = defaultdict(dict)
@@ -296,6 +304,9 @@ def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = 
                                                kind="pointwise"))
             pw = pairwise_judge(judge, items, resp_a, resp_b, st, progress=progress)
             results.append(judge_vs_humans(labels, _preds(labels, pw), f"{judge.name} (pairwise v1, log-prob)"))
+            results.append(judge_vs_humans(labels, {_pair(lab): {"winner": it.debiased}
+                                                    for lab, it in zip(labels, pw.items) if it.debiased},
+                                           f"{judge.name} (pairwise v1, log-prob, position-debiased)"))
             counts = defaultdict(int)
             for lab in labels:
                 counts[lab["winner"]] += 1
@@ -327,7 +338,9 @@ def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = 
               "Every judge must beat 'longer wins' and 'always first' (the answer the labeller saw on the left). "
               "The pointwise judge's verdict on a pair is the answer with the higher committed 0-100 score "
               "(equal = tie). The log-prob pairwise judge reads log p(\"A\") and log p(\"B\") after the prompt "
-              "in both orders, with a tie margin of 0.1 nats; a verdict that flips with the order is a tie.", ""]
+              "in both orders, with a tie margin of 0.1 nats; a verdict that flips with the order is a tie. Its "
+              "position-debiased row uses the same two forward passes: the mean over both orders of the log-odds "
+              "for the answer (so a fixed preference for the first slot cancels), a tie under 0.1 nats.", ""]
     atomic_write(out, "\n".join(lines + sections).rstrip() + "\n")
     return out
 

@@ -175,6 +175,7 @@ class PairwiseItem:
     consistent: bool | None
     len_a: int = 0
     len_b: int = 0
+    debiased: str | None = None    # log-prob judges: "a" | "b" | "tie" from both orders' log-odds (see debias)
 
 
 @dataclass
@@ -274,11 +275,24 @@ def pairwise_judge(judge: Judge, items: list[dict], responses_a: Mapping | list,
         have = store.get("pairwise", [r.key for r in reqs])
     out = []
     for k, (it, a, b) in enumerate(zip(items, ra, rb)):
-        ab, ba = have[reqs[2 * k].key]["verdict"], have[reqs[2 * k + 1].key]["verdict"]
-        winner, consistent = combine(ab, ba)
-        out.append(PairwiseItem(str(it["id"]), ab, ba, winner, consistent, len(a), len(b)))
+        rab, rba = have[reqs[2 * k].key], have[reqs[2 * k + 1].key]
+        winner, consistent = combine(rab["verdict"], rba["verdict"])
+        out.append(PairwiseItem(str(it["id"]), rab["verdict"], rba["verdict"], winner, consistent, len(a), len(b),
+                                debias(rab, rba)))
     return PairwiseResult(judge.name, judge.config.prompt_version, out, len(todo), time.perf_counter() - t0,
                           options["method"])
+
+
+def debias(ab: dict, ba: dict, margin: float = TIE_MARGIN) -> str | None:
+    """The position-debiased verdict of a log-prob judge: the mean over both orders of the log-odds in favour
+    of the candidate, log p(A) - log p(B) when it is shown first and log p(B) - log p(A) when it is shown
+    second. A judge that always prefers the first slot adds the same offset to both terms with opposite signs,
+    so it cancels; a margin under `margin` nats is a tie. None without both orders' log-probabilities."""
+    vals = [ab.get("logp_a"), ab.get("logp_b"), ba.get("logp_a"), ba.get("logp_b")]
+    if any(v is None for v in vals):
+        return None
+    score = ((vals[0] - vals[1]) + (vals[3] - vals[2])) / 2
+    return "a" if score > margin else "b" if score < -margin else "tie"
 
 
 def combine(ab: str | None, ba: str | None) -> tuple[str | None, bool | None]:

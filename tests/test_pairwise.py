@@ -201,6 +201,21 @@ def test_logprob_judge_in_process_one_forward_pass(tiny_llama_dir, tmp_path):
         expected = "tie" if abs(la - lb) < 0.1 else ("A" if la > lb else "B")
         assert r["verdict"] == expected and json.loads(r["raw"])["logp_A"] == pytest.approx(la, abs=1e-3)
     assert all(it.winner in ("a", "b", "tie") for it in res.items)
+    by = {(r["item_id"], r["order_shown"]): r for r in rows}
+    for it in res.items:                              # the debiased verdict: mean log-odds for a over both orders
+        ab, ba = by[(it.item_id, "ab")], by[(it.item_id, "ba")]
+        score = ((ab["logp_a"] - ab["logp_b"]) + (ba["logp_b"] - ba["logp_a"])) / 2
+        assert it.debiased == ("tie" if abs(score) <= 0.1 else "a" if score > 0 else "b")
+
+
+def test_debias_cancels_a_fixed_preference_for_the_first_slot():
+    from harness.pairwise import debias
+    # the judge likes slot A by 2 nats whatever it sees, and the candidate by 0.5 nats on top
+    ab, ba = {"logp_a": -1.0, "logp_b": -3.5}, {"logp_a": -1.5, "logp_b": -3.0}
+    assert combine("A", "A") == ("tie", False)            # the strict rule: a flip is an inconsistent tie
+    assert debias(ab, ba) == "a"                          # the debiased mean still sees the 0.5-nat preference
+    assert debias(ba, ab) == "b" and debias(ab, ab) == "tie"
+    assert debias({"logp_a": None, "logp_b": -1.0}, ba) is None
 
 
 def test_row_fields_give_the_same_columns_back(tmp_path):
