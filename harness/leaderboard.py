@@ -68,8 +68,9 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def group_key(row: dict) -> tuple[str, ...]:
-    """The leaderboard identity of a row (see GROUP_KEY); absent fields count as ""."""
-    return tuple(str(row.get(k) or "") for k in GROUP_KEY)
+    """The leaderboard identity of a row (GROUP_KEY, then the pairwise baseline: a pairwise run is its own row
+    beside the pointwise run of the same judge); absent fields count as ""."""
+    return tuple(str(row.get(k) or "") for k in (*GROUP_KEY, "pw_baseline"))
 
 
 def group_rows(rows: Iterable[dict]) -> dict[tuple[str, ...], list[dict]]:

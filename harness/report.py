@@ -38,7 +38,8 @@ def run_info(rows: list[dict]) -> dict:
     return {"label": run_label(r), "model": r["model"], "adapter": r.get("adapter") or "",
             "adapter_sha": r.get("adapter_sha") or "", "task": r["task"], "eval_set": r["eval_set"],
             "judge": r.get("judge") or "", "judge_digest": r.get("judge_digest") or "",
-            "judge_prompt_version": str(r.get("judge_prompt_version") or ""), "n": len(rows)}
+            "judge_prompt_version": str(r.get("judge_prompt_version") or ""), "n": len(rows),
+            "judge_mode": "pairwise" if r.get("pw_baseline") else "pointwise"}
 
 
 def judge_health(rows: list[dict]) -> dict:
@@ -365,7 +366,7 @@ def _form_labels(forms: list[str]) -> tuple[list[str], str | None]:
 
 
 def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[str, str],
-              images: list[tuple[str, str]]) -> str:
+              images: list[tuple[str, str]], run_paths: tuple[Path, Path]) -> str:
     from harness.tasks import get_task
     a, b, pr, unit = cmp["a"], cmp["b"], cmp["primary"], cmp["unit"]
     t = get_task(a["task"])
@@ -443,7 +444,7 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
                 L.append(f"| {tag} | {i} | {_fmt(x, 2)} | {_fmt(y, 2)} | {_cell(A[i].get('response', '(text not committed)'))} | "
                          f"{_cell(B[i].get('response', '(text not committed)'))} |")
             L.append("")
-    L += _pairwise_sections(rows_a, rows_b, a, b, paths)
+    L += _pairwise_sections(rows_a, rows_b, a, b, paths, run_paths)
     L += _training_cost(a, b)
     if images:
         L += ["## Plots", ""]
@@ -454,17 +455,38 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
     return "\n".join(L) + "\n"
 
 
-def _pairwise_sections(rows_a: list[dict], rows_b: list[dict], a: dict, b: dict, paths: tuple[str, str]) -> list[str]:
-    """The pairwise verdicts either run carries (`run --judge-mode pairwise --baseline ...`), as a section each."""
+def pairwise_runs_against(baseline_path: str | Path, model: str, adapter: str) -> list[Path]:
+    """The pairwise runs (`run --judge-mode pairwise --baseline <that run>`) of model+adapter against a run,
+    found beside it."""
+    folder, stem = Path(baseline_path).parent, Path(baseline_path).stem
+    found = []
+    for f in sorted(folder.glob("*.jsonl")):
+        rows = read_rows(f)
+        if rows and rows[0].get("pw_baseline") == stem and rows[0].get("model") == model \
+                and (rows[0].get("adapter") or "") == adapter:
+            found.append(f)
+    return found
+
+
+def _pairwise_sections(rows_a: list[dict], rows_b: list[dict], a: dict, b: dict, paths: tuple[str, str],
+                       run_paths: tuple[Path, Path]) -> list[str]:
+    """Pairwise verdicts as a section each: those either run carries (it is a pairwise run), and the pairwise
+    runs of B against A's run (or of A against B's) found beside them."""
     from harness.pairwise import pairwise_markdown, result_from_rows
     out: list[str] = []
-    for rows, info, other, other_path in ((rows_a, a, b, paths[1]), (rows_b, b, a, paths[0])):
+    sources = [(rows_a, a, b, paths[1], None), (rows_b, b, a, paths[0], None)]
+    for them, me, their_path in ((a, b, run_paths[0]), (b, a, run_paths[1])):
+        sources += [(read_rows(f), me, them, str(their_path), f)
+                    for f in pairwise_runs_against(their_path, me["model"], me["adapter"])]
+    for rows, info, other, other_path, source in sources:
         res = result_from_rows(rows)
         if res is None:
             continue
         baseline = next(str(r["pw_baseline"]) for r in rows if r.get("pw_baseline"))
         name_b = other["label"] if Path(other_path).stem == baseline else f"baseline run `{baseline}`"
         out += [pairwise_markdown(res, info["label"], name_b).rstrip("\n"), ""]
+        if source is not None:
+            out += [f"From `{_shown(source)}` (`python -m harness run --judge-mode pairwise --baseline {baseline}`).", ""]
     return out
 
 
@@ -515,7 +537,8 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(cmp, rows_a, rows_b, folder)
-    md = _markdown(cmp, rows_a, rows_b, (_shown(run_a_path), _shown(run_b_path)), images)
+    md = _markdown(cmp, rows_a, rows_b, (_shown(run_a_path), _shown(run_b_path)), images,
+                   (Path(run_a_path), Path(run_b_path)))
     path = folder / "report.md"
     atomic_write(path, md)
     return path
@@ -571,7 +594,8 @@ def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, e
                             f"{' --adapter ' + adapter if adapter else ''} --eval-set E`")
         cands.append(c)
     same = [(x, y) for x in cands[0] for y in cands[1] if x["path"] != y["path"]
-            and (x["task"], x["eval_set"], x["judge"]) == (y["task"], y["eval_set"], y["judge"])]
+            and (x["task"], x["eval_set"], x["judge"], x["judge_mode"]) == (y["task"], y["eval_set"], y["judge"],
+                                                                           y["judge_mode"])]
     if len(same) == 1:
         return same[0]
     if not same and len(cands[0]) == 1 and len(cands[1]) == 1 and cands[0][0]["path"] != cands[1][0]["path"]:

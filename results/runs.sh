@@ -20,6 +20,10 @@ for adapter in "" smollm2-135m-alpaca; do
   run ${adapter:+--adapter "$adapter"} --eval-set instructions_own --judge "$JUDGE"
   run ${adapter:+--adapter "$adapter"} --eval-set instruction:test --judge none
 done
+# chat, pairwise: the alpaca adapter against the base's answers, both orders (the log-prob judge; its agreement
+# with the committed human labels is in results/reports/judges/)
+run --adapter smollm2-135m-alpaca --eval-set instructions_own --judge "$JUDGE" --judge-mode pairwise \
+  --baseline instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct
 # poem: the base and the Tang-poem adapter, free decoding and under the form constraint
 for adapter in "" smollm2-135m-poem-zh; do
   for es in poems_own poems_zh:test_jueju; do

@@ -365,6 +365,12 @@ def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reru
         win = sum({"a": 1.0, "tie": 0.5, "b": 0.0}[r["pw_winner"]] for r in cand.rows) / 4
         assert float(row["pw_win_rate"]) == pytest.approx(win, abs=1e-4)
         assert board[board["pw_baseline"] == ""]["pw_n"].tolist() == [""]      # the baseline's own row: no verdicts
+        # a pointwise run with the same judge is its own leaderboard row, not merged with the pairwise one
+        run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=6, lm=tiny_gpt2_lm, progress=False)
+        board = pd.read_csv(tmp_path / "results" / "leaderboard_chat.csv", dtype=str, keep_default_na=False)
+        mine = board[(board["model"] == cand.rows[0]["model"]) & (board["judge"] == "ollama:llama3")]
+        assert sorted(mine["pw_baseline"]) == ["", base.run_id] and set(mine["n"]) == {"4"}
+        assert set(mine["n_duplicates"]) == {"0"}
 
         from harness.report import write_report
         md = write_report(base.path, cand.path, tmp_path / "reports").read_text(encoding="utf-8")
@@ -373,6 +379,11 @@ def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reru
         assert f"{100 * win:.1f}%" in section and "position consistency" in section
         flips = sum(r["pw_ab"] is not None and combine(r["pw_ab"], r["pw_ba"])[1] is False for r in cand.rows)
         assert f"({flips} flipped)" in section
+        # a report of the two plain runs finds the pairwise run of B against A beside them
+        plain = run(None, None, "instructions_own", None, limit=4, max_new_tokens=6, lm=tiny_gpt2_lm, progress=False)
+        md2 = write_report(base.path, plain.path, tmp_path / "reports2").read_text(encoding="utf-8")
+        assert md2.count("## Pairwise: ") == 1 and f"{100 * win:.1f}%" in md2
+        assert f"`python -m harness run --judge-mode pairwise --baseline {base.run_id}`" in md2
 
         fake.reset()
         again = run(None, None, "instructions_own", "ollama:llama3", limit=4, max_new_tokens=6, lm=tiny_gpt2_lm,
