@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.io import atomic_write
+from harness.metrics import as_float, is_scored  # noqa: F401 - re-exported for report and the app
 
 REQUIRED = ("task", "eval_set", "item_id", "model")
 GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_method", "decoding", "judge",
@@ -89,25 +90,9 @@ def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
     return list(last.values()), len(rows) - len(last)
 
 
-def as_float(v) -> float | None:
-    """A row value as a float; None for missing, empty, non-numeric or NaN."""
-    if v is None or isinstance(v, bool):
-        return None if v is None else float(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
 def _mean(values: list) -> float:
     vals = [v for v in (as_float(x) for x in values) if v is not None]
     return sum(vals) / len(vals) if vals else math.nan
-
-
-def is_scored(row: dict) -> bool:
-    """True if the judge produced a usable score for this row."""
-    return bool(row.get("parsed")) and as_float(row.get("score")) is not None
 
 
 def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:

@@ -370,3 +370,21 @@ def histogram(values: Sequence[float], lo: float = 0.0, hi: float = 100.0, bins:
     x = np.clip(x[~np.isnan(x)], lo, hi)
     counts, _ = np.histogram(x, bins=bins, range=(lo, hi))
     return [int(c) for c in counts]
+
+
+# ---------------------------------------------------------------- row values
+
+def as_float(v) -> float | None:
+    """A row value as a float; None for missing, empty, non-numeric or NaN."""
+    if v is None or isinstance(v, bool):
+        return None if v is None else float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def is_scored(row: dict) -> bool:
+    """True if the judge produced a usable score for this row."""
+    return bool(row.get("parsed")) and as_float(row.get("score")) is not None

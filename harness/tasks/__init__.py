@@ -220,7 +220,7 @@ class Task:
 
     def usable(self, row: dict, judged: bool) -> bool:
         """Does this row count for the task's main metric (n_parsed)?"""
-        from harness.leaderboard import as_float, is_scored
+        from harness.metrics import as_float, is_scored
         if self.kind == "classify":
             return row.get("pred") not in (None, "") and row.get("label") not in (None, "")
         if judged:
@@ -231,8 +231,7 @@ class Task:
 
     def summarize(self, rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
         """This task's columns for the rows of one leaderboard group."""
-        from harness.leaderboard import as_float
-        from harness.metrics import bootstrap_mean_ci, classification_metrics
+        from harness.metrics import as_float, bootstrap_mean_ci, classification_metrics
         out: dict[str, Any] = {c: math.nan for c in self.columns()}
         if self.kind == "classify":
             usable = [r for r in rows if self.usable(r, False)]
