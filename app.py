@@ -36,6 +36,7 @@ from harness.app import poem as P
 from harness.app.classify import classifier_choices, classify_file, classify_message, default_classifier, spam_examples
 from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
                                base_choices, stats_info, status_line, task_hints)
+from harness.app.streaming import throttled
 from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
 from harness import leaderboard_view as LB
@@ -55,61 +56,44 @@ CSS = """
   #pickers {gap: 4px;}
   #pickers button {padding: 2px 6px; min-height: 0;}
   #model-status {font-size: 0.85em;}
-  .tab-container, [role="tablist"] {flex-wrap: wrap !important; overflow: visible !important; height: auto !important;}
-  .tab-container button, [role="tablist"] button {flex: 0 0 auto; padding: 4px 8px;}
-  .overflow-menu {display: none !important;}
+  /* small enough that all five tabs fit a 390 px screen: Gradio moves tabs that do not fit into a "More tabs"
+     menu, measuring these same buttons (its hidden copy of the tab bar), so they shrink there too */
+  .tab-container button {flex: 0 0 auto; padding: 4px 6px !important; font-size: 0.85em; min-width: 0 !important;}
 }
 """
 
 
-def _error(e: Exception):
-    import gradio as gr
-    if isinstance(e, gr.Error):
-        return e
+def _message(e: Exception, limit: int = 300) -> str:
+    """One sentence for the user: a UserError (or ValueError) as it is, anything else named and logged."""
     if isinstance(e, (UserError, ValueError)):
-        return gr.Error(str(e), print_exception=False)
+        return str(e)
     log.exception("unexpected error in the app")
-    return gr.Error(f"Something went wrong ({type(e).__name__}: {str(e)[:300]}). The server log has the details; "
-                    "please report it with what you did.", print_exception=False)
+    return (f"Something went wrong ({type(e).__name__}: {str(e)[:limit]}). The server log has the details; "
+            "please report it with what you did.")
 
 
-def guarded(fn):
-    """For API endpoints: UserError (and anything unexpected) -> gr.Error, a message and never a traceback."""
+def guard(fn, notice_of: int | None = None):
+    """The one error guard of every event, so no traceback ever reaches the page.
+
+    notice_of=None (API endpoints): an error becomes gr.Error with one sentence (a UserError's own text).
+    notice_of=N (UI events with N outputs): an error becomes "⚠ ..." in the LAST output (the event's notice)
+    and every other output is left as it is, so an error never hides a conversation, a poem or a picker
+    behind an error badge."""
+    import gradio as gr
+
+    def fail(e: Exception):
+        if isinstance(e, gr.Error):
+            e = UserError(str(e.message))
+        if notice_of is None:
+            raise gr.Error(_message(e), print_exception=False) from None
+        return tuple([gr.skip()] * (notice_of - 1) + [f"⚠ {_message(e, 200)}"])
+
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - every error becomes a message
-                raise _error(e) from None
-        return gen
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            raise _error(e) from None
-    return call
-
-
-def noticed(fn, outputs: int):
-    """For UI events: a UserError becomes "⚠ ..." in the event's LAST output (its notice) and leaves every other
-    output as it is, so an error never hides a conversation, a poem or a picker behind an error badge."""
-    import gradio as gr
-
-    def fail(e):
-        if not isinstance(e, UserError):
-            log.exception("unexpected error in the app")
-        text = str(e) if isinstance(e, UserError) else f"something went wrong ({type(e).__name__}: {str(e)[:200]})"
-        return tuple([gr.skip()] * (outputs - 1) + [f"⚠ {text}"])
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001
                 yield fail(e)
         return gen
 
@@ -117,7 +101,7 @@ def noticed(fn, outputs: int):
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - every error becomes a message
             return fail(e)
     return call
 
@@ -151,8 +135,8 @@ def sampling_controls(defaults: Sampling, prefix: str, limits):
 
 
 def default_sampling(state: AppState, **kw) -> Sampling:
-    """A tab's default sampling; on --engine llama.cpp without a repetition penalty (that path has none)."""
-    return Sampling(**({"repetition_penalty": 1.0} if state.engine == "llama.cpp" else {}), **kw)
+    """A tab's default sampling (the same on both engines: llama.cpp takes the repetition penalty too)."""
+    return Sampling(**kw)
 
 
 def transparency(prefix: str):
@@ -224,10 +208,12 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
         return C.render(state, session(request)), "", ""
 
     def generate_fn(request: gr.Request):
-        for shown, info in C.generate_pending(state, session(request)):
+        # the notice is left alone unless the engine has something to say: submit_fn already cleared it, or put
+        # its "⚠ ..." there (this runs after it either way, and must not erase that sentence)
+        for shown, info in throttled(C.generate_pending(state, session(request))):
             info = dict(info)
             says = info.get("engine_notice", "")
-            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), f"ℹ {says}" if says else ""
+            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), f"ℹ {says}" if says else gr.skip()
 
     def regen_fn(adapter, system_text, t, p, n, s, r, request: gr.Request):
         C.regenerate(state, session(request), adapter, Sampling.from_ui(t, p, n, s, r), system_text)
@@ -258,18 +244,18 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
         return gr.skip() if info is None else info
 
     sampling_in = [*sampling]
-    sub = gr.on([msg.submit, send.click], noticed(submit_fn, 3), [msg, system, ui["adapter_dd"], *sampling_in],
+    sub = gr.on([msg.submit, send.click], guard(submit_fn, 3), [msg, system, ui["adapter_dd"], *sampling_in],
                 [chatbot, msg, notice], queue=False, trigger_mode="multiple", api_visibility="private")
-    gen_args = dict(fn=noticed(generate_fn, 4), inputs=None, outputs=[chatbot, prompt, stats, notice],
+    gen_args = dict(fn=guard(generate_fn, 4), inputs=None, outputs=[chatbot, prompt, stats, notice],
                     show_progress="hidden", trigger_mode="multiple", api_visibility="private", **GENERATE)
     sub.then(**gen_args)
-    regen.click(noticed(regen_fn, 2), [ui["adapter_dd"], system, *sampling_in], [chatbot, notice], queue=False,
+    regen.click(guard(regen_fn, 2), [ui["adapter_dd"], system, *sampling_in], [chatbot, notice], queue=False,
                 api_visibility="private").then(**gen_args)
-    undo.click(noticed(undo_fn, 2), None, [chatbot, notice], queue=False, api_visibility="private")
-    edit.click(noticed(edit_fn, 3), None, [chatbot, msg, notice], queue=False, api_visibility="private")
-    clear.click(noticed(clear_fn, 4), None, [chatbot, prompt, stats, notice], queue=False, api_visibility="private")
-    export_json.click(noticed(export_fn("json"), 2), None, [export_file, notice], queue=False, api_visibility="private")
-    export_md.click(noticed(export_fn("md"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    undo.click(guard(undo_fn, 2), None, [chatbot, notice], queue=False, api_visibility="private")
+    edit.click(guard(edit_fn, 3), None, [chatbot, msg, notice], queue=False, api_visibility="private")
+    clear.click(guard(clear_fn, 4), None, [chatbot, prompt, stats, notice], queue=False, api_visibility="private")
+    export_json.click(guard(export_fn("json"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    export_md.click(guard(export_fn("md"), 2), None, [export_file, notice], queue=False, api_visibility="private")
     stop.click(stop_fn, None, stats, queue=False, api_name="stop")
 
     # the stateless API endpoint /chat (history in, history out); hidden from the page
@@ -280,7 +266,7 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
             yield hist, "", info.pop("prompt"), info
 
     api = gr.Button(visible=False, elem_id="api-chat")
-    api.click(guarded(api_chat), [msg, chatbot, system, ui["adapter_dd"], *sampling_in], [chatbot, msg, prompt, stats],
+    api.click(guard(api_chat), [msg, chatbot, system, ui["adapter_dd"], *sampling_in], [chatbot, msg, prompt, stats],
               api_name="chat", **GENERATE)
     ui.update(chatbot=chatbot, chat_notice=notice)
 
@@ -330,14 +316,14 @@ def build_classify_tab(state: AppState, ui: dict) -> None:
         out, table, says = classify_file(state, path, name, t)
         return out, table, says
 
-    gr.on([button.click, text.submit], noticed(classify_fn, 2), [text, classifier, threshold], [label, verdict],
+    gr.on([button.click, text.submit], guard(classify_fn, 2), [text, classifier, threshold], [label, verdict],
           api_visibility="private", **CLASSIFY)
-    file_btn.click(noticed(file_fn, 3), [file_in, classifier, threshold], [file_out, preview, summary],
+    file_btn.click(guard(file_fn, 3), [file_in, classifier, threshold], [file_out, preview, summary],
                    api_visibility="private", **CLASSIFY)
     api = gr.Button(visible=False)
-    api.click(guarded(classify_fn), [text, classifier, threshold], [label, verdict], api_name="classify", **CLASSIFY)
+    api.click(guard(classify_fn), [text, classifier, threshold], [label, verdict], api_name="classify", **CLASSIFY)
     api2 = gr.Button(visible=False)
-    api2.click(guarded(lambda p, n, t: (lambda r: (r[0], r[2], r[1]))(classify_file(state, p, n, t))),
+    api2.click(guard(lambda p, n, t: (lambda r: (r[0], r[2], r[1]))(classify_file(state, p, n, t))),
                [file_in, classifier, threshold], [file_out, summary, preview], api_name="classify_file", **CLASSIFY)
     ui.update(classifier_dd=classifier)
 
@@ -383,8 +369,8 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
 
     def write_fn(topic_, language, form_, adapter, t, p, n, s, r, enforce_, request: gr.Request):
         sampling_ = Sampling.from_ui(t, p, n, s, r)
-        for poem, report, info in P.poem_job(state, session(request), topic_, language, form_, adapter, sampling_,
-                                             bool(enforce_) if enforce_ is not None else True):
+        for poem, report, info in throttled(P.poem_job(state, session(request), topic_, language, form_, adapter,
+                                                       sampling_, bool(enforce_) if enforce_ is not None else True)):
             info = dict(info)
             rendered = info.pop("prompt", gr.skip())
             shown = {k: v for k, v in report.items() if k not in ("summary", "warning")} or None
@@ -396,7 +382,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
     gr.on([lang.change, ui["adapter_dd"].change], warn_fn, [ui["adapter_dd"], lang], warning, queue=False,
           api_visibility="private")
     notice = gr.Markdown(elem_id="poem-notice", elem_classes="notice")
-    ev = write.click(noticed(write_fn, 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+    ev = write.click(guard(write_fn, 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
                      [out, check, details, prompt, stats, warning, notice], show_progress="minimal",
                      api_visibility="private", **GENERATE)
     stop.click(stopper(state), None, None, queue=False,
@@ -408,7 +394,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
             yield poem, report, details_, rendered, info
 
     api = gr.Button(visible=False)
-    api.click(guarded(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+    api.click(guard(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
               [out, check, details, prompt, stats], api_name="poem", **GENERATE)
     ui.update(poem_hint=hint, poem_event=ev)
 
@@ -485,9 +471,9 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
         return (*as_outputs(K.view(state, rec)), "Judge score: —", "Judge score: —", "", "", "")
 
     def stream_fn(request: gr.Request):
-        for v in K.stream(state, session(request)):
+        for v in throttled(K.stream(state, session(request))):     # the notice stays start_fn's
             info = dict(v["info"] or {})
-            yield (*as_outputs(v), info.pop("prompt", gr.skip()), info or gr.skip(), "")
+            yield (*as_outputs(v), info.pop("prompt", gr.skip()), info or gr.skip(), gr.skip())
 
     def judge_fn(request: gr.Request):
         return K.judge(state, session(request))
@@ -510,20 +496,20 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
 
     adapter.change(lambda a: gr.update(visible=K.keeps_forms(state, a)), adapter, form, queue=False,
                    api_visibility="private")
-    ev = button.click(noticed(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
+    ev = button.click(guard(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
                       [*shown, left_score, right_score, judge_notice, vote_msg, notice], queue=False,
                       api_visibility="private")
-    ev = ev.then(noticed(stream_fn, len(shown) + 3), None, [*shown, rendered, stats, notice], show_progress="hidden",
+    ev = ev.then(guard(stream_fn, len(shown) + 3), None, [*shown, rendered, stats, notice], show_progress="hidden",
                  api_visibility="private", **GENERATE)
-    ev.then(noticed(judge_fn, 3), None, [left_score, right_score, judge_notice], show_progress="minimal",
+    ev.then(guard(judge_fn, 3), None, [left_score, right_score, judge_notice], show_progress="minimal",
             api_visibility="private", **JUDGE)
     stop.click(stopper(state), None, None, queue=False,
                api_visibility="private")
     for choice, btn in vote_btns.items():
-        btn.click(noticed(vote_fn(choice), 5), None, [left_head, right_head, votes_table, tally, vote_msg],
+        btn.click(guard(vote_fn(choice), 5), None, [left_head, right_head, votes_table, tally, vote_msg],
                   queue=False, api_visibility="private")
     votes_table.select(pick_vote, None, undo_id, queue=False, api_visibility="private")
-    undo_btn.click(noticed(undo_fn, 3), undo_id, [votes_table, tally, vote_msg], queue=False, api_visibility="private")
+    undo_btn.click(guard(undo_fn, 3), undo_id, [votes_table, tally, vote_msg], queue=False, api_visibility="private")
 
     def api_compare(text, name, t, p, n, s, r, request: gr.Request):
         base, tuned, sb, st, says, prompt_, info = K.compare_once(state, text, name, Sampling.from_ui(t, p, n, s, r),
@@ -531,7 +517,7 @@ def build_compare_tab(state: AppState, ui: dict) -> None:
         return base, tuned, sb, st, says, prompt_, info
 
     api = gr.Button(visible=False)
-    api.click(guarded(api_compare), [prompt, adapter, *sampling],
+    api.click(guard(api_compare), [prompt, adapter, *sampling],
               [left, right, left_score, right_score, judge_notice, rendered, stats], api_name="compare", **GENERATE)
     ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=as_outputs,
               votes_view=(lambda: (K.vote_table(state) or None, K.vote_tally(state)), [votes_table, tally]))
@@ -604,13 +590,13 @@ def build_leaderboard_tab(state: AppState, ui: dict):
 
     inputs = [task, eval_set, search, metric]
     outputs = [task, eval_set, metric, notice, plot, caption, table, run_a, run_b, agreement]
-    gr.on([task.input, eval_set.input, metric.input, search.submit, refresh.click], noticed(view_fn, len(outputs)),
+    gr.on([task.input, eval_set.input, metric.input, search.submit, refresh.click], guard(view_fn, len(outputs)),
           inputs, outputs, queue=False, api_name="leaderboard", api_visibility="undocumented")
-    table.select(noticed(row_fn, 2), [task, eval_set, search], [items, items_note], queue=False,
+    table.select(guard(row_fn, 2), [task, eval_set, search], [items, items_note], queue=False,
                  api_visibility="private")
-    diff_btn.click(noticed(diff_fn, 2), [task, eval_set, search, run_a, run_b], [diff_table, diff_note], queue=False,
+    diff_btn.click(guard(diff_fn, 2), [task, eval_set, search, run_a, run_b], [diff_table, diff_note], queue=False,
                    api_visibility="private")
-    return noticed(view_fn, len(outputs)), inputs, outputs
+    return guard(view_fn, len(outputs)), inputs, outputs
 
 
 # ---------------------------------------------------------------- the page
@@ -653,6 +639,12 @@ def build_demo(state: AppState | None = None):
             cmp = ui["cmp_view"](K.view(state, rec)) if rec and rec["status"] == "waiting" else [gr.skip()] * 7
             return status, chat_view, *cmp
         tick.was = state.phase
+
+        def end_session(request: gr.Request):
+            """The page was closed or reloaded: stop its generations and drop its queued work, so nobody
+            else's "waiting for N requests ahead" counts a request that will never run."""
+            state.end_session(session(request))
+        demo.unload(end_session)
         timer.tick(tick, ui["adapter_dd"], [ui["status"], ui["chatbot"], *ui["cmp_shown"]], queue=False,
                    show_progress="hidden", api_visibility="private")
     demo.queue(max_size=64, default_concurrency_limit=1)

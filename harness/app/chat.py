@@ -117,6 +117,10 @@ def generate_pending(state: AppState, session: str) -> Iterator[tuple[list[dict]
         return
     m = msgs[index]
     meta = m["meta"]
+    if not state.queued(meta["job"]):       # its page went away while it waited: nobody to write it for
+        meta["status"] = STOPPED
+        yield render(state, session), {}
+        return
     state.start_job(meta["job"])
     info: dict = {}
     try:

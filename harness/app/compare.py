@@ -159,6 +159,10 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
     if rec is None or rec["status"] != "waiting":
         yield view(state, rec)
         return
+    if not state.queued(rec["job"]):        # its page went away while it waited
+        rec["status"] = "stopped"
+        yield view(state, rec)
+        return
     state.start_job(rec["job"])
     try:
         lm = state.get_model()

@@ -221,15 +221,13 @@ class AppState:
         self.llama, self.engine_note = None, ""
 
     def llama_route(self, adapter: str | None, sampling: Sampling, form: str = ""):
-        """(engine, notice): llama.cpp for a plain chat or free poem; (None, why) for what it cannot do here
-        (the form constraint, a repetition penalty); (None, "") when the app runs on transformers."""
+        """(engine, notice): llama.cpp for a chat or free poem (with its repetition penalty: llama.cpp applies it
+        to the last 64 tokens, transformers to the whole sequence); (None, why) for what it cannot do here (the
+        form constraint); (None, "") when the app runs on transformers."""
         if self.engine != "llama.cpp":
             return None, ""
         if form:
             return None, f"{form} under the form constraint runs on transformers (llama.cpp has no form constraint here)"
-        if sampling.repetition_penalty != 1.0:
-            return None, (f"repetition penalty {sampling.repetition_penalty:g} runs on transformers (the llama.cpp "
-                          "path has none): set it to 1 for llama.cpp")
         engine = self.llama_engine()
         if engine is None:
             return None, self.engine_note
@@ -338,6 +336,11 @@ class AppState:
                 kind, session, _ = self._jobs[token]
                 self._jobs[token] = (kind, session, time.monotonic())
 
+    def queued(self, token: str) -> bool:
+        """Is this request still wanted? False once it ended or its page went away (end_session)."""
+        with self._lock:
+            return token in self._jobs
+
     def finish_job(self, token: str) -> None:
         with self._lock:
             self._jobs.pop(token, None)
@@ -406,6 +409,15 @@ class AppState:
                 events.discard(event)
                 if not events:
                     self._running.pop(session, None)
+
+    def end_session(self, session: str) -> None:
+        """The session's page is gone (closed or reloaded): stop its generations, forget its queued requests
+        (they will never run, so they must not count in anyone's "waiting for N requests ahead"). Its data stays
+        (the newest 256 sessions are kept) in case the same page comes back."""
+        self.stop(session)
+        with self._lock:
+            for token in [t for t, (_, s, _) in self._jobs.items() if s == session]:
+                del self._jobs[token]
 
     def stop(self, session: str = "", wait: float = 0.0) -> int:
         """Stop the running generations of one session (the model halts at its next step); with `wait`, wait up
@@ -586,7 +598,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                 ) -> Iterator[tuple[str, Any, str, str, str]]:
     """A chat (or a one-message instruction) streamed on the engine that can do it: yields (text so far, stats,
     the exact prompt, engine, notice). llama.cpp (--engine llama.cpp) for plain decoding; transformers for the
-    form constraint, a repetition penalty, or when llama.cpp cannot load the base or adapter (notice says why).
+    form constraint, or when llama.cpp cannot load the base or adapter (notice says why).
     instruction: one message rendered as the model's instruction prompt (LoadedModel.render_instruction)."""
     engine, notice = state.llama_route(adapter, sampling, form)
     if engine is not None:
@@ -605,7 +617,8 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
             yield text, stats, prompt, "llama.cpp", ""
             gen = engine.stream_chat(messages, adapter, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
                                      temperature=sampling.temperature, stop_event=event, stats=stats,
-                                     system=system or None, seed=sampling.seed, top_p=sampling.top_p)
+                                     system=system or None, seed=sampling.seed, top_p=sampling.top_p,
+                                     repeat_penalty=sampling.repetition_penalty)
             try:
                 for chunk in gen:
                     text += chunk

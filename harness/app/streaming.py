@@ -30,6 +30,31 @@ def clean_tail(text: str) -> str:
     return text.rstrip(BROKEN)
 
 
+def throttled(updates, every: float = 0.1):
+    """Pass on a stream of page updates (each a whole snapshot) at most once per `every` seconds: the first at
+    once (time to first token), then the newest one when `every` has passed, and always the last.
+
+    Why: the tiny test models and llama.cpp write a token in a few ms, and every update re-renders the whole
+    conversation in the browser. On 2 cores the browser and the model share the CPU, so hundreds of updates a
+    second slowed the generation itself and let updates pile up. Nothing is lost: a skipped update is an older
+    snapshot of what the next one shows."""
+    last, pending, held = 0.0, False, None
+    try:
+        for item in updates:
+            now = time.monotonic()
+            if now - last >= every:
+                last, pending = now, False
+                yield item
+            else:
+                pending, held = True, item
+        if pending:
+            yield held
+    finally:
+        close = getattr(updates, "close", None)
+        if close is not None:        # closed early (Stop, the page went away): the generation halts too
+            close()
+
+
 def _processors(lm, cfg):
     from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                               TopPLogitsWarper)
