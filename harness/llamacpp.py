@@ -143,8 +143,11 @@ class LlamaCppEngine:
     def stream_chat(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
                     temperature: float = 0.0, stop_event: threading.Event | None = None,
                     stats: StreamStats | None = None, system: str | None = None, seed: int = 0,
-                    top_p: float = 0.9, ignore_eos: bool = False) -> Iterator[str]:
+                    top_p: float = 0.9, ignore_eos: bool = False, repeat_penalty: float = 1.0) -> Iterator[str]:
         """Yield the reply's text as it is generated: greedy at temperature 0, else sampled (top_p, seed).
+        repeat_penalty (1.0 = none) divides the logits of recent tokens as transformers' repetition_penalty
+        does, but llama.cpp applies it to the last 64 tokens of the context (Llama's last_n_tokens_size), not to
+        the whole sequence, so greedy texts with a penalty may differ between the two engines.
         Setting stop_event (or closing the iterator) stops generation at the next token. `stats` (and
         self.last_stats) get prompt/new token counts, seconds and the first token's time."""
         import llama_cpp
@@ -154,6 +157,8 @@ class LlamaCppEngine:
         self.last_stats = stats
         if not 1 <= max_new_tokens <= 8192:
             raise UserError(f"max_new_tokens must be between 1 and 8192, got {max_new_tokens}")
+        if not 1.0 <= repeat_penalty <= 2.0:
+            raise UserError(f"repeat_penalty must be between 1 and 2 (1 = none), got {repeat_penalty}")
         with self.lock:
             self._switch(adapter)
             ids = self.render(messages, max_new_tokens, system)
@@ -165,7 +170,7 @@ class LlamaCppEngine:
             pending, out_ids = b"", []
             t0 = time.perf_counter()
             gen = self.llm.generate(ids, temp=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
-                                    top_k=0, min_p=0.0, repeat_penalty=1.0)
+                                    top_k=0, min_p=0.0, repeat_penalty=float(repeat_penalty))
             try:
                 for tok in gen:
                     if stats.first_token_seconds is None:
