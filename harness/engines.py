@@ -30,7 +30,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,7 @@ class Engine:
     identity: str                     # the served model's own identity (for the cache key)
     served: dict[str, str] = field(default_factory=dict)   # every served model id -> its identity
     complete: Callable[["EngineRequest"], Generation] | None = None
+    stream: Callable[["EngineRequest", threading.Event, dict], Iterator[str]] | None = None
     lm: Any = None
     close: Callable[[], None] = lambda: None
     abort: threading.Event = field(default_factory=threading.Event)
@@ -323,7 +324,43 @@ def _open_openai(cfg: EngineConfig) -> Engine:
                           int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
                           _reason(choice.get("finish_reason")))
 
-    return Engine(cfg, "openai", model, base, served[model], served, complete=complete, close=session.close)
+    def stream(req: EngineRequest, stop: threading.Event, stats: dict) -> Iterator[str]:
+        body: dict[str, Any] = {"model": req.adapter or model, "messages": req.messages, "stream": True,
+                                "stream_options": {"include_usage": True}, "max_tokens": req.max_new_tokens,
+                                "temperature": req.temperature, "seed": req.seed}
+        if req.stop:
+            body["stop"] = list(req.stop)
+        r = session.post(f"{base}/chat/completions", json=body, timeout=timeout, stream=True)
+        try:
+            if r.status_code >= 400:
+                raise _HTTPError(r.status_code, r.text)
+            for line in r.iter_lines(decode_unicode=True):
+                if stop.is_set():
+                    stats["finish_reason"] = "cancelled"
+                    return
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise _BadAnswer(data[:200]) from None
+                if chunk.get("usage"):
+                    stats["prompt_tokens"] = int(chunk["usage"].get("prompt_tokens") or 0)
+                    stats["new_tokens"] = int(chunk["usage"].get("completion_tokens") or 0)
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if choice.get("finish_reason"):
+                        stats["finish_reason"] = _reason(choice["finish_reason"])
+                    if text:
+                        yield text
+        finally:
+            r.close()
+
+    return Engine(cfg, "openai", model, base, served[model], served, complete=complete, stream=stream,
+                  close=session.close)
 
 
 def _open_ollama(cfg: EngineConfig) -> Engine:
@@ -379,7 +416,28 @@ def _open_ollama(cfg: EngineConfig) -> Engine:
         return Generation(_prompt_text(req), resp.message.content or "", int(resp.prompt_eval_count or 0),
                           int(resp.eval_count or 0), time.perf_counter() - t0, _reason(resp.done_reason))
 
-    return Engine(cfg, "ollama", name, where, served[name], served, complete=complete, close=client.close)
+    def stream(req: EngineRequest, stop: threading.Event, stats: dict) -> Iterator[str]:
+        options: dict[str, Any] = {"temperature": req.temperature, "seed": req.seed, "num_predict": req.max_new_tokens}
+        if req.stop:
+            options["stop"] = list(req.stop)
+        parts = client.chat(model=req.adapter or name, messages=req.messages, options=options, stream=True)
+        try:
+            for part in parts:
+                if stop.is_set():
+                    stats["finish_reason"] = "cancelled"
+                    return
+                if part.done:
+                    stats.update(prompt_tokens=int(part.prompt_eval_count or 0), new_tokens=int(part.eval_count or 0),
+                                 finish_reason=_reason(part.done_reason))
+                if part.message and part.message.content:
+                    yield part.message.content
+        finally:
+            close = getattr(parts, "close", None)
+            if close:
+                close()
+
+    return Engine(cfg, "ollama", name, where, served[name], served, complete=complete, stream=stream,
+                  close=client.close)
 
 
 def _open_local(cfg: EngineConfig, lm: Any = None) -> Engine:
@@ -411,6 +469,49 @@ def _reason(reason: Any) -> str:
 
 
 # ---------------------------------------------------------------- generating
+
+def stream_chat(engine: Engine, req: EngineRequest, stop_event: threading.Event | None = None,
+                stats: dict | None = None) -> Iterator[str]:
+    """Stream one chat answer from a server engine, chunk by chunk (the app's chat and poem tabs). Setting
+    stop_event, or closing the iterator, hangs up at the next chunk. `stats` gets prompt_tokens, new_tokens
+    (the server's counts), first_token_seconds, seconds and finish_reason (stop, length, cancelled).
+    Failures are one sentence (UserError): the server went down, answered an error, or stopped answering."""
+    if engine.stream is None:
+        raise UserError(f"the {engine.kind} engine does not stream: use harness.generation.stream in process")
+    if req.form:
+        raise UserError("the form constraint runs in process only: drop the engine or the form")
+    stop_event = stop_event or threading.Event()
+    stats = stats if stats is not None else {}
+    stats.update(engine=engine.config.spec, adapter=req.adapter or "", finish_reason="")
+    t0 = time.perf_counter()
+    gen = engine.stream(req, stop_event, stats)
+    try:
+        for chunk in gen:
+            if "first_token_seconds" not in stats:
+                stats["first_token_seconds"] = time.perf_counter() - t0
+            yield chunk
+    except GeneratorExit:
+        stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
+        raise
+    except _BadAnswer as e:
+        raise UserError(f"{engine.where} sent a stream that is not in the server's format ({str(e)[:120]}): "
+                        f"check that it is an OpenAI-compatible server or Ollama") from None
+    except Exception as e:  # noqa: BLE001 - HTTP and connection errors of requests/httpx/ollama: one sentence
+        status = getattr(e, "status_code", None)
+        if isinstance(status, int) and status == 404:
+            raise UserError(not_served(req.adapter or engine.model, engine.where, list(engine.served))) from None
+        if isinstance(status, int) and status >= 400:
+            raise UserError(_failing(engine.where, status, "the chat")) from None
+        if _read_timeout(e):
+            raise UserError(_hang(engine.where, engine.config.timeout)) from None
+        if _transient(e):
+            raise UserError(_down(engine.where, engine.kind)) from None
+        raise
+    finally:
+        gen.close()
+        stats["seconds"] = time.perf_counter() - t0
+        stats["finish_reason"] = stats.get("finish_reason") or "stop"
+
 
 def engine_generate(engine: Engine, requests: list[EngineRequest],
                     on_done: Callable[[int, Generation], None] | None = None,

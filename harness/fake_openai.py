@@ -8,7 +8,9 @@
         ...  # http://127.0.0.1:<port>/v1 is fake.base
         fake.count("/v1/chat/completions"), fake.max_in_flight, fake.chat_bodies()[0]["max_tokens"]
 
-Endpoints: GET /v1/models, POST /v1/chat/completions (non-streamed JSON). Every request is recorded.
+Endpoints: GET /v1/models, POST /v1/chat/completions (JSON, or with "stream": true server-sent events, one
+word per chunk, `chunk_delay` seconds apart, then a usage chunk when stream_options.include_usage is set, then
+`data: [DONE]`). Every request is recorded.
 
 `models`: served model ids, or dicts {"id": ..., any other fields} for what /v1/models reports about each
 (vLLM's root/max_model_len, llama.cpp's meta, a digest); `fake.models` may be changed while serving, as a
@@ -63,6 +65,8 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.chunk_delay = 0.0           # seconds between streamed chunks
+        self.streamed = 0                # chunks sent so far (a client that stops early gets fewer)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -203,12 +207,47 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(status, answer.get("error") or f"fake error {status}")
         content = str(answer.get("content", ""))
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+        if body.get("stream"):
+            return self._stream(name, content, answer.get("finish_reason", "stop"), prompt_words, body)
         self._send(200, json.dumps({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                          "finish_reason": answer.get("finish_reason", "stop")}],
             "usage": {"prompt_tokens": prompt_words + 4, "completion_tokens": len(content.split()),
                       "total_tokens": prompt_words + 4 + len(content.split())}}))
+
+
+    def _stream(self, name: str, content: str, reason: str, prompt_words: int, body: dict) -> None:
+        """Server-sent events as vLLM and llama.cpp send them; a client that hangs up ends the stream."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        words = content.split(" ") if content else []
+
+        def event(delta: dict, finish: str | None = None, usage: dict | None = None) -> None:
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": name, "choices": [] if usage else [{"index": 0, "delta": delta,
+                                                                   "finish_reason": finish}]}
+            if usage:
+                chunk["usage"] = usage
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+
+        try:
+            event({"role": "assistant", "content": ""})
+            for k, w in enumerate(words):
+                if self.fake.chunk_delay:
+                    time.sleep(self.fake.chunk_delay)
+                event({"content": (" " if k else "") + w})
+                with self.fake._lock:
+                    self.fake.streamed += 1
+            event({}, reason)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                event({}, usage={"prompt_tokens": prompt_words + 4, "completion_tokens": len(words),
+                                 "total_tokens": prompt_words + 4 + len(words)})
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

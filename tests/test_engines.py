@@ -165,3 +165,61 @@ def test_in_process_engine_matches_generate_batch(tiny_llama_dir):
     direct = generate_batch(lm, [lm.render_chat(r.messages) for r in reqs[:4]], GenerationConfig(max_new_tokens=10))
     assert [g.text for g in gens[:4]] == [g.text for g in direct]
     assert all(g.new_tokens <= 4 for g in gens[4:]) and sorted(done) == list(range(6))
+
+
+# ---------------------------------------------------------------- streaming (the app's chat and poem tabs)
+
+def test_openai_stream_gives_the_same_text_chunk_by_chunk_with_the_servers_counts():
+    from harness.engines import stream_chat
+    with FakeOpenAI(models=["smol", "smol-alpaca"]) as fake:
+        engine = open_engine(EngineConfig(fake.spec("smol")))
+        req = EngineRequest([{"role": "user", "content": "one two three four five"}], max_new_tokens=4)
+        whole = engine_generate(engine, [req])[0]
+        stats: dict = {}
+        chunks = list(stream_chat(engine, req, stats=stats))
+        body = fake.chat_bodies()[-1]
+        tuned = "".join(stream_chat(engine, EngineRequest([{"role": "user", "content": "a b"}], adapter="smol-alpaca")))
+    assert len(chunks) == 4 and "".join(chunks) == whole.text == "five four three two"
+    assert body["stream"] is True and body["max_tokens"] == 4 and body["model"] == "smol"
+    assert stats["new_tokens"] == 4 and stats["finish_reason"] == "length" and stats["prompt_tokens"] > 0
+    assert stats["first_token_seconds"] <= stats["seconds"] and stats["engine"] == engine.config.spec
+    assert tuned == "b a"
+
+
+def test_a_stopped_stream_hangs_up_and_says_cancelled():
+    from harness.engines import stream_chat
+    with FakeOpenAI() as fake:
+        fake.chunk_delay = 0.05
+        engine = open_engine(EngineConfig(fake.spec("smol")))
+        stop, stats = threading.Event(), {}
+        got = []
+        words = " ".join(f"w{i}" for i in range(60))
+        for chunk in stream_chat(engine, EngineRequest([{"role": "user", "content": words}], max_new_tokens=60),
+                                 stop, stats):
+            got.append(chunk)
+            if len(got) == 3:
+                stop.set()
+        time.sleep(0.3)
+        sent = fake.streamed
+    assert len(got) == 3 and stats["finish_reason"] == "cancelled"
+    assert sent < 20                                  # the server stopped sending soon after the hang-up
+
+
+def test_ollama_stream_and_one_sentence_failures():
+    from harness.engines import stream_chat
+    with FakeOllama(models=["smol"], default=lambda body: "a short streamed answer") as fake:
+        engine = open_engine(EngineConfig("ollama:smol", host=fake.url))
+        stats: dict = {}
+        text = "".join(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}]), stats=stats))
+    assert text == "a short streamed answer" and stats["finish_reason"] == "stop" and stats["new_tokens"] > 0
+    with FakeOpenAI(models=["smol"], answers=[{"status": 500}]) as fake:
+        engine = open_engine(EngineConfig(fake.spec("smol")))
+        with pytest.raises(UserError, match="answered 500 to the chat: check its log"):
+            list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}])))
+        with pytest.raises(UserError, match="model 'gone' is not served at .*it serves: smol"):
+            list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}], adapter="gone")))
+        with pytest.raises(UserError, match="form constraint runs in process only"):
+            list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}], form="五言绝句")))
+        fake.stop()
+        with pytest.raises(UserError, match="cannot reach a server at"):
+            list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}])))
