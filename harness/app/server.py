@@ -1,0 +1,109 @@
+"""The app's chat and free poems through a serving engine: `python app.py --engine openai:<model>@<url>` (vLLM,
+llama.cpp's server, any OpenAI-compatible /v1) or `--engine ollama:<model>`.
+
+    from harness.app.server import is_server_spec, server_route, server_stream
+    srv, notice = server_route("openai:smol@http://127.0.0.1:8080", adapter, form)   # (None, why) -> transformers
+    for text, stats, prompt, engine, notice in server_stream(state, srv, messages, system, adapter, sampling, session):
+        ...
+
+The server is opened (health-checked) once per spec and kept. An adapter is addressed as the server knows it: the
+adapter's name must be a model id the server serves (vLLM `--lora-modules NAME=...`, an Ollama model made with
+`ADAPTER`, llama-cpp-python's `--model_alias NAME`); one it does not serve falls back to transformers with a
+notice naming what it serves, as does the form constraint (in process only).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from harness.errors import UserError
+
+_servers: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def is_server_spec(engine: str) -> bool:
+    return engine.startswith(("openai:", "ollama:"))
+
+
+def open_server(spec: str, timeout: float = 120.0):
+    """The opened engine for `spec` (once per spec; UserError in one sentence when it is down or wrong)."""
+    from harness.engines import EngineConfig, open_engine
+    with _lock:
+        if spec not in _servers:
+            _servers[spec] = open_engine(EngineConfig(spec, workers=2, timeout=timeout))
+        return _servers[spec]
+
+
+def close_servers() -> None:
+    with _lock:
+        for engine in _servers.values():
+            engine.close()
+        _servers.clear()
+
+
+def server_route(engine: str, adapter: str | None, form: str = "") -> tuple[Any, str]:
+    """(the server engine, "") when it can answer this request; (None, notice) when transformers must (the form
+    constraint, an adapter the server does not serve, a server that is down); (None, "") without a server engine."""
+    if not is_server_spec(engine):
+        return None, ""
+    if form:
+        return None, "the form constraint runs in process: using transformers for this poem"
+    try:
+        srv = open_server(engine)
+    except UserError as e:
+        return None, f"{e}: using transformers"
+    if adapter and adapter not in srv.served:
+        return None, (f"{srv.where} does not serve the adapter {adapter} (it serves: {', '.join(srv.served)}; "
+                      f"`python -m harness export {adapter}` takes it there): using transformers")
+    return srv, ""
+
+
+def server_messages(messages: list[dict], system: str | None) -> list[dict]:
+    turns = [{"role": m["role"], "content": str(m["content"])} for m in messages
+             if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
+    if not turns:
+        raise UserError("the conversation has no message to answer: write one")
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def server_stream(state, srv, messages: list[dict], system: str | None, adapter: str | None, sampling,
+                  session: str, max_new_tokens: int | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
+    """Stream one answer from the server: yields (text so far, stats, the messages sent as JSON, engine label, "").
+    Stop (state.stop(session)) hangs up at the next chunk; the stats carry the server's token counts."""
+    from harness.engines import EngineRequest, stream_chat
+    msgs = server_messages(messages, system)
+    req = EngineRequest(msgs, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
+                        temperature=sampling.temperature, seed=sampling.seed, adapter=adapter or None)
+    shown = json.dumps(msgs, ensure_ascii=False, indent=1)
+    label = srv.config.spec
+    with state.running(session) as (event, stats):
+        raw: dict = {}
+        text = ""
+        yield text, stats, shown, label, ""
+        gen = stream_chat(srv, req, event, raw)
+        try:
+            for n, chunk in enumerate(gen, 1):
+                text += chunk
+                raw.setdefault("chunks", 0)
+                raw["chunks"] = n                 # a chunk is about a token until the server's count arrives
+                _copy(raw, stats)
+                yield text, stats, shown, label, ""
+        finally:
+            gen.close()
+            _copy(raw, stats)
+            if getattr(event, "requested", False):
+                stats.finish_reason = "cancelled"
+        yield text, stats, shown, label, ""
+
+
+def _copy(raw: dict, stats) -> None:
+    stats.prompt_tokens = int(raw.get("prompt_tokens") or stats.prompt_tokens)
+    stats.new_tokens = int(raw.get("new_tokens") or raw.get("chunks") or stats.new_tokens)
+    stats.seconds = float(raw.get("seconds") or stats.seconds)
+    if raw.get("first_token_seconds") is not None:
+        stats.first_token_seconds = raw["first_token_seconds"]
+    stats.finish_reason = raw.get("finish_reason") or stats.finish_reason
+    stats.extra.update(engine=raw.get("engine", ""), adapter=raw.get("adapter") or "base")
