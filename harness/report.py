@@ -59,6 +59,26 @@ def judge_health(rows: list[dict]) -> dict:
     return h
 
 
+RULE_CHECKS = ("form_ok", "rhyme_ok", "tone_ok", "sonnet_scheme_ok")
+
+
+def judge_vs_rules(rows: list[dict]) -> list[dict]:
+    """How often the judge agrees with each rule check (harness/rules.py) on the scored poems: the chance that a
+    poem passing the check got a higher score than one failing it (ties = 1/2; 0.5 = the judge ignores the
+    rule), with the mean score of each side. One dict per check with both passing and failing scored poems."""
+    scored = [r for r in rows if is_scored(r)]
+    out = []
+    for check in RULE_CHECKS:
+        ok = [float(r["score"]) for r in scored if r.get(check) is True]
+        bad = [float(r["score"]) for r in scored if r.get(check) is False]
+        if not ok or not bad:
+            continue
+        wins = sum((x > y) + 0.5 * (x == y) for x in ok for y in bad)
+        out.append({"check": check, "n_pass": len(ok), "n_fail": len(bad), "agreement": wins / (len(ok) * len(bad)),
+                    "mean_pass": sum(ok) / len(ok), "mean_fail": sum(bad) / len(bad)})
+    return out
+
+
 def _paired(name: str, a: list[float], b: list[float], tie_tol: float, n_boot: int, seed: int) -> dict:
     res = paired_bootstrap(b, a, n_boot=n_boot, seed=seed, tie_tol=tie_tol)
     res.update(metric=name, mean_a=sum(a) / len(a) if a else math.nan,
@@ -430,6 +450,17 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
             if not math.isnan(h["rouge_spearman"]) and h["rouge_spearman"] < 0.2:
                 L.append(f"- {lab}: judge scores barely agree with ROUGE-L (ρ = {h['rouge_spearman']:.2f}).")
         L.append("")
+        rules = [(tag, judge_vs_rules(rows)) for tag, rows in (("A", rows_a), ("B", rows_b))]
+        if any(r for _, r in rules):
+            L += ["### The judge against the rule checks", "",
+                  "How often a poem that passes a check got a higher judge score than one that fails it (ties "
+                  "count 1/2; 50% = the judge ignores the rule).", "",
+                  "| run | check | pass / fail | agreement | mean score pass / fail |", "|---|---|---|---|---|"]
+            for tag, results in rules:
+                for r in results:
+                    L.append(f"| {tag} | {r['check']} | {r['n_pass']} / {r['n_fail']} | {100 * r['agreement']:.0f}% | "
+                             f"{r['mean_pass']:.1f} / {r['mean_fail']:.1f} |")
+            L.append("")
     p = cmp["pairs"]
     if p["item_ids"] and pr["metric"] in ("judge score", "ROUGE-L"):
         A = {str(r["item_id"]): r for r in rows_a}

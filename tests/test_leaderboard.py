@@ -286,3 +286,15 @@ def test_reports_cite_only_committed_files():
         cited |= {str((md.parent / f).relative_to(PROJECT_ROOT)) for f in re.findall(r"\]\(([^)\s:]+\.png)\)", text)}
         for c in cited:
             assert (PROJECT_ROOT / c).exists() and (tracked is None or c in tracked), f"{md}: cites {c}, not committed"
+
+
+def test_judge_vs_rules_counts_how_often_the_judge_sides_with_each_rule_check():
+    from harness.report import judge_vs_rules
+    rows = [{"parsed": True, "score": s, "form_ok": f, "rhyme_ok": rh} for s, f, rh in
+            [(90, True, True), (80, True, False), (80, False, None), (20, False, False)]]
+    got = {r["check"]: r for r in judge_vs_rules(rows)}
+    # form: pass {90, 80} vs fail {80, 20}: 90>80, 90>20, 80=80 (1/2), 80>20 -> 3.5 / 4
+    assert got["form_ok"]["agreement"] == 3.5 / 4 and got["form_ok"]["n_pass"] == 2
+    assert got["rhyme_ok"]["agreement"] == 1.0 and got["rhyme_ok"]["mean_fail"] == 50.0   # 90 vs {80, 20}
+    assert "tone_ok" not in got                                         # no poem has a tone verdict
+    assert judge_vs_rules([{"parsed": False, "score": None, "form_ok": True}]) == []
