@@ -53,8 +53,12 @@ CSS = """
 @media (max-width: 600px) {
   #app-title h1 {font-size: 1.15em; margin: 0;}
   #app-intro {display: none;}
-  #pickers {gap: 4px;}
-  #pickers button {padding: 2px 6px; min-height: 0;}
+  /* the two pickers side by side, small: the header stays under ~300 px of an 844 px phone screen */
+  #pickers {flex-wrap: nowrap !important; gap: 6px !important;}
+  #pickers > div {min-width: 0 !important; flex: 1 1 0 !important;}
+  #pickers .block {padding: 4px !important;}
+  #pickers button {padding: 2px 4px; min-height: 0; font-size: 0.75em;}
+  #pickers [data-testid="block-info"] {font-size: 0.8em;}
   #model-status {font-size: 0.85em;}
   /* small enough that all five tabs fit a 390 px screen: Gradio moves tabs that do not fit into a "More tabs"
      menu, measuring these same buttons (its hidden copy of the tab bar), so they shrink there too */
@@ -154,7 +158,7 @@ def build_header(state: AppState) -> dict:
     import gradio as gr
     gr.Markdown("# ftbench · small LMs, base vs LoRA fine-tuned", elem_id="app-title")
     gr.Markdown("Chat, classify SMS spam, write poems and compare a base model with its fine-tuned adapter, "
-                "all on this machine's CPU.", elem_id="app-intro")
+                "all on this machine's CPU. Switching adapters never reloads the base.", elem_id="app-intro")
     with gr.Row(equal_height=False, elem_id="pickers"):
         with gr.Column(scale=3, min_width=200):
             base_dd = gr.Dropdown(base_choices(state), value=state.base_name, label="Base model",
@@ -162,7 +166,7 @@ def build_header(state: AppState) -> dict:
             load_btn = gr.Button("Load this base (frees the current one)", size="sm", elem_id="load-base")
         with gr.Column(scale=3, min_width=200):
             adapter_dd = gr.Dropdown(adapter_choices(state, "causal"), value=BASE,
-                                     label="Adapter for chat and poems (switching never reloads the base)",
+                                     label="Adapter for chat and poems",
                                      allow_custom_value=True, elem_id="adapter-picker")
             refresh_btn = gr.Button("↻ Refresh the adapter lists", size="sm", elem_id="refresh-adapters")
     status = gr.Markdown(status_line(state, BASE), elem_id="model-status")
@@ -576,8 +580,8 @@ def build_leaderboard_tab(state: AppState, ui: dict):
         found = LB.row_items(v["task"], row, folder)
         header, rows = LB.item_table(found)
         import pandas as pd
-        return (f"**{LB.row_label(row)}**: {len(rows)} items from results/runs/{v['task']}/",
-                gr.update(value=pd.DataFrame(rows, columns=header), visible=True))
+        return (gr.update(value=pd.DataFrame(rows, columns=header), visible=True),
+                f"**{LB.row_label(row)}**: {len(rows)} items from results/runs/{v['task']}/")
 
     def diff_fn(task_, set_, search_, a, b):
         v = LB.leaderboard_view(task_, set_, search_, None, folder)
@@ -586,7 +590,7 @@ def build_leaderboard_tab(state: AppState, ui: dict):
             raise UserError("choose two rows (Run A and Run B) of the table above")
         header, rows, summary = LB.diff_runs(v["task"], by[a], by[b], folder)
         import pandas as pd
-        return summary, gr.update(value=pd.DataFrame(rows, columns=header), visible=bool(rows))
+        return gr.update(value=pd.DataFrame(rows, columns=header), visible=bool(rows)), summary
 
     inputs = [task, eval_set, search, metric]
     outputs = [task, eval_set, metric, notice, plot, caption, table, run_a, run_b, agreement]

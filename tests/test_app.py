@@ -524,14 +524,41 @@ def test_errors_reach_the_user_as_messages_not_tracebacks():
         yield "partial"
         raise KeyError("boom")
 
-    with pytest.raises(gr.Error, match="the message is empty"):
-        app_module.guarded(user_mistake)()
+    with pytest.raises(gr.Error, match="the message is empty"):          # API endpoints: gr.Error, one sentence
+        app_module.guard(user_mistake)()
     with pytest.raises(gr.Error, match=r"Something went wrong \(ZeroDivisionError"):
-        app_module.guarded(bug)()
-    gen = app_module.guarded(streaming_bug)()
-    assert inspect.isgeneratorfunction(app_module.guarded(streaming_bug)) and next(gen) == "partial"
+        app_module.guard(bug)()
+    gen = app_module.guard(streaming_bug)()
+    assert inspect.isgeneratorfunction(app_module.guard(streaming_bug)) and next(gen) == "partial"
     with pytest.raises(gr.Error, match="KeyError"):
         next(gen)
+    # UI events: the same guard puts the sentence in the last output (the notice) and leaves the others alone
+    skipped, notice = app_module.guard(user_mistake, 2)()
+    assert notice == "⚠ the message is empty: type a message" and skipped == gr.skip()
+    gen = app_module.guard(streaming_bug, 3)()
+    assert next(gen) == "partial"
+    *rest, notice = next(gen)
+    assert notice.startswith("⚠ Something went wrong (KeyError") and len(rest) == 2
+
+
+def test_throttled_passes_the_first_newest_and_last_update_and_closes_the_stream():
+    from harness.app.streaming import throttled
+    closed = []
+
+    def fast():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    shown = list(throttled(fast(), every=10.0))
+    assert shown == [0, 999]                       # the first at once, the last always
+    slow = throttled((time.sleep(0.03) or i for i in range(5)), every=0.0)
+    assert list(slow) == [0, 1, 2, 3, 4]           # nothing held back when updates are slower than `every`
+    early = throttled(fast(), every=10.0)
+    assert next(early) == 0
+    early.close()                                  # Stop / the page went away: the generation is closed too
+    assert closed == [True, True]
 
 
 def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, adapters, tmp_path):
@@ -607,8 +634,8 @@ class FakeLlama:
         return list(range(len(messages) * 3))
 
     def stream_chat(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, stop_event=None, stats=None,
-                    system=None, seed=0, top_p=0.9):
-        self.calls.append((adapter, max_new_tokens, temperature))
+                    system=None, seed=0, top_p=0.9, repeat_penalty=1.0):
+        self.calls.append((adapter, max_new_tokens, temperature, repeat_penalty))
         for i, chunk in enumerate(["Hello", " from", " llama", "\ufffd"]):
             stats.new_tokens = i + 1
             yield chunk
@@ -619,10 +646,8 @@ def test_llama_cpp_serves_plain_chat_and_falls_back_with_a_notice(tiny_llama_dir
     from harness.app import chat as C
     from harness.app.state import chat_stream
     state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters, engine="llama.cpp")
-    assert state.llama_route(None, Sampling(), "")[0] is None and "repetition penalty" in state.llama_route(
-        None, Sampling(), "")[1]
-    assert "form constraint" in state.llama_route(None, Sampling(repetition_penalty=1.0), "五言绝句")[1]
-    engine, why = state.llama_route(None, Sampling(repetition_penalty=1.0))      # a tiny dir has no GGUF
+    assert "form constraint" in state.llama_route(None, Sampling(), "五言绝句")[1]
+    engine, why = state.llama_route(None, Sampling())                   # a tiny dir has no GGUF
     assert engine is None and "llama.cpp could not load" in why and "using transformers" in why
     assert "engine:** transformers ⚠" in status_line(state)
 
@@ -633,15 +658,42 @@ def test_llama_cpp_serves_plain_chat_and_falls_back_with_a_notice(tiny_llama_dir
         pass
     answer = C.render(state, "s")[-1]["content"]
     assert answer.startswith("Hello from llama\n") and "llama.cpp" in answer and "adapter tiny-chat" in answer
-    assert state.llama.calls == [("tiny-chat", 8, 0.0)]
+    assert state.llama.calls == [("tiny-chat", 8, 0.0, 1.0)]
     state.llama.broken = ("tiny-chat",)
     *_, last = chat_stream(state, [{"role": "user", "content": "Hi"}], "", "tiny-chat", plain, "s")
     assert last[3] == "transformers" and "cannot use tiny-chat" in last[4]             # fell back, and says so
     C.submit(state, "s", "Hi again", adapter="base", sampling=Sampling(max_new_tokens=8))   # rep. penalty 1.1
     for _ in C.generate_pending(state, "s"):
         pass
-    assert "transformers (llama.cpp fallback)" in C.render(state, "s")[-1]["content"]
-    assert len(state.llama.calls) == 1
+    answer = C.render(state, "s")[-1]["content"]                       # the tab's penalty goes to llama.cpp
+    assert "fallback" not in answer and "llama.cpp" in answer and state.llama.calls[-1] == (None, 8, 0.3, 1.1)
+    assert app_module.default_sampling(state).repetition_penalty == 1.1, "the tabs keep their default penalty"
+
+
+@pytest.mark.slow
+def test_llama_cpp_takes_the_repetition_penalty():
+    """LlamaCppEngine.stream_chat(repeat_penalty=...) reaches llama.cpp's sampler: on a prompt that invites
+    repetition, greedy text with a strong penalty differs from the unpenalised one and repeats itself less
+    (llama.cpp penalises the last 64 tokens; transformers the whole sequence). About 10 s on 2 cores."""
+    from harness import llamacpp
+    ok, why = llamacpp.is_available()
+    if not ok:
+        pytest.skip(why)
+    engine = llamacpp.load_engine(n_threads=1, n_ctx=512)
+    try:
+        ask = [{"role": "user", "content": "Write the word 'cat' again and again, separated by spaces."}]
+        plain = engine.chat(ask, max_new_tokens=32)
+        again = "".join(engine.stream_chat(ask, max_new_tokens=32, repeat_penalty=1.0))
+        penalised = "".join(engine.stream_chat(ask, max_new_tokens=32, repeat_penalty=1.8))
+        assert plain == again, "greedy and penalty 1.0 (the default) are deterministic"
+        assert penalised != plain
+        words = lambda t: t.lower().split()  # noqa: E731
+        assert len(set(words(penalised))) / max(1, len(words(penalised))) > \
+            len(set(words(plain))) / max(1, len(words(plain))), (plain, penalised)
+        with pytest.raises(UserError, match="repeat_penalty must be between 1 and 2"):
+            next(engine.stream_chat(ask, max_new_tokens=4, repeat_penalty=0.5))
+    finally:
+        engine.close()
 
 
 def test_pick_engine_without_llama_cpp_says_so_and_uses_transformers(monkeypatch, capsys):
@@ -725,3 +777,21 @@ def test_the_browser_suites_order_of_work_leaves_the_model_free(tiny_llama_dir, 
     updates = list(C.generate_pending(state, "s"))
     assert len(updates) > 3 and "▍" in updates[2][0][-1]["content"], "the reply streams"
     assert not state._jobs and state.short_waiting == 0 and not state._running
+
+
+def test_a_closed_page_leaves_nothing_queued_and_no_count_behind(tiny_llama_dir):
+    """A page that goes away (demo.unload -> AppState.end_session) takes its queued requests along: nobody else's
+    "waiting for N requests ahead" counts them, and its queued event, if it still runs, writes nothing."""
+    from harness.app import chat as C
+    state = AppState(model=str(tiny_llama_dir))
+    quick = Sampling(max_new_tokens=4)
+    C.submit(state, "gone", "one", sampling=quick)
+    C.submit(state, "here", "two", sampling=quick)
+    assert "waiting for 1 request ahead" in C.render(state, "here")[-1]["content"]
+    state.end_session("gone")
+    assert "next in line" in C.render(state, "here")[-1]["content"]
+    *_, (shown, info) = C.generate_pending(state, "gone")
+    assert info == {} and C.messages(state, "gone")[-1]["meta"]["status"] == C.STOPPED
+    assert state.lm is None, "nothing was generated for the page that went away"
+    *_, (shown, info) = C.generate_pending(state, "here")
+    assert info["new_tokens"] >= 1 and not state._jobs

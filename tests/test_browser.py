@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -71,13 +72,38 @@ def made_up_poem_runs(results: Path) -> None:
 
 
 class HungJudge:
-    """A server that accepts connections and never answers (a hung judge)."""
+    """A judge server that accepts connections, reads the request and never answers (a hung judge). It notes
+    when each connection opened and when the client gave up on it (closed it): connections[i] = [opened, closed
+    or None], so a test can tell whether something happened while the judge was still being waited for."""
 
     def __init__(self):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections: list[list] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:          # closed
+                return
+            times = [time.monotonic(), None]
+            self.connections.append(times)
+            threading.Thread(target=self._hold, args=(conn, times), daemon=True).start()
+
+    @staticmethod
+    def _hold(conn, times):
+        with conn:
+            while True:
+                try:
+                    if not conn.recv(65536):
+                        break
+                except OSError:
+                    break
+        times[1] = time.monotonic()
 
     def close(self):
         self.sock.close()
@@ -106,16 +132,17 @@ def url(tiny_llama_dir, tmp_path_factory):
     state = AppState(model=str(tiny_llama_dir), adapters_folder=folder, results_folder=results,
                      judge_host=hung.host, judge_timeout=3.0, store=str(tmp_path_factory.mktemp("store") / "s.sqlite"))
     state.prepare()
-    IN_PROCESS.update(state=state, adapters=folder, results=results)
+    IN_PROCESS.update(state=state, adapters=folder, results=results, hung=hung)
     demo = app_module.build_demo(state)
     port = free_port()
     app_module.launch(demo, port=port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
     hung.close()
+    IN_PROCESS.clear()
 
 
-def make_driver(url, profile, width=1280, height=1300):
+def make_driver(url, profile, width=1280, height=1300, phone=False):
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -124,6 +151,9 @@ def make_driver(url, profile, width=1280, height=1300):
         opts.add_argument(flag)
     d = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
     d.set_page_load_timeout(60)
+    if phone:         # headless Chromium keeps windows >= 500 px wide: emulate the phone's viewport instead
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                                  "deviceScaleFactor": 1, "mobile": True})
     d.get(url)
     return d
 
@@ -135,13 +165,57 @@ def driver(url, tmp_path_factory):
     d.quit()
 
 
+def settle(state, timeout: float = 30.0) -> None:
+    """Wait until the in-process app is idle: no generation running, no request queued, no short work.
+    A test whose page went away must leave nothing behind for the next one (the page's unload stops its work)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with state._lock:
+            busy = {s: len(e) for s, e in state._running.items() if e}, dict(state._jobs)
+        if not busy[0] and not busy[1] and not state.short_waiting:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the app is still busy {timeout:.0f} s after the test's page went away: running "
+                         f"{busy[0]}, queued {list(busy[1].values())}, short work {state.short_waiting}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_page(request):
+    """Every browser test starts on a fresh page: a new session (an empty chat, the default pickers and tab) on
+    an idle app. After an in-process test the page goes away and the app must settle (settle())."""
+    if "driver" not in request.fixturenames:
+        yield
+        return
+    d, url = request.getfixturevalue("driver"), request.getfixturevalue("url")
+    if "state" in IN_PROCESS:
+        settle(IN_PROCESS["state"])
+    d.get(url)
+    wait(d, lambda: "Model:" in text(d, "#model-status") and "⏳" not in text(d, "#model-status"))
+    yield
+    if "state" in IN_PROCESS:
+        d.get("about:blank")          # the page goes away: its session's work is stopped and unqueued
+        settle(IN_PROCESS["state"])
+
+
+class Slowdown:
+    """Every forward pass of the in-process model takes >= 40 ms while on, so a reply streams for seconds."""
+
+    def __init__(self, state):
+        self.state = state
+        self.handle = state.lm.model.get_input_embeddings().register_forward_hook(lambda *_: time.sleep(0.04))
+
+    def off(self) -> None:
+        """Let the rest finish at full speed."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
 @pytest.fixture
 def slow():
-    """Every forward pass of the in-process model takes >= 40 ms, so a reply streams for seconds."""
-    state = IN_PROCESS["state"]
-    handle = state.lm.model.get_input_embeddings().register_forward_hook(lambda *_: time.sleep(0.04))
-    yield state
-    handle.remove()
+    s = Slowdown(IN_PROCESS["state"])
+    yield s
+    s.off()
 
 
 def screenshot(d, tab: str) -> Path:
@@ -167,9 +241,15 @@ def csss(d, selector: str):
 
 
 def wait(d, condition, timeout: float = WAIT):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+
+    def check(_):
+        try:
+            return condition()
+        except StaleElementReferenceException:      # re-rendered while read: look again
+            return False
     try:
-        return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda _: condition())
+        return WebDriverWait(d, timeout, poll_frequency=0.1).until(check)
     except TimeoutException:      # say what the page showed instead
         shown = {sel: text(d, sel)[:300] for sel in ("#model-status", "#chat-notice", "#compare-status",
                                                        "#spam-verdict", "#poem-check", "#vote-message")}
@@ -178,26 +258,40 @@ def wait(d, condition, timeout: float = WAIT):
 
 
 def open_tab(d, tab: str) -> None:
+    """Show a tab (an inactive tab's contents are not on the page: open it before reading them)."""
     wait(d, lambda: csss(d, f"#tab-{tab}-button"), 60)   # the page may still render
     css(d, f"#tab-{tab}-button").click()
-    wait(d, lambda: css(d, f"#tab-{tab}").is_displayed(), 10)
+    wait(d, lambda: csss(d, f"#tab-{tab}") and css(d, f"#tab-{tab}").is_displayed(), 10)
 
 
-def type_into(d, selector: str, text: str) -> None:
+def open_accordion(d, tab: str, title: str, inside: str) -> None:
+    """Open an accordion (its contents are rendered only while it is open) unless it is open, until `inside`
+    (a selector in it) is on the page. Clicking an open accordion would close it."""
+    button = d.find_element(By.XPATH, f"//*[@id='tab-{tab}']//button[contains(@class, 'label-wrap')]"
+                                      f"[contains(., '{title}')]")
+    if "open" not in (button.get_attribute("class") or "").split():
+        button.click()
+    wait(d, lambda: csss(d, inside), 10)
+
+
+def type_into(d, selector: str, text_: str) -> None:
+    """Replace a textbox's text as a user would (select all, type), so the page's input events fire."""
     box = css(d, f"{selector} textarea")
-    box.clear()
-    box.send_keys(text)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(text_)
 
 
-def paste_into(d, selector: str, text: str) -> None:
+def paste_into(d, selector: str, text_: str) -> None:
     """Set a long text as a paste would (send_keys of 4,000+ characters is slow), firing the input event."""
     box = css(d, f"{selector} textarea")
     d.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', "
-                     "{bubbles: true}));", box, text)
+                     "{bubbles: true}));", box, text_)
 
 
 def value(d, selector: str) -> str:
-    return css(d, f"{selector} textarea").get_attribute("value") or ""
+    found = csss(d, f"{selector} textarea")
+    return (found[0].get_attribute("value") or "") if found else ""
 
 
 def text(d, selector: str) -> str:
@@ -213,34 +307,88 @@ def users(d) -> list[str]:
     return [e.text for e in csss(d, "#chatbot [data-testid='user']")]
 
 
-def open_accordion(d, tab: str, title: str) -> None:
-    d.find_element(By.XPATH, f"//*[@id='tab-{tab}']//button[contains(., '{title}')]").click()
-
-
-def clear_chat(d) -> None:
-    open_tab(d, "chat")
-    css(d, "#chat-clear").click()
-    wait(d, lambda: not bots(d), 10)
-
-
 def idle(d) -> None:
-    """Wait until no answer is waiting or being written."""
+    """Wait until there is an answer and no answer is waiting or being written."""
     wait(d, lambda: bots(d) and not any(("▍" in b or "⏳" in b) for b in bots(d)))
+
+
+def send(d, message: str, enter: bool = False, answered: bool = True) -> None:
+    """Chat: type a message and send it (Send, or Enter in the box); wait until it shows in the conversation
+    and, with `answered`, until every answer is written."""
+    open_tab(d, "chat")
+    shown = len(users(d))
+    type_into(d, "#chat-input", message)
+    if enter:
+        css(d, "#chat-input textarea").send_keys(Keys.ENTER)
+    else:
+        css(d, "#chat-send").click()
+    wait(d, lambda: len(users(d)) > shown and users(d)[-1].strip() == message.strip(), 10)
+    if answered:
+        idle(d)
+
+
+def streaming(d) -> bool:
+    """The last answer is being written (its text is streaming in)."""
+    return bool(bots(d)) and "▍" in bots(d)[-1]
+
+
+def compare(d, prompt: str, paste: bool = False, done: bool = True) -> None:
+    """Compare: put a prompt in and press Compare; with `done`, wait until both sides are written."""
+    open_tab(d, "compare")
+    (paste_into if paste else type_into)(d, "#compare-input", prompt)
+    css(d, "#compare-button").click()
+    if done:
+        wait(d, lambda: text(d, "#compare-status") == "done")
+
+
+def classify(d, message: str) -> str:
+    """Spam: classify one message; returns the verdict once it is shown for this message."""
+    open_tab(d, "spam")
+    before = text(d, "#spam-verdict")
+    type_into(d, "#spam-input", message)
+    css(d, "#spam-button").click()
+    wait(d, lambda: text(d, "#spam-verdict") != before and text(d, "#spam-verdict").strip())
+    return text(d, "#spam-verdict")
+
+
+def write_poem(d, topic: str, check: str = "Form check: ") -> str:
+    """Poem: write one on a topic; returns the form check once it starts with `check` (the poem is done)."""
+    open_tab(d, "poem")
+    type_into(d, "#poem-topic", topic)
+    css(d, "#poem-button").click()
+    wait(d, lambda: text(d, "#poem-check").startswith(check) and not any(
+        w in text(d, "#poem-check") for w in ("writing", "waiting")))
+    return text(d, "#poem-check")
+
+
+def pick(d, selector: str, label: str) -> None:
+    """Choose the option shown as `label` in a Gradio dropdown (options are [role=option] with aria-label)."""
+    box = css(d, f"{selector} input")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(label)
+    option = f"[role='option'][aria-label='{label}']"
+    wait(d, lambda: csss(d, option), 10)
+    css(d, option).click()
+    wait(d, lambda: css(d, f"{selector} input").get_attribute("value") == label, 10)
+    time.sleep(0.3)                   # the change event reaches the server
+
+
+def cells(d, selector: str) -> list:
+    """The shown cells of a Gradio dataframe (Gradio 6 draws them as div.body-cell; its <td>s only size it)."""
+    return csss(d, f"{selector} .body-cell")
+
+
+def votes_counted(d) -> int:
+    import re
+    found = re.search(r"Votes counted: (\d+)", text(d, "#votes-tally"))
+    return int(found.group(1)) if found else -1
+
 
 
 # ---------------------------------------------------------------- every tab once (with screenshots)
 
-
-# Issue 14 is open: these failed in the full suite of a fresh-clone `.ci/run` on 2026-12-03 (after the tab tests;
-# cause not found, see docs/notes/app.md "State of the browser suite"). They still run on every CI: xfail is not
-# strict, so a fixed test shows as XPASS; remove the mark when the suite is green.
-# The other behaviour tests after the tab tests passed in some fresh-clone runs and failed in others (test_5 in the
-# third run): flaky on 2 cores, so not a gate until issue 14's suite is stable; they run and report XPASS.
-FLAKY_14 = pytest.mark.xfail(reason="issue 14: flaky in the full browser suite on 2 cores (2026-12-03)", strict=False)
-OPEN_14 = pytest.mark.xfail(reason="issue 14: fails in the full browser suite on 2026-12-03, cause not found", strict=False)
-
 def test_page_loads_with_the_model_picker_and_all_tabs(driver):
-    wait(driver, lambda: "Model:" in css(driver, "#model-status").text, 60)
     tabs = [b.text for b in csss(driver, "button[role='tab']")]
     assert tabs == ["Chat", "Spam", "Poem", "Compare", "Leaderboard"]
     assert "adapter" in css(driver, "#model-status").text
@@ -248,11 +396,8 @@ def test_page_loads_with_the_model_picker_and_all_tabs(driver):
 
 
 def test_chat_tab_answers_with_the_exact_prompt(driver):
-    clear_chat(driver)
-    open_accordion(driver, "chat", "Transparency")      # a closed accordion's contents are not rendered
-    type_into(driver, "#chat-input", "Hello! What is the capital of France?")
-    css(driver, "#chat-send").click()
-    idle(driver)
+    open_accordion(driver, "chat", "Transparency", "#chat-stats")
+    send(driver, "Hello! What is the capital of France?")
     wait(driver, lambda: '"finish_reason"' in css(driver, "#chat-stats").text
          and '"running"' not in css(driver, "#chat-stats").text)          # the reply is complete
     prompt = value(driver, "#chat-prompt")
@@ -268,11 +413,7 @@ def test_chat_tab_answers_with_the_exact_prompt(driver):
 
 
 def test_spam_tab_gives_a_label(driver):
-    open_tab(driver, "spam")
-    type_into(driver, "#spam-input", "URGENT! You won a 1000 GBP prize. Claim now at http://win-prize.top/claim")
-    css(driver, "#spam-button").click()
-    wait(driver, lambda: css(driver, "#spam-verdict").text.strip())
-    verdict = css(driver, "#spam-verdict").text
+    verdict = classify(driver, "URGENT! You won a 1000 GBP prize. Claim now at http://win-prize.top/claim")
     assert verdict.split()[0] in ("spam", "ham") and "threshold" in verdict
     label = css(driver, "#spam-label").text
     assert "spam" in label and "ham" in label and "%" in label        # both classes with probabilities
@@ -280,13 +421,9 @@ def test_spam_tab_gives_a_label(driver):
 
 
 def test_poem_tab_writes_and_checks_the_form(driver):
-    open_tab(driver, "poem")
-    type_into(driver, "#poem-topic", "春夜")
-    css(driver, "#poem-button").click()
-    wait(driver, lambda: css(driver, "#poem-check").text.startswith("Form check: ")
-         and "writing" not in css(driver, "#poem-check").text and "waiting" not in css(driver, "#poem-check").text)
+    check = write_poem(driver, "春夜")
     # the form is kept while decoding by default, so even a random tiny model writes a 五言绝句
-    assert css(driver, "#poem-check").text.startswith("Form check: OK") and "五言绝句" in css(driver, "#poem-check").text
+    assert check.startswith("Form check: OK") and "五言绝句" in check
     assert css(driver, "#poem-enforce input").is_selected()
     assert value(driver, "#poem-output").strip()
     screenshot(driver, "poem")
@@ -294,13 +431,10 @@ def test_poem_tab_writes_and_checks_the_form(driver):
 
 def test_compare_tab_answers_with_offline_figures(driver):
     open_tab(driver, "compare")
-    type_into(driver, "#compare-input", "Name three colors.")
-    button = css(driver, "#compare-button")
-    if not button.is_enabled():                  # no fine-tuned adapter for this base: the tab says so
+    if not css(driver, "#compare-button").is_enabled():    # no fine-tuned adapter for this base: the tab says so
         assert "finetune" in css(driver, "#tab-compare").text
         return
-    button.click()
-    wait(driver, lambda: "done" in text(driver, "#compare-status"))
+    compare(driver, "Name three colors.")
     assert value(driver, "#compare-left").strip() and value(driver, "#compare-right").strip()
     assert "words" in text(driver, "#compare-left-figures") and "characters" in text(driver, "#compare-right-figures")
     wait(driver, lambda: "judge" in text(driver, "#compare-judge").lower())   # scores, or a notice why there are none
@@ -318,6 +452,7 @@ def test_leaderboard_tab_shows_a_table_or_what_to_run(driver):
         wait(driver, lambda: csss(driver, "#leaderboard-plot img"), 30)
         table = css(driver, "#leaderboard-table").text
         assert "decoding" in table and any(c in table for c in ("accuracy", "rouge_l", "form_ok"))
+    wait(driver, lambda: "Judges vs your votes" in text(driver, "#leaderboard-agreement"), 30)
     screenshot(driver, "leaderboard")
     assert "Traceback" not in driver.page_source
 
@@ -325,17 +460,16 @@ def test_leaderboard_tab_shows_a_table_or_what_to_run(driver):
 # ---------------------------------------------------------------- issue 14, defect by defect (in-process)
 
 @in_process
-@FLAKY_14
 def test_1_typing_is_kept_while_a_reply_streams_and_typed_ahead_messages_all_get_answers(driver, slow):
-    clear_chat(driver)
-    type_into(driver, "#chat-input", "Tell me a long story about the sea.")
-    css(driver, "#chat-send").click()
-    wait(driver, lambda: bots(driver) and "▍" in bots(driver)[-1], 20)       # the reply is streaming
+    send(driver, "Tell me a long story about the sea.", answered=False)
+    wait(driver, lambda: streaming(driver), 20)
     box = css(driver, "#chat-input textarea")
     box.send_keys("a draft I am still typing")
     time.sleep(1.5)                                                         # many streamed updates later
+    assert streaming(driver), "the reply must still be streaming while the draft is checked"
     assert value(driver, "#chat-input") == "a draft I am still typing"
-    box.clear()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
     for m in ("first typed ahead", "second typed ahead", "third typed ahead"):
         box.send_keys(m)
         box.send_keys(Keys.ENTER)
@@ -343,113 +477,94 @@ def test_1_typing_is_kept_while_a_reply_streams_and_typed_ahead_messages_all_get
     wait(driver, lambda: len(users(driver)) == 4, 10)                        # every message shown at once
     assert [u.strip() for u in users(driver)[1:]] == ["first typed ahead", "second typed ahead", "third typed ahead"]
     assert any("waiting for" in b or "next in line" in b for b in bots(driver)), "queued answers say they wait"
-    slow.lm.model.get_input_embeddings()._forward_hooks.clear()             # let the rest finish fast
+    slow.off()
     idle(driver)
-    assert len(bots(driver)) == 4 and all(b.strip() for b in bots(driver))
+    assert len(bots(driver)) == 4 and all(b.rsplit("—", 1)[0].strip() for b in bots(driver)), \
+        "every answer has text before its label"
 
 
 @in_process
-@FLAKY_14
 def test_2_the_users_message_shows_at_once_with_an_honest_queue_count(driver, slow):
-    clear_chat(driver)
-    type_into(driver, "#chat-input", "one")
-    css(driver, "#chat-send").click()
-    type_into(driver, "#chat-input", "two")
+    send(driver, "one", answered=False)
     t0 = time.perf_counter()
-    css(driver, "#chat-send").click()
-    wait(driver, lambda: len(users(driver)) == 2, 5)
-    assert time.perf_counter() - t0 < 3
+    send(driver, "two", answered=False)
+    assert time.perf_counter() - t0 < 3, "the second message took more than 3 s to show"
     wait(driver, lambda: "waiting for 1 request ahead" in bots(driver)[-1], 5)   # "one" is being written
-    slow.lm.model.get_input_embeddings()._forward_hooks.clear()
+    assert streaming(driver) is False and "▍" in bots(driver)[0]
+    slow.off()
     idle(driver)
+    assert "waiting" not in bots(driver)[-1]
 
 
 @in_process
-@pytest.mark.xfail(reason="issue 14: timing-dependent on 2 cores: passed in one fresh-clone CI run on 2026-12-03, "
-                          "failed in the next", strict=False)
 def test_2_classify_runs_while_compare_writes(driver, slow):
     open_tab(driver, "compare")
-    type_into(driver, "#compare-input", "Write a long essay about the history of the sea.")
-    open_accordion(driver, "compare", "Sampling")
-    slider = css(driver, "#compare-max-tokens input[type='number']")
-    slider.clear()
-    slider.send_keys("400", Keys.TAB)
-    css(driver, "#compare-button").click()
+    open_accordion(driver, "compare", "Sampling", "#compare-max-tokens")
+    tokens = css(driver, "#compare-max-tokens input[type='number']")
+    tokens.send_keys(Keys.CONTROL, "a")
+    tokens.send_keys("440", Keys.TAB)                   # 440 slowed tokens (the tiny model's context is 512): ~18 s
+    compare(driver, "Write a long essay about the history of the sea.", done=False)
     wait(driver, lambda: "writing" in text(driver, "#compare-status"), 20)
-    open_tab(driver, "spam")
-    type_into(driver, "#spam-input", "Free entry! Win a prize now")
-    css(driver, "#spam-verdict")
-    before = text(driver, "#spam-verdict")
     t0 = time.perf_counter()
-    css(driver, "#spam-button").click()
-    wait(driver, lambda: text(driver, "#spam-verdict") != before and "threshold" in text(driver, "#spam-verdict"), 30)
+    verdict = classify(driver, "Free entry! Win a prize now")
     took = time.perf_counter() - t0
+    assert "threshold" in verdict
     open_tab(driver, "compare")
     assert "writing" in text(driver, "#compare-status"), f"the spam check waited for Compare to end ({took:.1f} s)"
+    assert took < 15, f"the spam check took {took:.1f} s while Compare wrote"
     css(driver, "#compare-stop").click()
     wait(driver, lambda: "stopped" in text(driver, "#compare-status"), 10)
 
 
 @in_process
-@OPEN_14
 def test_2_a_hung_judge_never_holds_the_model_queue(driver):
-    open_tab(driver, "compare")
-    type_into(driver, "#compare-input", "Name a colour.")
-    css(driver, "#compare-button").click()
-    wait(driver, lambda: "done" in text(driver, "#compare-status"))
-    open_tab(driver, "chat")                  # the judge (never answering, 3 s timeout) is busy; the model is not
-    css(driver, "#chat-clear").click()
-    type_into(driver, "#chat-input", "Hi")
-    t0 = time.perf_counter()
-    css(driver, "#chat-send").click()
-    idle(driver)
-    assert time.perf_counter() - t0 < 3, "chat waited behind the judge"
-    open_tab(driver, "compare")
-    wait(driver, lambda: "No judge scores" in text(driver, "#compare-judge"), 30)
+    state, hung = IN_PROCESS["state"], IN_PROCESS["hung"]
+    state.judge_timeout = 8.0                 # the judge is waited for 8 s (the fixture's 3 s is for the others)
+    try:
+        t0 = time.monotonic()
+        compare(driver, "Name a colour.")
+        mine = lambda: [c for c in hung.connections if c[0] > t0]  # noqa: E731 - not an earlier test's judge
+        wait(driver, mine, 20)                                     # the judge is being asked, and never answers
+        asked = mine()[0]
+        send(driver, "Hi", answered=False)
+        wait(driver, lambda: bots(driver) and "⏳" not in bots(driver)[-1], 10)     # the chat is answering
+        answered = time.monotonic()
+        assert asked[1] is None or asked[1] > answered, \
+            f"chat answered {answered - asked[1]:.1f} s after the judge gave up: it waited behind the judge"
+        idle(driver)
+        open_tab(driver, "compare")
+        wait(driver, lambda: "No judge scores" in text(driver, "#compare-judge"), 30)
+        assert asked[1] is not None, "the judge's request ended with its timeout"
+    finally:
+        state.judge_timeout = 3.0
 
 
 @in_process
-@OPEN_14
 def test_3_each_answer_is_labelled_when_written_and_a_stopped_one_is_marked(driver, slow):
-    clear_chat(driver)
-    pick(driver, "#adapter-picker", "tiny-chat")
-    type_into(driver, "#chat-input", "Tell me a long story about the sea.")
-    css(driver, "#chat-send").click()
-    wait(driver, lambda: bots(driver) and "▍" in bots(driver)[-1], 20)
+    pick(driver, "#adapter-picker", "tiny-chat (chat)")
+    send(driver, "Tell me a long story about the sea.", answered=False)
+    wait(driver, lambda: streaming(driver), 20)
     pick(driver, "#adapter-picker", "none (base model)")       # switched in the middle of the answer
     css(driver, "#chat-stop").click()
     wait(driver, lambda: "stopped by you" in bots(driver)[-1], 10)
     first = bots(driver)[-1]
     assert "adapter tiny-chat" in first and ("sampling" in first or "greedy" in first)
-    type_into(driver, "#chat-input", "Hi")
-    css(driver, "#chat-send").click()
-    slow.lm.model.get_input_embeddings()._forward_hooks.clear()
-    idle(driver)
+    slow.off()
+    send(driver, "Hi")
     assert "no adapter" in bots(driver)[-1] and "adapter tiny-chat" in bots(driver)[0]
-
-
-def pick(d, selector: str, label: str) -> None:
-    """Choose `label` in a Gradio dropdown."""
-    box = css(d, f"{selector} input")
-    box.click()
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(label)
-    wait(d, lambda: [o for o in csss(d, "ul.options li") if o.text.strip() == label], 10)
-    [o for o in csss(d, "ul.options li") if o.text.strip() == label][0].click()
-    time.sleep(0.3)
+    assert "stopped by you" not in bots(driver)[-1]
 
 
 @in_process
-@OPEN_14
-def test_3_regenerate_undo_edit_and_export(driver, tmp_path):
-    clear_chat(driver)
-    type_into(driver, "#chat-input", "Hello there")
-    css(driver, "#chat-send").click()
-    idle(driver)
-    first = bots(driver)[-1]
-    css(driver, "#chat-regenerate").click()
-    wait(driver, lambda: len(bots(driver)) == 1)
-    idle(driver)
+def test_3_regenerate_undo_edit_and_export(driver):
+    import requests
+    send(driver, "Hello there")
+    assert "no adapter" in bots(driver)[-1]
+    pick(driver, "#adapter-picker", "tiny-chat (chat)")
+    css(driver, "#chat-regenerate").click()                     # written again, with the settings chosen now
+    wait(driver, lambda: len(bots(driver)) == 1 and "adapter tiny-chat" in bots(driver)[-1]
+         and not any(m in bots(driver)[-1] for m in ("▍", "⏳")))
+    pick(driver, "#adapter-picker", "none (base model)")
     css(driver, "#chat-edit").click()
     wait(driver, lambda: value(driver, "#chat-input") == "Hello there" and not users(driver), 10)
     box = css(driver, "#chat-input textarea")
@@ -458,12 +573,12 @@ def test_3_regenerate_undo_edit_and_export(driver, tmp_path):
     wait(driver, lambda: users(driver) and users(driver)[-1].strip() == "Hello there again", 10)
     idle(driver)
     css(driver, "#chat-export-json").click()
-    wait(driver, lambda: csss(driver, "#chat-export-file a"), 10)
-    link = css(driver, "#chat-export-file a").get_attribute("href")
-    import requests
-    exported = requests.get(link, timeout=10).json()
+    wait(driver, lambda: csss(driver, "#chat-export-file a")
+         and css(driver, "#chat-export-file a").get_attribute("href").endswith(".json"), 10)
+    exported = requests.get(css(driver, "#chat-export-file a").get_attribute("href"), timeout=10).json()
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
-    assert exported["messages"][1]["decoding"].startswith(("greedy", "sampling")) and "sampling" in exported["messages"][1]
+    answer = exported["messages"][1]
+    assert answer["adapter"] == "" and answer["decoding"].startswith(("greedy", "sampling")) and "sampling" in answer
     css(driver, "#chat-export-md").click()
     wait(driver, lambda: csss(driver, "#chat-export-file a")
          and css(driver, "#chat-export-file a").get_attribute("href").endswith(".md"), 10)
@@ -471,112 +586,129 @@ def test_3_regenerate_undo_edit_and_export(driver, tmp_path):
     assert "**You:**" in md and "Hello there again" in md and "no adapter" in md
     css(driver, "#chat-undo").click()
     wait(driver, lambda: not users(driver), 10)
-    assert first
 
 
 @in_process
-@FLAKY_14
 def test_4_compare_streams_both_sides_stops_and_offers_examples(driver, slow):
     open_tab(driver, "compare")
     assert "Examples (chat" in css(driver, "#tab-compare").text and "Examples (poem" in css(driver, "#tab-compare").text
-    type_into(driver, "#compare-input", "Write a long essay about the sea.")
-    css(driver, "#compare-button").click()
+    compare(driver, "Write a long essay about the sea.", done=False)
     wait(driver, lambda: "writing" in text(driver, "#compare-status") and value(driver, "#compare-left")
          and value(driver, "#compare-right"), 20)                # both sides at once, not one after the other
     css(driver, "#compare-stop").click()
     wait(driver, lambda: "stopped" in text(driver, "#compare-status"), 10)
     shown = value(driver, "#compare-left")
     time.sleep(1)
-    assert value(driver, "#compare-left") == shown
+    assert value(driver, "#compare-left") == shown, "the model went on writing after Stop"
 
 
 @in_process
-@OPEN_14
 def test_4_an_eval_set_example_gets_rouge_l_and_a_poem_adapter_keeps_the_form(driver):
     from harness.app.compare import eval_items
     items = eval_items()
     chat_prompt = next(p for p, it in items.items() if it["task"] == "chat" and it["reference"])
-    open_tab(driver, "compare")
-    paste_into(driver, "#compare-input", chat_prompt)
-    css(driver, "#compare-button").click()
-    wait(driver, lambda: "done" in text(driver, "#compare-status"))
+    compare(driver, chat_prompt, paste=True)
     assert "ROUGE-L" in text(driver, "#compare-left-figures") and "ROUGE-L" in text(driver, "#compare-right-figures")
+    assert not css(driver, "#compare-form").is_displayed() if csss(driver, "#compare-form") else True
     pick(driver, "#compare-adapter", "tiny-poem")
-    wait(driver, lambda: css(driver, "#compare-form").is_displayed(), 10)
-    type_into(driver, "#compare-input", "写一首五言绝句，题目：春夜")
-    css(driver, "#compare-button").click()
-    wait(driver, lambda: "done" in text(driver, "#compare-status") and "Form check" in text(driver, "#compare-left-figures"))
+    wait(driver, lambda: csss(driver, "#compare-form") and css(driver, "#compare-form").is_displayed(), 10)
+    compare(driver, "写一首五言绝句，题目：春夜")
+    wait(driver, lambda: "Form check" in text(driver, "#compare-left-figures"))
     assert "Form check: OK" in text(driver, "#compare-left-figures")
     assert "Form check: OK" in text(driver, "#compare-right-figures")
-    pick(driver, "#compare-adapter", "tiny-chat")
 
 
 @in_process
-@OPEN_14
 def test_4_blind_votes_hide_the_names_are_counted_and_can_be_undone(driver, monkeypatch):
     monkeypatch.setenv("FTBENCH_ADAPTERS", str(IN_PROCESS["adapters"]))   # the votes check the adapter exists
     open_tab(driver, "compare")
     pick(driver, "#compare-adapter", "tiny-chat")
-    blind = css(driver, "#compare-blind input")
-    if not blind.is_selected():
-        blind.click()
-
-    def compare(prompt):
-        type_into(driver, "#compare-input", prompt)
-        css(driver, "#compare-button").click()
-        wait(driver, lambda: "done" in text(driver, "#compare-status"))
-
-    compare("Name a fruit.")
+    css(driver, "#compare-blind input").click()
+    assert css(driver, "#compare-blind input").is_selected()
+    counted = votes_counted(driver)
+    assert counted >= 0, text(driver, "#votes-tally")
+    compare(driver, "Name a fruit.")
     heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
     assert heads.count("hidden until you vote") == 2 and "tiny-chat" not in heads and "Base" not in heads
-    before = text(driver, "#votes-tally")
     css(driver, "#vote-left").click()
     wait(driver, lambda: "Vote stored" in text(driver, "#vote-message"), 10)
     assert "counted" in text(driver, "#vote-message")
     heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
     assert "Fine-tuned: tiny-chat" in heads and "Base:" in heads, "the names are revealed after the vote"
-    wait(driver, lambda: "Votes counted: 1" in text(driver, "#votes-tally"), 10)
-    assert before != text(driver, "#votes-tally")
+    wait(driver, lambda: votes_counted(driver) == counted + 1, 10)
     css(driver, "#vote-tie").click()                                 # one vote per comparison
     wait(driver, lambda: "already voted" in text(driver, "#vote-message"), 10)
-    compare("Name a vegetable.")
+    assert votes_counted(driver) == counted + 1
+    compare(driver, "Name a vegetable.")
     css(driver, "#vote-tie").click()
-    wait(driver, lambda: "Votes counted: 2" in text(driver, "#votes-tally") and "tie 1" in text(driver, "#votes-tally"),
-         10)
-    open_accordion(driver, "compare", "Your votes")
-    wait(driver, lambda: len([c for c in csss(driver, "#votes-table td") if c.text.strip() == "tie"]) >= 1, 10)
-    [c for c in csss(driver, "#votes-table td") if c.text.strip() == "tie"][0].click()     # the newest vote's row
+    wait(driver, lambda: votes_counted(driver) == counted + 2 and "tie 1" in text(driver, "#votes-tally"), 10)
+    open_accordion(driver, "compare", "Your votes", "#votes-table")
+    wait(driver, lambda: [c for c in cells(driver, "#votes-table") if c.text.strip() == "tie"], 10)
+    [c for c in cells(driver, "#votes-table") if c.text.strip() == "tie"][0].click()     # the newest vote's row
     wait(driver, lambda: len(value(driver, "#vote-undo-id")) == 16, 10)
     css(driver, "#vote-undo").click()
-    wait(driver, lambda: "Votes counted: 1" in text(driver, "#votes-tally") and "1 undone" in text(driver, "#votes-tally"),
-         10)
-    assert "tie 0" in text(driver, "#votes-tally")
-    blind = css(driver, "#compare-blind input")
-    blind.click()                                                     # not blind: a vote is refused
-    compare("Name a tree.")
+    wait(driver, lambda: votes_counted(driver) == counted + 1 and "1 undone" in text(driver, "#votes-tally"), 10)
+    assert "tie 0" in text(driver, "#votes-tally") and "undone" in text(driver, "#vote-message")
+    css(driver, "#compare-blind input").click()                      # not blind: a vote is refused
+    compare(driver, "Name a tree.")
     css(driver, "#vote-left").click()
     wait(driver, lambda: "names were hidden" in text(driver, "#vote-message"), 10)
-    assert "Votes counted: 1" in text(driver, "#votes-tally")
+    assert votes_counted(driver) == counted + 1
 
 
 @in_process
-@FLAKY_14
+def test_13_the_leaderboard_shows_judges_against_your_votes(driver, monkeypatch):
+    """Issue 13 part 3 in the app: the leaderboard tab's judge-vs-human section (harness.agreement) shows each
+    judge that shares voted pairs with the humans, with its agreement, as the report does."""
+    from harness.agreement import agreement_summary
+    from harness.io import text_sha
+    from harness.store import Store
+    from harness.votes import cast_vote
+    monkeypatch.setenv("FTBENCH_ADAPTERS", str(IN_PROCESS["adapters"]))
+    state = IN_PROCESS["state"]
+    pairs = []
+    for i in range(24):            # made-up answers: 24 voted pairs; the made-up judge sides with 20 of them
+        a, b = f"answer a{i} " + "long " * (i % 3), f"answer b{i}"
+        human = "left" if i % 2 else "right"                 # A is shown on the left
+        judge_a_wins = (human == "left") if i < 20 else (human != "left")
+        cast_vote(state.store, prompt=f"made-up prompt {i}", response_left=a, response_right=b, side_a="left",
+                  model_a="", adapter_a="", model_b="", adapter_b="", seed_a=0, seed_b=0, choice=human,
+                  task="chat", item_id=f"m{i}")
+        pairs.append((f"m{i}", a, b, judge_a_wins))
+    with Store(state.store) as st:
+        st.put("judgments", [{"key": f"made-up-{item}-{side}", "judge": "made-up-judge", "prompt_version": "v1",
+                              "item": {"id": item, "response": resp}, "score": score, "parsed": True}
+                             for item, a, b, a_wins in pairs
+                             for side, resp, score in (("a", a, 80 if a_wins else 20), ("b", b, 20 if a_wins else 80))])
+    expected = next(r for r in agreement_summary(state.store) if r["judge"].startswith("made-up-judge"))
+    assert expected["n"] == 24 and round(expected["agree"], 3) == round(20 / 24, 3)
+    open_tab(driver, "leaderboard")
+    wait(driver, lambda: "Judges vs your votes" in text(driver, "#leaderboard-agreement"), 30)
+    d = driver
+    d.find_element(By.XPATH, "//*[@id='tab-leaderboard']//button[contains(., 'Reload CSVs')]").click()
+    wait(d, lambda: "made-up-judge (pointwise v1) agrees with your 24 votes 83% of the time" in
+         text(d, "#leaderboard-agreement"), 20)
+    assert expected["sentence"].split(":")[0] in text(d, "#leaderboard-agreement")
+    assert text_sha(pairs[0][1])         # the pairs are keyed by the answers' hashes, as the votes are
+
+
+@in_process
 def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_prepared(url, tiny_llama_dir,
                                                                                          tmp_path_factory):
-    import threading
+    import threading as threads
 
     import app as app_module
     from harness.app.state import AppState
     state = AppState(model=str(tiny_llama_dir), adapters_folder=IN_PROCESS["adapters"],
                      results_folder=IN_PROCESS["results"], store=str(tmp_path_factory.mktemp("store2") / "s.sqlite"))
-    release, real_get = threading.Event(), state.get_model
+    release, real_get = threads.Event(), state.get_model
 
     def slow_get_model():                   # the one-time conversion, held until the test lets it finish
         release.wait(60)
         return real_get()
     state.get_model = slow_get_model
     state.begin_prepare()                   # as main() does before the page is built
-    loader = threading.Thread(target=state.prepare, daemon=True)
+    loader = threads.Thread(target=state.prepare, daemon=True)
     t0 = time.perf_counter()
     demo = app_module.build_demo(state)
     port = free_port()
@@ -587,9 +719,8 @@ def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_
         wait(d, lambda: "loading the model" in css(d, "#model-status").text, 20)
         assert time.perf_counter() - t0 < 20, "the page is up within 20 s while the model is still preparing"
         assert "⏳" in css(d, "#model-status").text and state.phase == "preparing"
-        type_into(d, "#chat-input", "Hi")
-        css(d, "#chat-send").click()
-        wait(d, lambda: users(d) and bots(d) and "model is ready" in bots(d)[-1], 10)   # shown at once, waiting
+        send(d, "Hi", answered=False)
+        wait(d, lambda: bots(d) and "model is ready" in bots(d)[-1], 10)   # shown at once, waiting
         release.set()
         wait(d, lambda: "⏳" not in css(d, "#model-status").text, 30)
         idle(d)
@@ -601,15 +732,13 @@ def test_10_the_first_start_serves_the_page_at_once_and_says_the_model_is_being_
 
 
 @in_process
-@FLAKY_14
 def test_5_errors_never_hide_the_conversation_and_the_base_picker_shows_the_base_in_use(driver):
-    clear_chat(driver)
-    type_into(driver, "#chat-input", "Hello")
-    css(driver, "#chat-send").click()
-    idle(driver)
-    css(driver, "#chat-input textarea").clear()
+    send(driver, "Hello")
+    type_into(driver, "#chat-input", "")
     css(driver, "#chat-send").click()                           # an empty Send
     wait(driver, lambda: "empty" in text(driver, "#chat-notice"), 10)
+    time.sleep(1)                                               # the notice stays (no later update erases it)
+    assert "empty" in text(driver, "#chat-notice")
     assert css(driver, "#chatbot").is_displayed() and len(bots(driver)) == 1
     assert not csss(driver, "#chatbot .error"), "an error badge over the conversation"
     base = css(driver, "#base-picker input").get_attribute("value")
@@ -624,7 +753,6 @@ def test_5_errors_never_hide_the_conversation_and_the_base_picker_shows_the_base
 
 
 @in_process
-@OPEN_14
 def test_6_the_leaderboard_labels_decoding_draws_intervals_and_opens_items_and_diffs(driver):
     open_tab(driver, "leaderboard")
     wait(driver, lambda: css(driver, "#leaderboard-notice").text.strip(), 30)
@@ -634,11 +762,11 @@ def test_6_the_leaderboard_labels_decoding_draws_intervals_and_opens_items_and_d
     assert "decoding" in table and "form-constrained" in table and "free" in table
     caption = text(driver, "#leaderboard-caption")
     assert "form_ok_rate" in caption and "Wilson 95% interval" in caption and "eval set · decoding" in caption
-    cell = [c for c in csss(driver, "#leaderboard-table td") if c.text.strip() == "poems_own"][0]
+    cell = [c for c in cells(driver, "#leaderboard-table") if c.text.strip() == "poems_own"][0]
     cell.click()
     wait(driver, lambda: "items from results/runs/poem" in text(driver, "#leaderboard-items-note"), 20)
     assert "made-up poem" in text(driver, "#leaderboard-items")
-    open_accordion(driver, "leaderboard", "Diff two runs")
+    open_accordion(driver, "leaderboard", "Diff two runs", "#diff-button")
     css(driver, "#diff-button").click()
     wait(driver, lambda: "items in common" in text(driver, "#diff-note"), 20)
     assert "2 differ" in text(driver, "#diff-note") and "made-up poem" in text(driver, "#diff-table")
@@ -648,9 +776,7 @@ def test_6_the_leaderboard_labels_decoding_draws_intervals_and_opens_items_and_d
 
 
 @in_process
-@OPEN_14
 def test_7_a_long_paste_is_refused_with_how_much_is_too_many_and_kept_in_full(driver):
-    clear_chat(driver)
     long = "word " * 900                                        # 4,500 characters
     paste_into(driver, "#chat-input", long)
     css(driver, "#chat-send").click()
@@ -658,7 +784,6 @@ def test_7_a_long_paste_is_refused_with_how_much_is_too_many_and_kept_in_full(dr
     assert "4,499 characters" in text(driver, "#chat-notice") and "499 too many" in text(driver, "#chat-notice")
     assert len(value(driver, "#chat-input")) == len(long), "the browser cut the paste"
     assert not users(driver)
-    css(driver, "#chat-input textarea").clear()
     open_tab(driver, "spam")
     paste_into(driver, "#spam-input", long)
     css(driver, "#spam-button").click()
@@ -667,39 +792,32 @@ def test_7_a_long_paste_is_refused_with_how_much_is_too_many_and_kept_in_full(dr
 
 
 @in_process
-@OPEN_14
 def test_8_the_poem_tab_form_box_wording_budget_and_language_warning(driver):
     open_tab(driver, "poem")
-    open_accordion(driver, "poem", "Sampling")
+    open_accordion(driver, "poem", "Sampling", "#poem-max-tokens")
     tokens = css(driver, "#poem-max-tokens input[type='number']")
-    tokens.clear()
+    tokens.send_keys(Keys.CONTROL, "a")
     tokens.send_keys("16", Keys.TAB)                            # far too few for a 五言绝句 by hand
-    type_into(driver, "#poem-topic", "春夜")
-    css(driver, "#poem-button").click()
-    wait(driver, lambda: css(driver, "#poem-check").text.startswith("Form check: OK"))
-    assert "4 lines × 5 characters, as a 五言绝句 needs" in css(driver, "#poem-check").text
+    check = write_poem(driver, "春夜")
+    assert check.startswith("Form check: OK") and "4 lines × 5 characters, as a 五言绝句 needs" in check
     driver.find_element(By.XPATH, "//*[@id='poem-lang']//label[contains(., 'English')]").click()
     wait(driver, lambda: not csss(driver, "#poem-enforce") or not css(driver, "#poem-enforce").is_displayed(), 10)
-    pick(driver, "#adapter-picker", "tiny-poem (poem_zh)")
+    pick(driver, "#adapter-picker", "tiny-poem (poem)")
     wait(driver, lambda: "trained on Chinese poems" in text(driver, "#poem-warning"), 10)
     pick(driver, "#poem-form", "free verse")
-    type_into(driver, "#poem-topic", "the sea")
-    css(driver, "#poem-button").click()
-    wait(driver, lambda: css(driver, "#poem-check").text.startswith("Form check: OK. Free verse"))
-    assert "as expected" not in css(driver, "#poem-check").text
-    assert not value(driver, "#poem-output").endswith("\ufffd")
-    pick(driver, "#adapter-picker", "none (base model)")
+    check = write_poem(driver, "the sea", check="Form check: OK. Free verse")
+    assert "as expected" not in check
+    assert value(driver, "#poem-output").strip() and not value(driver, "#poem-output").endswith("\ufffd")
 
 
 @in_process
-@FLAKY_14
 def test_9_the_batch_csv_keeps_the_users_columns_with_the_clis_names(driver, tmp_path):
     f = tmp_path / "mine.csv"
     f.write_text("id,text,note\n17,Win a prize now,a\n18,See you at noon,b\n", encoding="utf-8")
     open_tab(driver, "spam")
-    open_accordion(driver, "spam", "Classify a file")
+    open_accordion(driver, "spam", "Classify a file", "#spam-file input[type='file']")
     css(driver, "#spam-file input[type='file']").send_keys(str(f))
-    time.sleep(1)
+    wait(driver, lambda: "mine" in text(driver, "#spam-file") and ".csv" in text(driver, "#spam-file"), 10)  # uploaded
     css(driver, "#spam-file-button").click()
     wait(driver, lambda: "2 messages" in text(driver, "#spam-file-summary"), 30)
     head = text(driver, "#spam-preview")
@@ -709,19 +827,18 @@ def test_9_the_batch_csv_keeps_the_users_columns_with_the_clis_names(driver, tmp
 
 
 @in_process
-@OPEN_14
 def test_12_a_phone_width_page_has_a_small_header_and_every_tab(url, tmp_path_factory):
-    d = make_driver(url, tmp_path_factory.mktemp("phone-profile"), width=390, height=844)
+    d = make_driver(url, tmp_path_factory.mktemp("phone-profile"), width=390, height=844, phone=True)
     try:
         wait(d, lambda: "Model:" in css(d, "#model-status").text, 60)
+        assert d.execute_script("return window.innerWidth") == 390
         tabs = [b for b in csss(d, "button[role='tab']") if b.is_displayed()]
         assert [b.text for b in tabs] == ["Chat", "Spam", "Poem", "Compare", "Leaderboard"]
-        top = css(d, "#tab-chat").location["y"] if css(d, "#tab-chat").is_displayed() else 0
         header = css(d, "#model-status").location["y"] + css(d, "#model-status").size["height"]
         assert header < 360, f"the header takes {header} px of 844"
         tabs[-1].click()
         wait(d, lambda: css(d, "#tab-leaderboard").is_displayed(), 10)
-        assert d.execute_script("return document.documentElement.scrollWidth") <= 400, "the page scrolls sideways"
-        assert top >= 0
+        wide = d.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= 390, f"the page scrolls sideways ({wide} px wide on a 390 px screen)"
     finally:
         d.quit()
