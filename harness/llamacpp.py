@@ -11,7 +11,9 @@
 
 The base is never reloaded: an adapter is a llama_adapter_lora_init() handle on the loaded model, switched on
 the context with llama_set_adapters_lora() (no adapters = the base). A switch drops the KV cache (its keys
-were computed with the other adapter); the same adapter twice in a row reuses the cached prompt prefix.
+were computed with the other adapter). Every request evaluates its whole prompt from an empty cache: with
+llama-cpp-python's prefix reuse, the same greedy request gave another text the second time (measured: a fresh
+context agrees with transformers, the reused one did not); a 135M model prefills a chat prompt in milliseconds.
 Prompts are rendered with the GGUF's own chat template, as llama.cpp's server renders them, and tokenized
 without an added BOS (the template carries its own special tokens), as the transformers path does.
 """
@@ -161,6 +163,7 @@ class LlamaCppEngine:
             raise UserError(f"repeat_penalty must be between 1 and 2 (1 = none), got {repeat_penalty}")
         with self.lock:
             self._switch(adapter)
+            self.llm.reset()      # no prefix reuse: a reused cache changed greedy answers (module docstring)
             ids = self.render(messages, max_new_tokens, system)
             stats.prompt_tokens = len(ids)
             stats.extra.update(engine="llama.cpp", adapter=self.active or "base")

@@ -674,22 +674,19 @@ def test_llama_cpp_serves_plain_chat_and_falls_back_with_a_notice(tiny_llama_dir
 def test_llama_cpp_takes_the_repetition_penalty():
     """LlamaCppEngine.stream_chat(repeat_penalty=...) reaches llama.cpp's sampler: on a prompt that invites
     repetition, greedy text with a strong penalty differs from the unpenalised one and repeats itself less
-    (llama.cpp penalises the last 64 tokens; transformers the whole sequence). About 10 s on 2 cores."""
+    (llama.cpp penalises the last 64 tokens; transformers the whole sequence). About 5 s on 2 cores."""
     from harness import llamacpp
     ok, why = llamacpp.is_available()
     if not ok:
         pytest.skip(why)
     engine = llamacpp.load_engine(n_threads=1, n_ctx=512)
     try:
-        ask = [{"role": "user", "content": "Write the word 'cat' again and again, separated by spaces."}]
-        plain = engine.chat(ask, max_new_tokens=32)
+        ask = [{"role": "user", "content": "List the numbers from 1 to 20, one per line."}]
+        plain = engine.chat(ask, max_new_tokens=32)                     # "1, 2, 3, 4, ...": ", " over and over
         again = "".join(engine.stream_chat(ask, max_new_tokens=32, repeat_penalty=1.0))
         penalised = "".join(engine.stream_chat(ask, max_new_tokens=32, repeat_penalty=1.8))
-        assert plain == again, "greedy and penalty 1.0 (the default) are deterministic"
-        assert penalised != plain
-        words = lambda t: t.lower().split()  # noqa: E731
-        assert len(set(words(penalised))) / max(1, len(words(penalised))) > \
-            len(set(words(plain))) / max(1, len(words(plain))), (plain, penalised)
+        assert plain == again, "greedy, and penalty 1.0 (the default), give the same text every time"
+        assert penalised != plain and penalised.count(",") < plain.count(","), (plain, penalised)
         with pytest.raises(UserError, match="repeat_penalty must be between 1 and 2"):
             next(engine.stream_chat(ask, max_new_tokens=4, repeat_penalty=0.5))
     finally:
