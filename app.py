@@ -110,6 +110,15 @@ def guard(fn, notice_of: int | None = None):
     return call
 
 
+def paced(fn):
+    """A streaming UI handler whose updates reach the page at most 10 times a second (streaming.throttled); API
+    endpoints call the handler itself and get every update."""
+    @functools.wraps(fn)
+    def gen(*args, **kwargs):
+        yield from throttled(fn(*args, **kwargs))
+    return gen
+
+
 def session(request) -> str:
     return getattr(request, "session_hash", None) or ""
 
@@ -373,8 +382,8 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
 
     def write_fn(topic_, language, form_, adapter, t, p, n, s, r, enforce_, request: gr.Request):
         sampling_ = Sampling.from_ui(t, p, n, s, r)
-        for poem, report, info in throttled(P.poem_job(state, session(request), topic_, language, form_, adapter,
-                                                       sampling_, bool(enforce_) if enforce_ is not None else True)):
+        for poem, report, info in P.poem_job(state, session(request), topic_, language, form_, adapter, sampling_,
+                                             bool(enforce_) if enforce_ is not None else True):
             info = dict(info)
             rendered = info.pop("prompt", gr.skip())
             shown = {k: v for k, v in report.items() if k not in ("summary", "warning")} or None
@@ -386,7 +395,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
     gr.on([lang.change, ui["adapter_dd"].change], warn_fn, [ui["adapter_dd"], lang], warning, queue=False,
           api_visibility="private")
     notice = gr.Markdown(elem_id="poem-notice", elem_classes="notice")
-    ev = write.click(guard(write_fn, 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+    ev = write.click(guard(paced(write_fn), 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
                      [out, check, details, prompt, stats, warning, notice], show_progress="minimal",
                      api_visibility="private", **GENERATE)
     stop.click(stopper(state), None, None, queue=False,

@@ -792,3 +792,32 @@ def test_a_closed_page_leaves_nothing_queued_and_no_count_behind(tiny_llama_dir)
     assert state.lm is None, "nothing was generated for the page that went away"
     *_, (shown, info) = C.generate_pending(state, "here")
     assert info["new_tokens"] >= 1 and not state._jobs
+
+
+def test_a_finished_row_leaves_the_batch_and_the_other_row_writes_as_alone(tiny_llama_dir, adapters, monkeypatch):
+    """Compare's batch drops a row once it has ended (its KV cache too), so the longer answer goes on at one
+    row's cost; the texts are still token for token those of each side alone (greedy)."""
+    from harness.app import streaming
+    from harness.generation import GenerationConfig, StreamStats
+    state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters)
+    lm = state.get_model()
+    prompt = lm.render_instruction("Name three colors.")
+    cfg = GenerationConfig(max_new_tokens=24, repetition_penalty=1.0)
+    alone = {a: streaming.stream_rows(None, lm, prompt, [a], cfg) for a in (None, "tiny-chat")}
+    alone = {a: list(g)[-1][0] for a, g in alone.items()}
+    ids = {a: lm.tokenizer(t, add_special_tokens=False)["input_ids"] for a, t in alone.items()}
+    # a token the base writes half-way and the adapter never writes becomes an end of text: the base row ends early
+    stop = next(t for t in ids[None][4:] if t not in ids["tiny-chat"] and t not in ids[None][:4])
+    real = streaming._eos_ids
+    monkeypatch.setattr(streaming, "_eos_ids", lambda lm_: real(lm_) | {stop})
+    selected = []
+    import transformers
+    original = transformers.DynamicCache.batch_select_indices
+    monkeypatch.setattr(transformers.DynamicCache, "batch_select_indices",
+                        lambda self, index: (selected.append(index.tolist()), original(self, index))[1])
+    short = list(streaming.stream_rows(None, lm, prompt, [None], cfg))[-1][0]
+    stats = [StreamStats(), StreamStats()]
+    both = list(streaming.stream_rows(None, lm, prompt, [None, "tiny-chat"], cfg, stats=stats))[-1]
+    assert selected == [[1]], "the base row left the batch once it ended"
+    assert both == [short, alone["tiny-chat"]] and len(short) < len(alone[None])
+    assert stats[0].finish_reason == "stop" and stats[1].new_tokens == 24

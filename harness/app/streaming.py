@@ -123,6 +123,10 @@ def stream_rows(state, lm, prompt: str, adapters: list[str | None], cfg, stop_ev
     done = [False] * n
     texts = [""] * n
     past = None
+    active = list(range(n))          # the rows still in the batch (original indices)
+    # Finished rows are dropped from the batch (and its KV cache) unless the form constraint keeps per-row state
+    # by batch position: Compare's base + adapter then costs one row's steps once the shorter answer has ended.
+    compact = not cfg.form
     t0 = time.perf_counter()
     cur = all_ids
     try:
@@ -139,6 +143,7 @@ def stream_rows(state, lm, prompt: str, adapters: list[str | None], cfg, stop_ev
                     kw["adapter_names"] = names
                 out = lm.model(**kw)
                 past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                compact = compact and hasattr(past, "batch_select_indices")
                 scores = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
                 scores = procs(all_ids, scores)
                 if cfg.do_sample:
@@ -148,29 +153,37 @@ def stream_rows(state, lm, prompt: str, adapters: list[str | None], cfg, stop_ev
                     nxt = scores.argmax(-1)
             elapsed = time.perf_counter() - t0
             ids = nxt.tolist()
-            for r in range(n):
+            for j, r in enumerate(active):
                 if done[r]:
-                    ids[r] = pad
+                    ids[j] = pad
                     continue
                 st = stats[r]
                 st.forward_passes += 1
                 st.seconds = elapsed
                 if st.first_token_seconds is None:
                     st.first_token_seconds = elapsed
-                if ids[r] in eos:
+                if ids[j] in eos:
                     done[r], st.finish_reason = True, "stop"
                     continue
-                new[r].append(ids[r])
+                new[r].append(ids[j])
                 st.new_tokens = len(new[r])
                 text, stopped = _cut(tok.decode(new[r], skip_special_tokens=True), stops)
                 texts[r] = text
                 if stopped:
                     done[r], st.finish_reason = True, "stop"
+            if all(done):
+                yield [t[:-1] if t.endswith(BROKEN) else t for t in texts]
+                break
+            keep = [j for j, r in enumerate(active) if not done[r]]
+            if compact and len(keep) < len(active):      # a finished row leaves the batch: later steps are cheaper
+                index = torch.tensor(keep, device=lm.device)
+                past.batch_select_indices(index)
+                all_ids, active, ids = all_ids[index], [active[j] for j in keep], [ids[j] for j in keep]
+                if names:
+                    names = [names[j] for j in keep]
             cur = torch.tensor(ids, device=lm.device).unsqueeze(1)
             all_ids = torch.cat([all_ids, cur], dim=1)
             yield [t[:-1] if t.endswith(BROKEN) else t for t in texts]
-            if all(done):
-                break
     finally:
         elapsed = time.perf_counter() - t0
         for r, st in enumerate(stats):
