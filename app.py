@@ -36,7 +36,7 @@ from harness.app import poem as P
 from harness.app.classify import classifier_choices, classify_file, classify_message, default_classifier, spam_examples
 from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
                                base_choices, stats_info, status_line, task_hints)
-from harness.app.streaming import throttled
+from harness.app.streaming import run_ahead, throttled
 from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
 from harness import leaderboard_view as LB
@@ -274,7 +274,9 @@ def build_chat_tab(state: AppState, ui: dict) -> None:
     # the stateless API endpoint /chat (history in, history out); hidden from the page
     def api_chat(message, history, system_text, adapter, t, p, n, s, r, request: gr.Request):
         sampling_ = Sampling.from_ui(t, p, n, s, r)
-        for hist, info in C.chat_turn(state, message, history, system_text, adapter, sampling_, session(request)):
+        # the model runs ahead of the client: a client slower than the model gets the newest text at each update
+        for hist, info in run_ahead(C.chat_turn(state, message, history, system_text, adapter, sampling_,
+                                                session(request))):
             info = dict(info)
             yield hist, "", info.pop("prompt"), info
 

@@ -93,9 +93,9 @@ def test_stable_api_names(client):
     assert {"/chat", "/classify", "/poem", "/compare"} <= names
 
 
-def test_chat_streams_and_continues_the_conversation(client, served):
+def test_chat_streams_and_continues_the_conversation(client, served, slow_model):
     lm = served[1].lm
-    job = client.submit(*chat_args("Hello", adapter="tiny-chat"), api_name="/chat")
+    job = client.submit(*chat_args("Hello", adapter="tiny-chat"), api_name="/chat")   # 24 slowed tokens
     updates = list(job)
     history, cleared, prompt, info = job.outputs()[-1]
     assert len(updates) > 2, "the reply streams in several updates"
@@ -821,3 +821,37 @@ def test_a_finished_row_leaves_the_batch_and_the_other_row_writes_as_alone(tiny_
     assert selected == [[1]], "the base row left the batch once it ended"
     assert both == [short, alone["tiny-chat"]] and len(short) < len(alone[None])
     assert stats[0].finish_reason == "stop" and stats[1].new_tokens == 24
+
+
+def test_run_ahead_passes_the_newest_snapshot_the_last_and_errors_and_stops_the_stream():
+    from harness.app.streaming import run_ahead
+    closed = []
+
+    def model(n, fail=False):
+        try:
+            for i in range(n):
+                time.sleep(0.002)
+                yield i
+            if fail:
+                raise UserError("the model failed")
+        finally:
+            closed.append(n)
+
+    seen = []
+    for item in run_ahead(model(200)):
+        seen.append(item)
+        time.sleep(0.05)                      # a slow client: the model does not wait for it
+    assert seen[0] == 0 and seen[-1] == 199 and len(seen) < 100 and seen == sorted(seen)
+    gen = run_ahead(model(3, fail=True))
+    got = []
+    with pytest.raises(UserError, match="the model failed"):
+        for item in gen:
+            got.append(item)
+    assert got and got[-1] == 2
+    early = run_ahead(model(10_000))
+    assert next(early) == 0
+    early.close()                              # the client went away: the stream stops at its next step
+    deadline = time.monotonic() + 5
+    while 10_000 not in closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 10_000 in closed

@@ -336,9 +336,26 @@ def compare(d, prompt: str, paste: bool = False, done: bool = True) -> None:
     """Compare: put a prompt in and press Compare; with `done`, wait until both sides are written."""
     open_tab(d, "compare")
     (paste_into if paste else type_into)(d, "#compare-input", prompt)
+    before = compare_records()            # kept alive, so a new record is told apart from these by identity
+    shown = text(d, "#compare-status")
     css(d, "#compare-button").click()
-    if done:
-        wait(d, lambda: text(d, "#compare-status") == "done")
+    if not done:
+        return
+    if "state" in IN_PROCESS:            # the page may still show the previous comparison's "done"
+        wait(d, lambda: [r for r in compare_records() if all(r is not b for b in before)
+                         and r["prompt"] == prompt.strip() and r["status"] in ("done", "stopped", "failed")])
+    else:
+        assert shown != "done", "one comparison per page in the tab test: its status starts empty"
+    wait(d, lambda: text(d, "#compare-status") == "done")
+
+
+def compare_records() -> list[dict]:
+    """The in-process app's comparison records, one per session that compared ([] for an external app)."""
+    state = IN_PROCESS.get("state")
+    if state is None:
+        return []
+    with state._lock:
+        return [data["compare"] for data in state.sessions.values() if data.get("compare")]
 
 
 def classify(d, message: str) -> str:
@@ -355,8 +372,9 @@ def write_poem(d, topic: str, check: str = "Form check: ") -> str:
     """Poem: write one on a topic; returns the form check once it starts with `check` (the poem is done)."""
     open_tab(d, "poem")
     type_into(d, "#poem-topic", topic)
+    before = text(d, "#poem-check")           # "Form check: —", or the previous poem's (each test differs)
     css(d, "#poem-button").click()
-    wait(d, lambda: text(d, "#poem-check").startswith(check) and not any(
+    wait(d, lambda: text(d, "#poem-check") != before and text(d, "#poem-check").startswith(check) and not any(
         w in text(d, "#poem-check") for w in ("writing", "waiting")))
     return text(d, "#poem-check")
 

@@ -55,6 +55,51 @@ def throttled(updates, every: float = 0.1):
             close()
 
 
+def run_ahead(updates):
+    """Run a stream of page updates (each a whole snapshot) in its own thread and pass on the newest one each time
+    the consumer asks for the next: the model never waits while an update travels to the client. Measured through
+    /chat on 2 cores: each update costs Gradio ~25 ms, which halved llama.cpp's ~48 tokens/s when the generator
+    waited for it. The first and the last snapshot are always passed on; an error in the stream is raised here
+    after the snapshots before it; closing this closes the stream at its next step (Stop still works at once)."""
+    cond = threading.Condition()
+    box = {"item": None, "n": 0, "done": False, "error": None, "closing": False}
+
+    def produce():
+        try:
+            for item in updates:
+                with cond:
+                    box["item"], box["n"] = item, box["n"] + 1
+                    cond.notify_all()
+                    if box["closing"]:
+                        break
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            box["error"] = e
+        finally:
+            close = getattr(updates, "close", None)
+            if close is not None:
+                close()
+            with cond:
+                box["done"] = True
+                cond.notify_all()
+
+    threading.Thread(target=produce, name="ftbench-stream", daemon=True).start()
+    seen = 0
+    try:
+        while True:
+            with cond:
+                cond.wait_for(lambda: box["n"] > seen or box["done"])
+                if box["n"] > seen:
+                    seen, item = box["n"], box["item"]
+                elif box["error"] is not None:
+                    raise box["error"]
+                else:
+                    return
+            yield item
+    finally:
+        with cond:
+            box["closing"] = True
+
+
 def _processors(lm, cfg):
     from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                               TopPLogitsWarper)
