@@ -32,6 +32,15 @@ for adapter in "" smollm2-135m-poem-zh; do
     done
   done
 done
+# poem on the second offline base (Gemma-3-270M): its base and its Tang-poem adapter, free and form-constrained
+for adapter in "" gemma3-270m-poem-zh; do
+  for es in poems_own poems_zh:test_jueju; do
+    for decoding in free form; do
+      python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" \
+        --judge none --max-new-tokens 120
+    done
+  done
+done
 # spam: the base zero-shot (label likelihoods), the classification-head adapter and the label-as-text adapter
 for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
   for es in sms_own sms_spam:test sms_spam:natural_test; do
