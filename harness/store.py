@@ -24,6 +24,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,20 +108,36 @@ class Store:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: a killed process loses no commit
             self._db.execute("PRAGMA busy_timeout=30000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise UserError(f"store {self.path} was written by a newer ftbench (schema {version}): "
-                                f"upgrade, or pass another store path")
-            for table, cols in TABLES.items():
-                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                                 + ", ".join(f"{c} {t}" for c, t in cols) + ")")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Several processes may open a new store at once: switching to WAL can answer "locked" at once,
+            # without waiting on the busy timeout, so the set-up is retried for up to ~30 s.
+            for attempt in range(60):
+                try:
+                    self._setup()
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 59:
+                        raise
+                    time.sleep(0.05 + 0.01 * attempt)
         except sqlite3.DatabaseError as e:
             raise UserError(f"cannot open the store {self.path} ({e}): if it is damaged, move it aside "
                             f"(completed items in it would be redone) or set FTBENCH_CACHE to another folder") from None
+
+    def _setup(self) -> None:
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: a killed process loses no commit
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(f"store {self.path} was written by a newer ftbench (schema {version}): "
+                            f"upgrade, or pass another store path")
+        have = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, cols in TABLES.items():
+            if table not in have:
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
+                                 + ", ".join(f"{c} {t}" for c, t in cols) + ")")
+        if version != SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ------------------------------------------------------------ basics
     def close(self) -> None:
