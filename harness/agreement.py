@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +144,7 @@ def sentence(r: dict) -> str:
 def pairwise_predictions(rows: list[dict]) -> dict[tuple, dict[tuple, dict]]:
     """Store `pairwise` rows -> {(judge, prompt_version, method): {(item_id, sha_a, sha_b): prediction}} for
     both orientations of every pair judged in both orders (the newest verdict per order wins)."""
-    from harness.pairwise import combine
-
-    from harness.pairwise import debias
+    from harness.pairwise import combine, debias
 
     single: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
     for r in sorted(rows, key=lambda r: r["created_at"] or ""):

@@ -470,6 +470,16 @@ def _reason(reason: Any) -> str:
 
 # ---------------------------------------------------------------- generating
 
+def chat_turns(messages: list[dict]) -> list[dict]:
+    """The user and assistant turns of a conversation that hold text (what a chat template renders); a
+    conversation without any is one sentence."""
+    turns = [{"role": m["role"], "content": str(m["content"])} for m in messages
+             if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
+    if not turns:
+        raise UserError("the conversation has no message to answer: write one")
+    return turns
+
+
 def stream_chat(engine: Engine, req: EngineRequest, stop_event: threading.Event | None = None,
                 stats: dict | None = None) -> Iterator[str]:
     """Stream one chat answer from a server engine, chunk by chunk (the app's chat and poem tabs). Setting

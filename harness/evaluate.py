@@ -34,7 +34,7 @@ from harness.io import check_writable_dir, check_writable_file, read_text, slug,
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
 from harness.models import model_fingerprint
 from harness.paths import PROJECT_ROOT, cache_dir, results_dir
-from harness.store import Store, content_key, generation_key, judgment_key, now_iso
+from harness.store import Store, generation_key, judgment_key, now_iso
 
 __all__ = ["slug", "run", "RunConfig", "RunResult", "run_cmd", "judge_file", "load_items"]
 
@@ -436,8 +436,16 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         load_pairwise_prompt(task.name, jcfg.prompt_version)         # the prompt file exists and is valid
         base_path = find_run(str(baseline))
         base_rows, base_name = read_run(base_path), f"baseline {base_path.stem}"
-        check_baseline([{"eval_set": es.name, "item_id": it["id"]} for it in items], base_rows,
-                       "this run", base_name)
+
+        def check_against_baseline(model_name: str | None = None) -> None:
+            """Same eval set and items (before anything loads), then not the same checkpoint (once the model's
+            name is known, before any generation)."""
+            ident = {} if model_name is None else {"model": model_name, "adapter": adapter or "",
+                                                   "decoding": "" if decoding == "free" else decoding}
+            check_baseline([{"eval_set": es.name, "item_id": it["id"], **ident} for it in items], base_rows,
+                           "this run", base_name)
+
+        check_against_baseline()
     gcfg = gen_config or GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
     own_store = store is None
     store = store or Store()
@@ -456,18 +464,15 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         if engine is not None:
             model_name, adapter_sha, method = engine.config.spec, "", ""
             if pairwise:
-                check_baseline([{"eval_set": es.name, "item_id": it["id"], "model": model_name,
-                                 "adapter": adapter or "", "decoding": ""} for it in items], base_rows, "this run", base_name)
+                check_against_baseline(model_name)
             outs, generated = _generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
                                                           progress)
         else:
             if lm is None:
                 lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
             model_name = lm.name
-            if pairwise:       # not the same checkpoint as the baseline: before any generation
-                check_baseline([{"eval_set": es.name, "item_id": it["id"], "model": model_name,
-                                 "adapter": adapter or "", "decoding": "" if decoding == "free" else decoding}
-                                for it in items], base_rows, "this run", base_name)
+            if pairwise:
+                check_against_baseline(model_name)
             adapter_sha = _adapter_sha(lm, adapter, task)
             method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
             if task.kind == "classify":
@@ -669,12 +674,10 @@ def _keyed_responses(path: str | Path, store: Store, name: str) -> dict[str, str
     (a rows file written by `run`, or a run id under results/runs/, keyed by item_id)."""
     from harness.pairwise import find_run, read_run, responses_of
     p = Path(path)
-    if p.is_file() and p.suffix == ".jsonl":
+    if p.is_file():
         first = next((line for line in read_text(p, name).splitlines() if line.strip()), "")
-        if '"item_id"' not in first:           # not a run's rows: a responses file
+        if p.suffix != ".jsonl" or '"item_id"' not in first:       # not a run's rows: a responses file
             return {str(r.get("id", r["_line"])): r["model_response"] for r in read_responses(p)}
-    elif p.is_file():
-        return {str(r.get("id", r["_line"])): r["model_response"] for r in read_responses(p)}
     return responses_of(read_run(find_run(str(path))), store, name)
 
 
@@ -858,15 +861,11 @@ def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), r
     st = Store(store) if store else None
     try:
         if judge_mode == "pairwise":
-            own = st is None
-            st = st or Store()
+            st = st or Store()                     # closed below, like a store named by --store
             rows, res = judge_pairwise_file(responses, str(baseline), output, judge, st, retry_unparsed)
             print(_pairwise_line(judge.spec, str(baseline), rows))
             print(f"{len(rows)} items, {res.asked} single-order verdicts asked [{time.perf_counter() - t0:.1f} s] "
                   f"-> {output}")
-            if own:
-                st.close()
-                st = None
             return 0
         rows = judge_file(responses, output, judge_config=judge, store=st,
                           retry_unparsed=retry_unparsed)

@@ -126,10 +126,8 @@ class LlamaCppEngine:
 
     def render(self, messages: list[dict], max_new_tokens: int = 0, system: str | None = None) -> list[int]:
         """Prompt tokens of a conversation in the GGUF's chat template, oldest turns dropped to fit n_ctx."""
-        turns = [{"role": m["role"], "content": str(m["content"])} for m in messages
-                 if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
-        if not turns:
-            raise UserError("the conversation has no message to answer: write one")
+        from harness.engines import chat_turns
+        turns = chat_turns(messages)
         while True:
             msgs = ([{"role": "system", "content": system}] if system else []) + turns
             text = self._formatter(messages=msgs).prompt

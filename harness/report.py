@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 from harness.errors import UserError
@@ -486,16 +485,16 @@ def _markdown(cmp: dict, rows_a: list[dict], rows_b: list[dict], paths: tuple[st
     return "\n".join(L) + "\n"
 
 
-def pairwise_runs_against(baseline_path: str | Path, model: str, adapter: str) -> list[Path]:
-    """The pairwise runs (`run --judge-mode pairwise --baseline <that run>`) of model+adapter against a run,
-    found beside it."""
+def pairwise_runs_against(baseline_path: str | Path, model: str, adapter: str) -> list[tuple[Path, list[dict]]]:
+    """(path, rows) of the pairwise runs (`run --judge-mode pairwise --baseline <that run>`) of model+adapter
+    against a run, found beside it."""
     folder, stem = Path(baseline_path).parent, Path(baseline_path).stem
     found = []
     for f in sorted(folder.glob("*.jsonl")):
         rows = read_rows(f)
         if rows and rows[0].get("pw_baseline") == stem and rows[0].get("model") == model \
                 and (rows[0].get("adapter") or "") == adapter:
-            found.append(f)
+            found.append((f, rows))
     return found
 
 
@@ -507,8 +506,8 @@ def _pairwise_sections(rows_a: list[dict], rows_b: list[dict], a: dict, b: dict,
     out: list[str] = []
     sources = [(rows_a, a, b, paths[1], None), (rows_b, b, a, paths[0], None)]
     for them, me, their_path in ((a, b, run_paths[0]), (b, a, run_paths[1])):
-        sources += [(read_rows(f), me, them, str(their_path), f)
-                    for f in pairwise_runs_against(their_path, me["model"], me["adapter"])]
+        sources += [(rows, me, them, str(their_path), f)
+                    for f, rows in pairwise_runs_against(their_path, me["model"], me["adapter"])]
     for rows, info, other, other_path, source in sources:
         res = result_from_rows(rows)
         if res is None:

@@ -61,20 +61,12 @@ def server_route(engine: str, adapter: str | None, form: str = "") -> tuple[Any,
     return srv, ""
 
 
-def server_messages(messages: list[dict], system: str | None) -> list[dict]:
-    turns = [{"role": m["role"], "content": str(m["content"])} for m in messages
-             if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
-    if not turns:
-        raise UserError("the conversation has no message to answer: write one")
-    return ([{"role": "system", "content": system}] if system else []) + turns
-
-
 def server_stream(state, srv, messages: list[dict], system: str | None, adapter: str | None, sampling,
                   session: str, max_new_tokens: int | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
     """Stream one answer from the server: yields (text so far, stats, the messages sent as JSON, engine label, "").
     Stop (state.stop(session)) hangs up at the next chunk; the stats carry the server's token counts."""
-    from harness.engines import EngineRequest, stream_chat
-    msgs = server_messages(messages, system)
+    from harness.engines import EngineRequest, chat_turns, stream_chat
+    msgs = ([{"role": "system", "content": system}] if system else []) + chat_turns(messages)
     req = EngineRequest(msgs, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
                         temperature=sampling.temperature, seed=sampling.seed, adapter=adapter or None)
     shown = json.dumps(msgs, ensure_ascii=False, indent=1)
@@ -87,7 +79,6 @@ def server_stream(state, srv, messages: list[dict], system: str | None, adapter:
         try:
             for n, chunk in enumerate(gen, 1):
                 text += chunk
-                raw.setdefault("chunks", 0)
                 raw["chunks"] = n                 # a chunk is about a token until the server's count arrives
                 _copy(raw, stats)
                 yield text, stats, shown, label, ""
