@@ -38,9 +38,4 @@ def _isolated_dirs(tmp_path, monkeypatch):
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on: a server that is down."""
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return tiny.free_port()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gc
 import inspect
-import socket
 import threading
 import time
 import weakref
 from pathlib import Path
 
 import pytest
-from tiny import build_adapter
+from tiny import build_adapter, free_port
 
 import app as app_module
 from harness.app.chat import chat_turn
@@ -30,12 +29,6 @@ from harness.errors import UserError
 from harness.generation import GenerationConfig, classify, generate_batch, generate_pair, zero_shot_spam
 
 GREEDY = dict(temperature=0.0, top_p=0.9, seed=0, rep=1.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import build_adapter
+from tiny import build_adapter, free_port
 
 from harness.paths import PROJECT_ROOT
 
@@ -42,12 +42,6 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 IN_PROCESS: dict = {}        # the in-process app's AppState and folders

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ except ImportError:
                 '"llama-cpp-python[server]" (about 10 minutes to build; .ci/run does it)', allow_module_level=True)
 
 from harness.paths import PROJECT_ROOT
+from tiny import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,6 @@ ADAPTER = "smollm2-135m-alpaca"
 MAX_NEW = 48
 ITEMS = int(os.environ.get("FTBENCH_LLAMACPP_ITEMS", "8"))
 REAL_CACHE = os.environ.get("FTBENCH_REAL_CACHE", str(Path.home() / ".cache" / "ftbench"))
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Server:
@@ -64,7 +56,7 @@ class Server:
 
     def start(self) -> "Server":
         import requests
-        self.port = _free_port()
+        self.port = free_port()
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
                "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", "1", "--n_threads_batch", "1",
                "--n_ctx", "2048"]

@@ -1,9 +1,11 @@
-"""Tiny models and tokenizers built from a config and the tests' own text (no downloads).
+"""Tiny models and tokenizers built from a config and the tests' own text (no downloads), and the small helpers
+the test files share (free_port).
 
     python tests/tiny.py /tmp/tiny   # writes tiny-llama/ and tiny-gpt2/ there, for trying the CLI by hand
 """
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +20,13 @@ Write a sonnet about the sea. The waves roll in beneath the silver moon, and gul
 床前明月光，疑是地上霜。举头望明月，低头思故乡。白日依山尽，黄河入海流。
 spam ham yes no answer classify message label
 """
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a server a test starts, or one that is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
