@@ -219,7 +219,7 @@ class RuleSets:
     writes (a 多音字 in two groups keeps both until a later rhyme narrows them); a rhyme character is not used
     twice. tone: the constrained positions (harness.rules.constrained_positions) follow a 平仄 template: a given
     name (True: any of the four) narrowed character by character to the templates the poem still fits, so the
-    template is settled by the first line. Characters: the poem charset and the rhyme table (unknown ones are
+    template is settled by the first line (where the live templates disagree, either tone, but a known one). Characters: the poem charset and the rhyme table (unknown ones are
     never allowed where a rule applies). One instance per FormConstraint."""
 
     def __init__(self, form: str, rhyme: bool, rhyme_group: str | None, tone: bool | str, rhyme_first_line: bool):
@@ -245,6 +245,7 @@ class RuleSets:
                 for g in gs:
                     self.group_arr[g][o] = True
                     level[self.table.groups[g].level][o] = True
+        level["known"] = level[rules.PING] | level[rules.ZE]
         self.level_arr = level
         self.ping_groups = [g for g, info in self.table.groups.items() if info.level == rules.PING]
         self._cache: dict = {}
@@ -273,7 +274,7 @@ class RuleSets:
         tone = None
         if self.tone and st["template"] is not None and pos not in self.free:
             want = {self.templates[t][line][pos] for t in st["template"]}
-            tone = next(iter(want)) if len(want) == 1 else None
+            tone = next(iter(want)) if len(want) == 1 else "known"    # templates disagree: either tone, never unknown
         rhyme = self.rhyme and line in self.rhyme_lines and pos == self.chars - 1
         if tone is None and not rhyme:
             return None

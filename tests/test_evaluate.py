@@ -126,6 +126,22 @@ def test_form_decoding_run_keeps_every_classical_poem_in_form(tiny_lm):
         run(None, None, "sms_own", None, limit=2, lm=tiny_lm, progress=False, decoding="form")
 
 
+def test_rhyme_decoding_runs_rhyme_and_keep_the_form(tiny_lm):
+    """--decoding rhyme / rhyme+tone from the CLI's run: every classical poem in form, its even lines in one
+    平水韵 group (the rows' own rule check says so), tone kept under rhyme+tone; each its own run id."""
+    kw = dict(limit=16, max_new_tokens=160, lm=tiny_lm, progress=False)
+    form = run(None, None, "poems_own", None, decoding="form", **kw)
+    rhyme = run(None, None, "poems_own", None, decoding="rhyme", **kw)
+    tone = run(None, None, "poems_own", None, decoding="rhyme+tone", **kw)
+    pick = lambda res: [r for r in res.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS]  # noqa: E731
+    assert len(pick(rhyme)) >= 8 and all(r["form_ok"] for r in pick(rhyme) + pick(tone))
+    assert all(r["rhyme_ok"] for r in pick(rhyme) + pick(tone))
+    assert all(r["tone_ok"] for r in pick(tone))
+    assert not all(r["rhyme_ok"] for r in pick(form))          # the tiny model does not rhyme by itself
+    assert len({form.run_id, rhyme.run_id, tone.run_id}) == 3
+    assert {r["decoding"] for r in tone.rows} == {"rhyme+tone"}
+
+
 def test_spam_run_classifies_zero_shot_without_a_judge(tiny_lm):
     with FakeOllama() as fake:
         res = run(None, None, "sms_own", "ollama:llama3", limit=5, lm=tiny_lm, progress=False)

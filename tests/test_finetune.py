@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from harness import data
 from harness.errors import UserError
-from harness.finetune import Recipe, encode_causal, finetune, list_recipes, load_recipe, prompt_and_target
+from harness.finetune import (Recipe, causal_loss, collate, encode_causal, finetune, list_recipes, load_recipe,
+                              prompt_and_target)
 from harness.models import load_model
 
 
@@ -84,6 +85,26 @@ def test_label_masking_covers_exactly_the_response(tiny_llama_dir):
     n_prompt = len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert all(l == -100 for l in ex["labels"][:n_prompt]) and all(l != -100 for l in ex["labels"][n_prompt:])
     assert "### Response" not in prompt and "<|im_start|>assistant" in prompt   # the chat template, not Alpaca
+
+
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_target_only_loss_equals_the_models_own_loss(which, request):
+    """The training loss runs the LM head from the first target position only; it must be the model's own loss
+    (mean over the target tokens), for prompts of different lengths in one right-padded batch, and its gradient."""
+    lm = load_model(str(request.getfixturevalue(which)))
+    tok = lm.tokenizer
+    pairs = [("Name a colour.", "Blue."), ("Rewrite the sentence in the passive voice, please.", "It was done."),
+             ("Hi", "Hello there, how are you today?")]
+    encs = [encode_causal(tok, lm.render_instruction(p, ""), t, 512) for p, t in pairs]
+    b = collate(encs, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    model = lm.model
+    ref = model(**b).loss
+    ours, n = causal_loss(model, b)
+    assert n == sum(sum(1 for l in e["labels"] if l != -100) for e in encs)
+    assert torch.allclose(ours, ref, atol=1e-5), (float(ours), float(ref))
+    g_ref = torch.autograd.grad(ref, model.get_input_embeddings().weight)[0]
+    g_ours = torch.autograd.grad(causal_loss(model, b)[0], model.get_input_embeddings().weight)[0]
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("task", ["spam", "chat", "poem_zh"])
