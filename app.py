@@ -4,6 +4,7 @@
     python app.py --port 7861 --judge transformers:smollm2-135m-instruct    # an offline judge for Compare
     python app.py --model /path/to/model_dir --no-warmup
     python app.py --host 0.0.0.0           # listen on every interface (or --share for a gradio.live link)
+    python app.py --engine openai:smol@http://127.0.0.1:8080     # chat and free poems through a server
 
 The URL is printed first; the page is up within seconds, and the model loads (on an empty cache: converts,
 one-time, about a minute) in the background while the header says so.
@@ -34,6 +35,7 @@ from harness.app import chat as C
 from harness.app import compare as K
 from harness.app import poem as P
 from harness.app.classify import classifier_choices, classify_file, classify_message, default_classifier, spam_examples
+from harness.app.server import app_engine, is_server_spec
 from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, adapter_choices, auto_threads,
                                base_choices, stats_info, status_line, task_hints)
 from harness.app.streaming import run_ahead, throttled
@@ -45,7 +47,6 @@ log = logging.getLogger("ftbench.app")
 GENERATE = dict(concurrency_id="generate", concurrency_limit=1)   # the one model writes one thing at a time
 CLASSIFY = dict(concurrency_id="classify", concurrency_limit=1)   # short work, between two generated tokens
 JUDGE = dict(concurrency_id="judge", concurrency_limit=2)         # an outside server (or the in-process judge)
-ENGINES = ("transformers", "llama.cpp")
 CSS = """
 #model-status {padding: 4px 8px; border-radius: 6px; background: var(--background-fill-secondary);}
 .score {font-size: 1.05em; font-weight: 600;}
@@ -728,9 +729,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"judge for the compare tab (default {DEFAULT_JUDGE}; offline: {DEFAULT_OFFLINE_JUDGE})")
     parser.add_argument("--judge-timeout", type=float, default=60.0,
                         help="seconds to wait for one judge answer (default 60)")
-    parser.add_argument("--engine", choices=ENGINES, default="transformers",
-                        help="chat engine: transformers (default) or llama.cpp (harness.llamacpp, when installed; "
-                             "falls back to transformers with a notice)")
+    parser.add_argument("--engine", default="transformers", metavar="ENGINE",
+                        help="chat engine: transformers (default), llama.cpp (harness.llamacpp, when installed), "
+                             "openai:<model>@<url> (vLLM, llama.cpp's server) or ollama:<model>; chat and free "
+                             "poems go there, and fall back to transformers with a one-line notice for the form "
+                             "constraint, an adapter the engine cannot serve, or a server that is down")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default 0 = the cores not busy with other work, at least 1)")
@@ -738,7 +741,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pick_engine(engine: str) -> str:
-    """The chat engine to use: llama.cpp only when harness.llamacpp says it is available (one line otherwise)."""
+    """The chat engine to use: a server spec as given (checked by app_engine; reached on first use), llama.cpp
+    only when harness.llamacpp says it is available (one line otherwise)."""
+    if is_server_spec(engine):
+        return engine
     if engine != "llama.cpp":
         return "transformers"
     try:
@@ -756,6 +762,11 @@ def pick_engine(engine: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        args.engine = app_engine(args.engine)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host

@@ -41,7 +41,7 @@ def label(meta: dict) -> str:
     if meta.get("engine", "transformers") != "transformers":
         parts.append(meta["engine"])
     elif meta.get("engine_note"):
-        parts.append("transformers (llama.cpp fallback)")
+        parts.append(f"transformers ({meta.get('asked_engine') or 'llama.cpp'} fallback)")
     if meta.get("new_tokens"):
         parts.append(f"{meta['new_tokens']} tokens")
     if meta.get("status") == STOPPED:
@@ -91,7 +91,7 @@ def _pending(state: AppState, session: str, adapter: str | None, sampling: Sampl
     return {"role": "assistant", "content": "", "meta": {
         "status": WAITING, "job": state.enqueue("chat", session), "model": lm_name, "adapter": name or "",
         "decoding": decoding_text(sampling), "sampling": sampling.as_dict(), "system": system,
-        "engine": state.engine, "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        "engine": state.engine, "asked_engine": state.engine, "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
 
 def submit(state: AppState, session: str, text: Any, system: Any = "", adapter: str | None = None,

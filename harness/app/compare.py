@@ -143,18 +143,20 @@ def view(state: AppState, rec: dict | None) -> dict:
     figs = rec.get("figures") or {}
     fl, fr = (figs.get("base", ""), figs.get("tuned", "")) if rec["base_left"] else (figs.get("tuned", ""),
                                                                                       figs.get("base", ""))
-    status = {"writing": "✍ both sides are writing (one batch)", "done": "done", "stopped": "⏹ stopped by you",
+    writing = "✍ both sides are writing (one batch)"
+    if rec.get("on_server"):
+        writing = f"✍ both sides are writing (two concurrent requests to {rec.get('on_server')})"
+    status = {"writing": writing, "done": "done", "stopped": "⏹ stopped by you",
               "failed": f"⚠ {rec.get('error', '')}"}.get(rec["status"], rec["status"])
+    if rec.get("engine_notice") and rec["status"] != "failed":
+        status += f" · ℹ {rec['engine_notice']}"
     return {"left": left, "right": right, "headings": side_names(rec), "figures": (fl, fr), "status": status,
             "info": rec.get("info")}
 
 
 def stream(state: AppState, session: str) -> Iterator[dict]:
-    """Write both sides of this session's waiting comparison at once, streamed: yields view() dicts."""
-    from harness.app.poem import form_token_budget
-    from harness.app.streaming import stream_rows
-    from harness.generation import StreamStats
-
+    """Write both sides of this session's waiting comparison at once, streamed: yields view() dicts. In process
+    one mixed-adapter batch; on a server engine (--engine openai:/ollama:) two concurrent requests."""
     rec = state.session_data(session).get("compare")
     if rec is None or rec["status"] != "waiting":
         yield view(state, rec)
@@ -166,29 +168,11 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
     state.start_job(rec["job"])
     try:
         lm = state.get_model()
-        rendered = lm.render_instruction(rec["prompt"])
-        cfg = rec["sampling"].config()
-        if rec["form"]:
-            cfg = replace(cfg, form=rec["form"], max_new_tokens=form_token_budget(lm.tokenizer, rec["form"]))
-        stats = [StreamStats(), StreamStats()]
-        rec["status"] = "writing"
-        t0 = time.perf_counter()
-        with state.running(session) as (event, _):
-            gen = stream_rows(state, lm, rendered, [None, rec["adapter"]], cfg, event, stats)
-            try:
-                for base, tuned in gen:
-                    rec["texts"] = {"base": base, "tuned": tuned}
-                    yield view(state, rec)
-            finally:
-                gen.close()
-            stopped = getattr(event, "requested", False)
-        seconds = time.perf_counter() - t0
-        rec["status"] = "stopped" if stopped else "done"
-        rec["figures"] = {side: figures(rec["texts"][side], rec, lm) for side in ("base", "tuned")}
-        rec["info"] = {"model": lm.name, "adapter": rec["adapter"], "prompt": rendered, "one_batch": True,
-                       "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
-                       "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
-                       "sampling": rec["sampling"].as_dict()}
+        srv, rec["engine_notice"] = compare_route(state, rec)
+        if srv is not None:
+            yield from _server_stream(state, session, rec, srv, lm)
+        else:
+            yield from _batch_stream(state, session, rec, lm)
     except UserError as e:
         rec["status"], rec["error"] = "failed", str(e)
     finally:
@@ -196,6 +180,105 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
         if rec["status"] in ("waiting", "writing"):
             rec["status"] = "stopped"
     yield view(state, rec)
+
+
+def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict]:
+    """Both sides in one mixed-adapter batch in process (peft adapter_names), streamed: yields view() dicts."""
+    from harness.app.poem import form_token_budget
+    from harness.app.streaming import stream_rows
+    from harness.generation import StreamStats
+
+    rendered = lm.render_instruction(rec["prompt"])
+    cfg = rec["sampling"].config()
+    if rec["form"]:
+        cfg = replace(cfg, form=rec["form"], max_new_tokens=form_token_budget(lm.tokenizer, rec["form"]))
+    stats = [StreamStats(), StreamStats()]
+    rec["status"] = "writing"
+    t0 = time.perf_counter()
+    with state.running(session) as (event, _):
+        gen = stream_rows(state, lm, rendered, [None, rec["adapter"]], cfg, event, stats)
+        try:
+            for base, tuned in gen:
+                rec["texts"] = {"base": base, "tuned": tuned}
+                yield view(state, rec)
+        finally:
+            gen.close()
+        stopped = getattr(event, "requested", False)
+    seconds = time.perf_counter() - t0
+    rec["status"] = "stopped" if stopped else "done"
+    rec["figures"] = {side: figures(rec["texts"][side], rec, lm) for side in ("base", "tuned")}
+    rec["info"] = {"model": lm.name, "adapter": rec["adapter"], "prompt": rendered, "one_batch": True,
+                   "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
+                   "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
+                   "sampling": rec["sampling"].as_dict()}
+
+
+def compare_route(state: AppState, rec: dict):
+    """(server, "") when the app's engine is a server (--engine openai:/ollama:) that serves both sides (its
+    model and the adapter as a model id) and no form is kept; (None, notice) when the comparison must run in
+    process; (None, "") on the in-process engines (llama.cpp has no mixed-adapter batch: Compare stays here)."""
+    from harness.app.server import is_server_spec, server_route
+    if not is_server_spec(state.engine):
+        return None, ""
+    srv, notice = server_route(state.engine, rec["adapter"], rec["form"])
+    return (srv, "") if srv is not None else (None, f"Compare: {notice} (one mixed-adapter batch)")
+
+
+def _server_stream(state: AppState, session: str, rec: dict, srv, lm) -> Iterator[dict]:
+    """Both sides as two concurrent requests to the server (its base model and the adapter's model id), merged
+    as they stream: yields view() dicts. Stop ends both; a failing side fails the comparison in one sentence."""
+    import queue
+    import threading
+
+    from harness.app.server import server_stream
+    turns = [{"role": "user", "content": rec["prompt"]}]
+    updates: queue.Queue = queue.Queue()
+    stats: list = [None, None]
+    shown = [""]
+
+    def side(i: int, adapter: str | None) -> None:
+        try:
+            for text, st, sent, _, _ in server_stream(state, srv, turns, None, adapter, rec["sampling"], session):
+                stats[i], shown[0] = st, sent
+                updates.put((i, text, None))
+            updates.put((i, None, None))
+        except Exception as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            updates.put((i, None, e))
+
+    rec["status"], rec["on_server"] = "writing", srv.config.spec
+    rec["model"] = srv.config.spec           # the base side is the server's model: headings and votes name it
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=side, args=(i, a), daemon=True, name=f"compare-{i}")
+               for i, a in enumerate([None, rec["adapter"]])]
+    for t in threads:
+        t.start()
+    texts, ended, error, finished = ["", ""], 0, None, False
+    try:
+        while ended < 2:
+            i, text, err = updates.get()
+            if text is None:
+                ended, error = ended + 1, error or err
+                continue
+            texts[i] = text
+            rec["texts"] = {"base": texts[0], "tuned": texts[1]}
+            yield view(state, rec)
+        finished = True
+    finally:
+        if not finished:                    # closed half-way (the page went away): both requests hang up
+            state.stop(session)
+        for t in threads:
+            t.join(timeout=5)
+    if isinstance(error, UserError):
+        raise error
+    if error is not None:
+        raise UserError(f"{srv.where} failed during the comparison ({type(error).__name__}: {str(error)[:200]})")
+    stopped = any(st is not None and st.finish_reason == "cancelled" for st in stats)
+    rec["status"] = "stopped" if stopped else "done"
+    rec["figures"] = {side_: figures(rec["texts"][side_], rec, lm) for side_ in ("base", "tuned")}
+    rec["info"] = {"model": srv.model, "adapter": rec["adapter"], "prompt": shown[0], "engine": srv.config.spec,
+                   "one_batch": False, "concurrent_requests": 2, "form_constrained": False,
+                   "seconds": round(time.perf_counter() - t0, 3), "base": stats_info(stats[0]),
+                   "tuned": stats_info(stats[1]), "sampling": rec["sampling"].as_dict()}
 
 
 def figures(text: str, rec: dict, lm=None) -> str:

@@ -25,7 +25,20 @@ _lock = threading.Lock()
 
 
 def is_server_spec(engine: str) -> bool:
-    return engine.startswith(("openai:", "ollama:"))
+    return str(engine or "").startswith(("openai:", "ollama:"))
+
+
+def app_engine(spec: str) -> str:
+    """`python app.py --engine SPEC` checked: transformers, llama.cpp, or a server spec (normalised, e.g.
+    openai:smol@http://127.0.0.1:8080/v1); anything else is a UserError in one sentence."""
+    spec = str(spec or "").strip()
+    if spec in ("transformers", "llama.cpp"):
+        return spec
+    if is_server_spec(spec):
+        from harness.engines import EngineConfig
+        return EngineConfig(spec).spec          # a malformed spec: its one sentence, with an example
+    raise UserError(f"--engine {spec!r} is not an engine: use transformers, llama.cpp, openai:<model>@<url> "
+                    "(vLLM, llama.cpp's server, any OpenAI-compatible /v1) or ollama:<model>")
 
 
 def open_server(spec: str, timeout: float = 120.0):
@@ -35,6 +48,14 @@ def open_server(spec: str, timeout: float = 120.0):
         if spec not in _servers:
             _servers[spec] = open_engine(EngineConfig(spec, workers=2, timeout=timeout))
         return _servers[spec]
+
+
+def close_server(spec: str) -> None:
+    """Forget the opened engine of `spec` (it failed): the next request health-checks the server again."""
+    with _lock:
+        engine = _servers.pop(spec, None)
+    if engine is not None:
+        engine.close()
 
 
 def close_servers() -> None:

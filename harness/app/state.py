@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.app.server import close_server, is_server_spec, server_route, server_stream
 from harness.errors import UserError
 from harness.judge import DEFAULT_JUDGE
 from harness.models import (AdapterInfo, LoadedModel, base_note, base_status, default_base, list_adapters,
@@ -116,10 +117,11 @@ class AppState:
     _short_count: int = field(default=0, repr=False)
     store: str | None = None                 # SQLite store of votes (None: harness.store default, $FTBENCH_CACHE)
     judge_timeout: float = 60.0              # seconds per judge request (harness.judge JudgeConfig.timeout)
-    engine: str = "transformers"             # "llama.cpp": chat and free poems through harness.llamacpp
+    engine: str = "transformers"             # "llama.cpp": chat and free poems through harness.llamacpp;
+    #                                          "openai:<model>@<url>" / "ollama:<model>": through that server
     threads: int = 0                         # CPU threads for llama.cpp (0: every core)
     llama: Any = field(default=None, repr=False)            # harness.llamacpp.LlamaCppEngine, loaded on first use
-    engine_note: str = ""                    # why llama.cpp is not in use (one line; "" when it is, or not asked)
+    engine_note: str = ""                    # why llama.cpp / the server is not in use (one line; "" when it is)
     phase: str = "idle"                      # idle | preparing | ready | failed (the first start, see prepare())
     phase_note: str = ""
     phase_started: float = 0.0
@@ -303,6 +305,9 @@ class AppState:
             if self.engine == "llama.cpp":
                 self.phase_note = "loading llama.cpp"
                 self.llama_engine()
+            elif is_server_spec(self.engine):
+                self.phase_note = f"reaching {self.engine}"
+                self.engine_note = server_route(self.engine, None)[1]     # "" when it answers
             if warmup:
                 self.phase_note = "warming up the model"
                 seconds = self.warmup()
@@ -597,9 +602,34 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                 session: str, form: str = "", max_new_tokens: int | None = None, instruction: bool = False
                 ) -> Iterator[tuple[str, Any, str, str, str]]:
     """A chat (or a one-message instruction) streamed on the engine that can do it: yields (text so far, stats,
-    the exact prompt, engine, notice). llama.cpp (--engine llama.cpp) for plain decoding; transformers for the
-    form constraint, or when llama.cpp cannot load the base or adapter (notice says why).
+    the exact prompt, engine, notice). llama.cpp (--engine llama.cpp) or a serving engine (--engine
+    openai:<model>@<url> / ollama:<model>, harness/app/server.py) for plain decoding; transformers for the form
+    constraint, or when llama.cpp cannot load the base or adapter, or the server does not serve the adapter or
+    is down (notice says why, in one line). A server that fails before its first text falls back the same way;
+    one that fails half-way through an answer fails that answer (UserError), never mixing two engines in one.
     instruction: one message rendered as the model's instruction prompt (LoadedModel.render_instruction)."""
+    if is_server_spec(state.engine):
+        srv, notice = server_route(state.engine, adapter, form)
+        if srv is not None:
+            state.engine_note = ""
+        elif not form and not adapter:         # then the only reason is a server that is down: the status says so
+            state.engine_note = notice
+        if srv is not None:
+            said = False
+            try:
+                for out in server_stream(state, srv, messages, system or None, adapter, sampling, session,
+                                         max_new_tokens):
+                    said = said or bool(out[0])
+                    yield out
+                return
+            except UserError as e:
+                if said:                        # part of the answer is shown: it fails, never mixes two engines
+                    raise
+                close_server(state.engine)      # the next request checks the server again
+                notice = state.engine_note = f"{e}: using transformers"
+        yield from _transformers_chat(state, messages, system, adapter, sampling, session, form, max_new_tokens,
+                                      instruction, notice)
+        return
     engine, notice = state.llama_route(adapter, sampling, form)
     if engine is not None:
         try:
@@ -629,6 +659,13 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                     stats.finish_reason = "cancelled"
             yield clean_tail(text), stats, prompt, "llama.cpp", ""
         return
+    yield from _transformers_chat(state, messages, system, adapter, sampling, session, form, max_new_tokens,
+                                  instruction, notice)
+
+
+def _transformers_chat(state: AppState, messages: list[dict], system: str, adapter: str | None, sampling: Sampling,
+                       session: str, form: str, max_new_tokens: int | None, instruction: bool, notice: str
+                       ) -> Iterator[tuple[str, Any, str, str, str]]:
     lm = state.get_model()
     if instruction:
         prompt = lm.render_instruction(messages[-1]["content"])
@@ -674,7 +711,10 @@ def status_line(state: AppState, adapter: str | None = None) -> str:
     usable = state.adapters()
     note = f"{len(usable)} adapter(s) for this base" if usable else f"no adapters for this base yet: {TRAIN_HINT}"
     engine = ""
-    if state.engine == "llama.cpp":
+    if is_server_spec(state.engine):
+        engine = (f" · **engine:** transformers ⚠ {state.engine_note}" if state.engine_note else
+                  f" · **engine:** `{state.engine}` for chat, free poems and Compare (transformers for forms and Spam)")
+    elif state.engine == "llama.cpp":
         engine = (f" · **engine:** transformers ⚠ {state.engine_note}" if state.engine_note else
                   " · **engine:** llama.cpp for chat and free poems (transformers for forms, Compare, Spam)")
     return f"**Model:** `{shown}`{loaded} · **adapter:** {what} · {note}{engine}"
