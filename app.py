@@ -360,6 +360,13 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
             enforce = gr.Checkbox(value=True, label="Keep the classical form while decoding (lines × characters "
                                   "enforced; the model picks every character; max new tokens follows the form)",
                                   elem_id="poem-enforce")
+            with gr.Row():
+                rhyme = gr.Checkbox(value=False, label="Rhyme (平水韵)", elem_id="poem-rhyme",
+                                    info="the even lines end in one rhyme group")
+                tone = gr.Checkbox(value=False, label="Tone (平仄)", elem_id="poem-tone",
+                                   info="the 平仄 template, 一三五不论")
+                group = gr.Textbox("", label="Rhyme group (optional, e.g. 东)", max_lines=1, elem_id="poem-rhyme-group",
+                                   placeholder="empty: the first rhyme line sets it")
             with gr.Accordion("Sampling", open=False):
                 sampling = sampling_controls(default_sampling(state, temperature=0.7, max_new_tokens=160), "poem",
                                              state.limits)
@@ -370,6 +377,7 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
             warning = gr.Markdown(elem_id="poem-warning")
             out = gr.Textbox(label="Poem", lines=10, max_lines=30, interactive=False, elem_id="poem-output")
             check = gr.Markdown("**Form check:** —", elem_id="poem-check")
+            rules = gr.Markdown(elem_id="poem-rules")
             details = gr.JSON(label="Lines × characters", elem_id="poem-details")
     poem_examples = task_hints("poem").get("examples", [])
     if poem_examples:
@@ -380,37 +388,50 @@ def build_poem_tab(state: AppState, ui: dict) -> None:
         forms = P.poem_forms(language)
         return gr.update(choices=list(forms), value=forms[0]), gr.update(visible=P.has_fixed_form(forms[0]))
 
+    def rules_shown(language, form_, enforce_):
+        """The Rhyme/Tone boxes and the group box: only for a Chinese 近体 form under the form constraint."""
+        return [gr.update(visible=P.has_rules(language, form_, enforce_))] * 3
+
     def warn_fn(adapter, language):
         return P.language_warning(state, adapter, language)
 
-    def write_fn(topic_, language, form_, adapter, t, p, n, s, r, enforce_, request: gr.Request):
+    def write_fn(topic_, language, form_, adapter, t, p, n, s, r, enforce_, rhyme_=False, tone_=False, group_="",
+                 request: gr.Request = None):
         sampling_ = Sampling.from_ui(t, p, n, s, r)
         for poem, report, info in P.poem_job(state, session(request), topic_, language, form_, adapter, sampling_,
-                                             bool(enforce_) if enforce_ is not None else True):
+                                             bool(enforce_) if enforce_ is not None else True, bool(rhyme_),
+                                             bool(tone_), group_ or ""):
             info = dict(info)
             rendered = info.pop("prompt", gr.skip())
-            shown = {k: v for k, v in report.items() if k not in ("summary", "warning")} or None
+            shown = {k: v for k, v in report.items() if k not in ("summary", "warning", "rules_line")} or None
             says = info.get("engine_notice", "")
-            yield poem, report["summary"], shown, rendered, info, report.get("warning", ""), f"ℹ {says}" if says else ""
+            yield (poem, report["summary"], report.get("rules_line", ""), shown, rendered, info,
+                   report.get("warning", ""), f"ℹ {says}" if says else "")
 
     lang.change(forms_fn, lang, [form, enforce], queue=False, api_visibility="private")
     form.change(lambda f: gr.update(visible=P.has_fixed_form(f)), form, enforce, queue=False, api_visibility="private")
+    gr.on([lang.change, form.change, enforce.change], rules_shown, [lang, form, enforce], [rhyme, tone, group],
+          queue=False, api_visibility="private")
     gr.on([lang.change, ui["adapter_dd"].change], warn_fn, [ui["adapter_dd"], lang], warning, queue=False,
           api_visibility="private")
     notice = gr.Markdown(elem_id="poem-notice", elem_classes="notice")
-    ev = write.click(guard(paced(write_fn), 7), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
-                     [out, check, details, prompt, stats, warning, notice], show_progress="minimal",
+    ev = write.click(guard(paced(write_fn), 8), [topic, lang, form, ui["adapter_dd"], *sampling, enforce, rhyme, tone,
+                                                 group],
+                     [out, check, rules, details, prompt, stats, warning, notice], show_progress="minimal",
                      api_visibility="private", **GENERATE)
     stop.click(stopper(state), None, None, queue=False,
                api_visibility="private")
 
-    def api_poem(topic_, language, form_, adapter, t, p, n, s, r, enforce_=True, request: gr.Request = None):
-        for poem, report, details_, rendered, info, _, _ in write_fn(topic_, language, form_, adapter, t, p, n, s, r,
-                                                                      enforce_, request):
+    def api_poem(topic_, language, form_, adapter, t, p, n, s, r, enforce_=True, rhyme_=False, tone_=False,
+                 group_="", request: gr.Request = None):
+        for poem, report, rules_line, details_, rendered, info, _, _ in write_fn(
+                topic_, language, form_, adapter, t, p, n, s, r, enforce_, rhyme_, tone_, group_, request):
+            if rules_line and isinstance(details_, dict):          # API clients get the rule line in the details
+                details_ = {**details_, "rules_line": rules_line}
             yield poem, report, details_, rendered, info
 
     api = gr.Button(visible=False)
-    api.click(guard(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce],
+    api.click(guard(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce, rhyme, tone, group],
               [out, check, details, prompt, stats], api_name="poem", **GENERATE)
     ui.update(poem_hint=hint, poem_event=ev)
 

@@ -848,3 +848,72 @@ def test_run_ahead_passes_the_newest_snapshot_the_last_and_errors_and_stops_the_
     while 10_000 not in closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert 10_000 in closed
+
+
+# ---------------------------------------------------------------- the poem tab's rhyme and tone boxes (issue 16)
+
+def test_rhyme_and_tone_options_only_for_chinese_forms_under_the_constraint():
+    from harness.app.poem import has_rules, rule_options
+    assert has_rules("中文", "五言绝句", True) and has_rules("zh", "七言律诗", True)
+    assert not has_rules("中文", "五言绝句", False) and not has_rules("English", "sonnet", True)
+    assert not has_rules("Klingon", "五言绝句", True)
+    assert rule_options("中文", "五言绝句", True, rhyme=True) == {"rhyme": True}
+    assert rule_options("中文", "五言绝句", True, tone=True) == {"tone": True}
+    assert rule_options("中文", "五言绝句", True, rhyme_group=" 東 ") == {"rhyme": True, "rhyme_group": "东"}
+    assert rule_options("中文", "五言绝句", False, rhyme=True, rhyme_group="nonsense") == {}, "a hidden box is ignored"
+    assert rule_options("English", "sonnet", True, rhyme=True, tone=True) == {}
+    with pytest.raises(UserError, match="no rhyme group 'dong1x'|nearest"):
+        rule_options("中文", "五言绝句", True, rhyme_group="dong1x")
+    with pytest.raises(UserError, match="the 30 平声 groups are"):
+        rule_options("中文", "五言绝句", True, rhyme_group="天地")
+
+
+def test_the_rule_check_line_reports_rhyme_tone_repeats_and_unknown_characters():
+    from harness.app.poem import rules_report
+    from harness.rules import check_poem
+    poem = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
+    line, fields = rules_report(poem, "五言绝句", "中文", {"rhyme": True})
+    assert line.startswith("**Rule check (平水韵, 平仄):** decoded keeping rhyme. rhyme OK (尤)")
+    assert "repeated rhyme character: none" in line and "characters not in the rhyme table: none" in line
+    assert fields["rhyme_ok"] is True and fields["rhyme_group"] == "尤" and fields["unknown_chars"] == 0
+    rows = check_poem(poem, "五言绝句", "zh")                     # the leaderboard rows' own checks
+    assert all(fields[k] == rows[k] for k in ("rhyme_ok", "tone_ok", "repeated_rhyme", "unknown_chars"))
+    off, f2 = rules_report("白日依山尽，黄河入海流。\n欲穷千里目，更上一层天。", "五言绝句", "中文")
+    assert "rhyme no" in off and f2["rhyme_ok"] is False and "not on 4" in off
+    rep, f3 = rules_report("白日依山尽，黄河入海流。\n欲穷千里目，更上一层流。", "五言绝句", "中文")
+    assert "repeated rhyme character: yes" in rep and f3["repeated_rhyme"] is True
+    short, _ = rules_report("白日依山尽，黄河入海流。", "五言绝句", "中文")
+    assert "not checked" in short
+    assert rules_report(poem, "sonnet", "English") == ("", {}) and rules_report("", "五言绝句", "中文") == ("", {})
+
+
+def test_a_poem_decoded_with_rhyme_rhymes_and_the_group_reaches_the_decoder(served):
+    from harness.app.poem import form_token_budget, poem_stream
+    state = served[1]
+    lm = state.get_model()
+    greedy = Sampling(temperature=0.0, repetition_penalty=1.0, max_new_tokens=96)
+    budget = form_token_budget(lm.tokenizer, "五言绝句")
+    prompt = lm.render_instruction("写一首五言绝句，题目：春夜")
+    *_, (poem, report, info) = poem_stream(state, "春夜", "中文", "五言绝句", sampling=greedy, rhyme=True)
+    cfg = GenerationConfig(max_new_tokens=budget, form="五言绝句", rhyme=True)
+    assert poem == generate_batch(lm, [prompt], cfg)[0].text.strip()
+    assert report["rule_check"]["rhyme_ok"] is True and "rhyme OK" in report["rules_line"]
+    assert info["rules_constrained"] == "rhyme"
+    *_, (poem2, report2, info2) = poem_stream(state, "春夜", "中文", "五言绝句", sampling=greedy, rhyme_group="东",
+                                              tone=True)
+    assert report2["rule_check"]["rhyme_group"] == "东" and report2["rule_check"]["rhyme_ok"] is True
+    assert report2["rule_check"]["tone_ok"] is not False and info2["rules_constrained"] == "rhyme in 东, tone (平仄)"
+    assert "decoded keeping rhyme in 东, tone (平仄)" in report2["rules_line"]
+    *_, (_, free, free_info) = poem_stream(state, "春夜", "中文", "五言绝句", sampling=greedy, enforce_form=False,
+                                           rhyme=True)
+    assert "rules_constrained" not in free_info and "decoded keeping" not in (free.get("rules_line") or "")
+
+
+def test_the_poem_api_takes_rhyme_and_says_an_unknown_group_in_one_sentence(client):
+    poem, summary, check, _, info = client.predict("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 96, 0, 1.0, True,
+                                                   True, False, "东", api_name="/poem")
+    assert check["ok"] and check["rule_check"]["rhyme_group"] == "东" and check["rule_check"]["rhyme_ok"] is True
+    assert "Rule check" in check["rules_line"] and info["rules_constrained"] == "rhyme in 东"
+    with pytest.raises(Exception, match="no rhyme group 'qqq'"):
+        client.predict("春夜", "中文", "五言绝句", "base", 0.0, 0.9, 96, 0, 1.0, True, True, False, "qqq",
+                       api_name="/poem")

@@ -822,6 +822,32 @@ def test_8_the_poem_tab_form_box_wording_budget_and_language_warning(driver):
     assert value(driver, "#poem-output").strip() and not value(driver, "#poem-output").endswith("\ufffd")
 
 
+def test_16_the_rhyme_box_keeps_a_rhyme_group_and_the_rule_check_says_so(driver):
+    """Issue 16 part 4: Rhyme (平水韵) / Tone (平仄) boxes for a Chinese 近体 form under the form constraint; the
+    rule checks (rhyme, tone, repeated rhyme character, unknown characters) beside the form check; an unknown
+    rhyme group is one sentence in the notice and hides nothing."""
+    open_tab(driver, "poem")
+    assert css(driver, "#poem-rhyme").is_displayed() and css(driver, "#poem-tone").is_displayed()
+    box = css(driver, "#poem-rhyme input")
+    if not box.is_selected():
+        box.click()
+    check = write_poem(driver, "春夜")
+    assert check.startswith("Form check: OK")
+    wait(driver, lambda: "Rule check" in text(driver, "#poem-rules"), 10)
+    rules = text(driver, "#poem-rules")
+    assert "decoded keeping rhyme." in rules and "rhyme OK (" in rules, rules
+    assert "repeated rhyme character:" in rules and "characters not in the rhyme table:" in rules and "tone " in rules
+    poem = value(driver, "#poem-output")
+    group = css(driver, "#poem-rhyme-group input")              # a one-line box: an <input>
+    group.send_keys(Keys.CONTROL, "a")
+    group.send_keys("qqq")
+    css(driver, "#poem-button").click()
+    wait(driver, lambda: "no rhyme group 'qqq'" in text(driver, "#poem-notice"), 20)
+    assert value(driver, "#poem-output") == poem and "rhyme OK (" in text(driver, "#poem-rules"), "nothing hidden"
+    driver.find_element(By.XPATH, "//*[@id='poem-lang']//label[contains(., 'English')]").click()
+    wait(driver, lambda: not csss(driver, "#poem-rhyme") or not css(driver, "#poem-rhyme").is_displayed(), 10)
+
+
 @in_process
 def test_9_the_batch_csv_keeps_the_users_columns_with_the_clis_names(driver, tmp_path):
     f = tmp_path / "mine.csv"

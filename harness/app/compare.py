@@ -292,10 +292,13 @@ def figures(text: str, rec: dict, lm=None) -> str:
                      f"{item['eval_set']}/{item['item_id']}")
     form = rec.get("form") or item.get("form", "")
     if form:
-        from harness.app.poem import form_report
+        from harness.app.poem import form_report, rules_report
         lang = item.get("lang") or "zh"
         try:
             parts.append(form_report(text, form, lang)["summary"].replace("**", ""))
+            rules = rules_report(text, form, lang)[0]
+            if rules:
+                parts.append(rules.replace("**", ""))
         except (UserError, ValueError):
             pass
     return " · ".join(parts)

@@ -566,17 +566,19 @@ def run_info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling:
 
 
 def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str,
-                form: str = "", max_new_tokens: int | None = None) -> Iterator[tuple[str, Any]]:
+                form: str = "", max_new_tokens: int | None = None, rules: dict | None = None
+                ) -> Iterator[tuple[str, Any]]:
     """Yield (text so far, stats) while the model streams (harness/app/streaming.py: short work may run between
     two tokens); Stop (state.stop) or closing this halts the model. form: a classical Chinese form to enforce
-    while decoding (harness/forms.py); max_new_tokens overrides the sampling's."""
+    while decoding (harness/forms.py), rules its rhyme/tone options (GenerationConfig's rhyme, rhyme_group, tone);
+    max_new_tokens overrides the sampling's."""
     from dataclasses import replace
 
     from harness.app.streaming import stream_rows
     lm = state.get_model()
     cfg = sampling.config()
     if form:
-        cfg = replace(cfg, form=form)
+        cfg = replace(cfg, form=form, **(rules or {}))
     if max_new_tokens:
         cfg = replace(cfg, max_new_tokens=max_new_tokens)
     with state.running(session) as (event, stats):
@@ -599,8 +601,8 @@ def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sam
 
 
 def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str | None, sampling: Sampling,
-                session: str, form: str = "", max_new_tokens: int | None = None, instruction: bool = False
-                ) -> Iterator[tuple[str, Any, str, str, str]]:
+                session: str, form: str = "", max_new_tokens: int | None = None, instruction: bool = False,
+                rules: dict | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
     """A chat (or a one-message instruction) streamed on the engine that can do it: yields (text so far, stats,
     the exact prompt, engine, notice). llama.cpp (--engine llama.cpp) or a serving engine (--engine
     openai:<model>@<url> / ollama:<model>, harness/app/server.py) for plain decoding; transformers for the form
@@ -628,7 +630,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                 close_server(state.engine)      # the next request checks the server again
                 notice = state.engine_note = f"{e}: using transformers"
         yield from _transformers_chat(state, messages, system, adapter, sampling, session, form, max_new_tokens,
-                                      instruction, notice)
+                                      instruction, notice, rules)
         return
     engine, notice = state.llama_route(adapter, sampling, form)
     if engine is not None:
@@ -660,18 +662,18 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
             yield clean_tail(text), stats, prompt, "llama.cpp", ""
         return
     yield from _transformers_chat(state, messages, system, adapter, sampling, session, form, max_new_tokens,
-                                  instruction, notice)
+                                  instruction, notice, rules)
 
 
 def _transformers_chat(state: AppState, messages: list[dict], system: str, adapter: str | None, sampling: Sampling,
-                       session: str, form: str, max_new_tokens: int | None, instruction: bool, notice: str
-                       ) -> Iterator[tuple[str, Any, str, str, str]]:
+                       session: str, form: str, max_new_tokens: int | None, instruction: bool, notice: str,
+                       rules: dict | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
     lm = state.get_model()
     if instruction:
         prompt = lm.render_instruction(messages[-1]["content"])
     else:
         prompt = lm.render_chat(messages, system or None, max_new_tokens or sampling.max_new_tokens)
-    for text, stats in stream_into(state, prompt, adapter, sampling, session, form, max_new_tokens):
+    for text, stats in stream_into(state, prompt, adapter, sampling, session, form, max_new_tokens, rules):
         yield text, stats, prompt, "transformers", notice
 
 

@@ -62,7 +62,7 @@ def run_ahead(updates):
     waited for it. The first and the last snapshot are always passed on; an error in the stream is raised here
     after the snapshots before it; closing this closes the stream at its next step (Stop still works at once)."""
     cond = threading.Condition()
-    box = {"item": None, "n": 0, "done": False, "error": None, "closing": False}
+    box = {"item": None, "n": 0, "taken": 0, "done": False, "error": None, "closing": False}
 
     def produce():
         try:
@@ -70,6 +70,8 @@ def run_ahead(updates):
                 with cond:
                     box["item"], box["n"] = item, box["n"] + 1
                     cond.notify_all()
+                    if box["n"] == 1:        # the first snapshot is always passed on: wait until it is taken
+                        cond.wait_for(lambda: box["taken"] >= 1 or box["closing"])
                     if box["closing"]:
                         break
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -90,6 +92,8 @@ def run_ahead(updates):
                 cond.wait_for(lambda: box["n"] > seen or box["done"])
                 if box["n"] > seen:
                     seen, item = box["n"], box["item"]
+                    box["taken"] = seen
+                    cond.notify_all()
                 elif box["error"] is not None:
                     raise box["error"]
                 else:
@@ -98,6 +102,7 @@ def run_ahead(updates):
     finally:
         with cond:
             box["closing"] = True
+            cond.notify_all()
 
 
 def _processors(lm, cfg):
@@ -108,7 +113,8 @@ def _processors(lm, cfg):
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     if cfg.form:
         from harness.forms import FormConstraint
-        procs.append(FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm))))
+        from harness.generation import _rules_kw        # the rhyme/tone options, exactly as generate_batch
+        procs.append(FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)), **_rules_kw(cfg)))
     if cfg.do_sample:
         procs.append(TemperatureLogitsWarper(cfg.temperature))
         procs.append(TopPLogitsWarper(cfg.top_p))
