@@ -58,6 +58,8 @@ class Recipe:
     prompt: str = ""                         # label_text: the prompt around {text} (default the task's prompt)
     input_template: str = "{text}"          # head: what the classifier reads; its last token feeds the head
     balance_classes: bool = False           # classify: weight the loss so every class counts equally
+    boundary_tokens: list[str] = field(default_factory=list)  # sft: tokens that end a unit (poems: ，。)
+    boundary_weight: float = 0.0            # sft: weight of the boundary loss (see causal_loss); 0 = plain SFT
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -105,6 +107,9 @@ class Recipe:
             raise UserError(f"recipe {self.name}: learning_rate must be in (0, 1)")
         if not 0 <= self.dropout < 1:
             raise UserError(f"recipe {self.name}: dropout must be in [0, 1)")
+        if self.boundary_weight < 0 or (self.boundary_weight and (self.method != "sft" or not self.boundary_tokens)):
+            raise UserError(f"recipe {self.name}: boundary_weight must be 0, or positive with method sft and "
+                            f"boundary_tokens (e.g. [\"，\", \"。\"]), got {self.boundary_weight}")
         problem = template_problem(self.input_template)
         if problem:
             raise UserError(f"recipe {self.name}: {problem}")
@@ -366,10 +371,16 @@ def label_text_loss(model, batch: dict, pad_id: int, weights=None):
     return (per_t * weights).sum() / weights.sum()
 
 
-def causal_loss(model, batch: dict):
+def causal_loss(model, batch: dict, boundary_ids: list[int] | None = None, boundary_weight: float = 0.0):
     """(mean loss over the target tokens, their count) with the LM head run only from the first target position
     on: the prompts carry no loss, and with a large vocabulary (Gemma: 262,144) the head and its softmax are
-    most of a step's work. Equal to the model's own loss on the same labels."""
+    most of a step's work. Equal to the model's own loss on the same labels.
+
+    boundary_weight > 0 adds, at every target position, the binary cross-entropy of "a boundary token comes
+    next" (the summed probability of `boundary_ids`, e.g. the poem's ，。) against the truth. A form's line length
+    is decided there: a model unsure of a line's content still puts, say, 20% on "，" after 5 characters of a
+    七言 line, which greedy decoding takes whenever no single character is likelier. Plain cross-entropy pushes
+    on that 20% no harder than on any other wrong token; this term trains the decision itself."""
     import torch
     labels = batch["labels"]
     has = (labels != -100).any(0).nonzero()
@@ -377,9 +388,30 @@ def causal_loss(model, batch: dict):
     keep = labels.shape[1] - start + 1                                      # logits at start-1 .. L-1
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     target = labels[:, start:]
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                             target.reshape(-1), ignore_index=-100)
-    return loss, int((target != -100).sum())
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    loss = torch.nn.functional.cross_entropy(flat, target.reshape(-1), ignore_index=-100)
+    n = int((target != -100).sum())
+    if boundary_weight and boundary_ids:
+        mask = target.reshape(-1) != -100
+        lp = torch.log_softmax(flat[mask], -1)
+        ids = torch.tensor(boundary_ids)
+        lb = torch.logsumexp(lp[:, ids], -1).clamp(max=-1e-6)              # log P(a boundary token next)
+        y = torch.isin(target.reshape(-1)[mask], ids).float()
+        bce = -(y * lb + (1 - y) * torch.log1p(-lb.exp())).mean()
+        loss = loss + boundary_weight * bce
+    return loss, n
+
+
+def boundary_token_ids(tokenizer, r: Recipe) -> list[int]:
+    """The recipe's boundary tokens as ids; each must be exactly one token of this tokenizer."""
+    out = []
+    for t in r.boundary_tokens:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise UserError(f"recipe {r.name}: boundary token {t!r} is {len(ids)} tokens for {r.base}'s tokenizer "
+                            f"({ids}); list only single-token strings in boundary_tokens")
+        out += ids
+    return out
 
 
 def _evaluate(model, batches, r: Recipe, renderer=None, items: list[dict] | None = None) -> dict:
@@ -519,6 +551,7 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
     full = steps_per_epoch * r.epochs      # the schedule always spans the whole run: --max-steps only pauses it
     total = full if max_steps is None else min(max_steps, full)
     weight = None
+    boundary = boundary_token_ids(tok, r) if r.boundary_weight else None
     if r.method != "sft" and r.balance_classes:
         weight = torch.tensor(class_weights([t.get("label", t.get("class")) for t in train], len(r.labels)))
         print("class weights: " + ", ".join(f"{l} {w:.3f}" for l, w in zip(r.labels, weight.tolist())))
@@ -557,7 +590,7 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
                                              None if weight is None else weight[classes])
             elif r.method == "sft":
                 outp = None
-                batch_loss = causal_loss(model, batch)[0]
+                batch_loss = causal_loss(model, batch, boundary, r.boundary_weight)[0]
             else:
                 outp = model(**batch)
                 batch_loss = outp.loss if weight is None else \

@@ -107,6 +107,37 @@ def test_target_only_loss_equals_the_models_own_loss(which, request):
     assert torch.allclose(g_ours, g_ref, atol=1e-6)
 
 
+def test_boundary_loss_adds_the_boundary_decision_cross_entropy(tiny_llama_dir):
+    """boundary_weight w: loss = CE + w * mean over target positions of BCE(P(next is a boundary token), truth),
+    computed here by hand from the model's own logits; w = 0 is plain SFT; the recipe checks the tokens."""
+    lm = load_model(str(tiny_llama_dir))
+    tok = lm.tokenizer
+    b_ids = tok("。", add_special_tokens=False)["input_ids"] + tok("，", add_special_tokens=False)["input_ids"]
+    assert len(b_ids) == 2, b_ids
+    encs = [encode_causal(tok, lm.render_instruction("写一首五言绝句，题目：春", ""), "春眠不觉晓，\n处处闻啼鸟。", 512),
+            encode_causal(tok, lm.render_instruction("写", ""), "花落，知多少。", 512)]
+    b = collate(encs, tok.pad_token_id)
+    model = lm.model
+    plain, n = causal_loss(model, b)
+    with_b, _ = causal_loss(model, b, b_ids, 2.0)
+    logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits[:, :-1]
+    lab = b["labels"][:, 1:]
+    m = lab != -100
+    lp = torch.log_softmax(logits[m].float(), -1)
+    pb = lp[:, b_ids].exp().sum(-1)
+    y = torch.isin(lab[m], torch.tensor(b_ids)).float()
+    assert 0 < y.sum() < len(y)                              # both kinds of positions are in the batch
+    bce = torch.nn.functional.binary_cross_entropy(pb, y)
+    assert torch.allclose(with_b, plain + 2.0 * bce, atol=1e-5) and with_b > plain
+    assert torch.allclose(causal_loss(model, b, b_ids, 0.0)[0], plain)
+    with pytest.raises(UserError, match="boundary_weight"):
+        Recipe(name="x", task="poem", dataset="poems_zh", boundary_weight=1.0)
+    from harness.finetune import boundary_token_ids
+    r = Recipe(name="x", task="poem", dataset="poems_zh", boundary_weight=1.0, boundary_tokens=["。", "春眠不觉晓"])
+    with pytest.raises(UserError, match="single-token"):
+        boundary_token_ids(tok, r)
+
+
 @pytest.mark.parametrize("task", ["spam", "chat", "poem_zh"])
 def test_finetune_end_to_end(task, tiny_llama_dir, tmp_path):
     fake_data()
