@@ -38,7 +38,7 @@ def run_info(rows: list[dict]) -> dict:
             "adapter_sha": r.get("adapter_sha") or "", "task": r["task"], "eval_set": r["eval_set"],
             "judge": r.get("judge") or "", "judge_digest": r.get("judge_digest") or "",
             "judge_prompt_version": str(r.get("judge_prompt_version") or ""), "n": len(rows),
-            "judge_mode": "pairwise" if r.get("pw_baseline") else "pointwise"}
+            "judge_mode": "pairwise" if r.get("pw_baseline") else "pointwise", "decoding": r.get("decoding") or ""}
 
 
 def judge_health(rows: list[dict]) -> dict:
@@ -563,7 +563,9 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     except ValueError as e:
         raise UserError(f"{run_a_path} vs {run_b_path}: {e}") from None
     a, b = cmp["a"], cmp["b"]
-    name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge"))
+    dec = rows_a[0].get("decoding") or ""
+    name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge")
+                    + ((dec,) if dec else ()))
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(cmp, rows_a, rows_b, folder)
@@ -590,21 +592,23 @@ def _describe(runs: list[dict]) -> str:
     if not runs:
         return "  (none)"
     return "\n".join(f"  {r['label']:<45} task={r['task']} eval_set={r['eval_set']} "
-                     f"judge={r['judge'] or 'none'}  ({r['path']})" for r in runs)
+                     f"judge={r['judge'] or 'none'}{' decoding=' + r['decoding'] if r.get('decoding') else ''}"
+                     f"  ({r['path']})" for r in runs)
 
 
 def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, eval_set: str | None = None,
-                  judge: str | None = None) -> tuple[dict, dict]:
+                  judge: str | None = None, decoding: str | None = None) -> tuple[dict, dict]:
     """Pick the two runs named by SPECs ('model' or 'model+adapter') that share task, eval set and judge.
 
-    judge 'none' means runs without a judge. No match or several possible pairs -> UserError listing
+    judge 'none' means runs without a judge; decoding 'free' means runs decoded freely. No match or several possible pairs -> UserError listing
     the available runs and which flag narrows the choice.
     """
     if len(specs) != 2:
         raise UserError(f"--models takes exactly two SPECs (model or model+adapter), got {len(specs)}")
     jf = None if judge is None else ("" if judge.lower() == "none" else judge)
+    df = None if decoding is None else ("" if decoding == "free" else decoding)
     pool = [r for r in runs if (task is None or r["task"] == task) and (eval_set is None or r["eval_set"] == eval_set)
-            and (jf is None or r["judge"] == jf)]
+            and (jf is None or r["judge"] == jf) and (df is None or r.get("decoding", "") == df)]
     cands = []
     for spec in specs:
         if spec.endswith(".jsonl"):  # a rows file named directly
@@ -618,14 +622,15 @@ def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, e
         model, _, adapter = spec.partition("+")
         c = [r for r in pool if r["model"] == model and r["adapter"] == adapter]
         if not c:
-            filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("eval_set", eval_set), ("judge", judge)) if v)
+            filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("eval_set", eval_set), ("judge", judge),
+                                                         ("decoding", decoding)) if v)
             raise UserError(f"no run matches {spec!r}{' with ' + filters if filters else ''}. Available runs:\n"
                             f"{_describe(runs)}\nrun one with `python -m harness run --model {model}"
                             f"{' --adapter ' + adapter if adapter else ''} --eval-set E`")
         cands.append(c)
     same = [(x, y) for x in cands[0] for y in cands[1] if x["path"] != y["path"]
-            and (x["task"], x["eval_set"], x["judge"], x["judge_mode"]) == (y["task"], y["eval_set"], y["judge"],
-                                                                           y["judge_mode"])]
+            and (x["task"], x["eval_set"], x["judge"], x["judge_mode"], x.get("decoding", "")) ==
+            (y["task"], y["eval_set"], y["judge"], y["judge_mode"], y.get("decoding", ""))]
     if len(same) == 1:
         return same[0]
     if not same and len(cands[0]) == 1 and len(cands[1]) == 1 and cands[0][0]["path"] != cands[1][0]["path"]:
@@ -633,17 +638,19 @@ def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, e
     listed = _describe(cands[0] + [r for r in cands[1] if r not in cands[0]])
     why = "several pairs of runs match" if same else "no two matching runs share task, eval set and judge"
     raise UserError(f"{why} for {specs[0]!r} and {specs[1]!r}:\n{listed}\n"
-                    f"narrow it with --eval-set, --judge (or 'none') and --task")
+                    f"narrow it with --eval-set, --judge (or 'none'), --decoding (or 'free') and --task")
 
 
 def report_cmd(models: list[str] | None = None, task: str | None = None, eval_set: str | None = None,
-               judge: str | None = None, runs_dir: str | None = None, out_dir: str | None = None) -> int:
+               judge: str | None = None, runs_dir: str | None = None, out_dir: str | None = None,
+               decoding: str | None = None) -> int:
     """Compare two checkpoints on the same items: paired bootstrap, win/tie/loss, judge health, plots.
 
     models: two SPECs, each "model", "model+adapter" or a rows file path (first = A, second = B; differences are B - A)
     task: only runs of this task (spam, chat, poem)
     eval_set: only runs on this eval set, e.g. instruction:test
     judge: only runs scored by this judge, e.g. ollama:llama3 ('none' = unjudged runs)
+    decoding: only runs with this decoding: free, form, rhyme, rhyme+tone (poems)
     runs_dir: folder holding <task>/<run_id>.jsonl (default results/runs)
     out_dir: reports root (default results/reports)
     """
@@ -654,7 +661,7 @@ def report_cmd(models: list[str] | None = None, task: str | None = None, eval_se
     runs_root = Path(runs_dir) if runs_dir else results_dir() / "runs"
     out = Path(out_dir) if out_dir else results_dir() / "reports"
     runs = [] if all(m.endswith(".jsonl") for m in models) else list_runs(runs_root, task)
-    a, b = find_run_pair(models, runs, task, eval_set, judge)
+    a, b = find_run_pair(models, runs, task, eval_set, judge, decoding)
     pa, pb = a["path"], b["path"]
     path = write_report(pa, pb, out)
     print(f"A: {pa}\nB: {pb}")

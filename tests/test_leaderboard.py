@@ -243,6 +243,26 @@ def test_report_cmd_finds_runs_by_spec(runs, tmp_path, capsys):
                       runs_dir=str(runs), out_dir=str(out)) == 0
 
 
+def test_report_pairs_runs_of_the_same_decoding(runs, tmp_path):
+    """Free and form-constrained runs of the same models are different experiments: --decoding picks one pair, the
+    report folder names it, and a form run never pairs with a free one."""
+    out = tmp_path / "reports"
+    write_jsonl(runs / "poem" / "base_form.jsonl", [dict(r, decoding="form") for r in poem_rows(10, 0)])
+    write_jsonl(runs / "poem" / "zh_form.jsonl",
+                [dict(r, decoding="form") for r in poem_rows(10, 0, adapter="smollm2-135m-poem-zh")])
+    spec = [BASE, f"{BASE}+smollm2-135m-poem-zh"]
+    with pytest.raises(UserError, match="several pairs(.|\n)*decoding=form(.|\n)*--decoding"):
+        report_cmd(spec, task="poem", runs_dir=str(runs), out_dir=str(out))
+    a, b = find_run_pair(spec, list_runs(runs), task="poem", decoding="form")
+    assert a["path"].name == "base_form.jsonl" and b["path"].name == "zh_form.jsonl"
+    a, b = find_run_pair(spec, list_runs(runs), task="poem", decoding="free")
+    assert a["path"].name == "base.jsonl" and b["path"].name == "zh.jsonl"
+    assert report_cmd(spec, task="poem", decoding="form", runs_dir=str(runs), out_dir=str(out)) == 0
+    assert report_cmd(spec, task="poem", decoding="free", runs_dir=str(runs), out_dir=str(out)) == 0
+    names = sorted(p.parent.name for p in out.glob("*/report.md"))
+    assert len(names) == 2 and names[0] + "_form" == names[1]
+
+
 def test_cli_wiring(runs, tmp_path):
     from harness.__main__ import COMMANDS
     from harness.cli import main
