@@ -389,17 +389,18 @@ def causal_loss(model, batch: dict, boundary_ids: list[int] | None = None, bound
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     target = labels[:, start:]
     flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    loss = torch.nn.functional.cross_entropy(flat, target.reshape(-1), ignore_index=-100)
     n = int((target != -100).sum())
-    if boundary_weight and boundary_ids:
-        mask = target.reshape(-1) != -100
-        lp = torch.log_softmax(flat[mask], -1)
-        ids = torch.tensor(boundary_ids)
-        lb = torch.logsumexp(lp[:, ids], -1).clamp(max=-1e-6)              # log P(a boundary token next)
-        y = torch.isin(target.reshape(-1)[mask], ids).float()
-        bce = -(y * lb + (1 - y) * torch.log1p(-lb.exp())).mean()
-        loss = loss + boundary_weight * bce
-    return loss, n
+    if not (boundary_weight and boundary_ids):
+        return torch.nn.functional.cross_entropy(flat, target.reshape(-1), ignore_index=-100), n
+    mask = target.reshape(-1) != -100
+    y_tok = target.reshape(-1)[mask]
+    lp = torch.log_softmax(flat[mask], -1)                                  # one softmax for both terms
+    loss = -lp.gather(1, y_tok[:, None]).mean()
+    ids = torch.tensor(boundary_ids)
+    lb = torch.logsumexp(lp[:, ids], -1).clamp(max=-1e-6)                  # log P(a boundary token next)
+    y = torch.isin(y_tok, ids).float()
+    bce = -(y * lb + (1 - y) * torch.log1p(-lb.exp())).mean()
+    return loss + boundary_weight * bce, n
 
 
 def boundary_token_ids(tokenizer, r: Recipe) -> list[int]:
