@@ -491,6 +491,13 @@ def pairwise_runs_against(baseline_path: str | Path, model: str, adapter: str) -
     folder, stem = Path(baseline_path).parent, Path(baseline_path).stem
     found = []
     for f in sorted(folder.glob("*.jsonl")):
+        with f.open(encoding="utf-8") as fh:                  # the first row says whose pairwise run it is
+            first = fh.readline()
+        try:
+            if json.loads(first).get("pw_baseline") != stem:
+                continue
+        except (ValueError, AttributeError):
+            pass                                               # read_rows names the bad line
         rows = read_rows(f)
         if rows and rows[0].get("pw_baseline") == stem and rows[0].get("model") == model \
                 and (rows[0].get("adapter") or "") == adapter:

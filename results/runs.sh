@@ -41,10 +41,42 @@ for adapter in "" gemma3-270m-poem-zh; do
     done
   done
 done
+# poem, rhyme-constrained decoding: the 平水韵 rhyme on the even lines (rhyme), and the 平仄 template too
+# (rhyme+tone), for both bases' Tang-poem adapters; the rhyme and tone checks of the free and form rows above are
+# the rates without these constraints
+for es in poems_own poems_zh:test_jueju; do
+  for decoding in rhyme rhyme+tone; do
+    run --adapter smollm2-135m-poem-zh --eval-set "$es" --decoding "$decoding" --judge none
+    python -m harness run --model gemma3-270m --adapter gemma3-270m-poem-zh --eval-set "$es" --decoding "$decoding" \
+      --judge none --max-new-tokens 120
+  done
+done
 # spam: the base zero-shot (label likelihoods), the classification-head adapter and the label-as-text adapter
 for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
   for es in sms_own sms_spam:test sms_spam:natural_test; do
     run ${adapter:+--adapter "$adapter"} --eval-set "$es" --judge none
   done
 done
+# spam and chat on the second base (Gemma-3-270M): its base zero-shot / with the Alpaca prompt, and its adapters
+for adapter in "" gemma3-270m-spam; do
+  for es in sms_own sms_spam:test sms_spam:natural_test; do
+    python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set "$es" --judge none
+  done
+done
+# (ROUGE-L only: the offline judge agrees with the human labels no better than chance, results/reports/judges/)
+for adapter in "" gemma3-270m-alpaca; do
+  for es in instructions_own instruction:test; do
+    python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set "$es" --judge none
+  done
+done
 python -m harness leaderboard
+# cross-base reports, SmolLM2-135M vs Gemma-3-270M: base vs base and adapter vs adapter, paired on the shared items
+cross() { python -m harness report --models "$1" "$2" --eval-set "$3" --judge none ${4:+--decoding "$4"}; }
+cross "$BASE" gemma3-270m poems_zh:test_jueju free
+for decoding in free form rhyme rhyme+tone; do
+  cross "$BASE+smollm2-135m-poem-zh" gemma3-270m+gemma3-270m-poem-zh poems_zh:test_jueju "$decoding"
+done
+cross "$BASE" gemma3-270m sms_spam:test
+cross "$BASE+smollm2-135m-spam" gemma3-270m+gemma3-270m-spam sms_spam:test
+cross "$BASE" gemma3-270m instruction:test
+cross "$BASE+smollm2-135m-alpaca" gemma3-270m+gemma3-270m-alpaca instruction:test
