@@ -13,7 +13,8 @@ Every figure is taken from outside, as a browser or gradio_client sees the app (
 - Compare wall time: /compare (base + adapter in one mixed-adapter batch, greedy) vs /chat with the same
   instruction on each side alone (greedy, same settings: the texts are checked to be the same).
 - llama.cpp: tokens/s of one chat stream (server-side, the transparency info) in `python app.py --engine
-  llama.cpp` vs the default app, same prompt, greedy, no repetition penalty (the llama.cpp path has none).
+  llama.cpp` vs the default app, same prompt, greedy, repetition penalty 1 on both; and the rate after the
+  first token (the tokens/s count the prompt processing, which dominates a short answer).
 Targets (issue 14 / 15): empty-cache page <= 20 s, warm page <= 10 s, TTFT <= 1 s, classify during Compare
 <= 2x alone, Compare <= 1.3x one side, llama.cpp >= 4x the default chat's tokens/s.
 """
@@ -143,6 +144,18 @@ def _text(content) -> str:
     return "".join(c.get("text", "") for c in content if isinstance(c, dict))
 
 
+def decode_rate(infos: list[dict]) -> float:
+    """Median tokens/s after the first token (the prompt's processing left out), from the transparency infos."""
+    rates = [(i["new_tokens"] - 1) / (i["seconds"] - i["first_token_s"]) for i in infos
+             if i.get("first_token_s") is not None and i["new_tokens"] > 1 and i["seconds"] > i["first_token_s"]]
+    return statistics.median(rates) if rates else float("nan")
+
+
+def _median(runs: list, key: str) -> float:
+    vals = [r[1][key] for r in runs if r[1].get(key) is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
 def classify_seconds(client) -> float:
     t0 = time.perf_counter()
     client.predict(SPAM, None, 0.5, api_name="/classify")
@@ -245,8 +258,8 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
             f"(target <= {TARGETS['compare_ratio']}x, {_verdict(ratio <= TARGETS['compare_ratio'])}; base alone "
             f"{timings['base'][0]:.2f} s, {adapter} alone {timings[adapter][0]:.2f} s; same texts as alone: {same})")
         # 6. the default engine's chat speed, for the llama.cpp comparison
-        default_tps = statistics.median(first_token(client, SPEED_PROMPT, 64, adapter, 1.0)[1]["tokens_per_s"]
-                                        for _ in range(2))
+        default_runs = [first_token(client, SPEED_PROMPT, 64, adapter, 1.0) for _ in range(2)]
+        default_tps = statistics.median(r[1]["tokens_per_s"] for r in default_runs)
     finally:
         app.stop()
 
@@ -262,6 +275,12 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
                 f"{tps:6.1f} tokens/s vs default {default_tps:6.1f} = {ratio:4.1f}x (target >= "
                 f"{TARGETS['llamacpp_ratio']:.0f}x, {_verdict(ratio >= TARGETS['llamacpp_ratio'])}; engine "
                 f"{', '.join(sorted(map(str, engines)))}; first token {runs_[-1][0]:.2f} s)")
+            fast_d, slow_d = decode_rate([r[1] for r in runs_[1:]]), decode_rate([r[1] for r in default_runs])
+            say(f"  where the time goes (server side, median): first token {_median(runs_[1:], 'first_token_s'):.2f} "
+                f"vs {_median(default_runs, 'first_token_s'):.2f} s, new tokens {_median(runs_[1:], 'new_tokens'):.0f} "
+                f"vs {_median(default_runs, 'new_tokens'):.0f}; after the first token {fast_d:5.1f} vs {slow_d:5.1f} "
+                f"tokens/s = {fast_d / slow_d if slow_d else float('nan'):4.1f}x (the tokens/s above count the first "
+                "token's time: a short answer is mostly prompt processing)")
         finally:
             fast.stop()
     say(f"threads: each app uses the cores not busy at its start (app.py --threads 0; os.cpu_count() = "

@@ -873,13 +873,13 @@ def test_the_rule_check_line_reports_rhyme_tone_repeats_and_unknown_characters()
     from harness.rules import check_poem
     poem = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
     line, fields = rules_report(poem, "五言绝句", "中文", {"rhyme": True})
-    assert line.startswith("**Rule check (平水韵, 平仄):** decoded keeping rhyme. rhyme OK (尤)")
+    assert line.startswith("**Rule check (平水韵, 平仄):** decoded keeping rhyme. rhyme: OK (尤)")
     assert "repeated rhyme character: none" in line and "characters not in the rhyme table: none" in line
     assert fields["rhyme_ok"] is True and fields["rhyme_group"] == "尤" and fields["unknown_chars"] == 0
     rows = check_poem(poem, "五言绝句", "zh")                     # the leaderboard rows' own checks
     assert all(fields[k] == rows[k] for k in ("rhyme_ok", "tone_ok", "repeated_rhyme", "unknown_chars"))
     off, f2 = rules_report("白日依山尽，黄河入海流。\n欲穷千里目，更上一层天。", "五言绝句", "中文")
-    assert "rhyme no" in off and f2["rhyme_ok"] is False and "not on 4" in off
+    assert "rhyme: no" in off and f2["rhyme_ok"] is False and "not on 4" in off
     rep, f3 = rules_report("白日依山尽，黄河入海流。\n欲穷千里目，更上一层流。", "五言绝句", "中文")
     assert "repeated rhyme character: yes" in rep and f3["repeated_rhyme"] is True
     short, _ = rules_report("白日依山尽，黄河入海流。", "五言绝句", "中文")
@@ -897,7 +897,7 @@ def test_a_poem_decoded_with_rhyme_rhymes_and_the_group_reaches_the_decoder(serv
     *_, (poem, report, info) = poem_stream(state, "春夜", "中文", "五言绝句", sampling=greedy, rhyme=True)
     cfg = GenerationConfig(max_new_tokens=budget, form="五言绝句", rhyme=True)
     assert poem == generate_batch(lm, [prompt], cfg)[0].text.strip()
-    assert report["rule_check"]["rhyme_ok"] is True and "rhyme OK" in report["rules_line"]
+    assert report["rule_check"]["rhyme_ok"] is True and "rhyme: OK" in report["rules_line"]
     assert info["rules_constrained"] == "rhyme"
     *_, (poem2, report2, info2) = poem_stream(state, "春夜", "中文", "五言绝句", sampling=greedy, rhyme_group="东",
                                               tone=True)

@@ -433,11 +433,14 @@ def test_spam_tab_gives_a_label(driver):
 
 
 def test_poem_tab_writes_and_checks_the_form(driver):
+    open_tab(driver, "poem")
+    css(driver, "#poem-rhyme input").click()                   # the screenshot shows a rhyme-kept poem
     check = write_poem(driver, "春夜")
     # the form is kept while decoding by default, so even a random tiny model writes a 五言绝句
     assert check.startswith("Form check: OK") and "五言绝句" in check
     assert css(driver, "#poem-enforce input").is_selected()
     assert value(driver, "#poem-output").strip()
+    wait(driver, lambda: "rhyme: OK (" in text(driver, "#poem-rules"), 10)
     screenshot(driver, "poem")
 
 
@@ -835,15 +838,15 @@ def test_16_the_rhyme_box_keeps_a_rhyme_group_and_the_rule_check_says_so(driver)
     assert check.startswith("Form check: OK")
     wait(driver, lambda: "Rule check" in text(driver, "#poem-rules"), 10)
     rules = text(driver, "#poem-rules")
-    assert "decoded keeping rhyme." in rules and "rhyme OK (" in rules, rules
-    assert "repeated rhyme character:" in rules and "characters not in the rhyme table:" in rules and "tone " in rules
+    assert "decoded keeping rhyme." in rules and "rhyme: OK (" in rules, rules
+    assert "repeated rhyme character:" in rules and "characters not in the rhyme table:" in rules and "tone: " in rules
     poem = value(driver, "#poem-output")
     group = css(driver, "#poem-rhyme-group input")              # a one-line box: an <input>
     group.send_keys(Keys.CONTROL, "a")
     group.send_keys("qqq")
     css(driver, "#poem-button").click()
     wait(driver, lambda: "no rhyme group 'qqq'" in text(driver, "#poem-notice"), 20)
-    assert value(driver, "#poem-output") == poem and "rhyme OK (" in text(driver, "#poem-rules"), "nothing hidden"
+    assert value(driver, "#poem-output") == poem and "rhyme: OK (" in text(driver, "#poem-rules"), "nothing hidden"
     driver.find_element(By.XPATH, "//*[@id='poem-lang']//label[contains(., 'English')]").click()
     wait(driver, lambda: not csss(driver, "#poem-rhyme") or not css(driver, "#poem-rhyme").is_displayed(), 10)
 

@@ -95,8 +95,8 @@ def rules_report(poem: str, form: str, lang: Any, opts: dict | None = None) -> t
     if r["rhyme_group"] == "" and r["tone_ok"] is None and r["unknown_chars"] is None:
         return head + r["rules_summary"] + ".", fields            # not in its form: nothing was checked
     word = {True: "OK", False: "no", None: "unconfirmed"}
-    rhyme = f"rhyme {word[r['rhyme_ok']]}" + (f" ({r['rhyme_group']})" if r["rhyme_group"] else "")
-    tone = f"tone {word[r['tone_ok']]}" + (f" ({r['tone_rate']:.0%} of the 平仄 positions match {r['tone_template']})"
+    rhyme = f"rhyme: {word[r['rhyme_ok']]}" + (f" ({r['rhyme_group']})" if r["rhyme_group"] else "")
+    tone = f"tone: {word[r['tone_ok']]}" + (f" ({r['tone_rate']:.0%} of the 平仄 positions match {r['tone_template']})"
                                            if r["tone_rate"] is not None else "")
     repeated = f"repeated rhyme character: {'yes' if r['repeated_rhyme'] else 'none'}"
     unknown = "characters not in the rhyme table: " + (f"{r['unknown_chars']} ({r['unknown_list']})"
