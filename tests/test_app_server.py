@@ -225,3 +225,63 @@ def test_compare_stays_in_process_with_a_notice_when_the_server_lacks_the_adapte
         alone = AppState(model=str(tiny_llama_dir), adapters_folder=chat_adapters)
         assert K.compare_once(alone, "hello there", "tiny-chat", Sampling(temperature=0.0, max_new_tokens=6),
                               judge_it=False)[:2] == (base, tuned), "the same texts as the in-process app"
+
+
+class _BreakingServer:
+    """An OpenAI-compatible server whose stream breaks after `good` chunks (a chunk that is not JSON): a server
+    failing half-way through an answer, which the fake server above cannot do."""
+
+    def __init__(self, good: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        outer = self
+        self.good, self.posts = good, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                body = json.dumps({"object": "list", "data": [{"id": "smol", "object": "model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.posts += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for i in range(outer.good):
+                    chunk = {"choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: {broken\n\n")
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.spec = f"openai:smol@http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("good", [0, 3])
+def test_a_stream_that_breaks_falls_back_before_its_first_text_and_fails_after_it(tiny_llama_dir, chat_adapters, good):
+    srv = _BreakingServer(good)
+    try:
+        state = AppState(model=str(tiny_llama_dir), adapters_folder=chat_adapters, engine=srv.spec)
+        answer, info = _answer(state, "s", "hello there", max_new_tokens=6)
+        assert srv.posts == 1
+        if good == 0:          # nothing shown yet: transformers writes the whole answer, with the notice
+            assert info["engine"] == "transformers" and "not in the server's format" in info["engine_notice"]
+            assert "fallback" in answer and "⚠ failed" not in answer
+        else:                  # half an answer shown: it fails in one sentence, never finished by another engine
+            assert answer.startswith("w0 w1 w2") and "⚠ failed:" in answer and "not in the server's format" in answer
+            assert "fallback" not in answer and "Traceback" not in answer
+    finally:
+        srv.close()
