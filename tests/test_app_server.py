@@ -285,3 +285,14 @@ def test_a_stream_that_breaks_falls_back_before_its_first_text_and_fails_after_i
             assert "fallback" not in answer and "Traceback" not in answer
     finally:
         srv.close()
+
+
+def test_the_chat_tab_on_an_ollama_spec_uses_OLLAMA_HOST(tiny_llama_dir, chat_adapters, monkeypatch):
+    from harness.fake_ollama import FakeOllama
+    with FakeOllama(models=["smol"], default=lambda body: "an answer from ollama") as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        state = AppState(model=str(tiny_llama_dir), adapters_folder=chat_adapters, engine="ollama:smol")
+        answer, info = _answer(state, "s", "hi there", max_new_tokens=8)
+        assert answer.startswith("an answer from ollama\n") and "· ollama:smol" in answer
+        assert info["engine"] == "ollama:smol" and fake.count("/api/chat") == 1
+        assert fake.chat_bodies()[-1]["messages"][-1]["content"] == "hi there"
