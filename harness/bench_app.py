@@ -12,8 +12,8 @@ Every figure is taken from outside, as a browser or gradio_client sees the app (
 - classify latency: /classify alone (median of 3), then while a Compare of 256 tokens is writing (median of 3).
 - Compare wall time: /compare (base + adapter in one mixed-adapter batch, greedy) vs /chat with the same
   instruction on each side alone (greedy, same settings: the texts are checked to be the same).
-- llama.cpp: tokens/s of one chat stream (server-side, the transparency info) in `python app.py --engine
-  llama.cpp` vs the default app, same prompt, greedy, repetition penalty 1 on both; and the rate after the
+- llama.cpp: tokens/s of one chat stream on the base (server-side, the transparency info; up to 128 new tokens) in
+  `python app.py --engine llama.cpp` vs the default app, same prompt, greedy, repetition penalty 1 on both; and the rate after the
   first token (the tokens/s count the prompt processing, which dominates a short answer).
 Targets (issue 14 / 15): empty-cache page <= 20 s, warm page <= 10 s, TTFT <= 1 s, classify during Compare
 <= 2x alone, Compare <= 1.3x one side, llama.cpp >= 4x the default chat's tokens/s.
@@ -41,7 +41,10 @@ MESSAGES = ("Hi!", "What is the capital of France?", "Name a colour.")
 SPAM = "URGENT! You have won a 1,000 GBP prize. Claim now at http://win-prize.top/claim"
 LONG_PROMPT = "Write a long essay about the history of the sea, with many details."
 COMPARE_PROMPT = "Give three tips for staying healthy."
+# the speed prompt: one stream on the base, long enough that the rate is decoding, not the prompt's processing
+# (the alpaca adapter answers it in ~14 tokens, which made the figure mostly llama.cpp's first token)
 SPEED_PROMPT = "Explain in a few sentences why the sky is blue."
+SPEED_TOKENS = 128
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> float:
@@ -176,7 +179,7 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
 
     model: base model for the app (default: the embedded one)
     port: port the app listens on (127.0.0.1; the next port is used for the --engine llama.cpp app)
-    adapter: the chat adapter for the first token, Compare and llama.cpp figures
+    adapter: the chat adapter for the first token and Compare figures (the llama.cpp speed runs on the base)
     skip_empty_cache: do not time the first start on an empty cache (the one-time GGUF conversion, ~1 min)
     skip_llamacpp: do not time --engine llama.cpp
     runs: warm starts to time (median)
@@ -258,7 +261,7 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
             f"(target <= {TARGETS['compare_ratio']}x, {_verdict(ratio <= TARGETS['compare_ratio'])}; base alone "
             f"{timings['base'][0]:.2f} s, {adapter} alone {timings[adapter][0]:.2f} s; same texts as alone: {same})")
         # 6. the default engine's chat speed, for the llama.cpp comparison
-        default_runs = [first_token(client, SPEED_PROMPT, 64, adapter, 1.0) for _ in range(2)]
+        default_runs = [first_token(client, SPEED_PROMPT, SPEED_TOKENS, "base", 1.0) for _ in range(2)]
         default_tps = statistics.median(r[1]["tokens_per_s"] for r in default_runs)
     finally:
         app.stop()
@@ -267,11 +270,11 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
         fast = App(port + 1, [*base_args, "--engine", "llama.cpp"])
         try:
             client = fast.client()
-            runs_ = [first_token(client, SPEED_PROMPT, 64, adapter, 1.0) for _ in range(3)]
+            runs_ = [first_token(client, SPEED_PROMPT, SPEED_TOKENS, "base", 1.0) for _ in range(3)]
             engines = {r[1].get("engine") for r in runs_}
             tps = statistics.median(r[1]["tokens_per_s"] for r in runs_[1:])
             ratio = tps / default_tps if default_tps else float("nan")
-            say(f"--engine llama.cpp: page up {fast.page_s:5.2f} s, ready {fast.ready_s:5.2f} s; chat ({adapter}) "
+            say(f"--engine llama.cpp: page up {fast.page_s:5.2f} s, ready {fast.ready_s:5.2f} s; chat (base) "
                 f"{tps:6.1f} tokens/s vs default {default_tps:6.1f} = {ratio:4.1f}x (target >= "
                 f"{TARGETS['llamacpp_ratio']:.0f}x, {_verdict(ratio >= TARGETS['llamacpp_ratio'])}; engine "
                 f"{', '.join(sorted(map(str, engines)))}; first token {runs_[-1][0]:.2f} s)")
