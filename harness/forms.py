@@ -219,8 +219,9 @@ class RuleSets:
     writes (a 多音字 in two groups keeps both until a later rhyme narrows them); a rhyme character is not used
     twice. tone: the constrained positions (harness.rules.constrained_positions) follow a 平仄 template: a given
     name (True: any of the four) narrowed character by character to the templates the poem still fits, so the
-    template is settled by the first line (where the live templates disagree, either tone, but a known one). Characters: the poem charset and the rhyme table (unknown ones are
-    never allowed where a rule applies). One instance per FormConstraint."""
+    template is settled by the first line (where the live templates disagree, either tone, but a known one).
+    Characters: the poem charset and the rhyme table (unknown ones are never allowed where a rule applies). One
+    instance per FormConstraint."""
 
     def __init__(self, form: str, rhyme: bool, rhyme_group: str | None, tone: bool | str, rhyme_first_line: bool):
         from harness import rules

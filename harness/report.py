@@ -570,9 +570,8 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     except ValueError as e:
         raise UserError(f"{run_a_path} vs {run_b_path}: {e}") from None
     a, b = cmp["a"], cmp["b"]
-    dec = rows_a[0].get("decoding") or ""
     name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge")
-                    + ((dec,) if dec else ()))
+                    + ((a["decoding"],) if a["decoding"] else ()))
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(cmp, rows_a, rows_b, folder)
@@ -599,23 +598,23 @@ def _describe(runs: list[dict]) -> str:
     if not runs:
         return "  (none)"
     return "\n".join(f"  {r['label']:<45} task={r['task']} eval_set={r['eval_set']} "
-                     f"judge={r['judge'] or 'none'}{' decoding=' + r['decoding'] if r.get('decoding') else ''}"
+                     f"judge={r['judge'] or 'none'}{' decoding=' + r['decoding'] if r['decoding'] else ''}"
                      f"  ({r['path']})" for r in runs)
 
 
 def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, eval_set: str | None = None,
                   judge: str | None = None, decoding: str | None = None) -> tuple[dict, dict]:
-    """Pick the two runs named by SPECs ('model' or 'model+adapter') that share task, eval set and judge.
+    """Pick the two runs named by SPECs ('model' or 'model+adapter') that share task, eval set, judge and decoding.
 
-    judge 'none' means runs without a judge; decoding 'free' means runs decoded freely. No match or several possible pairs -> UserError listing
-    the available runs and which flag narrows the choice.
+    judge 'none' means runs without a judge; decoding 'free' means runs decoded freely. No match or several
+    possible pairs -> UserError listing the available runs and which flag narrows the choice.
     """
     if len(specs) != 2:
         raise UserError(f"--models takes exactly two SPECs (model or model+adapter), got {len(specs)}")
     jf = None if judge is None else ("" if judge.lower() == "none" else judge)
     df = None if decoding is None else ("" if decoding == "free" else decoding)
     pool = [r for r in runs if (task is None or r["task"] == task) and (eval_set is None or r["eval_set"] == eval_set)
-            and (jf is None or r["judge"] == jf) and (df is None or r.get("decoding", "") == df)]
+            and (jf is None or r["judge"] == jf) and (df is None or r["decoding"] == df)]
     cands = []
     for spec in specs:
         if spec.endswith(".jsonl"):  # a rows file named directly
@@ -636,8 +635,8 @@ def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, e
                             f"{' --adapter ' + adapter if adapter else ''} --eval-set E`")
         cands.append(c)
     same = [(x, y) for x in cands[0] for y in cands[1] if x["path"] != y["path"]
-            and (x["task"], x["eval_set"], x["judge"], x["judge_mode"], x.get("decoding", "")) ==
-            (y["task"], y["eval_set"], y["judge"], y["judge_mode"], y.get("decoding", ""))]
+            and (x["task"], x["eval_set"], x["judge"], x["judge_mode"], x["decoding"]) ==
+            (y["task"], y["eval_set"], y["judge"], y["judge_mode"], y["decoding"])]
     if len(same) == 1:
         return same[0]
     if not same and len(cands[0]) == 1 and len(cands[1]) == 1 and cands[0][0]["path"] != cands[1][0]["path"]:

@@ -612,11 +612,10 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
     instruction: one message rendered as the model's instruction prompt (LoadedModel.render_instruction)."""
     if is_server_spec(state.engine):
         srv, notice = server_route(state.engine, adapter, form)
-        if srv is not None:
-            state.engine_note = ""
-        elif not form and not adapter:         # then the only reason is a server that is down: the status says so
+        if srv is None and not form and not adapter:   # the only reason left: the server is down
             state.engine_note = notice
         if srv is not None:
+            state.engine_note = ""
             said = False
             try:
                 for out in server_stream(state, srv, messages, system or None, adapter, sampling, session,
