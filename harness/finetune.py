@@ -30,6 +30,7 @@ from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
+AUTOCAST = ("", "bf16")
 METHODS = ("head", "label_text", "sft")
 
 
@@ -54,12 +55,15 @@ class Recipe:
     max_eval_items: int | None = 200
     forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
     per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
+    form_counts: dict[str, int] = field(default_factory=dict)  # poems: at most this many of each named form (overrides per_form)
     labels: list[str] = field(default_factory=list)  # classify: default the task's labels
     prompt: str = ""                         # label_text: the prompt around {text} (default the task's prompt)
     input_template: str = "{text}"          # head: what the classifier reads; its last token feeds the head
     balance_classes: bool = False           # classify: weight the loss so every class counts equally
     boundary_tokens: list[str] = field(default_factory=list)  # sft: tokens that end a unit (poems: ，。)
     boundary_weight: float = 0.0            # sft: weight of the boundary loss (see causal_loss); 0 = plain SFT
+    autocast: str = ""                      # "bf16": training matmuls in bfloat16 (torch.autocast); weights, LoRA,
+                                            # optimizer and validation stay float32. "" = all float32
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -113,6 +117,16 @@ class Recipe:
         problem = template_problem(self.input_template)
         if problem:
             raise UserError(f"recipe {self.name}: {problem}")
+        if self.autocast not in AUTOCAST:
+            raise UserError(f"recipe {self.name}: autocast must be one of {', '.join(map(repr, AUTOCAST))}, "
+                            f"got {self.autocast!r}")
+        if self.form_counts:
+            bad = {f: n for f, n in self.form_counts.items() if not isinstance(n, int) or isinstance(n, bool) or n < 1}
+            if bad:
+                raise UserError(f"recipe {self.name}: form_counts values must be positive integers, got {bad}")
+            extra = [f for f in self.form_counts if self.forms and f not in self.forms]
+            if extra:
+                raise UserError(f"recipe {self.name}: form_counts names {extra}, which are not in forms {self.forms}")
 
     @property
     def task_spec(self):
@@ -133,6 +147,10 @@ def _type_problem(key: str, value, tp) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return "" if value is None else _type_problem(key, value, args[0])
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+            return f"{key} must be a table of integers, e.g. {key} = {{ \"七言绝句\" = 600 }}, got {value!r}"
+        return ""
     if typing.get_origin(tp) is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             return f"{key} must be a list of strings, e.g. {key} = [\"q_proj\", \"v_proj\"], got {value!r}"
@@ -206,8 +224,10 @@ def recipe_toml(r: Recipe) -> str:
             return json.dumps(v, ensure_ascii=False)
         if isinstance(v, list):
             return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {val(x)}" for k, x in v.items()) + " }"
         return repr(v)
-    return "".join(f"{k} = {val(v)}\n" for k, v in asdict(r).items() if v is not None and v != "")
+    return "".join(f"{k} = {val(v)}\n" for k, v in asdict(r).items() if v is not None and v != "" and v != {})
 
 
 # ---------------------------------------------------------------- examples
@@ -232,11 +252,14 @@ def load_examples(r: Recipe, split: str, data_dir: str | None, limit: int | None
         items, where = list(es.items), split
     if r.forms:
         items = [it for it in items if it.get("form") in r.forms]
-    if r.per_form:
+    if r.form_counts:
+        items = [it for it in items if it.get("form") in r.form_counts]
+    if r.per_form or r.form_counts:
         by_form: dict[str, list[dict]] = {}
         for it in items:
             by_form.setdefault(it.get("form", ""), []).append(it)
-        items = [it for f in sorted(by_form) for it in _subset(by_form[f], r.per_form, r.seed)]
+        items = [it for f in sorted(by_form)
+                 for it in _subset(by_form[f], r.form_counts.get(f, r.per_form), r.seed)]
     if r.task_spec.kind == "classify":
         items = [it for it in items if it.get("label") in r.labels]
     if not items:
@@ -585,17 +608,18 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
                 break
             batch = collate([train[i] for i in batches[b]], tok.pad_token_id)
             classes = batch.pop("classes", None)
-            if r.method == "label_text":
-                outp = None
-                batch_loss = label_text_loss(model, batch, tok.pad_token_id,
-                                             None if weight is None else weight[classes])
-            elif r.method == "sft":
-                outp = None
-                batch_loss = causal_loss(model, batch, boundary, r.boundary_weight)[0]
-            else:
-                outp = model(**batch)
-                batch_loss = outp.loss if weight is None else \
-                    torch.nn.functional.cross_entropy(outp.logits, batch["labels"], weight=weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast == "bf16"):
+                if r.method == "label_text":
+                    outp = None
+                    batch_loss = label_text_loss(model, batch, tok.pad_token_id,
+                                                 None if weight is None else weight[classes])
+                elif r.method == "sft":
+                    outp = None
+                    batch_loss = causal_loss(model, batch, boundary, r.boundary_weight)[0]
+                else:
+                    outp = model(**batch)
+                    batch_loss = outp.loss if weight is None else \
+                        torch.nn.functional.cross_entropy(outp.logits.float(), batch["labels"], weight=weight)
             batch_loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)

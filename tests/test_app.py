@@ -887,6 +887,22 @@ def test_the_rule_check_line_reports_rhyme_tone_repeats_and_unknown_characters()
     assert rules_report(poem, "sonnet", "English") == ("", {}) and rules_report("", "五言绝句", "中文") == ("", {})
 
 
+def test_the_form_report_and_the_rule_line_check_a_poem_once(monkeypatch):
+    """The tab's form report (its "rules" sentence) and its rule-check line read one explain_poem result."""
+    import harness.rules
+    from harness.app.poem import explained, form_report, rules_report
+    calls = []
+    real = harness.rules.explain_poem
+    monkeypatch.setattr(harness.rules, "explain_poem", lambda *a: calls.append(a) or real(*a))
+    explained.cache_clear()
+    poem = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
+    rep = form_report(poem, "五言绝句", "中文")
+    line, fields = rules_report(poem, "五言绝句", "中文")
+    assert len(calls) == 1 and rep["rules"] and fields["rhyme_group"] == "尤" and rep["rules"] in line
+    rules_report(poem.replace("楼", "天"), "五言绝句", "中文")
+    assert len(calls) == 2                                         # another poem is checked anew
+
+
 def test_a_poem_decoded_with_rhyme_rhymes_and_the_group_reaches_the_decoder(served):
     from harness.app.poem import form_token_budget, poem_stream
     state = served[1]

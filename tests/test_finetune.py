@@ -266,3 +266,51 @@ def test_card_measures_an_adapter_served_by_an_engine_and_refuses_a_served_class
         measure(s.name, eval_sets=["sms_own"], limit=3, engine="openai:x@http://127.0.0.1:9")
     with pytest.raises(UserError, match="--base-engine 'tiny' is not a server spec"):
         measure(r.name, eval_sets=["instructions_own"], limit=3, base_engine="tiny")
+
+
+def test_form_counts_pick_that_many_of_each_named_form_and_round_trip(tmp_path):
+    """form_counts takes at most n poems of each named form (seeded), drops the forms it does not name, is written
+    back to recipe.toml as a TOML table that reads again, and bad tables name the key and the fix."""
+    from harness.finetune import load_examples, read_recipe_file, recipe_toml
+    forms = ["五言绝句", "七言绝句", "五言律诗"]
+    rows = [{"id": f"p{i}", "lang": "zh", "form": forms[i % 3], "title": "春", "prompt": "写一首诗", "poem": "春。"}
+            for i in range(60)]                                  # 20 of each form
+    write_split("poems_zh", {"train": rows, "validation": rows[:6], "test": rows[:6]})
+    r = Recipe(name="x", task="poem", dataset="poems_zh", lang="zh", form_counts={"七言绝句": 12, "五言绝句": 3})
+    got = load_examples(r, "train", None, None)
+    assert sorted(x["form"] for x in got).count("七言绝句") == 12 and [x["form"] for x in got].count("五言绝句") == 3
+    assert len(got) == 15 and got == load_examples(r, "train", None, None)      # deterministic for the seed
+    both = Recipe(name="x", task="poem", dataset="poems_zh", lang="zh", per_form=5, form_counts={"七言绝句": 12})
+    assert len(load_examples(both, "train", None, None)) == 12              # form_counts overrides per_form
+    f = tmp_path / "r.toml"
+    f.write_text(recipe_toml(r), encoding="utf-8")
+    assert 'form_counts = { "七言绝句" = 12, "五言绝句" = 3 }' in f.read_text(encoding="utf-8")
+    assert read_recipe_file(f).form_counts == r.form_counts
+    assert "form_counts" not in recipe_toml(Recipe(name="x", task="poem", dataset="poems_zh"))
+    f.write_text('name = "x"\ntask = "poem"\nform_counts = { "七言绝句" = "many" }\n', encoding="utf-8")
+    with pytest.raises(UserError, match="form_counts must be a table of integers"):
+        read_recipe_file(f)
+    with pytest.raises(UserError, match="positive integers"):
+        Recipe(name="x", task="poem", form_counts={"七言绝句": 0})
+    with pytest.raises(UserError, match=r"not in forms"):
+        Recipe(name="x", task="poem", forms=["五言绝句"], form_counts={"七言绝句": 3})
+
+
+def test_bf16_autocast_trains_float32_lora_weights(tiny_llama_dir, tmp_path):
+    """autocast = "bf16" runs the training matmuls in bfloat16: the loss differs from the float32 run's (so the
+    flag is really used) but not by much, the LoRA weights are saved as a float32 run's (no bfloat16), and a wrong
+    value is named."""
+    fake_data()
+    runs, dtypes = {}, {}
+    for mode in ("", "bf16"):
+        r = tiny_recipe(tiny_llama_dir, "chat", autocast=mode, dropout=0.0)
+        out = finetune(r, tmp_path / (mode or "fp32"), max_steps=2)
+        runs[mode] = json.loads((out / "history.json").read_text())["history"]["steps"]
+        w = load_file(str(out / "adapter_model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in w.values())
+        dtypes[mode] = {v.dtype for v in w.values()}
+    assert dtypes["bf16"] == dtypes[""] and torch.bfloat16 not in dtypes["bf16"]   # saved as a float32 run's are
+    a, b = runs[""][0]["loss"], runs["bf16"][0]["loss"]
+    assert a != b and abs(a - b) < 0.05 * a, (a, b)
+    with pytest.raises(UserError, match="autocast must be one of"):
+        tiny_recipe(tiny_llama_dir, "chat", autocast="fp16")

@@ -12,6 +12,7 @@ another language than the one asked for, or a poem in the wrong language, gets a
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,15 +80,22 @@ def rules_words(opts: dict) -> str:
     return ", ".join(parts)
 
 
+@functools.lru_cache(maxsize=16)
+def explained(poem: str, form: str, lang: str) -> dict:
+    """harness.rules.explain_poem, kept for the last few poems: the tab's form report and its rule-check line
+    read the same result (callers never change the dict)."""
+    from harness.rules import explain_poem
+    return explain_poem(poem, form, lang)
+
+
 def rules_report(poem: str, form: str, lang: Any, opts: dict | None = None) -> tuple[str, dict]:
     """The rule checks of a poem (harness.rules.explain_poem: the same checks as the leaderboard's poem rows) as
     one Markdown line for the tab, and the fields: rhyme (平水韵 group), tone (平仄 template), a repeated rhyme
     character, characters not in the table (counted, never guessed). ("", {}) where no rule applies."""
-    from harness.rules import explain_poem
     code = poem_lang(lang)
     if code != "zh" or not has_fixed_form(form) or not str(poem or "").strip():
         return "", {}
-    r = explain_poem(poem, form, code)
+    r = explained(poem, form, code)
     fields = {k: r[k] for k in ("rhyme_ok", "rhyme_group", "tone_ok", "tone_rate", "tone_template", "repeated_rhyme",
                                 "unknown_chars", "unknown_list")}
     kept = rules_words(opts or {})
@@ -188,8 +196,7 @@ def rules_summary(poem: str, form: str, lang: str) -> str:
     """harness.rules' one sentence on rhyme and tones (平水韵, 平仄) or a sonnet's rhyme scheme; "" when no rule
     applies to the form or the checks cannot run."""
     try:
-        from harness.rules import explain_poem
-        text = str(explain_poem(poem, form, lang).get("rules_summary") or "").strip().rstrip(".")
+        text = str(explained(poem, form, lang).get("rules_summary") or "").strip().rstrip(".")
     except Exception:  # noqa: BLE001 - the rule checks are extra information; the form check stands alone
         return ""
     return "" if text.startswith("no rule checks") else text
