@@ -41,9 +41,16 @@ for adapter in "" gemma3-270m-poem-zh; do
     done
   done
 done
-# poem, rhyme-constrained decoding on Gemma, base and adapter: the 平水韵 rhyme on the even lines (rhyme), and the
-# 平仄 template too (rhyme+tone); the rhyme and tone checks of the free and form rows above are the rates without
-# these constraints (the SmolLM2 rhyme runs were cut for time this session: harness.rules --measure has its figures)
+# poem, rhyme-constrained decoding, both bases, base and adapter: the 平水韵 rhyme on the even lines (rhyme), and
+# the 平仄 template too (rhyme+tone); the rhyme and tone checks of the free and form rows above are the rates
+# without these constraints
+for adapter in "" smollm2-135m-poem-zh; do
+  for es in poems_own poems_zh:test_jueju; do
+    for decoding in rhyme rhyme+tone; do
+      run ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" --judge none
+    done
+  done
+done
 for adapter in "" gemma3-270m-poem-zh; do
   for es in poems_own poems_zh:test_jueju; do
     for decoding in rhyme rhyme+tone; do
@@ -59,11 +66,10 @@ for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
   done
 done
 # spam and chat on the second base (Gemma-3-270M): its base zero-shot / with the Alpaca prompt, and its adapters
-# (the base's zero-shot on the 808 natural_test items, ~35 min here, was cut for time this session)
 for es in sms_own sms_spam:test sms_spam:natural_test; do
   python -m harness run --model gemma3-270m --adapter gemma3-270m-spam --eval-set "$es" --judge none
 done
-for es in sms_own sms_spam:test; do
+for es in sms_own sms_spam:test sms_spam:natural_test; do
   python -m harness run --model gemma3-270m --eval-set "$es" --judge none
 done
 # (ROUGE-L only: the offline judge agrees with the human labels no better than chance, results/reports/judges/)
@@ -74,10 +80,11 @@ python -m harness leaderboard
 # cross-base reports, SmolLM2-135M vs Gemma-3-270M: base vs base and adapter vs adapter, paired on the shared items
 cross() { python -m harness report --models "$1" "$2" --eval-set "$3" --judge none ${4:+--decoding "$4"}; }
 cross "$BASE" gemma3-270m poems_zh:test_jueju free
-for decoding in free form; do
+for decoding in free form rhyme; do
   cross "$BASE+smollm2-135m-poem-zh" gemma3-270m+gemma3-270m-poem-zh poems_zh:test_jueju "$decoding"
 done
 cross "$BASE" gemma3-270m sms_spam:test
+cross "$BASE" gemma3-270m sms_spam:natural_test
 cross "$BASE+smollm2-135m-spam" gemma3-270m+gemma3-270m-spam sms_spam:test
 R=results/runs/chat/instructions_own   # chat: the SmolLM2 runs carry the offline judge's scores, Gemma's do not (ROUGE-L)
 python -m harness report --models "${R}__${BASE}__base__transformers-${BASE}.jsonl" "${R}__gemma3-270m__base__nojudge.jsonl"
