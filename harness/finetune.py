@@ -55,7 +55,8 @@ class Recipe:
     max_eval_items: int | None = 200
     forms: list[str] = field(default_factory=list)   # poems: keep only these forms (empty = all)
     per_form: int | None = None              # poems: at most this many items of each form (seeded), balancing forms
-    form_counts: dict[str, int] = field(default_factory=dict)  # poems: at most this many of each named form (overrides per_form)
+    form_counts: dict[str, int] = field(default_factory=dict)  # poems: at most n of each named form, others
+                                            # dropped (overrides per_form), e.g. { "七言绝句" = 600 }
     labels: list[str] = field(default_factory=list)  # classify: default the task's labels
     prompt: str = ""                         # label_text: the prompt around {text} (default the task's prompt)
     input_template: str = "{text}"          # head: what the classifier reads; its last token feeds the head
@@ -148,7 +149,8 @@ def _type_problem(key: str, value, tp) -> str:
     if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return "" if value is None else _type_problem(key, value, args[0])
     if typing.get_origin(tp) is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        ints = isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+        if not ints:
             return f"{key} must be a table of integers, e.g. {key} = {{ \"七言绝句\" = 600 }}, got {value!r}"
         return ""
     if typing.get_origin(tp) is list:
