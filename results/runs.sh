@@ -24,41 +24,22 @@ done
 # with the committed human labels is in results/reports/judges/)
 run --adapter smollm2-135m-alpaca --eval-set instructions_own --judge "$JUDGE" --judge-mode pairwise \
   --baseline instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct
-# poem: the base and the Tang-poem adapter, free decoding and under the form constraint
-for adapter in "" smollm2-135m-poem-zh; do
-  for es in poems_own poems_zh:test_jueju; do
-    for decoding in free form; do
-      run ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" --judge none
+# poem, on both bases (SmolLM2-135M and Gemma-3-270M), each base and its Tang-poem adapter on both poem sets:
+# free decoding, the form constraint, the form + the 平水韵 rhyme on the even lines (rhyme) and the 平仄 template
+# too (rhyme+tone); the rhyme and tone checks of the free and form rows are the rates without those constraints
+poem() {   # poem MODEL ADAPTER [run flags...]
+  local model=$1 tuned=$2; shift 2
+  for adapter in "" "$tuned"; do
+    for es in poems_own poems_zh:test_jueju; do
+      for decoding in free form rhyme rhyme+tone; do
+        python -m harness run --model "$model" ${adapter:+--adapter "$adapter"} --eval-set "$es" \
+          --decoding "$decoding" --judge none "$@"
+      done
     done
   done
-done
-# poem on the second offline base (Gemma-3-270M): its base and its Tang-poem adapter, free and form-constrained
-for adapter in "" gemma3-270m-poem-zh; do
-  for es in poems_own poems_zh:test_jueju; do
-    for decoding in free form; do
-      python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" \
-        --judge none --max-new-tokens 120
-    done
-  done
-done
-# poem, rhyme-constrained decoding, both bases, base and adapter: the 平水韵 rhyme on the even lines (rhyme), and
-# the 平仄 template too (rhyme+tone); the rhyme and tone checks of the free and form rows above are the rates
-# without these constraints
-for adapter in "" smollm2-135m-poem-zh; do
-  for es in poems_own poems_zh:test_jueju; do
-    for decoding in rhyme rhyme+tone; do
-      run ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" --judge none
-    done
-  done
-done
-for adapter in "" gemma3-270m-poem-zh; do
-  for es in poems_own poems_zh:test_jueju; do
-    for decoding in rhyme rhyme+tone; do
-      python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set "$es" --decoding "$decoding" \
-        --judge none --max-new-tokens 120
-    done
-  done
-done
+}
+poem "$BASE" smollm2-135m-poem-zh
+poem gemma3-270m gemma3-270m-poem-zh --max-new-tokens 120
 # spam: the base zero-shot (label likelihoods), the classification-head adapter and the label-as-text adapter
 for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
   for es in sms_own sms_spam:test sms_spam:natural_test; do
