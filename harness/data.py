@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.io import CJK_CLASS, atomic_write, atomic_writer, iter_jsonl
+from harness.io import CJK_CLASS, atomic_write, atomic_writer, iter_jsonl, make_dirs
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
@@ -212,7 +212,7 @@ def _downloaded_inputs(m: Manifest) -> dict[str, Path]:
     """Verified copies in <cache>/downloads/<name>/, downloading (and extracting) what is missing. Every file is
     written through io.atomic_writer and checked against its sha256 before it takes its name."""
     root = cache_dir() / "downloads" / m.name
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     out, archives = {}, {}
     try:
         for f in m.files:
@@ -491,7 +491,7 @@ def prepare(name: str, data_dir: str | Path | None = None, manifest: Manifest | 
             raise AssertionError(f"{name}: duplicate ids in {split}")
 
     out_dir = _data_dir(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # not prepared until meta.json is written again
     paths = {}
     for split in m.splits:

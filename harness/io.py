@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
 
@@ -52,6 +57,25 @@ def text_sha(text: str) -> str:
 
 # ---------------------------------------------------------------- writing
 
+# What an OSError means to the user, by errno: one sentence each (os_error_message).
+_CAUSES = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOENT: "its folder does not exist", errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "it is a folder", errno.EEXIST: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "the name is too long", errno.EFBIG: "the file is too large",
+    errno.EIO: "an input/output error on the device",
+}
+
+
+def os_error_message(e: OSError, path: str | Path, verb: str = "write") -> str:
+    """One sentence for an OSError met while writing (or reading) `path`: the path, the cause, the fix."""
+    cause = _CAUSES.get(e.errno or 0) or (e.strerror or str(e))
+    fix = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+           errno.EROFS: "write to a folder on a writable disk"}.get(e.errno or 0,
+                                                                     "pick a folder you can write to")
+    return f"cannot {verb} {path}: {cause}; {fix}"
+
+
 def check_writable_file(path: str | Path, what: str = "--output") -> Path:
     """Refuse, before any work, an output path that is a folder or whose folder cannot be created or written."""
     p = Path(path)
@@ -62,8 +86,9 @@ def check_writable_file(path: str | Path, what: str = "--output") -> Path:
 
 
 def check_writable_dir(folder: str | Path, what: str) -> Path:
-    """Check that files can be made in `folder` (or, if it does not exist yet, that it can be created), without
-    creating anything; UserError naming `what` otherwise."""
+    """Check that files can be made in `folder` (or, if it does not exist yet, in its nearest existing parent,
+    where it would be created) by creating and removing a probe file: os.access says yes to root on a
+    read-only or pseudo file system (/proc), a probe does not. UserError naming `what` otherwise."""
     d = Path(folder)
     probe = d
     while not probe.exists() and probe != probe.parent:
@@ -71,29 +96,71 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
     problem = ""
     if not probe.is_dir():
         problem = f"{probe} is not a folder"
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        problem = "permission denied"
-    elif probe == d:
+    else:
         try:
-            fd, name = tempfile.mkstemp(dir=d, prefix=".ftbench-check-")
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".ftbench-check-")
             os.close(fd)
             os.unlink(name)
         except OSError as e:
-            problem = e.strerror or str(e)
+            problem = _CAUSES.get(e.errno or 0) or e.strerror or str(e)
+            if probe != d and e.errno == errno.ENOENT:
+                problem = f"no file can be created in {probe}"
     if problem:
         raise UserError(f"{what}: cannot write in {d} ({problem}); pick a folder you can write to "
                         f"(check its permissions and free space)")
     return d
 
 
+# Temp files of writes in progress, removed by the signal handler if SIGTERM arrives mid-write (SIGINT raises
+# KeyboardInterrupt, which atomic_writer's own cleanup handles).
+_TEMPS: set[str] = set()
+_TEMPS_LOCK = threading.Lock()
+_PREVIOUS: dict[int, Any] = {}
+
+
+def _on_signal(signum, frame):
+    with _TEMPS_LOCK:
+        temps = list(_TEMPS)
+    for t in temps:
+        with contextlib.suppress(OSError):
+            os.unlink(t)
+    prev = _PREVIOUS.get(signum, signal.SIG_DFL)
+    if callable(prev):
+        return prev(signum, frame)
+    if prev == signal.SIG_IGN:
+        return None
+    signal.signal(signum, signal.SIG_DFL)       # die of the same signal, as without this handler
+    os.kill(os.getpid(), signum)
+
+
+def _install_cleanup() -> None:
+    """Chain a temp-file cleanup in front of the SIGTERM (and SIGHUP) handler, once, from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None or sig in _PREVIOUS:
+            continue
+        try:
+            _PREVIOUS[sig] = signal.getsignal(sig)
+            signal.signal(sig, _on_signal)
+        except (ValueError, OSError):        # not the main interpreter: leave the handler alone
+            _PREVIOUS.pop(sig, None)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
     """A file object whose content replaces `path` only when the block ends without an error: a unique temp
-    name in the target's folder, flush and fsync, then os.replace. On error the temp file is removed."""
+    name in the target's folder, flush and fsync, then os.replace. On error, Ctrl-C or SIGTERM the temp file is
+    removed and the old file stays. Every OSError (full disk, read-only, missing parent, not a folder, quota,
+    permission) becomes one UserError sentence naming the path and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _install_cleanup()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with _TEMPS_LOCK:
+            _TEMPS.add(tmp)
         kw = {} if "b" in mode else {"encoding": encoding, "newline": newline}
         with os.fdopen(fd, mode, **kw) as f:
             yield f
@@ -101,10 +168,15 @@ def atomic_writer(path: str | Path, mode: str = "w", encoding: str | None = "utf
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)     # mkstemp makes 0600; our outputs are plain readable files
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as e:
+        raise UserError(os_error_message(e, path)) from None
+    finally:
+        if tmp is not None:
+            with _TEMPS_LOCK:
+                _TEMPS.discard(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
@@ -114,17 +186,75 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def make_dirs(folder: str | Path) -> Path:
+    """mkdir -p, with an OSError turned into one UserError sentence naming the folder and the cause."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(os_error_message(e, folder, "create the folder")) from None
+    return Path(folder)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a file (a resumable progress file), flushed to disk; OSError -> one UserError sentence."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(os_error_message(e, path)) from None
+
+
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     """One JSON object per line (UTF-8, non-ASCII kept), atomically."""
     return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+# CSV formula cells (CSV injection). A spreadsheet runs a cell that starts with = + - @ (or a tab or CR before
+# one) as a formula: `=HYPERLINK(...)`, `=cmd|' /C calc'!A0`. The rule, used by every CSV this project writes
+# (write_csv, write_frame; the app's predictions download too):
+#   a cell that starts with any number of ' followed by = + - @ TAB or CR, and is not a plain number
+#   (-0.5, +3, 1e-3), gets one ' in front.
+# It is reversible: csv_unescape drops that one ' again (a cell starting with '+ then one of those characters
+# was always escaped, so nothing else is touched). Plain numbers (negative ones too) stay numbers.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_ESCAPED = re.compile(r"'+[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_escape(value: Any) -> str:
+    """A cell made safe for a spreadsheet (see the rule above); None -> ""."""
+    text = "" if value is None else str(value)
+    if _FORMULA.match(text) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def csv_unescape(text: str) -> str:
+    """The inverse of csv_escape: one leading ' dropped from a cell that csv_escape escaped."""
+    return text[1:] if _ESCAPED.match(text) else text
+
+
 def write_csv(path: str | Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV (\\r\\n line ends, as the csv module writes) with every cell escaped by csv_escape, atomically."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
+    w.writerow([csv_escape(c) for c in header])
+    w.writerows([csv_escape(c) for c in row] for row in rows)
     return atomic_write(path, buf.getvalue())
+
+
+def write_frame(path: str | Path, df) -> Path:
+    """A pandas DataFrame as CSV (no index, \\n line ends), its text cells escaped by csv_escape, atomically."""
+    import pandas as pd
+    df = df.copy()
+    for col in df.columns:
+        if not (pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])):
+            df[col] = df[col].map(lambda v: v if not isinstance(v, str) else csv_escape(v))
+    df.columns = [csv_escape(c) for c in df.columns]
+    return atomic_write(path, df.to_csv(index=False, lineterminator="\n"))
 
 
 # ---------------------------------------------------------------- reading
@@ -166,22 +296,53 @@ def iter_jsonl(path: str | Path, fix: str = "") -> Iterator[tuple[int, dict]]:
         yield lineno, item
 
 
+def read_csv(path: str | Path, what: str = "file") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line, fields)]) of a UTF-8 CSV; line = the physical line a record starts on; blank lines skipped.
+    No field size limit (a long message is fine). An unterminated quote and a record with more or fewer fields
+    than the header raise UserError naming file:line and what to fix."""
+    p = Path(path)
+    text = read_text(p, what)
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    out: list[tuple[int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            why = ("a quoted field is never closed (an unterminated \")" if "end of data" in str(e)
+                   else f"malformed CSV ({e})")
+            raise UserError(f"{p}:{start}: {why}; close the quote, or double a quote inside a quoted field "
+                            f"(\"\")") from None
+        line, start = start, reader.line_num + 1
+        if not fields or (len(fields) == 1 and not fields[0].strip() and header is not None):
+            continue
+        if header is None:
+            header = [c.strip() for c in fields]
+            continue
+        if len(fields) != len(header):
+            more = len(fields) > len(header)
+            raise UserError(f"{p}:{line}: {len(fields)} fields where the header has {len(header)} "
+                            f"({', '.join(header)}); "
+                            + ("put a text that contains a comma in double quotes" if more else
+                               "add the missing field(s) or delete the line"))
+        out.append((line, fields))
+    return header or [], out
+
+
 def read_table(path: str | Path, required: tuple[str, ...] = (), what: str = "file") -> list[tuple[int, dict]]:
-    """(line, row) of a CSV (header row) or JSONL file, chosen by suffix; required columns checked with file:line.
-    CSV line numbers are the physical line a record starts on."""
+    """(line, row) of a CSV (header row, see read_csv) or JSONL file, chosen by suffix; required columns checked
+    with file:line. CSV line numbers are the physical line a record starts on."""
     p = Path(path)
     if p.suffix.lower() == ".csv":
-        text = read_text(p, what)
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        cols = reader.fieldnames or []
+        cols, records = read_csv(p, what)
         missing = [c for c in required if c not in cols]
         if missing:
             raise UserError(f"{p}:1: missing column(s) {', '.join(missing)}; the header has {', '.join(cols) or 'nothing'}")
-        out = []
-        for row in reader:
-            line = reader.line_num - (row.get(cols[-1], "") or "").count("\n") if cols else reader.line_num
-            out.append((line, {k: (v if v is not None else "") for k, v in row.items() if k is not None}))
-        return out
+        return [(line, dict(zip(cols, fields))) for line, fields in records]
     rows = list(iter_jsonl(p))
     for lineno, row in rows:
         missing = [c for c in required if c not in row]

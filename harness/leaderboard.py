@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.io import atomic_write
+from harness.io import write_frame
 from harness.metrics import as_float, is_scored  # noqa: F401 - re-exported for report and the app
 
 REQUIRED = ("task", "eval_set", "item_id", "model")
@@ -185,11 +185,10 @@ def write_leaderboards(runs_dir: str | Path, out_dir: str | Path, task: str | No
     """Write out_dir/leaderboard_<task>.csv for every task with runs (floats rounded to 4 places,
     written atomically); returns the paths written."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for t, df in build_leaderboard(runs_dir, task).items():
         path = out_dir / f"leaderboard_{t}.csv"
-        atomic_write(path, df.round(4).to_csv(index=False, lineterminator="\n"))
+        write_frame(path, df.round(4))
         paths.append(path)
     return paths
 

@@ -573,7 +573,6 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge")
                     + ((a["decoding"],) if a["decoding"] else ()))
     folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
     images = _plots(cmp, rows_a, rows_b, folder)
     md = _markdown(cmp, rows_a, rows_b, (_shown(run_a_path), _shown(run_b_path)), images,
                    (Path(run_a_path), Path(run_b_path)))
