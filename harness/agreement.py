@@ -5,7 +5,8 @@
     res = judge_vs_humans(labels, predictions, "ollama:llama3", kind="pairwise")
     print(agreement_markdown([res]))
 
-    python -m harness.agreement              # rewrite results/reports/judges/instructions_own.md (see own_pairs_report)
+    python -m harness bench agreement        # rewrite results/reports/judges/instructions_own.md
+                                             # (harness/bench/agreement.py: every offline judge vs the committed labels)
 
 Counting (as MT-bench counts it): a human "both bad" is a tie. Agreement with ties = the share of pairs where
 the judge's verdict (a, b or tie) equals the human's; without ties = the same over pairs where neither the
@@ -22,9 +23,7 @@ checked only with at least MIN_PAIRS (20) voted pairs in common.
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -96,7 +95,7 @@ def judge_vs_humans(labels: list[dict], predictions: dict, judge: str, kind: str
     predictions: {(item_id, sha_a, sha_b): {"winner": a|b|tie, "consistent": bool|None}} (pairwise) or
     {"winner": ...} (pointwise); pairs the judge did not see are simply absent.
     """
-    common = [(lab, predictions[_pair(lab)]) for lab in labels if predictions.get(_pair(lab), {}).get("winner")]
+    common = [(lab, predictions[pair_key(lab)]) for lab in labels if predictions.get(pair_key(lab), {}).get("winner")]
     h = [_human(lab["winner"]) for lab, _ in common]
     j = [p["winner"] for _, p in common]
     n = len(common)
@@ -115,7 +114,7 @@ def judge_vs_humans(labels: list[dict], predictions: dict, judge: str, kind: str
     return out
 
 
-def _pair(label: dict) -> tuple[str, str, str]:
+def pair_key(label: dict) -> tuple[str, str, str]:
     return (str(label.get("item_id") or ""), str(label["sha_a"]), str(label["sha_b"]))
 
 
@@ -171,7 +170,7 @@ def pointwise_predictions(scores: dict[tuple[str, str], float], labels: list[dic
     """{(item_id, response sha): score} -> a verdict for every label whose two answers are both scored."""
     preds = {}
     for lab in labels:
-        item, sa, sb = _pair(lab)
+        item, sa, sb = pair_key(lab)
         a, b = scores.get((item, sa)), scores.get((item, sb))
         if a is not None and b is not None:
             preds[(item, sa, sb)] = {"winner": "a" if a > b else "b" if b > a else "tie"}
@@ -183,13 +182,14 @@ def _with_lengths(labels: list[dict]) -> list[dict]:
 
 
 def agreement_summary(store=None) -> list[dict]:
-    """One result (judge_vs_humans) per judge that shares at least one counted vote, pairwise and pointwise,
-    best kappa first: the leaderboard tab's "judges vs your votes" section."""
-    from harness.store import Store
-    from harness.votes import _store
+    """One result (judge_vs_humans) per judge that shares at least one counted vote (of any browser session),
+    pairwise and pointwise, best kappa first: the leaderboard tab's "judges vs your votes" section.
+    store: a Store or a path (None: the votes store, harness.paths.votes_store_path())."""
+    from harness.paths import votes_store_path
+    from harness.store import open_store
 
-    with _store(store if store is not None else Store()) as st:
-        labels = _with_lengths([r for r in st.rows("votes") if r["status"] == "counted"])
+    with open_store(votes_store_path() if store is None else store) as st:
+        labels = _with_lengths(st.rows("votes", {"status": "counted"}))   # every session's votes
         if not labels:
             return []
         results = []
@@ -231,136 +231,3 @@ def agreement_markdown(results: list[dict], title: str = "## Judges against your
     lines.append("")
     lines += [f"- {r['sentence']}." for r in results]
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- the committed report
-
-OWN_PAIRS = "eval_sets/own/instructions_own_pairs.jsonl"
-OWN_RUNS = {   # eval set -> (task, rows folder, base rows file, adapter rows file)
-    "instructions_own": ("chat", "results/runs/chat",
-                         "instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct.jsonl",
-                         "instructions_own__smollm2-135m-instruct__smollm2-135m-alpaca__"
-                         "transformers-smollm2-135m-instruct.jsonl"),
-    "poems_own": ("poem", "results/runs/poem", "poems_own__smollm2-135m-instruct__base__nojudge.jsonl",
-                  "poems_own__smollm2-135m-instruct__smollm2-135m-poem-zh__nojudge.jsonl"),
-}
-
-
-def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = True, progress: bool = False) -> Path:
-    """Every available judge against the committed labels (eval_sets/own/instructions_own_pairs.jsonl) ->
-    results/reports/judges/instructions_own.md. Offline: the in-process judge (pointwise from the committed
-    rows' scores, pairwise by log-probabilities), both baselines, and the fake Ollama (plumbing only)."""
-    from harness.io import atomic_write, iter_jsonl
-    from harness.judge import DEFAULT_OFFLINE_JUDGE, JudgeConfig, open_judge
-    from harness.pairwise import fake_pairwise_answer, pairwise_judge, pairwise_markdown, read_run
-    from harness.paths import PROJECT_ROOT
-    from harness.store import Store
-    from harness.votes import _store, read_labels
-
-    root = PROJECT_ROOT
-    out = Path(output) if output else root / "results" / "reports" / "judges" / "instructions_own.md"
-    labels_path = root / OWN_PAIRS
-    all_labels = read_labels(labels_path)
-    lines = ["# Judges against human labels on the project's own eval sets", "",
-             "Regenerate: `python -m harness.agreement` (loads the embedded model once, about a minute on an idle "
-             "2-core CPU; pairwise verdicts are cached in the store, so a rerun asks nothing).", "",
-             f"Labels: `{OWN_PAIRS}`, {len(all_labels)} pairs written by one team member who read both answers "
-             "in a random left/right order with model and adapter names hidden, and decided like a careful user "
-             "(one line of reason each). Each label is keyed by item id and the sha256 of both answers; the "
-             "answers themselves are in the committed rows files named below. A = the adapter, B = the base. "
-             "A human 'both bad' counts as a tie (MT-bench).", ""]
-    sections: list[str] = []
-    judge = open_judge(JudgeConfig(DEFAULT_OFFLINE_JUDGE))
-    with _store(store if store is not None else Store()) as st:
-        for eval_set, (task, folder, base_name, adapter_name) in OWN_RUNS.items():
-            labels = [dict(lab) for lab in all_labels if lab["eval_set"] == eval_set]
-            if not labels:
-                continue
-            base_f, adapter_f = root / folder / base_name, root / folder / adapter_name
-            runs = [read_run(base_f), read_run(adapter_f)]
-            adapter = runs[1][0]["adapter"]
-            text_of = {(str(r["item_id"]), text_sha(r["response"])): r["response"] for rs in runs for r in rs}
-            score_of = {(str(r["item_id"]), text_sha(r["response"])): float(r["score"]) for rs in runs for r in rs
-                        if r.get("judge") and r.get("parsed") and r.get("score") is not None}
-            for lab in labels:
-                for side in ("a", "b"):
-                    t = text_of.get((lab["item_id"], lab[f"sha_{side}"]))
-                    if t is None:
-                        raise UserError(f"{labels_path}: label {lab['key']}: answer {side.upper()} matches no "
-                                        f"committed row of {lab['item_id']} in {folder}: relabel it or restore "
-                                        f"the rows files")
-                    lab[f"len_{side}"] = len(t)
-            own = {str(r["id"]): r for _, r in iter_jsonl(root / "eval_sets" / "own" / f"{eval_set}.jsonl")}
-            items = [{"task": task, **own[lab["item_id"]]} for lab in labels]
-            resp_a = [text_of[(lab["item_id"], lab["sha_a"])] for lab in labels]
-            resp_b = [text_of[(lab["item_id"], lab["sha_b"])] for lab in labels]
-            results = []
-            if score_of:
-                results.append(judge_vs_humans(labels, pointwise_predictions(score_of, labels),
-                                               f"{runs[0][0]['judge']} (pointwise v1, committed scores)",
-                                               kind="pointwise"))
-            pw = pairwise_judge(judge, items, resp_a, resp_b, st, progress=progress)
-            results.append(judge_vs_humans(labels, _preds(labels, pw), f"{judge.name} (pairwise v1, log-prob)"))
-            results.append(judge_vs_humans(labels, {_pair(lab): {"winner": it.debiased}
-                                                    for lab, it in zip(labels, pw.items) if it.debiased},
-                                           f"{judge.name} (pairwise v1, log-prob, position-debiased)"))
-            counts = defaultdict(int)
-            for lab in labels:
-                counts[lab["winner"]] += 1
-            sections += [f"## {eval_set}: {adapter} (A) vs base (B)", "",
-                         f"{len(labels)} labels (of {len(own)} items: every pair there is): A wins {counts['a']}, "
-                         f"B wins {counts['b']}, tie {counts['tie']}, both bad {counts['both_bad']}. Answers: "
-                         f"`{folder}/{base_name}` and `{folder}/{adapter_name}`.", ""]
-            if not score_of:
-                sections += ["These rows were made without a judge (`nojudge`), so there is no pointwise judge to "
-                             "check on this set.", ""]
-            sections += [agreement_markdown(results, f"### Every available judge on {eval_set}"),
-                         pairwise_markdown(pw, adapter, "base").replace("## Pairwise", "### Pairwise", 1),
-                         f"Log-prob pairwise: {len(labels)} items x 2 orders in {pw.seconds:.1f} s "
-                         f"({'from the store' if pw.asked == 0 else 'computed now'}).", ""]
-            if fake:
-                from harness.fake_ollama import FakeOllama
-                with FakeOllama(default=fake_pairwise_answer) as server, \
-                        open_judge(JudgeConfig("ollama:llama3", host=server.url)) as fj:
-                    fpw = pairwise_judge(fj, items, resp_a, resp_b, st, progress=progress)
-                fres = judge_vs_humans(labels, _preds(labels, fpw), "fake ollama:llama3 (plumbing only)")
-                sections += [f"### Plumbing check on {eval_set}: the fake Ollama", "",
-                             "The fake server (harness/fake_ollama.py) names a winner chosen by a hash of the "
-                             "prompt. Its row only shows that a remote judge's verdicts flow through the worker "
-                             "pool, the store and this report; it says nothing about any real model.", "",
-                             agreement_markdown([fres], "").lstrip("\n")]
-    judge.close()
-    lines += ["How to read the tables: 'agree' counts ties as a class; 'agree (no ties)' only pairs where "
-              "neither the human nor the judge said tie; κ is Cohen's kappa over a/b/tie with a 95% bootstrap CI. "
-              "Every judge must beat 'longer wins' and 'always first' (the answer the labeller saw on the left). "
-              "The pointwise judge's verdict on a pair is the answer with the higher committed 0-100 score "
-              "(equal = tie). The log-prob pairwise judge reads log p(\"A\") and log p(\"B\") after the prompt "
-              "in both orders, with a tie margin of 0.1 nats; a verdict that flips with the order is a tie. Its "
-              "position-debiased row uses the same two forward passes: the mean over both orders of the log-odds "
-              "for the answer (so a fixed preference for the first slot cancels), a tie under 0.1 nats.", ""]
-    atomic_write(out, "\n".join(lines + sections).rstrip() + "\n")
-    return out
-
-
-def _preds(labels: list[dict], res) -> dict[tuple, dict]:
-    return {_pair(lab): {"winner": it.winner, "consistent": it.consistent}
-            for lab, it in zip(labels, res.items) if it.winner}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m harness.agreement", description=own_pairs_report.__doc__.split("\n")[0])
-    p.add_argument("--output", default=None)
-    p.add_argument("--store", default=None, help="store file (default $FTBENCH_CACHE/store.sqlite)")
-    a = p.parse_args(argv)
-    path = own_pairs_report(a.output, a.store, progress=True)
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

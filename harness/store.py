@@ -8,7 +8,9 @@
         st.export("judgments", "judgments.csv")          # or .jsonl
 
 Tables: generations, judgments (pointwise scores), pairwise (one verdict per item, response pair and order;
-harness.pairwise), votes (human votes; harness.votes). New tables are created in an existing store on open.
+harness.pairwise), votes (human votes; harness.votes, each with the hash of the browser session that cast it).
+New tables and new columns are added to an existing store on open (ALTER TABLE ADD COLUMN: old rows get NULL,
+and an older ftbench still reads and writes the store, so SCHEMA_VERSION only changes for incompatible edits).
 
     python -c "from harness.store import Store; Store().export('judgments', 'judgments.jsonl')"
 
@@ -19,13 +21,14 @@ never leaves a half row); a primary key makes a rerun add nothing twice.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("seed_a", "INTEGER"), ("seed_b", "INTEGER"), ("sha_a", "TEXT"), ("sha_b", "TEXT"), ("len_a", "INTEGER"),
         ("len_b", "INTEGER"), ("choice", "TEXT"), ("winner", "TEXT"), ("reason", "TEXT"), ("source", "TEXT"),
         ("status", "TEXT"), ("note", "TEXT"), ("undone_at", "TEXT"), ("created_at", "TEXT"),
+        ("session", "TEXT"),     # hash of the browser session that cast it; NULL = nobody's (CLI, import, old)
     ),
 }
 _JSON_COLUMNS = {"config", "extra", "options", "item"}
@@ -97,6 +101,16 @@ def pairwise_key(judge: str, judge_digest: str, prompt_version: str, prompt_sha:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def open_store(store: "Store | str | Path | None" = None) -> Iterator["Store"]:
+    """The Store given (left open), or the store at a path (None: the default) opened and closed for the block."""
+    if isinstance(store, Store):
+        yield store
+        return
+    with Store(store) as st:
+        yield st
 
 
 class Store:
@@ -136,6 +150,15 @@ class Store:
             if table not in have:
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
                                  + ", ".join(f"{c} {t}" for c, t in cols) + ")")
+                continue
+            present = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for c, t in cols:
+                if c not in present:
+                    try:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {c} {t}")
+                    except sqlite3.OperationalError as e:   # another process added it first
+                        if "duplicate column" not in str(e):
+                            raise
         if version != SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -185,11 +208,17 @@ class Store:
         with self._lock:
             return self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
-    def rows(self, table: str) -> list[dict]:
+    def rows(self, table: str, where: dict[str, Any] | None = None) -> list[dict]:
+        """Every row of a table, oldest first; `where` keeps rows whose columns equal the values given."""
         cols = self._check(table)
+        where = where or {}
+        unknown = set(where) - set(cols)
+        if unknown:
+            raise ValueError(f"{table}: unknown columns {sorted(unknown)}")
+        cond = " AND ".join(f"{c} = ?" for c in where)
+        q = f"SELECT {', '.join(cols)} FROM {table}" + (f" WHERE {cond}" if cond else "") + " ORDER BY created_at, key"
         with self._lock:
-            return [self._row(table, v) for v in
-                    self._db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY created_at, key")]
+            return [self._row(table, v) for v in self._db.execute(q, list(where.values()))]
 
     def responses(self, model: str | None = None, adapter: str | None = None) -> list[str]:
         """The stored generations' response texts, optionally of one model and adapter ("" = the base)."""

@@ -1,15 +1,24 @@
 """Human votes: blind pairwise votes from the app's Compare tab, and labels files a team fills in offline.
 
-    from harness.votes import cast_vote, list_votes, undo_vote
-    vid = cast_vote(store, prompt=p, response_left=l, response_right=r, side_a="right",
-                    model_a="smollm2-135m-instruct", adapter_a="smollm2-135m-alpaca",
+    from harness.votes import cast_vote, list_votes, get_vote, undo_vote, tally
+    vid = cast_vote(store, session=request.session_hash, prompt=p, response_left=l, response_right=r,
+                    side_a="right", model_a="smollm2-135m-instruct", adapter_a="smollm2-135m-alpaca",
                     model_b="smollm2-135m-instruct", adapter_b="", seed_a=0, seed_b=0, choice="left",
                     task="chat", eval_set="instructions_own", item_id="instr-own-003")
-    list_votes(store)          # newest first, undone votes included (status "undone")
-    undo_vote(store, vid)      # a soft delete: the vote stays in the store for review, no longer counted
+    list_votes(store, session=s)    # this browser session's votes, newest first (undone ones included)
+    get_vote(store, vid, session=s) # one of them; NotYourVote (a UserError) for another session's vote
+    undo_vote(store, vid, session=s)  # a soft delete: kept for review, no longer counted; NotYourVote likewise
+    tally(store)                    # the shared tally: every session's counted votes
 
     python -m harness labels export --output votes.csv          # or .jsonl
     python -m harness labels import votes.csv                   # every row checked first, then one transaction
+    python -m harness labels push --to owner/ftbench-votes      # a private Hub dataset repo (or --to FOLDER)
+
+Votes belong to the browser session that cast them: the store keeps a hash of the session id (never the id
+itself), and with a session the app lists, reviews and undoes only that session's votes. Votes without a
+session (imported, cast before sessions were recorded) belong to nobody: no visitor sees them, but they are
+counted, tallied, compared with the judges and exported like every other vote. `session=None` (the CLI) sees
+all. On a Space the default store is harness.paths.votes_store_path() (persistent storage when writable).
 
 A vote names the two answers by role: A and B are the two systems (model + adapter + seed), left and right
 are where the voter saw them (`side_a` says where A was). `winner` is stored as a | b | tie | both_bad, with
@@ -25,24 +34,28 @@ until the whole file is valid.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import re
+import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 from harness.io import check_writable_file, read_table, text_sha, write_csv, write_jsonl
-from harness.store import Store, content_key, now_iso
+from harness.paths import votes_store_path
+from harness.store import Store, content_key, now_iso, open_store
 
 SIDES = ("left", "right")
 CHOICES = ("left", "right", "tie", "both_bad")
 WINNERS = ("a", "b", "tie", "both_bad")
 EXPORT_COLUMNS = ("label_id", "created_at", "status", "note", "task", "eval_set", "item_id", "model_a",
                   "adapter_a", "model_b", "adapter_b", "seed_a", "seed_b", "side_a", "choice", "winner", "reason",
-                  "sha_a", "sha_b", "source", "prompt", "response_a", "response_b")
+                  "sha_a", "sha_b", "source", "session", "prompt", "response_a", "response_b")
 _SHA = re.compile(r"[0-9a-f]{64}")
+_SESSION = re.compile(r"[0-9a-f]{32}")
+NOT_YOURS = ("That vote was cast in another browser session; you can review or undo only your own votes "
+             "(the list below shows them).")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -54,13 +67,22 @@ class VoteKept(UserError):
         self.vote_id = vote_id
 
 
-@contextlib.contextmanager
-def _store(store: Store | str | Path | None) -> Iterator[Store]:
-    if isinstance(store, Store):
-        yield store
-        return
-    with Store(store) as st:
-        yield st
+class NotYourVote(UserError):
+    """A visitor named a vote another browser session cast (or one nobody owns): refused, nothing changed."""
+
+    def __init__(self, vote_id: str):
+        super().__init__(NOT_YOURS)
+        self.vote_id = vote_id
+
+
+def session_hash(session: str) -> str:
+    """What the store keeps of a browser session id: a sha256 prefix, so an export never holds a live id."""
+    return hashlib.sha256(f"ftbench-session\0{session}".encode("utf-8")).hexdigest()[:32]
+
+
+def _store(store: Store | str | Path | None):
+    """open_store, with the votes' default: the votes store (persistent storage on a Space)."""
+    return open_store(votes_store_path() if store is None else store)
 
 
 def winner_of(choice: str, side_a: str) -> str:
@@ -97,12 +119,16 @@ def gone(task: str, eval_set: str, item_id: str, models: list[tuple[str, str]]) 
     return "; ".join(dict.fromkeys(problems))
 
 
-def cast_vote(store: Store | str | Path | None, *, prompt: str, response_left: str, response_right: str,
-              side_a: str, model_a: str, adapter_a: str, model_b: str, adapter_b: str, seed_a: int | None,
-              seed_b: int | None, choice: str, task: str = "chat", eval_set: str = "", item_id: str = "") -> str:
-    """Store one blind vote and return its id. side_a: where A was shown ("left" | "right"); choice: the
-    button pressed ("left" | "right" | "tie" | "both_bad"). A vote whose item, eval set, base or adapter no
-    longer exists is stored with status "review" (not counted) and VoteKept (a UserError) says why."""
+def cast_vote(store: Store | str | Path | None, *, session: str, prompt: str, response_left: str,
+              response_right: str, side_a: str, model_a: str, adapter_a: str, model_b: str, adapter_b: str,
+              seed_a: int | None, seed_b: int | None, choice: str, task: str = "chat", eval_set: str = "",
+              item_id: str = "") -> str:
+    """Store one blind vote and return its id. session: the browser session casting it (its hash is stored);
+    side_a: where A was shown ("left" | "right"); choice: the button pressed ("left" | "right" | "tie" |
+    "both_bad"). A vote whose item, eval set, base or adapter no longer exists is stored with status "review"
+    (not counted) and VoteKept (a UserError) says why."""
+    if not isinstance(session, str) or not session.strip():
+        raise UserError("a vote needs the browser session that casts it: reload the page and vote again")
     if side_a not in SIDES:
         raise UserError(f"side_a must be left or right, got {side_a!r}")
     if choice not in CHOICES:
@@ -119,26 +145,51 @@ def cast_vote(store: Store | str | Path | None, *, prompt: str, response_left: s
             "model_a": model_a, "adapter_a": adapter_a or "", "model_b": model_b, "adapter_b": adapter_b or "",
             "seed_a": seed_a, "seed_b": seed_b, "sha_a": text_sha(resp_a), "sha_b": text_sha(resp_b),
             "len_a": len(resp_a), "len_b": len(resp_b), "choice": choice, "winner": winner_of(choice, side_a),
-            "reason": "", "source": "app", "status": "review" if problem else "counted", "note": problem}])
+            "reason": "", "source": "app", "status": "review" if problem else "counted", "note": problem,
+            "session": session_hash(session)}])
     if problem:
         raise VoteKept(f"vote {vote_id} kept for review, not counted: {problem}. Regenerate the comparison "
                        f"from an existing eval set and models to vote again", vote_id)
     return vote_id
 
 
-def list_votes(store: Store | str | Path | None = None, limit: int = 50, include_undone: bool = True) -> list[dict]:
-    """The newest `limit` votes (dicts with "id", status counted | review | undone, and every stored field)."""
+def list_votes(store: Store | str | Path | None = None, limit: int = 50, include_undone: bool = True,
+               session: str | None = None) -> list[dict]:
+    """The newest `limit` votes (dicts with "id", status counted | review | undone, and every stored field).
+    session: only the votes that browser session cast (an empty session owns none); None: every vote."""
+    if session is not None and not str(session).strip():
+        return []
     with _store(store) as st:
-        rows = st.rows("votes")
+        rows = st.rows("votes", None if session is None else {"session": session_hash(session)})
     rows = [r for r in rows if include_undone or r["status"] != "undone"]
     rows.sort(key=lambda r: (r["created_at"] or "", r["key"]), reverse=True)
     return [{"id": r["key"], **r} for r in rows[:max(0, int(limit))]]
 
 
-def undo_vote(store: Store | str | Path | None, vote_id: str) -> bool:
-    """Mark a vote undone (kept for review, no longer counted). False if there is no such counted vote."""
+def _owned(st: Store, vote_id: str, session: str | None) -> dict | None:
+    """The stored vote (None if there is none); NotYourVote if `session` is given and did not cast it."""
+    row = st.get("votes", [str(vote_id)]).get(str(vote_id))
+    if row is not None and session is not None and (
+            not str(session).strip() or row.get("session") != session_hash(session)):
+        raise NotYourVote(str(vote_id))
+    return row
+
+
+def get_vote(store: Store | str | Path | None, vote_id: str, session: str | None) -> dict:
+    """One vote (as list_votes gives it) for review. NotYourVote if another session cast it (session=None: any
+    vote); UserError if there is no such vote."""
     with _store(store) as st:
-        row = st.get("votes", [vote_id]).get(vote_id)
+        row = _owned(st, vote_id, session)
+    if row is None:
+        raise UserError(f"there is no vote {str(vote_id)[:40]!r}: pick one from your votes' list")
+    return {"id": row["key"], **row}
+
+
+def undo_vote(store: Store | str | Path | None, vote_id: str, session: str | None = None) -> bool:
+    """Mark a vote undone (kept for review, no longer counted). False if there is no such counted vote;
+    NotYourVote (nothing changed) if `session` is given and another session cast it."""
+    with _store(store) as st:
+        row = _owned(st, vote_id, session)
         if row is None or row["status"] == "undone":
             return False
         st.put("votes", [{**row, "status": "undone", "undone_at": now_iso()}])
@@ -146,8 +197,25 @@ def undo_vote(store: Store | str | Path | None, vote_id: str) -> bool:
 
 
 def counted_votes(store: Store | str | Path | None = None) -> list[dict]:
+    """Every session's counted votes (the tally and the judges' agreement are shared)."""
     with _store(store) as st:
-        return [r for r in st.rows("votes") if r["status"] == "counted"]
+        return st.rows("votes", {"status": "counted"})
+
+
+def tally(store: Store | str | Path | None = None) -> dict[str, int]:
+    """The shared tally over every session: counted, a, b, tie, both_bad (counted votes by winner), review,
+    undone."""
+    with _store(store) as st:
+        rows = st.rows("votes")
+    out = {k: 0 for k in ("counted", *WINNERS, "review", "undone")}
+    for r in rows:
+        if r["status"] == "counted":
+            out["counted"] += 1
+            if r["winner"] in WINNERS:
+                out[r["winner"]] += 1
+        elif r["status"] in ("review", "undone"):
+            out[r["status"]] += 1
+    return out
 
 
 # ---------------------------------------------------------------- labels files
@@ -202,6 +270,9 @@ def read_labels(path: str | Path) -> list[dict]:
             if v and not re.fullmatch(r"-?\d+", v):
                 bad(f"{s} {v!r} must be an integer")
             seeds[s] = int(v) if re.fullmatch(r"-?\d+", v or "x") else None
+        session = get("session").lower()
+        if session and not _SESSION.fullmatch(session):
+            bad(f"session {session[:40]!r} must be empty or a session hash from `labels export` (32 hex digits)")
         label_id = get("label_id") or get("vote_id")
         if label_id and not _ID.fullmatch(label_id):
             bad(f"label_id {label_id!r} may use letters, digits, '.', '_', ':' and '-' only")
@@ -217,7 +288,7 @@ def read_labels(path: str | Path) -> list[dict]:
             "adapter_b": get("adapter_b"), **seeds, "sha_a": shas.get("a"), "sha_b": shas.get("b"),
             "len_a": len(resp_a) if resp_a else None, "len_b": len(resp_b) if resp_b else None,
             "choice": _choice_of(winner, side), "winner": winner, "reason": get("reason"),
-            "source": f"import:{p.name}", "status": "counted", "note": ""})
+            "source": f"import:{p.name}", "status": "counted", "note": "", "session": session or None})
         if side and resp_a and resp_b:
             out[-1]["response_left"], out[-1]["response_right"] = ((resp_a, resp_b) if side == "left"
                                                                    else (resp_b, resp_a))
@@ -249,22 +320,100 @@ def _export_row(r: dict) -> dict[str, Any]:
             "response_b": resp_b}
 
 
-def labels_export_cmd(output: str, store: str | None = None) -> int:
-    """Write every stored vote (counted, for review and undone; see `status`) to a CSV or JSONL labels file.
-
-    output: the .csv or .jsonl file to write (a spreadsheet can fill in `winner` and `reason`)
-    store: the store file (default $FTBENCH_CACHE/store.sqlite)
-    """
-    out = Path(output)
-    if out.suffix.lower() not in (".csv", ".jsonl"):
-        raise UserError(f"--output {out}: use a .csv or .jsonl file name")
-    check_writable_file(out)
+def write_labels(out: Path, store: Store | str | Path | None = None) -> tuple[int, int]:
+    """Every stored vote, oldest first, as a labels file (.csv through io.write_csv, which escapes formula
+    cells; or .jsonl); returns (votes, counted)."""
     rows = [_export_row(r) for r in reversed(list_votes(store, limit=10**9))]
     if out.suffix.lower() == ".csv":
         write_csv(out, list(EXPORT_COLUMNS), [[("" if r[c] is None else r[c]) for c in EXPORT_COLUMNS] for r in rows])
     else:
         write_jsonl(out, rows)
-    print(f"{len(rows)} votes ({sum(r['status'] == 'counted' for r in rows)} counted) -> {out}")
+    return len(rows), sum(r["status"] == "counted" for r in rows)
+
+
+def labels_export_cmd(output: str, store: str | None = None) -> int:
+    """Write every stored vote (counted, for review and undone; see `status`) to a CSV or JSONL labels file.
+
+    output: the .csv or .jsonl file to write (a spreadsheet can fill in `winner` and `reason`)
+    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
+        storage, the one there)
+    """
+    out = Path(output)
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"--output {out}: use a .csv or .jsonl file name")
+    check_writable_file(out)
+    n, counted = write_labels(out, store)
+    print(f"{n} votes ({counted} counted) -> {out}")
+    return 0
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def is_repo_id(to: str) -> bool:
+    """`labels push --to`: owner/name is a Hub dataset repo, unless it is an existing folder; anything else
+    (an absolute or ./ path, a single name) is a local folder."""
+    return bool(_REPO_ID.fullmatch(to)) and not Path(to).expanduser().is_dir()
+
+
+def _hub_problem(repo: str, e: Exception) -> str:
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    name = type(e).__name__
+    if name == "OfflineModeIsEnabled":
+        return ("cannot push to the Hugging Face Hub while HF_HUB_OFFLINE is set: unset it, or push to a folder "
+                "with --to DIR")
+    if name == "LocalTokenNotFoundError" or status == 401:
+        return (f"the Hugging Face Hub refused to write {repo} without a valid token: set HF_TOKEN to a token with "
+                f"write access (on a Space, as a secret) or run `hf auth login`")
+    if status == 403:
+        return f"your Hugging Face token may not write to {repo}: use a token with write access to it"
+    if name == "HFValidationError":
+        return f"--to {repo!r} is not a valid dataset repo id: use owner/name, or a folder path"
+    if status:
+        return f"the Hugging Face Hub answered {status} for {repo}: try again later, or push to a folder with --to DIR"
+    detail = str(e).splitlines()[0][:120] if str(e) else name
+    return (f"cannot reach the Hugging Face Hub ({detail}): check the connection (HF_ENDPOINT), or push to a "
+            f"folder with --to DIR and upload it later")
+
+
+def labels_push_cmd(to: str, filename: str = "votes.jsonl", store: str | None = None, private: bool = True) -> int:
+    """Push every stored vote to a Hugging Face dataset repo, or write it into a local folder, as one labels
+    file (the columns of `labels export`; `labels import` reads it back). A Space owner collects votes this way.
+
+    to: a dataset repo id (owner/name; created if missing, with HF_TOKEN's write access) or a folder (an
+        existing folder, or a path such as ./votes or /tmp/votes; created if missing)
+    filename: the file's name in the repo or folder (.jsonl or .csv); a push replaces the previous file
+    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
+        storage, the one there)
+    private: a repo created by the push is private (the votes hold prompts and answers)
+    """
+    name = Path(filename)
+    if name.name != filename or name.suffix.lower() not in (".csv", ".jsonl") or filename.startswith("."):
+        raise UserError(f"--filename {filename!r}: use a plain file name ending in .jsonl or .csv, e.g. votes.jsonl")
+    if not str(to).strip():
+        raise UserError("--to is empty: give a dataset repo id (owner/name) or a folder")
+    if not is_repo_id(to):
+        out = check_writable_file(Path(to).expanduser() / filename, "--to")
+        n, counted = write_labels(out, store)
+        print(f"{n} votes ({counted} counted) -> {out}")
+        return 0
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.constants import ENDPOINT
+    except ImportError:
+        raise UserError("pushing to the Hub needs huggingface_hub (pip install huggingface_hub); or push to a "
+                        "folder with --to DIR") from None
+    with tempfile.TemporaryDirectory(prefix="ftbench-push-") as tmp:
+        out = Path(tmp) / filename
+        n, counted = write_labels(out, store)
+        api = HfApi()
+        try:
+            api.create_repo(to, repo_type="dataset", private=private, exist_ok=True)
+            api.upload_file(path_or_fileobj=str(out), path_in_repo=filename, repo_id=to, repo_type="dataset",
+                            commit_message=f"ftbench votes: {n} ({counted} counted)")
+        except Exception as e:    # noqa: BLE001 - every Hub failure is one sentence at this door
+            raise UserError(_hub_problem(to, e)) from None
+    print(f"{n} votes ({counted} counted) -> {ENDPOINT}/datasets/{to} ({filename})")
     return 0
 
 
@@ -273,7 +422,8 @@ def labels_import_cmd(input: str, /, store: str | None = None) -> int:  # noqa: 
 
     input: the labels file (.csv or .jsonl): eval_set, item_id, winner (a|b|tie|both_bad), sha_a/sha_b or
         response_a/response_b; optional label_id, side_a, model_a, adapter_a, model_b, adapter_b, reason
-    store: the store file (default $FTBENCH_CACHE/store.sqlite)
+    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
+        storage, the one there)
     """
     with _store(store) as st:
         n = import_labels(st, input)

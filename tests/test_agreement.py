@@ -103,9 +103,10 @@ def test_summary_matches_votes_to_stored_pairwise_and_pointwise_judgments(tmp_pa
             with open_judge(JudgeConfig("ollama:llama3", host=fake.url)) as judge:
                 pairwise_judge(judge, items, ra, rb, st, progress=False)
         for i, (it, a, b) in enumerate(zip(items, ra, rb)):
-            # a real eval set item id (instructions_own has 34): the votes are counted
-            cast_vote(st, prompt=it["instruction"], response_left=a, response_right=b, side_a="left",
-                      model_a="smollm2-135m-instruct", adapter_a="", model_b="smollm2-135m-instruct",
+            # a real eval set item id (instructions_own has 34): the votes are counted, from three browser
+            # sessions: the agreement is shared, so all 22 count
+            cast_vote(st, session=f"browser-{i % 3}", prompt=it["instruction"], response_left=a, response_right=b,
+                      side_a="left", model_a="smollm2-135m-instruct", adapter_a="", model_b="smollm2-135m-instruct",
                       adapter_b="", seed_a=0, seed_b=0, choice="left", eval_set="instructions_own",
                       item_id=it["id"])
             st.put("judgments", [{"key": f"k{i}{s}", "judge": "ollama:llama3", "prompt_version": "v1",

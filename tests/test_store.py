@@ -121,3 +121,53 @@ def test_kill_9_while_writing_loses_no_committed_row(tmp_path):
         assert all(r["response"] == "r" * 2000 for r in rows)          # and none is half written
         st.put("generations", [{"key": "after", "model": "m"}])          # and the store is writable again
         assert st.count("generations") == n + 1
+
+
+# The votes table exactly as the store of commit f71bac0 (before votes had a session) created it.
+OLD_VOTES_TABLE = (
+    "CREATE TABLE votes (key TEXT PRIMARY KEY, task TEXT, eval_set TEXT, item_id TEXT, prompt TEXT, "
+    "response_left TEXT, response_right TEXT, side_a TEXT, model_a TEXT, adapter_a TEXT, model_b TEXT, "
+    "adapter_b TEXT, seed_a INTEGER, seed_b INTEGER, sha_a TEXT, sha_b TEXT, len_a INTEGER, len_b INTEGER, "
+    "choice TEXT, winner TEXT, reason TEXT, source TEXT, status TEXT, note TEXT, undone_at TEXT, created_at TEXT)")
+
+
+def test_an_existing_store_gains_the_session_column_and_keeps_its_votes_as_nobodys(tmp_path):
+    """Issue 23 part 2: a store.sqlite written before votes had sessions opens, keeps every vote (counted and
+    exported, but no visitor's), and takes new votes with a session."""
+    from harness.votes import NotYourVote, cast_vote, counted_votes, list_votes, undo_vote
+
+    path = tmp_path / "store.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_VOTES_TABLE)
+    db.execute("INSERT INTO votes (key, item_id, side_a, choice, winner, sha_a, sha_b, len_a, len_b, status, "
+               "created_at) VALUES ('old-1', 'q1', 'left', 'left', 'a', ?, ?, 3, 4, 'counted', "
+               "'2026-01-01T00:00:00+00:00')", ("a" * 64, "b" * 64))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with Store(path) as st:
+        (old,) = st.rows("votes")
+        assert old["key"] == "old-1" and old["session"] is None and old["winner"] == "a"
+        assert [v["id"] for v in list_votes(st)] == ["old-1"] and len(counted_votes(st)) == 1
+        assert list_votes(st, session="browser-1") == []                 # nobody's
+        with pytest.raises(NotYourVote):
+            undo_vote(st, "old-1", session="browser-1")
+        new = cast_vote(st, session="browser-1", prompt="p", response_left="x", response_right="y", side_a="left",
+                        model_a="", adapter_a="", model_b="", adapter_b="", seed_a=0, seed_b=0, choice="tie")
+        assert [v["id"] for v in list_votes(st, session="browser-1")] == [new]
+    db = sqlite3.connect(path)
+    cols = [r[1] for r in db.execute("PRAGMA table_info(votes)")]
+    assert cols.count("session") == 1 and db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    with Store(path) as st:                  # opening again adds nothing twice
+        assert st.count("votes") == 2
+
+
+def test_rows_can_be_filtered_by_column_values(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        st.put("judgments", [_judgment("a"), _judgment("b", score=None, parsed=False), _judgment("c")])
+        assert [r["key"] for r in st.rows("judgments", {"parsed": 1})] == ["a", "c"]
+        assert [r["key"] for r in st.rows("judgments", {"score": 70.0, "key": "c"})] == ["c"]
+        with pytest.raises(ValueError, match="unknown columns"):
+            st.rows("judgments", {"nope": 1})

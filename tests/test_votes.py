@@ -1,4 +1,5 @@
-"""Human votes and labels files: blind sides, undo kept for review, orphans, all-or-nothing imports.
+"""Human votes and labels files: blind sides, undo kept for review, orphans, all-or-nothing imports, and votes
+that belong to the browser session that cast them (issue 23 part 2).
 
     python -m pytest tests/test_votes.py -q
 """
@@ -16,15 +17,17 @@ from harness.errors import UserError
 from harness.io import iter_jsonl, text_sha
 from harness.paths import PROJECT_ROOT
 from harness.store import Store
-from harness.votes import (VoteKept, cast_vote, counted_votes, labels_export_cmd, labels_import_cmd, list_votes,
-                           read_labels, undo_vote)
+from harness.votes import (NotYourVote, VoteKept, cast_vote, counted_votes, get_vote, labels_export_cmd,
+                           labels_import_cmd, list_votes, read_labels, session_hash, tally, undo_vote)
 
 ITEM = "instr-own-003"
 BASE = "smollm2-135m-instruct"
 
 
-def _vote(st, choice="left", side_a="right", item_id=ITEM, adapter_a="", eval_set="instructions_own", **kw):
-    return cast_vote(st, prompt="Which ocean lies between Africa and Australia?", response_left="The Indian Ocean.",
+def _vote(st, choice="left", side_a="right", item_id=ITEM, adapter_a="", eval_set="instructions_own",
+          session="browser-1", **kw):
+    return cast_vote(st, session=session, prompt="Which ocean lies between Africa and Australia?",
+                     response_left="The Indian Ocean.",
                      response_right="The Pacific.", side_a=side_a, model_a=BASE, adapter_a=adapter_a,
                      model_b=BASE, adapter_b="", seed_a=1, seed_b=2, choice=choice, task="chat",
                      eval_set=eval_set, item_id=item_id, **kw)
@@ -173,3 +176,92 @@ def test_the_committed_labels_are_valid_and_match_the_committed_answers():
     raw = [row for _, row in iter_jsonl(path)]
     assert all(set(r) >= {"label_id", "item_id", "sha_a", "sha_b", "winner", "reason"} for r in raw)
     assert not any("response" in k or k == "prompt" for r in raw for k in r)    # hashes only, no answer text
+
+
+# ---------------------------------------------------------------- votes belong to their browser session
+
+def _snapshot(st) -> list[tuple]:
+    return [tuple(sorted(r.items())) for r in st.rows("votes")]
+
+
+def test_a_visitor_sees_only_the_votes_their_session_cast(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        mine = {_vote(st, session="browser-1"), _vote(st, session="browser-1", choice="tie")}
+        theirs = _vote(st, session="browser-2")
+        assert {v["id"] for v in list_votes(st, session="browser-1")} == mine
+        assert [v["id"] for v in list_votes(st, session="browser-2")] == [theirs]
+        assert list_votes(st, session="browser-3") == [] and list_votes(st, session="") == []
+        assert {v["id"] for v in list_votes(st)} == mine | {theirs}          # the CLI export sees every vote
+        assert get_vote(st, theirs, session="browser-2")["winner"] == "b"
+
+
+def test_the_store_keeps_a_hash_of_the_session_never_the_id(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        _vote(st, session="gradio-session-hash-abc")
+        (row,) = st.rows("votes")
+    assert row["session"] == session_hash("gradio-session-hash-abc") != "gradio-session-hash-abc"
+    assert len(row["session"]) == 32
+    out = tmp_path / "votes.jsonl"
+    labels_export_cmd(str(out), store=str(tmp_path / "s.sqlite"))
+    assert "gradio-session-hash-abc" not in out.read_text() and row["session"] in out.read_text()
+
+
+@pytest.mark.parametrize("action", ["undo", "review"])
+def test_undo_or_review_of_another_sessions_vote_is_refused_in_one_sentence_and_nothing_changes(tmp_path, action):
+    """Issue 23, Bad input: a review or undo naming another session's vote (or one nobody owns) is refused."""
+    with Store(tmp_path / "s.sqlite") as st:
+        theirs = _vote(st, session="browser-2")
+        nobodys = theirs + "-imported"
+        st.put("votes", [{**st.get("votes", [theirs])[theirs], "key": nobodys, "session": None}])
+        before = _snapshot(st)
+        for vid, session in ((theirs, "browser-1"), (theirs, ""), (nobodys, "browser-1"), (nobodys, "browser-2")):
+            with pytest.raises(NotYourVote) as err:
+                if action == "undo":
+                    undo_vote(st, vid, session=session)
+                else:
+                    get_vote(st, vid, session=session)
+            msg = str(err.value)
+            assert isinstance(err.value, UserError) and err.value.vote_id == vid
+            assert msg.count(". ") == 0 and msg.endswith(".") and "another browser session" in msg
+        assert _snapshot(st) == before                                   # nothing changed
+        assert undo_vote(st, theirs, session="browser-2") is True         # its owner can
+        assert undo_vote(st, nobodys) is True                             # and the CLI (no session) can
+
+
+def test_a_vote_needs_a_session_and_an_unknown_vote_is_one_sentence(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        for bad in ("", "  "):
+            with pytest.raises(UserError, match="needs the browser session"):
+                _vote(st, session=bad)
+        assert st.count("votes") == 0
+        with pytest.raises(UserError, match="there is no vote 'nope'") as err:
+            get_vote(st, "nope", session="browser-1")
+        assert not isinstance(err.value, NotYourVote)
+        assert undo_vote(st, "nope", session="browser-1") is False
+
+
+def test_the_tally_and_the_counted_votes_are_shared_by_every_session(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        a = _vote(st, session="browser-1", choice="right", side_a="right")     # A wins
+        _vote(st, session="browser-2", choice="left", side_a="right")          # B wins
+        _vote(st, session="browser-3", choice="tie")
+        undone = _vote(st, session="browser-2", choice="both_bad")
+        undo_vote(st, undone, session="browser-2")
+        with pytest.raises(VoteKept):
+            _vote(st, session="browser-1", item_id="instr-own-999")            # kept for review
+        assert tally(st) == {"counted": 3, "a": 1, "b": 1, "tie": 1, "both_bad": 0, "review": 1, "undone": 1}
+        assert len(counted_votes(st)) == 3 and a in {r["key"] for r in counted_votes(st)}
+
+
+def test_an_exported_session_survives_a_reimport_and_a_bad_one_is_a_file_line_error(tmp_path):
+    src, dst = tmp_path / "src.sqlite", tmp_path / "dst.sqlite"
+    with Store(src) as st:
+        vid = _vote(st, session="browser-1")
+    out = tmp_path / "votes.jsonl"
+    labels_export_cmd(str(out), store=str(src))
+    labels_import_cmd(str(out), store=str(dst))
+    assert [v["id"] for v in list_votes(dst, session="browser-1")] == [vid]
+    row = json.loads(out.read_text())
+    out.write_text(json.dumps({**row, "session": "browser-1"}) + "\n")    # a raw id, not a hash
+    with pytest.raises(UserError, match=r"votes.jsonl:1: session 'browser-1' must be empty or a session hash"):
+        labels_import_cmd(str(out), store=str(tmp_path / "other.sqlite"))
