@@ -102,3 +102,61 @@ def test_a_label_outside_the_task_names_file_and_line(tmp_path, monkeypatch, cap
     assert cli("run", "--eval-set", "support_own", "--judge", "none") == 2
     err = capsys.readouterr().err
     assert "support_own.csv:3" in err and "'payments' is not one of billing, tech, other" in err
+
+
+# ---------------------------------------------------------------- the task schema (issue 24, part 3)
+
+def _user_task(tmp_path, monkeypatch, name: str, text: str):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir(exist_ok=True)
+    monkeypatch.setenv("FTBENCH_TASKS", str(tasks))
+    (tasks / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    return tasks / name
+
+
+def test_a_classify_task_without_prompt_is_refused(tmp_path, monkeypatch):
+    from harness.errors import UserError
+    from harness.tasks import get_task
+    path = _user_task(tmp_path, monkeypatch, "intent.toml", """\
+        kind = "classify"
+        labels = ["billing", "tech"]
+        """)
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}:1: a classify task must set prompt"):
+        get_task("intent")
+
+
+def test_a_user_task_named_like_a_built_in_is_an_error_naming_both(tmp_path, monkeypatch):
+    from harness.errors import UserError
+    from harness.tasks import BUILTIN_DIR, list_tasks
+    path = _user_task(tmp_path, monkeypatch, "spam.toml", """\
+        kind = "classify"
+        labels = ["a", "b"]
+        prompt = "A or B? {text}"
+        """)
+    with pytest.raises(UserError) as e:
+        list_tasks()
+    assert str(path) in str(e.value) and str(BUILTIN_DIR / "spam.toml") in str(e.value)
+
+
+def test_task_file_problems_carry_the_line(tmp_path, monkeypatch):
+    from harness.errors import UserError
+    from harness.tasks import get_task
+    _user_task(tmp_path, monkeypatch, "intent.toml", """\
+        kind = "classify"
+        # the labels
+        labels = "billing, tech"
+        prompt = "Which? {text}"
+        """)
+    with pytest.raises(UserError, match=r"intent.toml:3: labels must be a list of strings"):
+        get_task("intent")
+    _user_task(tmp_path, monkeypatch, "intent.toml", """\
+        kind = "classify"
+        labels = ["billing", "tech"]
+
+        prompt = "Which team should answer?"
+        """)
+    with pytest.raises(UserError, match=r"intent.toml:4: the classify prompt must contain \{text\}"):
+        get_task("intent")
+    _user_task(tmp_path, monkeypatch, "intent.toml", 'kind = "classify"\nlabels = ["a", "b"\n')
+    with pytest.raises(UserError, match=r"intent.toml:\d+: not valid TOML"):
+        get_task("intent")

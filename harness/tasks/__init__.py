@@ -189,9 +189,6 @@ class Task:
         ins, inp = self.instruction(item)
         return ins + (f"\n\n{inp}" if inp else "")
 
-    def classify_prompt(self, text: str) -> str:
-        return self.prompt.replace("{text}", text)
-
     # ------------------------------------------------------------ rows
 
     def row_metrics(self, item: dict, response: str) -> dict:
@@ -214,9 +211,6 @@ class Task:
             for _, how, col in METRICS[m].aggregates:
                 cols += [col, f"{col}_ci_low", f"{col}_ci_high"] if how == "mean_ci" else [col]
         return list(dict.fromkeys(cols))
-
-    def main_column(self) -> str:
-        return self.sort[0] if self.sort else (self.columns()[0] if self.columns() else "score_mean")
 
     def usable(self, row: dict, judged: bool) -> bool:
         """Does this row count for the task's main metric (n_parsed)?"""
@@ -260,16 +254,34 @@ class Task:
 # ---------------------------------------------------------------- the registry
 
 def _task_files() -> dict[str, Path]:
+    """name -> file: the built-in tasks, then the user's. A user task named like a built-in one is an error
+    naming both files (it would otherwise be silently ignored)."""
     files: dict[str, Path] = {}
-    for folder in (BUILTIN_DIR, user_tasks_dir()):
-        if folder.is_dir():
-            for p in sorted(folder.glob("*.toml")):
-                files.setdefault(p.stem, p)
+    if BUILTIN_DIR.is_dir():
+        files.update((p.stem, p) for p in sorted(BUILTIN_DIR.glob("*.toml")))
+    user = user_tasks_dir()
+    if user.is_dir() and user.resolve() != BUILTIN_DIR:
+        for p in sorted(user.glob("*.toml")):
+            if p.stem in files:
+                raise UserError(f"{p}:1: task {p.stem!r} is already the built-in task {files[p.stem]}; rename "
+                                f"your file (and its `name`), e.g. to my_{p.stem}.toml")
+            files[p.stem] = p
     return files
 
 
 _FIELDS = set(Task.__dataclass_fields__) - {"source"}
 _TUPLES = {"fields", "labels", "metrics", "sort", "card_eval_sets", "decodings"}
+# The declared schema: keys a task file of each kind must set (the rest have defaults, see Task).
+REQUIRED = {"classify": ("kind", "labels", "prompt"),
+            "generate": ("kind", "fields", "instruction_field")}
+
+
+def key_line(text: str, key: str) -> int:
+    """The line of a TOML file where `key` is set (1 when it is not found: a missing key)."""
+    import re
+    m = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.M) or re.search(rf"^[ \t]*\[{re.escape(key)}[\].]",
+                                                                               text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else 1
 
 
 def load_task_file(path: Path) -> Task:
@@ -279,31 +291,56 @@ def load_task_file(path: Path) -> Task:
 
 @functools.lru_cache(maxsize=64)
 def _load_task_file(path: Path, mtime_ns: int, size: int) -> Task:
+    """A task file checked against the schema (REQUIRED, the Task fields and their types); every problem is
+    one UserError naming file:line."""
+    from harness.io import read_text
+    text = read_text(path, "task file")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+        import re
+        found = re.search(r"at line (\d+)", str(e))
+        line = int(found.group(1)) if found else 1
+        raise UserError(f"{path}:{line}: not valid TOML ({str(e).split(' (at line')[0]})") from None
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
-        raise UserError(f"{path}: unknown keys {unknown}; a task file may set {', '.join(sorted(_FIELDS))}")
+        raise UserError(f"{path}:{key_line(text, unknown[0])}: unknown key(s) {unknown}; a task file may set "
+                        f"{', '.join(sorted(_FIELDS))}")
     if raw.get("name", path.stem) != path.stem:
-        raise UserError(f"{path}: name {raw.get('name')!r} must match the file name ({path.stem!r})")
+        raise UserError(f"{path}:{key_line(text, 'name')}: name {raw.get('name')!r} must match the file name "
+                        f"({path.stem!r})")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise UserError(f"{path}:{key_line(text, 'kind')}: missing or wrong `kind` (one of {', '.join(KINDS)}), "
+                        f"got {kind!r}")
+    missing = [k for k in REQUIRED[kind] if k not in raw]
+    if missing:
+        example = {"prompt": 'prompt = "Is this message A or B?\\n\\nMessage: {text}"',
+                   "labels": 'labels = ["a", "b"]', "fields": 'fields = ["id", "instruction", "output"]',
+                   "instruction_field": 'instruction_field = "instruction"'}
+        raise UserError(f"{path}:1: a {kind} task must set {', '.join(missing)}; e.g. "
+                        f"{'; '.join(example[k] for k in missing if k in example)}")
     for key in _TUPLES & set(raw):
         if not isinstance(raw[key], list) or not all(isinstance(x, str) for x in raw[key]):
-            raise UserError(f"{path}: {key} must be a list of strings, e.g. {key} = [\"a\", \"b\"]")
+            raise UserError(f"{path}:{key_line(text, key)}: {key} must be a list of strings, "
+                            f"e.g. {key} = [\"a\", \"b\"]")
         raw[key] = tuple(raw[key])
     for key in ("values", "app", "eval_sets"):
         if key in raw and not isinstance(raw[key], dict):
-            raise UserError(f"{path}: [{key}] must be a table")
+            raise UserError(f"{path}:{key_line(text, key)}: [{key}] must be a table")
     for key in set(raw) - _TUPLES - {"values", "app", "eval_sets"}:
         if not isinstance(raw[key], str):
-            raise UserError(f"{path}: {key} must be a string, got {type(raw[key]).__name__}")
+            raise UserError(f"{path}:{key_line(text, key)}: {key} must be a string, got {type(raw[key]).__name__}")
     raw.setdefault("name", path.stem)
-    if "kind" not in raw:
-        raise UserError(f"{path}: missing `kind` (classify or generate)")
-    return Task(source=path, **raw)
+    try:
+        return Task(source=path, **raw)
+    except UserError as e:        # a value check of Task: name the line of the key it is about
+        msg = str(e)
+        key = next((k for k in raw if f": {k} " in msg or f"`{k}`" in msg or f"{k} must" in msg
+                    or f"the {k} " in msg or msg.split(": ", 1)[-1].startswith(k)), None)
+        if key is None and "prompt" in msg:
+            key = "prompt"
+        raise UserError(msg.replace(f"{path}: ", f"{path}:{key_line(text, key) if key else 1}: ", 1)) from None
 
 
 def list_tasks() -> list[str]:
