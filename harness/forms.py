@@ -62,7 +62,7 @@ def build_charset(poems_jsonl: Path, size: int = CHARSET_SIZE, out: Path = CHARS
     first, 50 per line. Returns (characters written, share of the corpus' ideograph occurrences covered)."""
     from collections import Counter
 
-    from harness.data import iter_jsonl
+    from harness.io import iter_jsonl
     counts: Counter = Counter()
     for _, item in iter_jsonl(Path(poems_jsonl)):
         counts.update(ch for ch in item["poem"] if _ideograph(ch))

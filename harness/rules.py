@@ -6,7 +6,7 @@
     (True, '尤', True)
 
     python -m harness.rules "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。" 五言绝句   # one poem's checks
-    python -m harness.rules --measure [N]     # docs/notes/poem_rules.md figures (real model, slow; see measure_rules)
+    python -m harness bench rules [--n N]     # docs/notes/poem_rules.md figures (real model, slow: harness/bench/rules.py)
 
 Tests: ``python -m pytest -q tests/test_rules.py``.
 
@@ -86,10 +86,6 @@ class RhymeTable:
         """{平}, {仄} or both (多音字); None if the character is not in the table."""
         gs = self.chars.get(ch)
         return None if gs is None else frozenset(self.groups[g].level for g in gs)
-
-    def members(self, group: str) -> set[str]:
-        """Every key (traditional and simplified characters, variants) listed under a group."""
-        return {ch for ch, gs in self.chars.items() if group in gs}
 
 
 def _table_file() -> Path:
@@ -535,105 +531,11 @@ def aggregate_rules(rows: list[dict]) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------ measurement
-
-MEASURE_CONFIGS = {"form": {}, "form+rhyme": {"rhyme": True}, "form+rhyme+tone": {"rhyme": True, "tone": True}}
-
-
-def _generate_scored(lm, model, prompts: list[str], form: str, opts: dict, max_new_tokens: int) -> list[tuple[str, float]]:
-    """Greedy decoding under FormConstraint(**opts): (text, summed log p of the chosen tokens under the
-    UNconstrained model) per prompt. The raw logits (before any processor) give the model's own distribution."""
-    import torch
-    from transformers import LogitsProcessorList
-
-    from harness.forms import FormConstraint
-    tok = lm.tokenizer
-    eos = tok.eos_token_id
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
-    proc = FormConstraint(tok, form, eos, **opts)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                         top_k=None, pad_token_id=tok.pad_token_id, logits_processor=LogitsProcessorList([proc]),
-                         output_logits=True, return_dict_in_generate=True)
-    new = out.sequences[:, enc["input_ids"].shape[1]:]
-    logp = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1)  # [rows, steps, V]
-    res = []
-    for r in range(new.shape[0]):
-        ids = new[r].tolist()
-        end = ids.index(eos) if eos in ids else len(ids)
-        lp = float(logp[r, torch.arange(end), new[r, :end]].sum()) if end else 0.0
-        res.append((tok.decode(ids[:end], skip_special_tokens=True), lp))
-    return res
-
-
-def measure_rules(n: int = 40, eval_set: str = "poems_zh:test_jueju", adapter: str = "smollm2-135m-poem-zh",
-                  model: str | None = None, batch_size: int = 8, max_new_tokens: int = 160,
-                  configs: dict | None = None, log=print) -> dict:
-    """The figures of docs/notes/poem_rules.md: (1) the rule checks on the eval set's reference poems (all of
-    them: validates the table) and (2) for the first `n` prompts, greedy decoding under each constraint of
-    `configs` (default MEASURE_CONFIGS): form / rhyme / tone rates and the mean log p per character of the
-    chosen tokens under the unconstrained model (the constraint's cost). Slow: loads the real model."""
-    import time
-
-    import torch
-
-    from harness.data import load_eval_set
-    from harness.models import load_model
-    items = load_eval_set(eval_set).items
-    ref = [explain_poem(it["poem"], it["form"], it.get("lang", "zh")) for it in items]
-    form_ok = [form_check(it["poem"], it["form"], "zh")["ok"] for it in items]
-    result: dict = {"eval_set": eval_set, "adapter": adapter, "n": min(n, len(items)), "table": table_version(),
-                    "reference": {"n": len(items), "form_ok": sum(form_ok) / len(items), **aggregate_rules(ref)}}
-    log(f"reference poems: {json.dumps(result['reference'], ensure_ascii=False)}")
-    if model is None and adapter:           # the adapter's own base (SmolLM2 or Gemma)
-        from harness.models import find_adapter
-        model = find_adapter(adapter).base
-    lm = load_model(model, adapters=[adapter] if adapter else None)
-    result["model"] = lm.name
-    items = items[:n]
-    prompts = [lm.render_instruction(it["prompt"]) for it in items]
-    result["configs"] = {}
-    with lm.lock, torch.inference_mode(), lm.using(adapter or None) as m:
-        for name, opts in (configs or MEASURE_CONFIGS).items():
-            t0 = time.perf_counter()
-            rows = []
-            by_form: dict[str, list[int]] = {}
-            for i, it in enumerate(items):
-                by_form.setdefault(it["form"], []).append(i)
-            outs: dict[int, tuple[str, float]] = {}
-            for form, idx in by_form.items():
-                for k in range(0, len(idx), batch_size):
-                    part = idx[k:k + batch_size]
-                    for i, o in zip(part, _generate_scored(lm, m, [prompts[i] for i in part], form, opts,
-                                                           max_new_tokens)):
-                        outs[i] = o
-            for i, it in enumerate(items):
-                text, lp = outs[i]
-                chars = sum(1 for ch in text if is_cjk(ch))
-                row = {"title": it["title"], "form": it["form"], "text": text, "logp": lp,
-                       "logp_per_char": lp / chars if chars else None,
-                       "form_ok": form_check(text, it["form"], "zh")["ok"], **explain_poem(text, it["form"], "zh")}
-                rows.append(row)
-            lps = [r["logp_per_char"] for r in rows if r["logp_per_char"] is not None]
-            summary = {"form_ok": sum(r["form_ok"] for r in rows) / len(rows), **aggregate_rules(rows),
-                       "logp_per_char": sum(lps) / len(lps) if lps else None,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-            result["configs"][name] = {"options": opts, "summary": summary, "rows": rows}
-            log(f"{name}: {json.dumps(summary, ensure_ascii=False)}")
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
-    """python -m harness.rules POEM FORM [LANG] | --measure [N [OUT_JSON [ADAPTER]]]"""
+    """python -m harness.rules POEM FORM [LANG]"""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "--measure":
-        res = measure_rules(n=int(args[1]) if len(args) > 1 else 40,
-                            **({"adapter": args[3]} if len(args) > 3 else {}))
-        if len(args) > 2:
-            from harness.io import atomic_write
-            atomic_write(Path(args[2]), json.dumps(res, ensure_ascii=False, indent=1))
-        return 0
     if len(args) < 2:
         print(main.__doc__, file=sys.stderr)
         return 2
