@@ -1,19 +1,19 @@
-"""Classification for any label set: a classification-head adapter, a label-as-text adapter, or the base zero-shot.
+"""The one classification path, for any label set: a classification-head adapter, a label-as-text adapter, or the
+base zero-shot. The app, the CLI (`python -m harness classify`) and the leaderboard runs all call `classify`.
 
     from harness.classify import classify
-    probs = classify(lm, ["WIN a prize now!"], adapter="smollm2-135m-spam", task=get_task("spam"))
+    probs = classify(lm, ["WIN a prize now!"], "smollm2-135m-spam")        # the adapter's own task
+    probs = classify(lm, ["WIN a prize now!"], None, get_task("spam"))     # the base zero-shot on spam's prompt
     # -> [{"ham": 0.02, "spam": 0.98}]
 
 Three ways to answer, one output (per-label probabilities that sum to 1):
-- head (a SEQ_CLS adapter): the trained `score` head on the last token (harness.generation.classify);
+- head (a SEQ_CLS adapter): the trained `score` head on the last token (head_probs);
 - label as text (a causal-LM LoRA trained to write the label word, as PEFT's BLOOMZ twitter_complaints example):
   the label whose tokens (and the closing EOS) get the highest likelihood after the prompt, so it can never
   answer outside the label set; the probabilities are the softmax of the labels' total log-likelihoods;
 - zero-shot (no adapter): the base model scored the same way on the task's prompt.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from harness.errors import UserError
 
@@ -101,25 +101,60 @@ def score_labels(lm, texts: list[str], labels: list[str], prompt: str, adapter: 
         return softmax_rows(label_loglik(lm, model, prompts, labels, batch_size), labels)
 
 
-def method_of(info: Any) -> str:
-    """How an adapter classifies: head | label_text | "" (not a classifier)."""
-    return getattr(info, "method", "") if info is not None else ""
+def head_probs(lm, texts: list[str], adapter: str, batch_size: int = 16) -> list[dict[str, float]]:
+    """Per-label probabilities from a classification-head (SEQ_CLS) adapter: the head on each text's last token."""
+    import torch
 
-
-def classify(lm, texts: list[str], adapter: str | None, task, batch_size: int = 16) -> list[dict[str, float]]:
-    """Per-label probabilities for each text, for the classify `task` (harness.tasks.Task)."""
-    if not texts:
-        return []
-    if adapter in (None, "", "base"):
-        return score_labels(lm, texts, list(task.labels), task.prompt, None, DEFAULT_MAX_LENGTH, batch_size)
+    from harness.generation import classifier_ids, right_pad
     with lm.lock:
         info = lm.attach(adapter)
+    head, tok = lm.heads[adapter], lm.tokenizer
+    out: list[dict[str, float]] = []
+    with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        body = getattr(causal, causal.base_model_prefix)
+        for i in range(0, len(texts), batch_size):
+            rows = [classifier_ids(tok, t, info.input_template, info.max_length) for t in texts[i:i + batch_size]]
+            ids, mask = right_pad(rows, tok.pad_token_id)    # the head reads each row's last real token
+            hidden = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
+            last = mask.sum(1).to(lm.device) - 1
+            logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+            for row in logits.float().softmax(-1).tolist():
+                out.append(dict(zip(info.labels, row)))
+    return out
+
+
+def default_task(adapter_info=None):
+    """The classify task: the adapter's own, else the only registered classify task (UserError if several)."""
+    from harness.tasks import all_tasks, get_task
+    if adapter_info is not None:
+        return get_task(adapter_info.task)
+    names = [t.name for t in all_tasks() if t.kind == "classify"]
+    if len(names) != 1:
+        raise UserError(f"name the task to classify zero-shot: one of {', '.join(names) or 'none'}")
+    return get_task(names[0])
+
+
+def classify(lm, texts: list[str], adapter: str | None = None, task=None,
+             batch_size: int = 16) -> list[dict[str, float]]:
+    """Per-label probabilities for each text. adapter None/""/"base": the base zero-shot, scoring each label
+    word (and EOS) after the task's own prompt; a label-as-text adapter: the same scoring on its recipe's prompt;
+    a head adapter: its head. task: a harness.tasks.Task (default: the adapter's task, or the only classify task)."""
+    if adapter in (None, "", "base"):
+        task = task or default_task()
+        return score_labels(lm, texts, list(task.labels), task.prompt, None, DEFAULT_MAX_LENGTH, batch_size) \
+            if texts else []
+    with lm.lock:
+        info = lm.attach(adapter)
+    if info.method not in ("head", "label_text"):
+        raise UserError(f"adapter {adapter!r} is a {info.task} generation adapter, not a classifier; pick a "
+                        f"classifier (see `python -m harness models`) or classify with the base zero-shot")
+    task = task or default_task(info)
     if info.task != task.name:
         raise UserError(f"adapter {adapter!r} was trained for task {info.task!r}, not {task.name!r}; "
                         f"pick a {task.name} adapter (see `python -m harness models`)")
+    if not texts:
+        return []
     if info.method == "head":
-        from harness.generation import classify as head_classify
-        return head_classify(lm, texts, adapter=adapter, batch_size=batch_size)
-    if info.method == "label_text":
-        return score_labels(lm, texts, list(info.labels), info.prompt, adapter, info.max_length, batch_size)
-    raise UserError(f"adapter {adapter!r} is a {info.task} generation adapter, not a classifier")
+        return head_probs(lm, texts, adapter, batch_size)
+    return score_labels(lm, texts, list(info.labels), info.prompt, adapter, info.max_length, batch_size)

@@ -1,7 +1,7 @@
-"""Generation on a LoadedModel: batched, streaming with a real stop, and classification probabilities.
+"""Generation on a LoadedModel: batched, and streaming with a real stop. (Classification: harness.classify.)
 
     from harness.models import load_model
-    from harness.generation import GenerationConfig, generate_batch, stream, classify
+    from harness.generation import GenerationConfig, generate_batch, stream
     lm = load_model()                                   # the embedded default
     outs = generate_batch(lm, [lm.render_instruction("Name three colors.")], GenerationConfig(max_new_tokens=48))
     for chunk in stream(lm, lm.render_chat([{"role": "user", "content": "Hi"}]), GenerationConfig()):
@@ -20,10 +20,6 @@ from dataclasses import dataclass, field
 
 from harness.errors import UserError
 from harness.models import LoadedModel
-
-SPAM_PROMPT = ("Is the following SMS message spam or ham (a normal message)? Answer with one word: spam or ham.\n\n"
-               "Message: {text}")
-
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -524,13 +520,7 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfi
         raise failure[0]
 
 
-# ---------------------------------------------------------------- classification
-
-def _backbone(lm: LoadedModel):
-    from peft import PeftModel
-    causal = lm.model.get_base_model() if isinstance(lm.model, PeftModel) else lm.model
-    return getattr(causal, causal.base_model_prefix)
-
+# ---------------------------------------------------------------- classification inputs (shared with training)
 
 def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
     """Token ids a classification adapter reads: the template around the text, the text truncated so the
@@ -554,55 +544,14 @@ def right_pad(rows: list[list[int]], pad: int):
     return ids, mask
 
 
-def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16) -> list[dict[str, float]]:
-    """Per-class probabilities for each text: from a classification adapter's head, or zero-shot spam/ham
-    from the base's next-token probabilities when adapter is None."""
-    import torch
-
-    if adapter is ...:
-        adapter = lm.active
-    if not texts:
-        return []
-    if adapter in (None, "", "base"):
-        return zero_shot_spam(lm, texts, batch_size=batch_size)
-    with lm.lock:
-        info = lm.attach(adapter)
-    if info.kind != "seq_cls":
-        raise UserError(f"adapter {adapter!r} is a {info.task} (causal LM) adapter, not a classifier. "
-                        f"Classifiers here: {', '.join(a.name for a in lm.adapters.values() if a.kind == 'seq_cls') or 'none loaded'}")
-    head, tok = lm.heads[adapter], lm.tokenizer
-    out: list[dict[str, float]] = []
-    with lm.lock, torch.inference_mode(), lm.using(adapter):
-        body = _backbone(lm)
-        for i in range(0, len(texts), batch_size):
-            rows = [classifier_ids(tok, t, info.input_template, info.max_length) for t in texts[i:i + batch_size]]
-            ids, mask = right_pad(rows, tok.pad_token_id)    # the head reads each row's last real token
-            hidden = body(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
-            last = mask.sum(1).to(lm.device) - 1
-            logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-            for row in logits.float().softmax(-1).tolist():
-                out.append(dict(zip(info.labels, row)))
-    return out
+def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16):
+    """Compatibility name only, until harness/app/classify.py and tests/test_app.py, test_models.py and
+    test_finetune.py call harness.classify.classify: that one function, nothing computed here."""
+    from harness.classify import classify as one_path
+    return one_path(lm, texts, lm.active if adapter is ... else adapter, batch_size=batch_size)
 
 
-def _first_token(tok, word: str) -> int:
-    return tok(word, add_special_tokens=False)["input_ids"][0]
-
-
-def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16) -> list[dict[str, float]]:
-    """The base model asked "spam or ham?": the two answer words' next-token probabilities, renormalised."""
-    import torch
-
-    tok = lm.tokenizer
-    ids = [_first_token(tok, w) for w in ("ham", "spam")]
-    prompts = [lm.render_instruction(SPAM_PROMPT.format(text=t)) for t in texts]
-    _check_fits(lm, [lm.count_tokens(p) for p in prompts], GenerationConfig(max_new_tokens=1))
-    out = []
-    with lm.lock, torch.inference_mode(), lm.using(None) as model:
-        for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
-                      padding_side="left").to(lm.device)
-            logits = model(**enc).logits[:, -1, :]
-            two = logits[:, ids].float().softmax(-1)
-            out.extend({"ham": float(r[0]), "spam": float(r[1])} for r in two)
-    return out
+def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16):
+    """Compatibility name only (tests/test_app.py): the base zero-shot of harness.classify.classify."""
+    from harness.classify import classify as one_path
+    return one_path(lm, texts, None, batch_size=batch_size)
