@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.io import check_writable_file, read_table, text_sha, write_csv, write_jsonl
+from harness.io import check_writable_file, csv_unescape, read_table, text_sha, write_csv, write_jsonl
 from harness.paths import votes_store_path
 from harness.store import Store, content_key, now_iso, open_store
 
@@ -229,6 +229,8 @@ def read_labels(path: str | Path) -> list[dict]:
     if p.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"labels file {p}: use a .csv or .jsonl file")
     rows = read_table(p, ("eval_set", "item_id", "winner"), "labels file")
+    if p.suffix.lower() == ".csv":   # labels export escaped formula cells (io.csv_escape): read the texts back
+        rows = [(line, {k: csv_unescape(v) if isinstance(v, str) else v for k, v in row.items()}) for line, row in rows]
     known = set(list_eval_sets())
     if not rows:
         raise UserError(f"labels file {p} holds no labels")

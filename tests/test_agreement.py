@@ -127,3 +127,17 @@ def test_no_votes_gives_an_empty_summary_and_a_hint(tmp_path):
         assert agreement_summary(st) == []
     assert "No judge shares a voted pair yet" in agreement_markdown([])
     assert math.isnan(kappa_ci([], [])[0])
+
+
+def test_the_agreement_module_imports_no_test_fake():
+    """Issue 24 part 6: product code (the app imports harness.agreement) never imports the fakes, not even inside
+    a function; the report that runs the fake Ollama lives in harness/bench/agreement.py."""
+    import ast
+
+    from harness.paths import PROJECT_ROOT
+    tree = ast.parse((PROJECT_ROOT / "harness" / "agreement.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and ("fake" in m or "testing" in m or "bench" in m)}
+    from harness.bench.agreement import bench_agreement, own_pairs_report
+    assert callable(bench_agreement) and callable(own_pairs_report)
