@@ -11,21 +11,21 @@ Specs:
                                         batching, mixed adapters, the form constraint, classification heads)
   openai:<model>@<url>                  any OpenAI-compatible /v1/chat/completions: vLLM, llama.cpp's server
                                         (`python -m llama_cpp.server --model FILE`), Ollama's /v1
-  ollama:<model>                        the official `ollama` client (OLLAMA_HOST respected, or `host`)
+  ollama:<model>                        Ollama's HTTP API (OLLAMA_HOST respected, or `host`)
 
 An adapter is addressed as the server knows it (EngineRequest.adapter): for openai the served model id (vLLM
 `--lora-modules name=path` serves `name`; llama.cpp's server: its --model_alias), for Ollama a model made
-with `ollama create` from a Modelfile with ADAPTER, in process the adapter's name. Remote requests run through
-a bounded pool of `workers` threads with per-request timeouts and retries (connection errors, 429, 5xx, with
-exponential backoff; a read timeout is not retried); a 200 answer that is not valid JSON fails that item only
-(finish_reason "error", text ""). The server applies its own chat template to `messages`.
+with `ollama create` from a Modelfile with ADAPTER, in process the adapter's name. Servers are spoken to through
+harness.http (the one client): a total deadline per answer, retries with backoff on transient faults, a bounded
+pool of `workers` threads. A 200 whose body breaks the protocol is a failure, never an answer: engine_generate
+hands every good answer to on_done and then raises http.ItemsFailed naming the failed items; a server that is
+down or hung stops the run at once. The server applies its own chat template to `messages`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import queue
 import re
 import sys
 import threading
@@ -36,6 +36,10 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.generation import Generation
+from harness.http import Client, ItemsFailed, ServerError, parse_url, run_pool
+
+__all__ = ["EngineConfig", "EngineRequest", "Engine", "open_engine", "engine_generate", "stream_chat",
+           "parse_engine_spec", "ollama_url", "chat_turns", "prompt_text", "ItemsFailed", "ServerError"]
 
 KINDS = ("transformers", "openai", "ollama")
 START_HINT = ("start one, e.g. `python -m llama_cpp.server --model FILE.gguf --host 127.0.0.1 --port 8080`, "
@@ -53,12 +57,15 @@ def parse_engine_spec(spec: str) -> tuple[str, str, str]:
             raise UserError(f"engine {spec!r}: write openai:<model>@<server url>, e.g. "
                             "openai:smollm2@http://127.0.0.1:8080 (llama.cpp) or openai:MODEL@http://127.0.0.1:8000 (vLLM)")
         url = url.rstrip("/")
+        parse_url(url, f"the server URL in {spec!r}")
         return kind, model, url if re.search(r"/v\d+$", url) else url + "/v1"
     if kind == "ollama":
         if not rest:
             raise UserError(f"engine {spec!r}: name the model, e.g. ollama:smollm2:135m")
         return kind, rest, ""
     if kind == "transformers":
+        if not rest:
+            raise UserError(f"engine {spec!r}: name the base model, e.g. transformers:smollm2-135m-instruct")
         return kind, rest, ""
     if sep and "/" not in kind and "\\" not in kind and len(kind) > 1:   # 'vllm:x' and the like; not C:\ paths
         raise UserError(f"unknown engine {kind!r} in {spec!r}: use openai:<model>@<url>, ollama:<model>, "
@@ -72,7 +79,7 @@ class EngineConfig:
     spec: str = ""
     host: str | None = None           # Ollama host; None = $OLLAMA_HOST or 127.0.0.1:11434
     workers: int = 4                  # concurrent requests to a server
-    timeout: float = 60.0             # seconds for one answer
+    timeout: float = 60.0             # seconds for one whole answer (connect + every read; a stream too)
     connect_timeout: float = 3.0      # seconds to reach the server: a down server fails fast
     retries: int = 3                  # extra attempts on connection errors, 429 and 5xx
     backoff: float = 0.5              # first backoff in seconds (then x2)
@@ -90,6 +97,8 @@ class EngineConfig:
         ] if not ok]
         if bad:
             raise UserError(f"engine config: {'; '.join(bad)}")
+        if kind == "ollama":
+            ollama_url(self.host)         # a bad OLLAMA_HOST or host: its one sentence, before anything starts
 
     @property
     def kind(self) -> str:
@@ -109,6 +118,8 @@ class EngineRequest:
     adapter: str | None = None        # None: the engine's own model
     prompt: str = ""
     form: str = ""
+    schema: dict | None = None        # servers: a JSON schema the answer must follow (Ollama format, OpenAI response_format)
+    num_ctx: int = 0                  # Ollama: the context to run with (0: the server's default)
 
 
 @dataclass
@@ -125,7 +136,8 @@ class Engine:
     stream: Callable[["EngineRequest", threading.Event, dict], Iterator[str]] | None = None
     lm: Any = None
     close: Callable[[], None] = lambda: None
-    abort: threading.Event = field(default_factory=threading.Event)
+    digest: str = ""                  # Ollama: the served model's digest
+    info: Callable[[], dict] | None = None     # Ollama: the model's model_info (/api/show)
 
     def identity_of(self, adapter: str | None = None) -> str:
         """The identity of what answers a request with `adapter` (a served model id remotely)."""
@@ -167,85 +179,26 @@ def _failing(where: str, status: int | None, what: str) -> str:
             "(a model that does not fit in memory, a crashed worker)")
 
 
-# ---------------------------------------------------------------- retries (mirrors harness/judge.py)
-
-class _HTTPError(Exception):
-    def __init__(self, status_code: int, text: str):
-        super().__init__(f"HTTP {status_code}: {text[:300]}")
-        self.status_code = status_code
-        self.error = text
-
-
-class _BadAnswer(Exception):
-    """A 200 answer that is not the JSON the protocol promises: that item fails, the run goes on."""
-
-
-class _Unavailable(Exception):
-    def __init__(self, cause: BaseException, attempts: int):
-        super().__init__(str(cause))
-        self.cause = f"{type(cause).__name__}: {str(cause)[:200]}"
-        self.attempts = attempts
-        status = getattr(cause, "status_code", None)
-        self.status = status if isinstance(status, int) and status > 0 else None
-        self.timed_out = _read_timeout(cause)
-
-
-class _Aborted(Exception):
-    pass
-
-
-def _read_timeout(e: BaseException) -> bool:
-    name = type(e).__name__
-    if name in ("ConnectTimeout", "ConnectError"):
-        return False
-    return name in ("ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout") or isinstance(e, TimeoutError)
-
-
-def _transient(e: BaseException) -> bool:
-    status = getattr(e, "status_code", None)
-    if isinstance(status, int) and status > 0:
-        return status >= 500 or status == 429
-    if isinstance(e, (ConnectionError, TimeoutError)):
-        return True
-    for mod, names in (("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
-        m = sys.modules.get(mod)
-        if m and any(isinstance(e, getattr(m, n)) for n in names):
-            return True
-    return False
-
-
-def _with_retries(cfg: EngineConfig, fn: Callable[[], Any], abort: threading.Event, connect_retries: bool = True):
-    """fn() with up to cfg.retries extra attempts on connection errors, 429 and 5xx. A read timeout already
-    cost `timeout` seconds: never retried. connect_retries=False: a refused connection fails at once."""
-    attempt = 0
-    while True:
-        if abort.is_set():
-            raise _Aborted()
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - classified below
-            if not _transient(e):
-                raise
-            refused = isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout")
-            if attempt >= cfg.retries or (refused and not connect_retries) or _read_timeout(e):
-                raise _Unavailable(e, attempt + 1) from None
-            if abort.wait(cfg.backoff * (2 ** attempt)):
-                raise _Aborted() from None
-            attempt += 1
-
+# ---------------------------------------------------------------- opening
 
 def _health(cfg: EngineConfig, where: str, fn: Callable[[], Any], what: str):
+    """A health-check request: a server that cannot be reached fails at once, in one sentence with the fix
+    (a ServerError of the same kind, so a caller such as the judge may say it in its own words)."""
     try:
-        return _with_retries(cfg, fn, threading.Event(), connect_retries=False)
-    except _Unavailable as e:
-        if e.timed_out:
-            raise UserError(_hang(where, cfg.timeout)) from None
-        if e.status is not None:
-            raise UserError(_failing(where, e.status, what)) from None
-        raise UserError(_down(where, cfg.kind)) from None
+        return fn()
+    except ServerError as e:
+        if e.kind == "down":
+            msg = _down(where, cfg.kind)
+        elif e.kind == "timeout":
+            msg = _hang(where, cfg.timeout)
+        elif e.kind == "status":
+            msg = _failing(where, e.status, what)
+        else:
+            msg = (f"{where} did not answer {what} like "
+                   f"{'Ollama' if cfg.kind == 'ollama' else 'an OpenAI-compatible server'} ({e.body[:80]!r}): "
+                   f"check the URL" + (" (OLLAMA_HOST)" if cfg.kind == "ollama" else " (it ends in /v1)"))
+        raise ServerError(msg, e.kind, e.status, e.body) from None
 
-
-# ---------------------------------------------------------------- opening
 
 def open_engine(cfg: EngineConfig, lm: Any = None) -> Engine:
     """Health-check and open `cfg.spec`: the server is up and serves the model. lm: a loaded harness model the
@@ -267,131 +220,168 @@ def _stable_entry(entry: dict, asked_at: float) -> dict:
     return out
 
 
+def _client(cfg: EngineConfig, base: str, where: str, headers: dict | None = None) -> Client:
+    return Client(base, where, timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, retries=cfg.retries,
+                  backoff=cfg.backoff, workers=cfg.workers, headers=headers)
+
+
+def _openai_models(data: Any) -> list[dict]:
+    entries = data["data"]
+    if not isinstance(entries, list):
+        raise TypeError("data is not a list")
+    return [m for m in entries if isinstance(m, dict) and m.get("id")]
+
+
+def _openai_answer(data: Any) -> tuple[str, dict, str]:
+    choice = data["choices"][0]
+    text = choice["message"]["content"]
+    if text is not None and not isinstance(text, str):
+        raise TypeError("content is not text")
+    usage = data.get("usage") or {}
+    return text or "", usage, choice.get("finish_reason")
+
+
 def _open_openai(cfg: EngineConfig) -> Engine:
-    import requests
-
     _, model, base = parse_engine_spec(cfg.spec)
-    session = requests.Session()
-    if os.environ.get("OPENAI_API_KEY"):
-        session.headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-    timeout = (cfg.connect_timeout, cfg.timeout)
-
-    def get_models():
-        r = session.get(f"{base}/models", timeout=timeout)
-        if r.status_code >= 400:
-            raise _HTTPError(r.status_code, r.text)
-        try:
-            return r.json()
-        except ValueError:
-            raise _BadAnswer(r.text[:200]) from None
-
+    key = os.environ.get("OPENAI_API_KEY")
+    client = _client(cfg, base, f"the server at {base}", {"Authorization": f"Bearer {key}"} if key else None)
     asked_at = time.time()
     try:
-        listing = _health(cfg, base, get_models, "the model list")
-    except (_HTTPError, _BadAnswer) as e:
-        session.close()
-        raise UserError(f"{base}/models did not answer like an OpenAI-compatible server ({str(e)[:120]}): "
-                        "check the URL (it ends in /v1)") from None
+        entries = _health(cfg, base, lambda: client.json("GET", "/models", check=_openai_models, retry_down=False),
+                          "the model list")
     except UserError:
-        session.close()
+        client.close()
         raise
-    entries = [m for m in (listing.get("data") or []) if isinstance(m, dict) and m.get("id")] \
-        if isinstance(listing, dict) else []
     served = {str(m["id"]): json.dumps(_stable_entry(m, asked_at), sort_keys=True) for m in entries}
+    if model not in served and model + ":latest" in served:     # Ollama's /v1 lists llama3 as llama3:latest
+        served[model] = served[model + ":latest"]
     if model not in served:
-        session.close()
+        client.close()
         raise UserError(not_served(model, base, list(served)))
+    state = {"schema": True}
+
+    def body_of(req: EngineRequest, stream: bool) -> dict:
+        body: dict[str, Any] = {"model": req.adapter or model, "messages": req.messages, "stream": stream,
+                                "max_tokens": req.max_new_tokens, "temperature": req.temperature, "seed": req.seed}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if req.schema and state["schema"]:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": req.schema}}
+        return body
 
     def complete(req: EngineRequest) -> Generation:
         if req.form:
             raise UserError("the form constraint runs in process only: drop the engine or the form")
-        body: dict[str, Any] = {"model": req.adapter or model, "messages": req.messages, "stream": False,
-                                "max_tokens": req.max_new_tokens, "temperature": req.temperature, "seed": req.seed}
-        if req.stop:
-            body["stop"] = list(req.stop)
         t0 = time.perf_counter()
-        r = session.post(f"{base}/chat/completions", json=body, timeout=timeout)
-        if r.status_code >= 400:
-            raise _HTTPError(r.status_code, r.text)
         try:
-            data = r.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"] or ""
-            usage = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _BadAnswer(r.text[:200]) from None
-        return Generation(_prompt_text(req), text, int(usage.get("prompt_tokens") or 0),
-                          int(usage.get("completion_tokens") or 0), time.perf_counter() - t0,
-                          _reason(choice.get("finish_reason")))
+            text, usage, reason = client.json("POST", "/chat/completions", body_of(req, False), check=_openai_answer)
+        except ServerError as e:
+            if not (e.status == 400 and req.schema and state["schema"] and "response_format" in e.body):
+                raise
+            state["schema"] = False          # a server without structured output: ask again without it
+            text, usage, reason = client.json("POST", "/chat/completions", body_of(req, False), check=_openai_answer)
+        return Generation(prompt_text(req), text, int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0), time.perf_counter() - t0, _reason(reason))
 
     def stream(req: EngineRequest, stop: threading.Event, stats: dict) -> Iterator[str]:
-        body: dict[str, Any] = {"model": req.adapter or model, "messages": req.messages, "stream": True,
-                                "stream_options": {"include_usage": True}, "max_tokens": req.max_new_tokens,
-                                "temperature": req.temperature, "seed": req.seed}
-        if req.stop:
-            body["stop"] = list(req.stop)
-        r = session.post(f"{base}/chat/completions", json=body, timeout=timeout, stream=True)
+        lines = client.lines("POST", "/chat/completions", body_of(req, True))
         try:
-            if r.status_code >= 400:
-                raise _HTTPError(r.status_code, r.text)
-            for line in r.iter_lines(decode_unicode=True):
+            for line in lines:
                 if stop.is_set():
                     stats["finish_reason"] = "cancelled"
                     return
-                if not line or not line.startswith("data:"):
+                if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
                 try:
                     chunk = json.loads(data)
-                except ValueError:
-                    raise _BadAnswer(data[:200]) from None
-                if chunk.get("usage"):
-                    stats["prompt_tokens"] = int(chunk["usage"].get("prompt_tokens") or 0)
-                    stats["new_tokens"] = int(chunk["usage"].get("completion_tokens") or 0)
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    if choice.get("finish_reason"):
-                        stats["finish_reason"] = _reason(choice["finish_reason"])
+                    choices = chunk.get("choices") or []
+                    usage = chunk.get("usage")
+                    pieces = [((c.get("delta") or {}).get("content") or "", c.get("finish_reason")) for c in choices]
+                except (ValueError, AttributeError, TypeError):
+                    raise ServerError(f"{base} sent a stream that is not in the server's format ({data[:80]!r})",
+                                      "protocol") from None
+                if usage:
+                    stats["prompt_tokens"] = int(usage.get("prompt_tokens") or 0)
+                    stats["new_tokens"] = int(usage.get("completion_tokens") or 0)
+                for text, reason in pieces:
+                    if reason:
+                        stats["finish_reason"] = _reason(reason)
                     if text:
                         yield text
         finally:
-            r.close()
+            lines.close()
 
     return Engine(cfg, "openai", model, base, served[model], served, complete=complete, stream=stream,
-                  close=session.close)
+                  close=client.close)
+
+
+def ollama_url(host: str | None = None) -> str:
+    """Where Ollama listens, from `host` or $OLLAMA_HOST (else 127.0.0.1:11434), as Ollama's own client reads it:
+    'h', 'h:p', ':p', 'http://h[:p]' (an http(s) URL without a port uses 80/443). One sentence for a bad value."""
+    raw = host if host else os.environ.get("OLLAMA_HOST", "")
+    what = "the Ollama host" if host else "OLLAMA_HOST"
+    value = raw.strip()
+    if not value:
+        return "http://127.0.0.1:11434"
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "http", value
+        default_port = 11434
+    else:
+        default_port = 443 if scheme == "https" else 80
+    hostport, _, path = rest.partition("/")
+    name, colon, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+    if not colon:
+        name, port = hostport, ""
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise UserError(f"{what}={raw!r}: the port {port!r} is not a number from 1 to 65535; write it like "
+                        f"127.0.0.1:11434")
+    if scheme not in ("http", "https"):
+        raise UserError(f"{what}={raw!r}: use host:port or an http(s) URL, e.g. 127.0.0.1:11434")
+    url = f"{scheme}://{name or '127.0.0.1'}:{port or default_port}" + (f"/{path}".rstrip("/") if path else "")
+    parse_url(url, what)
+    return url
+
+
+def where_of(spec: str, host: str | None = None) -> str:
+    """How messages name the server of a spec: its URL (openai), the Ollama host as the user wrote it."""
+    kind, _, url = parse_engine_spec(spec)
+    if kind == "ollama":
+        return (host or os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434").strip()
+    return url or "in process"
+
+
+def _ollama_tags(data: Any) -> dict[str, str]:
+    models = data["models"]
+    if not isinstance(models, list):
+        raise TypeError("models is not a list")
+    return {str(m.get("model") or m["name"]): str(m.get("digest") or "") for m in models}
+
+
+def _ollama_answer(data: Any) -> dict:
+    msg = data["message"]
+    if not isinstance(msg.get("content", ""), str):
+        raise TypeError("content is not text")
+    return data
 
 
 def _open_ollama(cfg: EngineConfig) -> Engine:
-    import httpx
-    import ollama
-
     model = parse_engine_spec(cfg.spec)[1]
-    where = cfg.host or os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
-    tls = {} if where.startswith("https://") else {"verify": False}
-    client = ollama.Client(host=cfg.host, timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout), **tls)
-
-    def get_list():
-        try:
-            return client.list()
-        except (json.JSONDecodeError, ValueError) as e:
-            if isinstance(e, ollama.ResponseError):
-                raise
-            raise _BadAnswer(str(e)[:200]) from None
-
+    url = ollama_url(cfg.host)
+    where = where_of(cfg.spec, cfg.host)
+    client = _client(cfg, url, f"Ollama at {where}")
     try:
-        listing = _health(cfg, where, get_list, "the model list")
-    except ollama.ResponseError as e:
-        client.close()
-        raise UserError(_failing(where, e.status_code, "the model list")) from None
-    except _BadAnswer as e:
-        client.close()
-        raise UserError(f"{where} did not answer /api/tags like Ollama ({e}): check OLLAMA_HOST") from None
+        digests = _health(cfg, where, lambda: client.json("GET", "/api/tags", check=_ollama_tags, retry_down=False),
+                          "the model list")
     except UserError:
         client.close()
         raise
-    served = {str(m.model): f"ollama:{m.model}@{m.digest}" for m in listing.models}
+    served = {name: f"ollama:{name}@{digest}" for name, digest in digests.items()}
     full = model if ":" in model else model + ":latest"
     name = model if model in served else full
     if name not in served:
@@ -401,43 +391,54 @@ def _open_ollama(cfg: EngineConfig) -> Engine:
     for short in [n for n in served if n.endswith(":latest")]:
         served.setdefault(short[:-len(":latest")], served[short])
 
+    def body_of(req: EngineRequest, stream: bool) -> dict:
+        options: dict[str, Any] = {"temperature": req.temperature, "seed": req.seed, "num_predict": req.max_new_tokens}
+        if req.num_ctx:
+            options["num_ctx"] = req.num_ctx
+        if req.stop:
+            options["stop"] = list(req.stop)
+        body = {"model": req.adapter or name, "messages": req.messages, "options": options, "stream": stream}
+        if req.schema:
+            body["format"] = req.schema
+        return body
+
     def complete(req: EngineRequest) -> Generation:
-        import pydantic
         if req.form:
             raise UserError("the form constraint runs in process only: drop the engine or the form")
-        options: dict[str, Any] = {"temperature": req.temperature, "seed": req.seed, "num_predict": req.max_new_tokens}
-        if req.stop:
-            options["stop"] = list(req.stop)
         t0 = time.perf_counter()
-        try:
-            resp = client.chat(model=req.adapter or name, messages=req.messages, options=options, stream=False)
-        except (json.JSONDecodeError, pydantic.ValidationError) as e:
-            raise _BadAnswer(str(e)[:200]) from None
-        return Generation(_prompt_text(req), resp.message.content or "", int(resp.prompt_eval_count or 0),
-                          int(resp.eval_count or 0), time.perf_counter() - t0, _reason(resp.done_reason))
+        data = client.json("POST", "/api/chat", body_of(req, False), check=_ollama_answer)
+        return Generation(prompt_text(req), data["message"].get("content") or "", int(data.get("prompt_eval_count") or 0),
+                          int(data.get("eval_count") or 0), time.perf_counter() - t0, _reason(data.get("done_reason")))
 
     def stream(req: EngineRequest, stop: threading.Event, stats: dict) -> Iterator[str]:
-        options: dict[str, Any] = {"temperature": req.temperature, "seed": req.seed, "num_predict": req.max_new_tokens}
-        if req.stop:
-            options["stop"] = list(req.stop)
-        parts = client.chat(model=req.adapter or name, messages=req.messages, options=options, stream=True)
+        lines = client.lines("POST", "/api/chat", body_of(req, True))
         try:
-            for part in parts:
+            for line in lines:
                 if stop.is_set():
                     stats["finish_reason"] = "cancelled"
                     return
-                if part.done:
-                    stats.update(prompt_tokens=int(part.prompt_eval_count or 0), new_tokens=int(part.eval_count or 0),
-                                 finish_reason=_reason(part.done_reason))
-                if part.message and part.message.content:
-                    yield part.message.content
+                if not line.strip():
+                    continue
+                try:
+                    part = json.loads(line)
+                    done = bool(part.get("done"))
+                    text = (part.get("message") or {}).get("content") or ""
+                except (ValueError, AttributeError, TypeError):
+                    raise ServerError(f"{where} sent a stream that is not in the server's format ({line[:80]!r})",
+                                      "protocol") from None
+                if done:
+                    stats.update(prompt_tokens=int(part.get("prompt_eval_count") or 0),
+                                 new_tokens=int(part.get("eval_count") or 0), finish_reason=_reason(part.get("done_reason")))
+                if text:
+                    yield text
         finally:
-            close = getattr(parts, "close", None)
-            if close:
-                close()
+            lines.close()
+
+    def show() -> dict:
+        return client.json("POST", "/api/show", {"model": name}, check=lambda d: d.get("model_info") or {})
 
     return Engine(cfg, "ollama", name, where, served[name], served, complete=complete, stream=stream,
-                  close=client.close)
+                  close=client.close, digest=digests.get(name, ""), info=show)
 
 
 def _open_local(cfg: EngineConfig, lm: Any = None) -> Engine:
@@ -458,7 +459,7 @@ def _open_local(cfg: EngineConfig, lm: Any = None) -> Engine:
     return Engine(cfg, "transformers", lm.name, "in process", identity, lm=lm)
 
 
-def _prompt_text(req: EngineRequest) -> str:
+def prompt_text(req: EngineRequest) -> str:
     """Generation.prompt for a server: the messages as JSON (the server renders its own template)."""
     return req.prompt or json.dumps(req.messages, ensure_ascii=False)
 
@@ -485,7 +486,8 @@ def stream_chat(engine: Engine, req: EngineRequest, stop_event: threading.Event 
     """Stream one chat answer from a server engine, chunk by chunk (the app's chat and poem tabs). Setting
     stop_event, or closing the iterator, hangs up at the next chunk. `stats` gets prompt_tokens, new_tokens
     (the server's counts), first_token_seconds, seconds and finish_reason (stop, length, cancelled).
-    Failures are one sentence (UserError): the server went down, answered an error, or stopped answering."""
+    The whole answer has the engine's timeout (a total deadline). Failures are one sentence (a UserError; a
+    http.ServerError for the server's own failures): down, an error status, too slow, or not its protocol."""
     if engine.stream is None:
         raise UserError(f"the {engine.kind} engine does not stream: use harness.generation.stream in process")
     if req.form:
@@ -503,32 +505,40 @@ def stream_chat(engine: Engine, req: EngineRequest, stop_event: threading.Event 
     except GeneratorExit:
         stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
         raise
-    except _BadAnswer as e:
-        raise UserError(f"{engine.where} sent a stream that is not in the server's format ({str(e)[:120]}): "
-                        f"check that it is an OpenAI-compatible server or Ollama") from None
-    except Exception as e:  # noqa: BLE001 - HTTP and connection errors of requests/httpx/ollama: one sentence
-        status = getattr(e, "status_code", None)
-        if isinstance(status, int) and status == 404:
-            raise UserError(not_served(req.adapter or engine.model, engine.where, list(engine.served))) from None
-        if isinstance(status, int) and status >= 400:
-            raise UserError(_failing(engine.where, status, "the chat")) from None
-        if _read_timeout(e):
-            raise UserError(_hang(engine.where, engine.config.timeout)) from None
-        if _transient(e):
-            raise UserError(_down(engine.where, engine.kind)) from None
-        raise
+    except ServerError as e:
+        raise _sentence(engine, req, e, "the chat") from None
     finally:
         gen.close()
         stats["seconds"] = time.perf_counter() - t0
         stats["finish_reason"] = stats.get("finish_reason") or "stop"
 
 
+def _sentence(engine: Engine, req: EngineRequest, e: ServerError, what: str) -> ServerError:
+    """A server failure in the engine's words: not served (404), failing (5xx), hung, down, broken answers."""
+    if e.kind == "status" and e.status == 404:
+        msg = not_served(req.adapter or engine.model, engine.where, list(engine.served))
+    elif e.kind == "status" and (e.status or 0) >= 500:
+        msg = f"{_failing(engine.where, e.status, what)} ({e.body[:120]})"
+    elif e.kind == "timeout":
+        msg = _hang(engine.where, engine.config.timeout)
+    elif e.kind == "down":
+        msg = _down(engine.where, engine.kind)
+    elif e.kind == "protocol":
+        msg = (f"{engine.where} sent an answer that is not in the server's format ({e.body[:80]!r}): check that "
+               "it is an OpenAI-compatible server or Ollama, not a proxy's error page")
+    else:
+        msg = str(e)
+    return ServerError(msg, e.kind, e.status, e.body)
+
+
 def engine_generate(engine: Engine, requests: list[EngineRequest],
                     on_done: Callable[[int, Generation], None] | None = None,
                     progress: bool = False) -> list[Generation]:
     """Generate every request; `on_done(index, generation)` runs in the calling thread as each one completes
-    (store it there: an interrupted run loses only the requests in flight). A server's failures after the
-    retries end the run with one sentence (UserError); a 200 answer that is not JSON fails only that item."""
+    (store it there: an interrupted run loses only the requests in flight). Servers: an item whose answer
+    failed (an error status after the retries, a 200 that is not the protocol's JSON) is not an answer; every
+    good one is handed to on_done, then http.ItemsFailed (a UserError naming how many failed; `.results` has
+    None for each) is raised. A server that is down or hung stops the run at once (the rest fail the same way)."""
     if not requests:
         return []
     if engine.kind == "transformers":
@@ -536,87 +546,34 @@ def engine_generate(engine: Engine, requests: list[EngineRequest],
     for r in requests:
         if r.adapter and r.adapter not in engine.served:
             raise UserError(not_served(r.adapter, engine.where, list(engine.served)))
-    out: list[Generation | None] = [None] * len(requests)
+        if r.form:
+            raise UserError("the form constraint runs in process only: drop the engine or the form")
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(requests), desc="generate", unit="item", file=sys.stderr)
+
+    def one(req: EngineRequest) -> Generation:
+        try:
+            return engine.complete(req)
+        except ServerError as e:
+            if e.kind == "status" and e.status is not None and 400 <= e.status < 500 and e.status not in (404, 429):
+                raise UserError(f"the server at {engine.where} refused the request ({e.status}): {e.body[:200]}") from None
+            raise _sentence(engine, req, e, "a generation request") from None
+
     try:
-        _pool(engine, requests, out, on_done, bar)
+        return run_pool(one, requests, engine.config.workers, on_done, threading.Event(), bar, "generations")
     finally:
         if bar:
             bar.close()
-    return out  # type: ignore[return-value]
 
 
-def _call(engine: Engine, req: EngineRequest) -> Generation:
-    assert engine.complete is not None
-    t0 = time.perf_counter()
-    resume = "Items generated so far are saved: rerun the same command to resume"
+def complete(engine: Engine, req: EngineRequest) -> Generation:
+    """One answer from a server engine (retries and the total deadline of harness.http), or one sentence."""
     try:
-        return _with_retries(engine.config, lambda: engine.complete(req), engine.abort)
-    except _BadAnswer:
-        return Generation(_prompt_text(req), "", 0, 0, time.perf_counter() - t0, "error")
-    except _Unavailable as e:
-        if e.timed_out:
-            raise UserError(f"{_hang(engine.where, engine.config.timeout)}. {resume}") from None
-        if e.status is not None:
-            raise UserError(f"{_failing(engine.where, e.status, 'a generation request')}; gave up after "
-                            f"{e.attempts} attempts. {resume}") from None
-        raise UserError(f"{_down(engine.where, engine.kind)}; gave up after {e.attempts} attempts. {resume}") from None
-    except (_Aborted, UserError):
-        raise
-    except Exception as e:  # noqa: BLE001 - a 4xx: not worth retrying
-        status = getattr(e, "status_code", None)
-        text = str(getattr(e, "error", "") or e)
-        if status == 404:
-            raise UserError(not_served(req.adapter or engine.model, engine.where, list(engine.served))) from None
-        raise UserError(f"the server at {engine.where} refused the request ({status or type(e).__name__}): "
-                        f"{text[:200]}") from None
-
-
-def _pool(engine: Engine, reqs: list[EngineRequest], results: list, on_done, bar) -> None:
-    """A bounded pool of daemon threads; results are handed to the calling thread as they complete."""
-    todo: queue.Queue = queue.Queue()
-    done: queue.Queue = queue.Queue()
-    for item in enumerate(reqs):
-        todo.put(item)
-
-    def worker():
-        while not engine.abort.is_set():
-            try:
-                i, req = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((i, _call(engine, req), None))
-            except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-                done.put((i, None, e))
-                return
-
-    engine.abort.clear()
-    threads = [threading.Thread(target=worker, daemon=True, name=f"engine-{k}")
-               for k in range(min(engine.config.workers, len(reqs)))]
-    for t in threads:
-        t.start()
-    try:
-        for _ in range(len(reqs)):
-            while True:
-                try:
-                    i, g, err = done.get(timeout=0.5)
-                    break
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads) and done.empty():
-                        raise RuntimeError("engine workers stopped without an answer")
-            if err is not None:
-                raise err
-            results[i] = g
-            if on_done:
-                on_done(i, g)
-            if bar:
-                bar.update(1)
-    finally:
-        engine.abort.set()           # stop the other workers (a finished run has none left)
+        return engine.complete(req)
+    except ServerError as e:
+        raise _sentence(engine, req, e, "a request") from None
 
 
 def _generate_local(engine: Engine, reqs: list[EngineRequest], on_done, progress: bool) -> list[Generation]:

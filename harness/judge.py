@@ -9,7 +9,7 @@
                                                            "response": ...})], on_done=save)
 
 Backends, looked up by name (imports are lazy):
-  ollama:<model>                  the official `ollama` client (default "ollama:llama3"; OLLAMA_HOST respected)
+  ollama:<model>                  Ollama (default "ollama:llama3"; OLLAMA_HOST respected)
   openai:<model>@<base_url>       any OpenAI-compatible /v1/chat/completions (vLLM, llama.cpp server, Ollama /v1)
   transformers:<base>[+adapter]   a local model in process (harness.models), for fully offline runs
 
@@ -18,17 +18,19 @@ them at the top level, where Ollama ignores them). Prompts are files harness/pro
 The answer is requested as JSON {score, reason} (Ollama `format`, OpenAI `response_format`, a '{"score": ' prefix
 in process); free text is parsed as a fallback. No score -> a bounded re-ask, then the raw answer is kept with
 parsed=False (never dropped). A score outside 0-100 (negative, or above the scale) is unparsed with the
-reason kept, never clamped or sign-stripped. Connection errors, 429 and 5xx are retried with exponential
-backoff; a server that connects but does not answer within `timeout` (60 s) is not retried (one sentence says
-so); a 200 answer that is not JSON marks that item failed (parsed=False, reason kept) and the run goes on.
+reason kept, never clamped or sign-stripped.
+
+Remote judges are engines (harness.engines over harness.http, the one HTTP client): a total deadline per
+answer (`timeout`), retries with backoff on refused connections, 429, 5xx and 200s that break the protocol.
+A judge that failed on an item (an HTML page where JSON was promised, an error after the retries) gave no
+verdict: the item is not cached and not scored; judge_many hands every verdict to on_done and then raises
+http.ItemsFailed naming how many failed. A judge that is down or hung stops the run at once.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import queue
 import re
 import sys
 import threading
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.http import ServerError, run_pool
 
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 DEFAULT_JUDGE = "ollama:llama3"
@@ -71,6 +74,12 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
         raise UserError(f"unknown judge {spec!r}: use one of ollama:<model> (e.g. {DEFAULT_JUDGE}), "
                         f"openai:<model>@<base_url> (e.g. openai:llama3@http://localhost:8000/v1), "
                         f"transformers:<base>[+adapter] (e.g. {DEFAULT_OFFLINE_JUDGE})")
+    if ":" in spec and not rest.strip():       # 'ollama:' names no model: never a silent default
+        example = {"ollama": DEFAULT_JUDGE, "transformers": DEFAULT_OFFLINE_JUDGE}.get(
+            backend, "openai:llama3@http://localhost:8000/v1")
+        raise UserError(f"judge {spec!r} names no model after the colon: write e.g. {example} "
+                        f"(or just {backend!r} for its default)" if backend != "openai" else
+                        f"judge {spec!r} names no model: write e.g. {example}")
     if backend == "ollama":
         return backend, rest or "llama3", ""
     if backend == "transformers":
@@ -80,10 +89,8 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
     if not model or not url.startswith(("http://", "https://")):
         raise UserError(f"judge {spec!r}: the OpenAI-compatible backend needs a model and a server URL, "
                         "e.g. openai:llama3@http://localhost:11434/v1 or openai:my-model@http://localhost:8000/v1")
-    url = url.rstrip("/")
-    if not re.search(r"/v\d+$", url):
-        url += "/v1"
-    return backend, model, url
+    from harness.engines import parse_engine_spec
+    return parse_engine_spec(f"openai:{model}@{url}")
 
 
 def canonical_spec(spec: str) -> str:
@@ -225,7 +232,8 @@ def estimate_tokens(text: str) -> int:
 
 _JSON_OBJ = re.compile(r"\{[^{}]*\}", re.S)
 _INLINE_CODE = re.compile(r"`[^`]{7,}`")   # quoted texts (the prompt quotes the response in backticks)
-_NUM = r"(-?\d{1,3}(?:\.\d+)?)"          # the sign is kept: "-100" is out of range, never 100
+_NUM = r"(-?\d{1,3}(?:\.\d+)?(?:[eE][+-]?\d+)?)"   # the sign and an exponent are kept: "-100" and "1e9" are out
+_MINUS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-"})     # of range, never 100 or 1
 _SCALE = re.compile(rf"(?<![\d.]){_NUM}\s*(?:(?:stars?|points?|pts)\s*)?(?:/|out\s+of)\s*(100|10|5)(?![\d])", re.I)
 _LABEL = re.compile(rf"\b(?:score|scored|scoring|rating|rate|rated|grade|give|giving)\b[^\d\n`]{{0,30}}?"
                     rf"(?<![\d.]){_NUM}(?![\d])", re.I)
@@ -241,7 +249,7 @@ def _json_score(obj: Any) -> tuple[float | None, str]:
         low = {str(k).lower(): v for k, v in obj.items()}
         for key in ("score", "rating", "grade"):
             v = low.get(key)
-            if isinstance(v, str) and re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", v):
+            if isinstance(v, str) and re.fullmatch(r"\s*-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\s*", v):
                 v = float(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return float(v), str(low.get("reason") or low.get("explanation") or "")
@@ -258,7 +266,7 @@ def parse_score(text: str) -> tuple[float | None, str]:
     (scaled to 100); a labelled number ("Score: 72", "I'd rate it 85", "a score of 92"); a first line that
     is only a number. Backtick-quoted text is ignored for the number searches (it quotes the response).
     """
-    text = (text or "").strip()
+    text = (text or "").strip().translate(_MINUS)      # a Unicode minus is a minus
     if not text:
         return None, ""
     candidates: list[tuple[float | None, str]] = []
@@ -266,7 +274,7 @@ def parse_score(text: str) -> tuple[float | None, str]:
         candidates.append(_json_score(json.loads(text)))
     except (json.JSONDecodeError, ValueError):
         pass
-    candidates += [_json_score(_try_json(m.group(0))) for m in _JSON_OBJ.finditer(text)]
+    candidates += [_json_score(try_json(m.group(0))) for m in _JSON_OBJ.finditer(text)]
     for score, reason in candidates:
         if score is not None:      # the judge's explicit JSON score decides, in range or not
             return (_tidy(score), reason) if 0 <= score <= 100 else (None, _outside(score))
@@ -289,7 +297,7 @@ def _outside(value: float, scale: float = 100) -> str:
     return f"score {value:g} is outside 0-{scale:g}"
 
 
-def _try_json(s: str) -> Any:
+def try_json(s: str) -> Any:
     try:
         return json.loads(s)
     except (json.JSONDecodeError, ValueError):
@@ -327,7 +335,6 @@ class Judge:
     lm: Any = None                   # in-process backends: the LoadedModel (harness.pairwise reads log-probs)
     adapter: str = ""                # in-process backends: the judge's adapter ("" = the base alone)
     close: Callable[[], None] = lambda: None
-    abort: threading.Event = field(default_factory=threading.Event)
     prompts: dict[str, JudgePrompt] = field(default_factory=dict)
 
     @property
@@ -349,26 +356,6 @@ class Judge:
         self.close()
 
 
-class _HTTPError(Exception):
-    def __init__(self, status_code: int, text: str):
-        super().__init__(f"HTTP {status_code}: {text[:300]}")
-        self.status_code = status_code
-        self.error = text
-
-
-def _transient(e: BaseException) -> bool:
-    status = getattr(e, "status_code", None)
-    if isinstance(status, int) and status > 0:
-        return status >= 500 or status == 429
-    if isinstance(e, (ConnectionError, TimeoutError)):
-        return True
-    for mod, names in (("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
-        m = sys.modules.get(mod)
-        if m and any(isinstance(e, getattr(m, n)) for n in names):
-            return True
-    return False
-
-
 def _down_message(judge_name: str, where: str, backend: str) -> str:
     if backend == "ollama":
         return (f"cannot reach Ollama at {where} for judge {judge_name}: is Ollama running? start it with "
@@ -377,9 +364,28 @@ def _down_message(judge_name: str, where: str, backend: str) -> str:
             "(vLLM: `vllm serve MODEL`; llama.cpp: `llama-server -m MODEL.gguf`; Ollama: `ollama serve`)")
 
 
-def _pull_message(model: str, where: str, available: list[str]) -> str:
-    return (f"judge model {model!r} is not pulled on Ollama at {where}: run `ollama pull {model}` "
-            f"(pulled: {', '.join(available) or 'none'})")
+def timeout_message(where: str, seconds: float) -> str:
+    return (f"the judge server at {where} connected but did not answer within {seconds:g} s; it may be "
+            f"overloaded or stuck: check its log, lower --workers, or raise --judge-timeout for a slow model")
+
+
+def _judge_error(cfg: JudgeConfig, where: str, e: ServerError, during: str = "") -> ServerError:
+    """A server failure in the judge's words (its flags: --judge-timeout, --workers), same kind."""
+    if e.kind == "down":
+        msg = _down_message(cfg.spec, where, cfg.backend)
+    elif e.kind == "timeout":
+        msg = timeout_message(where, cfg.timeout)
+    elif e.kind == "status" and e.status == 404:
+        msg = (f"judge model {cfg.model!r} is not served at {where}: "
+               + (f"run `ollama pull {cfg.model}`" if cfg.backend == "ollama" else e.body[:200]))
+    elif e.kind == "status":
+        msg = (f"the judge server at {where} kept failing ({e.status}: {e.body[:200]}); check its log (the "
+               f"`ollama serve` window or `journalctl -u ollama`), lower --workers if it is overloaded")
+    else:
+        msg = (f"the judge server at {where} answered {during or 'a request'} with something that is not "
+               f"{'Ollama' if cfg.backend == 'ollama' else 'an OpenAI-compatible'} JSON ({e.body[:80]!r}): a proxy's "
+               f"error page or the wrong server")
+    return ServerError(msg, e.kind, e.status, e.body)
 
 
 # ---------------------------------------------------------------- backends
@@ -387,122 +393,45 @@ def _pull_message(model: str, where: str, available: list[str]) -> str:
 def open_judge(cfg: JudgeConfig, lm: Any = None) -> Judge:
     """Health-check and open the judge `cfg.spec`. lm: an already loaded harness model the transformers
     backend may reuse when it names the same base (no second copy in memory)."""
-    backend = cfg.backend
-    if backend == "ollama":
-        return _open_ollama(cfg)
-    if backend == "openai":
-        return _open_openai(cfg)
-    return _open_transformers(cfg, lm)
+    if cfg.backend == "transformers":
+        return _open_transformers(cfg, lm)
+    return _open_remote(cfg)
 
 
-def _open_ollama(cfg: JudgeConfig) -> Judge:
-    import httpx
-    import ollama
+def _open_remote(cfg: JudgeConfig) -> Judge:
+    """ollama:<model> and openai:<model>@<url>: an engine (harness.engines) that answers JSON by a schema."""
+    from harness.engines import EngineConfig, EngineRequest, open_engine
 
-    where = cfg.host or os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
-    # a plain-http host needs no CA bundle: loading it costs ~20 ms per client, more than a warm run
-    tls = {} if where.startswith("https://") else {"verify": False}
-    client = ollama.Client(host=cfg.host, timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout), **tls)
+    ecfg = EngineConfig(cfg.spec, host=cfg.host, workers=cfg.workers, timeout=cfg.timeout,
+                        connect_timeout=cfg.connect_timeout, retries=cfg.retries, backoff=cfg.backoff)
     try:
-        listing = _with_retries(cfg, client.list, threading.Event(), connect_retries=False)
-    except _Unavailable as e:
-        client.close()
-        if e.timed_out:
-            raise UserError(timeout_message(where, cfg.timeout)) from None
-        raise UserError(f"{_down_message(cfg.spec, where, 'ollama')} [{e.cause}]") from None
-    except ollama.ResponseError as e:
-        client.close()
-        raise UserError(f"Ollama at {where} answered {e.status_code} to the model list: {e.error}") from None
-    wanted = cfg.model if ":" in cfg.model else cfg.model + ":latest"
-    pulled = [str(m.model) for m in listing.models]
-    entry = next((m for m in listing.models if m.model in (cfg.model, wanted)), None)
-    if entry is None:
-        client.close()
-        raise UserError(_pull_message(cfg.model, where, pulled))
+        engine = open_engine(ecfg)
+    except ServerError as e:
+        from harness.engines import where_of
+        raise _judge_error(cfg, where_of(cfg.spec, cfg.host), e, "the model list") from None
     context_length = cfg.num_ctx
-    try:
-        info = client.show(cfg.model).modelinfo or {}
-        context_length = int(next((v for k, v in info.items() if k.endswith(".context_length")), cfg.num_ctx))
-    except Exception:  # noqa: BLE001 - the context length is only used for a friendlier check
-        pass
+    if engine.info is not None:
+        try:
+            info = engine.info()
+            context_length = int(next((v for k, v in info.items() if k.endswith(".context_length")), cfg.num_ctx))
+        except (ServerError, TypeError, ValueError, AttributeError):
+            pass                      # the context length is only used for a friendlier check
     if cfg.num_ctx > context_length:
-        client.close()
+        engine.close()
         raise UserError(f"num_ctx {cfg.num_ctx} exceeds {cfg.model}'s context length {context_length}: "
                         f"lower the judge's num_ctx")
-    model = cfg.model
+    where = engine.where
 
     def complete(messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
-        import pydantic
+        req = EngineRequest(messages, max_new_tokens=cfg.max_answer_tokens, temperature=cfg.temperature,
+                            seed=cfg.seed, schema=schema, num_ctx=cfg.num_ctx if cfg.backend == "ollama" else 0)
         try:
-            resp = client.chat(model=model, messages=messages, format=schema, options=cfg.options(),
-                               stream=False)
-        except json.JSONDecodeError as e:
-            raise BadAnswer(f"Ollama at {where} answered 200 with a body that is not JSON ({e.msg})",
-                            str(e.doc or "")[:2000]) from None
-        except pydantic.ValidationError as e:
-            raise BadAnswer(f"Ollama at {where} answered 200 with JSON that is not a chat answer",
-                            str(e)[:2000]) from None
-        return resp.message.content or ""
+            return engine.complete(req).text
+        except ServerError as e:
+            raise _judge_error(cfg, where, e, "a verdict request") from None
 
-    return Judge(cfg, cfg.spec, str(entry.digest or ""), where, estimate_tokens, cfg.num_ctx,
-                 complete=complete, close=client.close)
-
-
-def _open_openai(cfg: JudgeConfig) -> Judge:
-    import requests
-
-    _, model, base = parse_spec(cfg.spec)
-    session = requests.Session()
-    if os.environ.get("OPENAI_API_KEY"):
-        session.headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-    timeout = (cfg.connect_timeout, cfg.timeout)
-
-    def get_models():
-        r = session.get(f"{base}/models", timeout=timeout)
-        if r.status_code >= 400:
-            raise _HTTPError(r.status_code, r.text)
-        return r.json()
-
-    try:
-        listing = _with_retries(cfg, get_models, threading.Event(), connect_retries=False)
-    except _Unavailable as e:
-        session.close()
-        if e.timed_out:
-            raise UserError(timeout_message(base, cfg.timeout)) from None
-        raise UserError(f"{_down_message(cfg.spec, base, 'openai')} [{e.cause}]") from None
-    except (_HTTPError, ValueError) as e:
-        session.close()
-        raise UserError(f"{base}/models did not answer like an OpenAI-compatible server: {e}") from None
-    ids = [str(m.get("id")) for m in listing.get("data", []) if isinstance(m, dict)]
-    if ids and model not in ids and (model + ":latest") not in ids:
-        session.close()
-        raise UserError(f"judge model {model!r} is not served at {base}. Served: {', '.join(ids)} "
-                        f"(Ollama: `ollama pull {model}`; vLLM: start the server with that model)")
-    state = {"schema": True}
-
-    def complete(messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
-        body = {"model": model, "messages": messages, "temperature": cfg.temperature, "seed": cfg.seed,
-                "max_tokens": cfg.max_answer_tokens}
-        if state["schema"]:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "judgment", "schema": schema}}
-        r = session.post(f"{base}/chat/completions", json=body, timeout=timeout)
-        if r.status_code == 400 and state["schema"] and "response_format" in r.text:
-            state["schema"] = False          # a server without structured output: ask again without it
-            return complete(messages, schema)
-        if r.status_code >= 400:
-            raise _HTTPError(r.status_code, r.text)
-        try:
-            data = r.json()
-        except ValueError:
-            raise BadAnswer(f"{base} answered {r.status_code} with a body that is not JSON", r.text[:2000]) from None
-        try:
-            return data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise BadAnswer(f"{base} answered {r.status_code} with JSON that is not a chat completion",
-                            r.text[:2000]) from None
-
-    return Judge(cfg, cfg.spec, "", base, estimate_tokens, cfg.num_ctx, complete=complete, close=session.close)
+    return Judge(cfg, cfg.spec, engine.digest, where, estimate_tokens, cfg.num_ctx, complete=complete,
+                 close=engine.close)
 
 
 def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
@@ -534,7 +463,7 @@ def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
         out = []
         for g in gens:
             text = JSON_PREFIX + g.text
-            if _try_json(text) is None and _try_json(text + "}") is not None:
+            if try_json(text) is None and try_json(text + "}") is not None:
                 text += "}"          # the stop string "}" may be cut from the text
             out.append(text)
         return out
@@ -545,116 +474,26 @@ def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
 
 # ---------------------------------------------------------------- calling
 
-class _Unavailable(Exception):
-    def __init__(self, cause: BaseException, attempts: int):
-        super().__init__(str(cause))
-        self.cause = f"{type(cause).__name__}: {str(cause)[:200]}"
-        self.attempts = attempts
-        status = getattr(cause, "status_code", None)
-        self.status = status if isinstance(status, int) and status > 0 else None
-        self.timed_out = _read_timeout(cause)
-
-
-class BadAnswer(Exception):
-    """A 200 answer that is not the JSON the protocol promises: that item fails (parsed=False), the run goes on."""
-    def __init__(self, reason: str, raw: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.raw = raw
-
-
-def _read_timeout(e: BaseException) -> bool:
-    """The server accepted the connection but sent no answer in time (not a refused or unreachable server)."""
-    name = type(e).__name__
-    if name in ("ConnectTimeout", "ConnectError"):
-        return False
-    return name in ("ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout") or isinstance(e, TimeoutError)
-
-
-def timeout_message(where: str, seconds: float) -> str:
-    return (f"the judge server at {where} connected but did not answer within {seconds:g} s; it may be "
-            f"overloaded or stuck: check its log, lower --workers, or raise --judge-timeout for a slow model")
-
-
-class _Aborted(Exception):
-    pass
-
-
-def _with_retries(cfg: JudgeConfig, fn: Callable[[], Any], abort: threading.Event, connect_retries: bool = True):
-    """fn() with up to cfg.retries extra attempts on connection errors, timeouts, 429 and 5xx.
-    connect_retries=False: a refused connection fails at once (the health check must fail within seconds)."""
-    attempt = 0
-    while True:
-        if abort.is_set():
-            raise _Aborted()
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - classified below
-            if not _transient(e):
-                raise
-            refused = isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout")
-            # a read timeout already cost `timeout` seconds: one attempt, never a silent retry loop
-            if attempt >= cfg.retries or (refused and not connect_retries) or _read_timeout(e):
-                raise _Unavailable(e, attempt + 1) from None
-            if abort.wait(cfg.backoff * (2 ** attempt)):
-                raise _Aborted() from None
-            attempt += 1
-
-
-def _fatal(judge: Judge, e: BaseException) -> UserError:
-    status = getattr(e, "status_code", None)
-    text = str(getattr(e, "error", "") or e)
-    if status == 404 and "not found" in text:
-        if judge.config.backend == "ollama":
-            return UserError(_pull_message(judge.config.model, judge.where, []).replace(" (pulled: none)", ""))
-        return UserError(f"judge model {judge.config.model!r} is not served at {judge.where}: {text[:200]}")
-    return UserError(f"judge {judge.name} at {judge.where} refused the request ({status or type(e).__name__}): "
-                     f"{text[:300]}")
-
-
-def _call(judge: Judge, messages: list[dict], schema: dict = SCORE_SCHEMA) -> str:
-    """One answer from a remote judge: retries for refused connections, 429 and 5xx; one sentence otherwise."""
-    assert judge.complete is not None
-    try:
-        return _with_retries(judge.config, lambda: judge.complete(messages, schema), judge.abort)
-    except _Unavailable as e:
-        resume = "Items judged so far are saved: rerun the same command to resume"
-        if e.timed_out:
-            raise UserError(f"{timeout_message(judge.where, judge.config.timeout)}. {resume}") from None
-        if e.status is not None:
-            raise UserError(f"the judge server at {judge.where} kept failing ({e.cause}); gave up after "
-                            f"{e.attempts} attempts. Check its log (the `ollama serve` window or "
-                            f"`journalctl -u ollama`), lower --workers if it is overloaded. {resume}") from None
-        raise UserError(f"{_down_message(judge.name, judge.where, judge.config.backend)}; gave up after "
-                        f"{e.attempts} attempts [{e.cause}]. {resume}") from None
-    except (_Aborted, UserError, BadAnswer):
-        raise
-    except Exception as e:  # noqa: BLE001 - a 4xx or similar: not worth retrying
-        raise _fatal(judge, e) from None
-
-
 def judge_one(judge: Judge, req: JudgeRequest) -> Judgment:
-    """Score one response (remote backends): ask, parse, re-ask at most parse_retries times."""
+    """Score one response (remote backends): ask, parse, re-ask at most parse_retries times. A server failure
+    (http.ServerError, after the retries) is raised: it is no verdict, so nothing is kept for it."""
     t0 = time.perf_counter()
     messages = judge.messages(req)
     answers: list[str] = []
     why = ""
     for attempt in range(judge.config.parse_retries + 1):
-        try:
-            answer = _call(judge, messages)
-        except BadAnswer as e:       # this item fails, the run goes on
-            answers.append(e.raw)
-            return Judgment(None, False, _joined(answers), e.reason, attempt + 1, time.perf_counter() - t0)
+        answer = judge.complete(messages)
         answers.append(answer)
         score, reason = parse_score(answer)
         if score is not None:
-            return Judgment(score, True, _joined(answers), reason, attempt + 1, time.perf_counter() - t0)
+            return Judgment(score, True, joined(answers), reason, attempt + 1, time.perf_counter() - t0)
         why = reason or why
         messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": RETRY_MESSAGE}]
-    return Judgment(None, False, _joined(answers), why, len(answers), time.perf_counter() - t0)
+    return Judgment(None, False, joined(answers), why, len(answers), time.perf_counter() - t0)
 
 
-def _joined(answers: list[str]) -> str:
+def joined(answers: list[str]) -> str:
+    """A judge's answers to one item, re-asks included, as one text (what the store keeps as raw)."""
     return "\n\n--- re-asked ---\n\n".join(answers)
 
 
@@ -679,7 +518,7 @@ def _judge_batch(judge: Judge, reqs: list[JudgeRequest]) -> list[Judgment]:
                 still.append(i)
         todo = still
     per_item = (time.perf_counter() - t0) / max(1, len(reqs))
-    return [Judgment(s, s is not None, _joined(a), r, len(a), per_item) for (s, r), a in zip(scores, answers)]
+    return [Judgment(s, s is not None, joined(a), r, len(a), per_item) for (s, r), a in zip(scores, answers)]
 
 
 def check_fits(judge: Judge, reqs: list[JudgeRequest]) -> None:
@@ -695,7 +534,7 @@ def check_fits(judge: Judge, reqs: list[JudgeRequest]) -> None:
                 f"if the judge model supports it) or generate shorter responses (--max-new-tokens)")
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.5)
@@ -705,67 +544,24 @@ def judge_many(judge: Judge, reqs: list[JudgeRequest],
                on_done: Callable[[JudgeRequest, Judgment], None] | None = None,
                progress: bool = True, desc: str = "judging") -> list[Judgment]:
     """Score every request; `on_done(req, judgment)` runs in the calling thread as each one completes (store it
-    there: a crash then loses at most the requests in flight). Remote backends use `workers` threads."""
+    there: a crash then loses at most the requests in flight). Remote backends use `workers` threads; items the
+    judge failed on (http.ServerError) get no judgment: after every other one went to on_done,
+    http.ItemsFailed (a UserError; `.results` holds None for each failed item) is raised."""
     check_fits(judge, reqs)
-    results: list[Judgment | None] = [None] * len(reqs)
-    bar = _progress(len(reqs), desc, progress)
+    bar = progress_bar(len(reqs), desc, progress)
     try:
         if judge.complete_batch is not None:
+            results: list[Judgment] = []
             bs = judge.config.batch_size
             for start in range(0, len(reqs), bs):
                 chunk = reqs[start:start + bs]
-                for k, (req, j) in enumerate(zip(chunk, _judge_batch(judge, chunk))):
-                    results[start + k] = j
+                for req, j in zip(chunk, _judge_batch(judge, chunk)):
+                    results.append(j)
                     if on_done:
                         on_done(req, j)
                     bar.update(1)
-        else:
-            _pool(judge, reqs, results, on_done, bar)
+            return results
+        return run_pool(lambda r: judge_one(judge, r), reqs, judge.config.workers,
+                        (lambda i, j: on_done(reqs[i], j)) if on_done else None, threading.Event(), bar, "judgments")
     finally:
         bar.close()
-    return results  # type: ignore[return-value]
-
-
-def _pool(judge, reqs, results, on_done, bar, fn: Callable = None) -> None:
-    """A bounded pool of daemon threads (an interrupted run exits at once instead of waiting for answers).
-    fn(judge, req) -> result: judge_one by default (harness.pairwise passes its own)."""
-    fn = fn or judge_one
-    todo: queue.Queue = queue.Queue()
-    done: queue.Queue = queue.Queue()
-    for item in enumerate(reqs):
-        todo.put(item)
-
-    def worker():
-        while not judge.abort.is_set():
-            try:
-                i, req = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((i, fn(judge, req), None))
-            except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-                done.put((i, None, e))
-                return
-
-    threads = [threading.Thread(target=worker, daemon=True, name=f"judge-{k}")
-               for k in range(min(judge.config.workers, len(reqs)))]
-    for t in threads:
-        t.start()
-    try:
-        for _ in range(len(reqs)):
-            while True:
-                try:
-                    i, j, err = done.get(timeout=0.5)
-                    break
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads) and done.empty():
-                        raise RuntimeError("judge workers stopped without an answer")
-            if err is not None:
-                raise err
-            results[i] = j
-            if on_done:
-                on_done(reqs[i], j)
-            bar.update(1)
-    except BaseException:
-        judge.abort.set()
-        raise

@@ -44,8 +44,9 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.io import iter_jsonl, text_sha
-from harness.judge import (PROMPTS_DIR, TASK_FIELDS, BadAnswer, Judge, JudgePrompt, JudgeRequest, _call,
-                           _joined, _pool, _progress, _try_json, render_prompt)
+from harness.http import run_pool
+from harness.judge import (PROMPTS_DIR, TASK_FIELDS, Judge, JudgePrompt, JudgeRequest, joined, progress_bar,
+                           render_prompt, try_json)
 from harness.store import Store, content_key, pairwise_key
 
 TIE_MARGIN = 0.1          # nats: |logp(A) - logp(B)| below this is a tie for the log-prob judge
@@ -114,7 +115,7 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
     text = (text or "").strip()
     if not text:
         return None, "empty answer"
-    objs = [_try_json(text)] + [_try_json(m.group(0)) for m in re.finditer(r"\{[^{}]*\}", text, re.S)]
+    objs = [try_json(text)] + [try_json(m.group(0)) for m in re.finditer(r"\{[^{}]*\}", text, re.S)]
     for obj in objs:
         if isinstance(obj, dict):
             low = {str(k).lower(): v for k, v in obj.items()}
@@ -260,16 +261,13 @@ def pairwise_judge(judge: Judge, items: list[dict], responses_a: Mapping | list,
 
     if todo:
         _check_fits(judge, todo)
-        bar = _progress(len(todo), "pairwise", progress)
+        bar = progress_bar(len(todo), "pairwise", progress)
         try:
             if judge.complete is None:
                 _logprob_all(judge, todo, save, bar)
-            else:
-                results: list = [None] * len(todo)
-
-                def on_done(req, v):
-                    save(req, v)
-                _pool(judge, todo, results, on_done, bar, fn=_ask)
+            else:       # verdicts the judge failed to give are not stored: http.ItemsFailed after the others
+                run_pool(lambda r: _ask(judge, r), todo, judge.config.workers, lambda i, v: save(todo[i], v),
+                         bar=bar, what="pairwise verdicts")
         finally:
             bar.close()
         have = store.get("pairwise", [r.key for r in reqs])
@@ -323,18 +321,14 @@ def _ask(judge: Judge, req: PairRequest) -> Verdict:
     answers: list[str] = []
     why = ""
     for attempt in range(judge.config.parse_retries + 1):
-        try:
-            answer = _call(judge, messages, VERDICT_SCHEMA)
-        except BadAnswer as e:
-            answers.append(e.raw)
-            return Verdict(None, _joined(answers), e.reason, attempt + 1, time.perf_counter() - t0)
+        answer = judge.complete(messages, VERDICT_SCHEMA)    # a server failure is raised: no verdict, not stored
         answers.append(answer)
         verdict, reason = parse_verdict(answer)
         if verdict is not None:
-            return Verdict(verdict, _joined(answers), reason, attempt + 1, time.perf_counter() - t0)
+            return Verdict(verdict, joined(answers), reason, attempt + 1, time.perf_counter() - t0)
         why = reason
         messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": RETRY_MESSAGE}]
-    return Verdict(None, _joined(answers), why, len(answers), time.perf_counter() - t0)
+    return Verdict(None, joined(answers), why, len(answers), time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- the in-process log-prob judge

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
+from harness.http import ItemsFailed
 from harness.errors import UserError
 from harness.fake_ollama import FakeOllama
 from harness.fake_openai import FakeOpenAI
@@ -99,17 +100,22 @@ def test_wrong_model_lists_the_served_ones():
         assert "'qwen2' is not served" in str(e.value) and "llama3:latest" in str(e.value)
 
 
-def test_non_json_200_fails_that_item_only():
+def test_non_json_200_fails_that_item_only_and_is_never_an_answer():
     def answer(body):
-        return {"raw": "<html>oops</html>"} if "item 2 " in body["messages"][-1]["content"] else None
+        return {"raw": "<html>502 Bad Gateway</html>"} if "item 2 " in body["messages"][-1]["content"] else None
 
     with FakeOpenAI(default=lambda b: answer(b) or {"content": "fine"}) as fake:
-        engine = open_engine(EngineConfig(fake.spec()))
+        engine = open_engine(EngineConfig(fake.spec(), retries=1, backoff=0.01))
         done = []
-        gens = engine_generate(engine, _reqs(5), on_done=lambda i, g: done.append(i))
-    assert gens[2].finish_reason == "error" and gens[2].text == ""
+        with pytest.raises(ItemsFailed) as e:
+            engine_generate(engine, _reqs(5), on_done=lambda i, g: done.append(i))
+        asked = fake.count("/v1/chat/completions")
+    gens = e.value.results
+    assert gens[2] is None and list(e.value.failed) == [2]          # the HTML page is no answer, not even ""
     assert [g.text for k, g in enumerate(gens) if k != 2] == ["fine"] * 4
-    assert sorted(done) == list(range(5))
+    assert sorted(done) == [0, 1, 3, 4]                              # the good ones were handed over
+    assert asked == 6                                                # 5 items + 1 retry of the broken one
+    assert str(e.value).startswith("1 of 5 generations failed") and "rerun the same command" in str(e.value)
 
 
 def test_identity_changes_when_the_served_model_changes():
@@ -212,8 +218,8 @@ def test_ollama_stream_and_one_sentence_failures():
         stats: dict = {}
         text = "".join(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}]), stats=stats))
     assert text == "a short streamed answer" and stats["finish_reason"] == "stop" and stats["new_tokens"] > 0
-    with FakeOpenAI(models=["smol"], answers=[{"status": 500}]) as fake:
-        engine = open_engine(EngineConfig(fake.spec("smol")))
+    with FakeOpenAI(models=["smol"], answers=[{"status": 500}, {"status": 500}]) as fake:
+        engine = open_engine(EngineConfig(fake.spec("smol"), retries=1, backoff=0.01))   # 500 twice: retried once
         with pytest.raises(UserError, match="answered 500 to the chat: check its log"):
             list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}])))
         with pytest.raises(UserError, match="model 'gone' is not served at .*it serves: smol"):

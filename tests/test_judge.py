@@ -9,6 +9,7 @@ import time
 import pytest
 
 from harness.errors import UserError
+from harness.http import ItemsFailed
 from harness.fake_ollama import FAKE_DIGEST, FakeOllama
 from harness.judge import (SCORE_SCHEMA, JudgeConfig, JudgeRequest, judge_many, list_prompts, load_prompt,
                            open_judge, parse_score, parse_spec, render_prompt)
@@ -109,16 +110,23 @@ def test_openai_server_that_never_answers_times_out_once():
 
 @pytest.mark.parametrize("backend", ["ollama", "openai"])
 def test_a_200_answer_that_is_not_json_fails_that_item_and_the_run_goes_on(backend):
-    answers = ['{"score": 70, "reason": "ok"}', {"raw": "<html>proxy error</html>"}, '{"score": 80, "reason": "ok"}']
-    with FakeOllama(answers=answers) as fake:
-        cfg = (_cfg(fake, workers=1) if backend == "ollama"
-               else JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01, workers=1))
-        with open_judge(cfg) as judge:
-            out = judge_many(judge, [_req(i) for i in range(3)], progress=False)
+    def answer(body):      # a proxy's HTML page, always, for the item about response 1
+        text = body["messages"][-1]["content"]
+        return {"raw": "<html>502 Bad Gateway</html>"} if "France? (1)" in text else '{"score": 70, "reason": "ok"}'
+
+    with FakeOllama(default=answer) as fake:
+        cfg = (_cfg(fake, workers=1, retries=1) if backend == "ollama"
+               else JudgeConfig(f"openai:llama3@{fake.url}/v1", backoff=0.01, retries=1, workers=1))
+        done = []
+        with open_judge(cfg) as judge, pytest.raises(ItemsFailed) as err:
+            judge_many(judge, [_req(i) for i in range(3)], on_done=lambda r, j: done.append(r.id), progress=False)
         asked = fake.count("/api/chat" if backend == "ollama" else "/v1/chat/completions")
-    assert [j.score for j in out] == [70, None, 80]
-    assert out[1].parsed is False and "not JSON" in out[1].reason and "proxy error" in out[1].raw
-    assert asked == 3                         # not retried, not fatal
+    out = err.value.results
+    assert out[1] is None and [out[0].score, out[2].score] == [70, 70]      # the page is no verdict
+    assert done == ["0", "2"]                        # only real verdicts reach on_done (the store)
+    assert "not" in err.value.failed[1] and "JSON" in err.value.failed[1] and "502 Bad Gateway" in err.value.failed[1]
+    assert str(err.value).startswith("1 of 3 judgments failed") and "rerun the same command" in str(err.value)
+    assert asked == 4                                # retried once, then failed; the run went on
 
 
 def test_parse_score_keeps_the_json_reason():
@@ -213,7 +221,7 @@ def test_persistent_500_fails_clearly_within_seconds():
     with FakeOllama(default=lambda body: {"status": 500, "error": "boom"}) as fake:
         with open_judge(_cfg(fake, retries=2)) as judge:
             t0 = time.perf_counter()
-            with pytest.raises(UserError, match="kept failing.*boom.*500.*rerun the same command to resume"):
+            with pytest.raises(UserError, match=r"3 of 3 judgments failed .*kept failing \(500: boom\).*rerun the same command"):
                 judge_many(judge, [_req(i) for i in range(3)], progress=False)
             assert time.perf_counter() - t0 < 10
 
@@ -236,7 +244,7 @@ def test_ollama_host_env_is_respected(monkeypatch):
 
 def test_model_not_pulled_says_ollama_pull():
     with FakeOllama(models=("mistral:latest",)) as fake:
-        with pytest.raises(UserError, match=r"run `ollama pull llama3` \(pulled: mistral:latest\)"):
+        with pytest.raises(UserError, match=r"not served .*it serves: mistral:latest \(`ollama pull llama3`"):
             open_judge(_cfg(fake))
         assert fake.count("/api/chat") == 0
 
