@@ -268,24 +268,24 @@ def default_export_path(name: str) -> Path:
     return cache_dir() / "exports" / name / f"{name}.gguf"
 
 
-def export_cmd(adapter: str, /, to: Literal["gguf", "ollama", "vllm"] = "gguf", out: str | None = None) -> int:
+def export_cmd(adapter: str, /, to: Literal["gguf", "ollama", "vllm"] = "gguf", output: str | None = None) -> int:
     """Export an adapter for a serving engine: a GGUF LoRA (llama.cpp), an Ollama Modelfile, or a vLLM command.
 
     adapter: an adapter under adapters/ (python -m harness models lists them)
     to: gguf writes a GGUF LoRA adapter; ollama also writes a Modelfile; vllm prints the vllm serve line
-    out: output file (gguf: the .gguf; ollama: the Modelfile); default ~/.cache/ftbench/exports/<adapter>/
+    output: output file (gguf: the .gguf; ollama: the Modelfile); default ~/.cache/ftbench/exports/<adapter>/
     """
     from harness.io import check_writable_file
 
     info = find_adapter(adapter)
     if to == "vllm":
-        if out:
-            raise UserError("--out is not used with --to vllm: vLLM loads the peft folder "
+        if output:
+            raise UserError("--output is not used with --to vllm: vLLM loads the peft folder "
                             f"{info.path} itself; run the printed command")
         print(vllm_command(info))
         return 0
     if to == "gguf":
-        target = check_writable_file(out) if out else default_export_path(info.name)
+        target = check_writable_file(output) if output else default_export_path(info.name)
         path = export_gguf(info, target)
         _, base_path = base_gguf_path(info)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -297,7 +297,7 @@ def export_cmd(adapter: str, /, to: Literal["gguf", "ollama", "vllm"] = "gguf", 
         print(f"evaluate it: python -m harness run --model openai:{shlex.quote(info.name)}@http://127.0.0.1:8080 "
               "--eval-set instructions_own --judge none")
         return 0
-    modelfile = check_writable_file(out) if out else default_export_path(info.name).with_name("Modelfile")
+    modelfile = check_writable_file(output) if output else default_export_path(info.name).with_name("Modelfile")
     path = export_gguf(info, modelfile.with_name(f"{info.name}.gguf"))
     write_modelfile(info, path, modelfile)
     print(f"wrote {path} and {modelfile}")

@@ -412,15 +412,25 @@ def _pron(word: str) -> list[tuple[str, ...]] | None:
     return None
 
 
+_CLITICS = ("'s", "'d", "'ll", "'re", "'ve", "'t", "'st", "'m", "'n", "'em", "'tis")
+
+
 def _words(line: str) -> list[str]:
-    """Lowercase words; a split-off clitic ("summer 's", as in the tokenized Deep-speare text) joins its word."""
+    """Lowercase words; a split-off clitic ("summer 's", as in the tokenized Deep-speare text) joins its word when
+    only spaces stand between them; any other leading apostrophe is an opening quote ("surface: 'the" -> the)."""
     out: list[str] = []
-    for w in _WORD.findall(line.lower().replace("\u2019", "'").replace("\u2018", "'")):
+    text = line.lower().replace("\u2019", "'").replace("\u2018", "'")
+    prev_end = 0
+    for m in _WORD.finditer(text):
+        w = m.group()
         if w.startswith("'"):
-            if out:
+            if out and w in _CLITICS and not text[prev_end:m.start()].strip():
                 out[-1] += w
-            continue
-        out.append(w)
+            elif w.strip("'"):
+                out.append(w.strip("'"))
+        else:
+            out.append(w)
+        prev_end = m.end()
     return out
 
 

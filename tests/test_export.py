@@ -195,5 +195,17 @@ def test_vllm_line_names_the_upstream_model_the_peft_folder_and_a_valid_rank(cap
     line = capsys.readouterr().out.strip()
     assert line == (f"vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora --lora-modules "
                     f"{ALPACA}={(adapters_dir() / ALPACA).resolve()} --max-lora-rank 8")
-    with pytest.raises(UserError, match="--out is not used with --to vllm"):
-        export_cmd(ALPACA, to="vllm", out="x.txt")
+    with pytest.raises(UserError, match="--output is not used with --to vllm"):
+        export_cmd(ALPACA, to="vllm", output="x.txt")
+
+
+def test_the_command_takes_output_like_every_other_command(capsys):
+    from harness.__main__ import COMMANDS
+    from harness.cli import main
+    _copy_adapter(ALPACA)
+    assert main(COMMANDS, ["export", ALPACA, "--to", "vllm", "--output", "x.txt"]) == 2   # --output is known
+    assert "--output is not used with --to vllm" in capsys.readouterr().err
+    import inspect
+
+    from harness.export import export_cmd as cmd
+    assert "output" in inspect.signature(cmd).parameters and "out" not in inspect.signature(cmd).parameters

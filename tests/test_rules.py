@@ -199,3 +199,10 @@ def test_a_rhyme_group_that_does_not_exist_is_named_with_the_nearest():
         resolve_group("东冬")
     with pytest.raises(UserError, match="䬓 is not in the 平水韵 table"):
         resolve_group("䬓")
+
+
+def test_an_opening_quote_is_not_a_clitic():
+    from harness.rules import _words
+    assert _words("surface: 'the golden") == ["surface", "the", "golden"]
+    assert _words("summer 's day") == ["summer's", "day"]
+    assert _words("My mistress' eyes") == ["my", "mistress", "eyes"]
