@@ -11,6 +11,7 @@ unwritable cache, an unknown or wrong-kind adapter, a server that is down) runs 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from harness.engines import EngineConfig, parse_engine_spec
@@ -81,6 +82,85 @@ def check_cache_writable() -> None:
     check_writable_dir(cache_dir(), "FTBENCH_CACHE (the cache folder)")
 
 
+# ---------------------------------------------------------------- resumable outputs
+
+def partial_path(output: str | Path) -> Path:
+    """The resumable progress file of an output: one JSON line per finished item, beside the output
+    (`out.jsonl` -> `out.jsonl.partial`). It is removed once the output is written."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def item_key(*parts) -> str:
+    """The identity of one item's answer: everything that changes it (model, adapter, settings, the input)."""
+    import hashlib
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_partial(path: Path) -> dict[str, dict]:
+    """key -> saved result of a progress file; a line cut short by a crash (the last one) is ignored."""
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("key"), str) and "result" in rec:
+            done[rec["key"]] = rec["result"]
+    return done
+
+
+class Progress:
+    """The finished items of one command, appended to its progress file as they finish (so Ctrl-C, a crash or a
+    full disk while writing the output loses nothing), and the honest sentence to print when interrupted."""
+
+    def __init__(self, output: str, keys: list[str]):
+        from harness.io import append_line
+        self.path, self.keys, self._append = partial_path(output), keys, append_line
+        saved = load_partial(self.path)
+        self.results: dict[str, dict] = {k: saved[k] for k in keys if k in saved}
+        self.resumed = len(self.results)
+
+    def todo(self) -> list[int]:
+        """Indices of the items not finished yet (one per distinct key)."""
+        seen, out = set(self.results), []
+        for i, k in enumerate(self.keys):
+            if k not in seen:
+                seen.add(k)
+                out.append(i)
+        return out
+
+    def save(self, i: int, result: dict) -> None:
+        key = self.keys[i]
+        self.results[key] = result
+        self._append(self.path, json.dumps({"key": key, "result": result}, ensure_ascii=False))
+
+    def done_count(self) -> int:
+        return sum(k in self.results for k in self.keys)
+
+    def interrupted(self) -> str:
+        n, total = self.done_count(), len(self.keys)
+        if not n:
+            return "interrupted before any item finished; nothing is saved"
+        return (f"interrupted: {n} of {total} items are saved in {self.path}; rerun the same command to resume "
+                f"(the finished ones are not computed again)")
+
+    def kept(self) -> str:
+        n = self.done_count()
+        return (f"; the {n} finished item(s) are kept in {self.path}: rerun the same command to resume"
+                if n else "")
+
+    def finish(self, write) -> None:
+        """Write the output with `write()`; the progress file goes only when the output is written."""
+        try:
+            write()
+        except UserError as e:
+            raise UserError(f"{e}{self.kept()}") from None
+        self.path.unlink(missing_ok=True)
+
+
 def models() -> int:
     """List base models and adapters with their status (cached / needs conversion / downloadable / missing)."""
     from harness.models import base_note, base_status, list_adapters, list_bases
@@ -144,9 +224,40 @@ def generate(model: str, input: str, output: str, gen: GenerationConfig, engine:
 
     lm = load_model(model, adapters=[adapter] if adapter else None)
     rendered = prompts if raw else [lm.render_instruction(p) for p in prompts]
-    outs = generate_batch(lm, rendered, gen, adapter=adapter or None, progress=True)
-    _write_generations(output, prompts, outs, lm.name, adapter)
+    prog = Progress(output, [item_key("generate", lm.name, _adapter_sha(lm, adapter), adapter, raw,
+                                      gen.as_key(), r) for r in rendered])
+    todo = prog.todo()
+    _resuming(prog, len(prompts))
+    try:
+        generate_batch(lm, [rendered[i] for i in todo], gen, adapter=adapter or None, progress=True,
+                       on_done=lambda j, g: prog.save(todo[j], _generation_dict(g)))
+    except KeyboardInterrupt:
+        print(prog.interrupted(), file=sys.stderr)
+        return 130
+    outs = [_generation_of(prog.results[k]) for k in prog.keys]
+    prog.finish(lambda: _write_generations(output, prompts, outs, lm.name, adapter))
     return 0
+
+
+def _adapter_sha(lm, adapter: str) -> str:
+    """The adapter's weights hash (a retrained adapter never reuses saved answers)."""
+    info = lm.adapters.get(adapter) if adapter else None
+    return getattr(info, "sha256", "") if info is not None else ""
+
+
+def _resuming(prog: Progress, total: int) -> None:
+    if prog.resumed:
+        print(f"resuming: {prog.resumed} of {total} items already finished in {prog.path}", file=sys.stderr)
+
+
+def _generation_dict(g) -> dict:
+    return {"text": g.text, "prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens, "seconds": g.seconds,
+            "finish_reason": g.finish_reason}
+
+
+def _generation_of(d: dict):
+    from harness.generation import Generation
+    return Generation("", d["text"], d["prompt_tokens"], d["new_tokens"], d["seconds"], d["finish_reason"])
 
 
 # `generate`'s flags (harness.cli): the engine's spec is --model, its batch size is GenerationConfig's
@@ -172,9 +283,20 @@ def _generate_remote(model: str, prompts: list[str], output: str, gen: Generatio
     reqs = [EngineRequest([{"role": "user", "content": p}], max_new_tokens=gen.max_new_tokens,
                           temperature=gen.temperature if gen.do_sample else 0.0, seed=gen.seed, stop=gen.stop,
                           adapter=adapter or None) for p in prompts]
-    with open_engine(cfg) as eng:
-        outs = engine_generate(eng, reqs, progress=True)
-    _write_generations(output, prompts, outs, cfg.spec, adapter)
+    prog = Progress(output, [item_key("generate", cfg.spec, adapter, dataclasses.asdict(r)) for r in reqs])
+    todo = prog.todo()
+    _resuming(prog, len(prompts))
+    try:
+        with open_engine(cfg) as eng:
+            engine_generate(eng, [reqs[i] for i in todo], progress=True,
+                            on_done=lambda j, g: prog.save(todo[j], _generation_dict(g)))
+    except KeyboardInterrupt:
+        print(prog.interrupted(), file=sys.stderr)
+        return 130
+    except UserError as e:          # a server that failed some items: the good ones are saved
+        raise UserError(f"{e}{prog.kept()}") from None
+    outs = [_generation_of(prog.results[k]) for k in prog.keys]
+    prog.finish(lambda: _write_generations(output, prompts, outs, cfg.spec, adapter))
     return 0
 
 
@@ -242,7 +364,27 @@ def classify(input: str, output: str, model: str = "", adapter: str = "", task: 
     from harness.models import default_base, load_model
 
     lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
-    probs = classify_texts(lm, [r["text"] for r in rows], adapter or None, t, batch_size=batch_size)
+    texts = [r["text"] for r in rows]
+    who = (lm.name, adapter, _adapter_sha(lm, adapter), t.name,
+           list(t.labels), t.prompt)
+    prog = Progress(output, [item_key("classify", *who, text) for text in texts])
+    todo = prog.todo()
+    _resuming(prog, len(texts))
+    from tqdm import tqdm
+    step = max(batch_size * 4, 16)        # saved to the progress file after every chunk
+    try:
+        with tqdm(total=len(texts), initial=len(texts) - len(todo), desc="classify", unit="msg",
+                  file=sys.stderr) as bar:
+            for start in range(0, len(todo), step):
+                chunk = todo[start:start + step]
+                for i, p in zip(chunk, classify_texts(lm, [texts[i] for i in chunk], adapter or None, t,
+                                                      batch_size=batch_size)):
+                    prog.save(i, p)
+                bar.update(len(chunk))
+    except KeyboardInterrupt:
+        print(prog.interrupted(), file=sys.stderr)
+        return 130
+    probs = [prog.results[k] for k in prog.keys]
     labels = list(probs[0]) if probs else list(t.labels)
     given = "label" in columns
     header = [("label_given" if c == "label" else c) for c in columns] + ["label"] + [f"p_{lab}" for lab in labels]
@@ -254,7 +396,7 @@ def classify(input: str, output: str, model: str = "", adapter: str = "", task: 
         preds.append(pred)
         cells = [_cell(r.get(c, "")) for c in columns] + [pred] + [f"{p[lab]:.6f}" for lab in labels]
         out_rows.append(cells + ([str(pred == str(r.get("label", "")).strip())] if given else []))
-    write_csv(output, header, out_rows)
+    prog.finish(lambda: write_csv(output, header, out_rows))
     counts = ", ".join(f"{lab}: {preds.count(lab)}" for lab in labels)
     how = f"adapter {adapter} ({info.method})" if info else f"{lm.name} zero-shot"
     print(f"{len(rows)} messages -> {output} ({counts}; task {t.name}, {how})")

@@ -180,3 +180,93 @@ def test_concurrent_runs_on_one_store_never_crash(tiny_llama_dir, tmp_path):
     rows = [json.loads(x) for i in range(4) for p in (tmp_path / f"res{i}" / "runs" / "spam").glob("*.jsonl")
             for x in p.read_text().splitlines()]
     assert len(rows) == 32 and len({(r["item_id"], r["pred"]) for r in rows}) == 8   # same answers in every run
+
+
+# ---------------------------------------------------------------- resumable generate / classify (issue 24, part 5)
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def _interrupt_when_saving(cmd: list[str], partial: Path, sig=signal.SIGINT, timeout: float = 120):
+    """Start `python -m harness CMD`, wait until its progress file has a line, send `sig`; (rc, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", "harness", *cmd], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and p.poll() is None:
+        if partial.is_file() and partial.read_text(encoding="utf-8").count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, f"finished before it could be interrupted: {p.stderr.read()}"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    return p.returncode, err
+
+
+def test_ctrl_c_during_classify_keeps_what_it_says_and_resumes(tiny_llama_dir, tmp_path, capsys):
+    src = tmp_path / "sms.txt"
+    src.write_text("".join(f"message number {i}: win a prize or see you at noon\n" for i in range(3000)))
+    out = tmp_path / "p.csv"
+    cmd = ["classify", "--model", str(tiny_llama_dir), "--input", str(src), "--output", str(out),
+           "--batch-size", "1"]
+    partial = out.with_name(out.name + ".partial")
+    rc, err = _interrupt_when_saving(cmd, partial)
+    assert rc == 130 and "Traceback" not in err
+    saved = partial.read_text(encoding="utf-8").count("\n")
+    assert saved >= 2 and f"{partial}" in err and "items are saved" in err
+    n = int(err.split("interrupted: ")[1].split(" of ")[0])
+    assert n >= saved - 64          # the sentence counts what is in the file (a chunk may land after the print)
+    assert not out.exists()
+    # the rerun computes only the rest: it says how many were already finished, then writes everything
+    small = tmp_path / "small.txt"      # keep the rerun short: the same first messages (already finished)
+    small.write_text("".join(src.read_text().splitlines(True)[:saved]))
+    partial.rename(tmp_path / "small.csv.partial")
+    assert cli("classify", "--model", tiny_llama_dir, "--input", small, "--output", tmp_path / "small.csv",
+               "--batch-size", "1") == 0
+    captured = capsys.readouterr()
+    assert f"resuming: {saved} of {saved} items already finished" in captured.err
+    assert len((tmp_path / "small.csv").read_text().splitlines()) == saved + 1
+    assert not (tmp_path / "small.csv.partial").exists()
+
+
+def test_ctrl_c_during_generate_keeps_what_it_says(tiny_llama_dir, tmp_path):
+    src = tmp_path / "prompts.txt"
+    src.write_text("".join(f"Write line {i}\n" for i in range(2000)))
+    out = tmp_path / "o.jsonl"
+    partial = out.with_name(out.name + ".partial")
+    rc, err = _interrupt_when_saving(["generate", "--model", str(tiny_llama_dir), "--input", str(src), "--output",
+                                      str(out), "--max-new-tokens", "4", "--batch-size", "1"], partial)
+    assert rc == 130 and "Traceback" not in err and "completed items are saved" not in err
+    assert f"items are saved in {partial}" in err and partial.read_text().count("\n") >= 2
+    assert not out.exists()
+
+
+def test_a_full_disk_while_writing_the_output_loses_no_answers(tiny_llama_dir, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); needs root")
+    try:
+        src = tmp_path / "sms.csv"
+        src.write_text("text\n" + "".join(f"{'x' * 150} message {i}\n" for i in range(300)))
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * 75_000)
+        out = disk / "p.csv"
+        assert cli("classify", "--model", tiny_llama_dir, "--input", src, "--output", out) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        err = one_sentence(err[err.index("error: "):])
+        partial = disk / "p.csv.partial"
+        assert "disk is full" in err and f"300 finished item(s) are kept in {partial}" in err
+        assert partial.read_text().count("\n") == 300 and not out.exists()
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "p.csv.partial"]     # no temp file left
+        filler.unlink()
+        assert cli("classify", "--model", tiny_llama_dir, "--input", src, "--output", out) == 0
+        assert "resuming: 300 of 300" in capsys.readouterr().err
+        assert len(out.read_text().splitlines()) == 301 and not partial.exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
