@@ -54,8 +54,7 @@ EXPORT_COLUMNS = ("label_id", "created_at", "status", "note", "task", "eval_set"
                   "sha_a", "sha_b", "source", "session", "prompt", "response_a", "response_b")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _SESSION = re.compile(r"[0-9a-f]{32}")
-NOT_YOURS = ("That vote was cast in another browser session; you can review or undo only your own votes "
-             "(the list below shows them).")
+NOT_YOURS = "That vote was cast in another browser session; you can review or undo only your own votes."
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
