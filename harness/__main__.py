@@ -25,9 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("harness.export:export_cmd", "export an adapter to a serving engine: gguf | ollama | vllm"),
     "labels export": ("harness.votes:labels_export_cmd", "write the stored human votes to a CSV or JSONL file"),
     "labels import": ("harness.votes:labels_import_cmd", "import human pairwise labels from a CSV or JSONL file"),
+    "labels push": ("harness.votes:labels_push_cmd", "push the stored votes to a Hub dataset repo (owner/name) or a folder"),
     "bench generation": ("harness.bench:bench_generation", "tokens/s sequential vs batched; cold vs cached load"),
     "bench judge": ("harness.evaluate:bench_judge_cmd", "judge throughput: 1 vs 4 workers, cold vs warm cache"),
     "bench app": ("harness.bench_app:bench_app", "app cold start and time to first token"),
+    "bench agreement": ("harness.bench.agreement:bench_agreement", "every offline judge vs the committed labels -> results/reports/judges/instructions_own.md"),
 }
 
 if __name__ == "__main__":
