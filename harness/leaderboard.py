@@ -8,7 +8,10 @@ The committed rows files are text-free (hashes, scores, token counts, identities
 every committed leaderboard CSV byte-identically (tests/test_leaderboard.py checks it against the repository).
 
 One leaderboard row per (task, eval_set, model, adapter, adapter_sha, adapter_method, decoding, judge,
-judge_digest, judge_prompt_version): a retrained adapter or a changed judge never averages into an older row.
+judge_digest, judge_prompt_version, item_set): a retrained adapter or a changed judge never averages into an older
+row, and a run over part of the eval set (`run --limit`, or a run with failed items: its rows carry `partial` and
+the `item_set` hash of its item ids) is its own row, marked partial, never merged into the full run's row. The
+`item_set` and `partial` columns appear only in a table that has such a run (older rows files carry neither).
 Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
 ``parse_rate`` = n_parsed / n. Within one group, a repeated item_id keeps its last row and is counted in
 ``n_duplicates`` (should be 0; anything else points at the writer).
@@ -29,14 +32,15 @@ from harness.metrics import as_float, is_scored  # noqa: F401 - re-exported for 
 REQUIRED = ("task", "eval_set", "item_id", "model")
 GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_method", "decoding", "judge",
              "judge_digest", "judge_prompt_version")
-COMMON_COLUMNS = [*GROUP_KEY, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
+RUN_COLUMNS = ["item_set", "partial"]          # written only when some row of the table is not the default
+COMMON_COLUMNS = [*GROUP_KEY, *RUN_COLUMNS, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
 TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
 # pairwise judging against a baseline run (harness.pairwise; `run --judge-mode pairwise --baseline RUN`)
 COUNT_COLUMNS = {"pw_n", "pw_unparsed"}
 PAIRWISE_COLUMNS = ["pw_baseline", "pw_win_rate", "pw_win_ci_low", "pw_win_ci_high", "pw_ties", "pw_consistency",
                     "pw_first_wins", "pw_n", "pw_unparsed"]
 END_COLUMNS = ["n_duplicates", "created_at", "git_commit"]
-PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "judge", "n", "n_parsed",
+PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "judge", "partial", "n", "n_parsed",
                  "score_mean", "rouge_l", "form_ok_rate", "distinct_2", "rhyme_rate", "tone_rate", "accuracy",
                  "macro_f1", "precision", "recall", "f1"]
 
@@ -70,8 +74,10 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def group_key(row: dict) -> tuple[str, ...]:
     """The leaderboard identity of a row (GROUP_KEY, then the pairwise baseline: a pairwise run is its own row
-    beside the pointwise run of the same judge); absent fields count as ""."""
-    return tuple(str(row.get(k) or "") for k in (*GROUP_KEY, "pw_baseline"))
+    beside the pointwise run of the same judge; then the item set and whether the run is partial); absent
+    fields count as ""."""
+    return tuple(str(row.get(k) or "") for k in (*GROUP_KEY, "pw_baseline", "item_set")) + (
+        "partial" if row.get("partial") is True else "",)
 
 
 def group_rows(rows: Iterable[dict]) -> dict[tuple[str, ...], list[dict]]:
@@ -114,7 +120,8 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     n = len(rows)
     scored = [r for r in rows if is_scored(r)]
     mean, lo, hi = bootstrap_mean_ci([as_float(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
-    out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup)
+    out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup,
+               item_set=str(rows[0].get("item_set") or ""), partial=rows[0].get("partial") is True)
     out.update(task.summarize(rows, n_boot=n_boot, seed=seed))
     n_parsed = sum(task.usable(r, bool(key["judge"])) for r in rows)
     out["n_parsed"] = n_parsed
@@ -172,6 +179,8 @@ def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int
     tables = {}
     for t, recs in sorted(by_task.items()):
         df = pd.DataFrame(recs, columns=columns_for(t))
+        if not (df["item_set"].astype(str).ne("").any() or df["partial"].astype(bool).any()):
+            df = df.drop(columns=RUN_COLUMNS)           # tables without such runs keep their old columns
         for c in COUNT_COLUMNS & set(df.columns):      # counts stay integers when some rows have none
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
         sort = [c for c in (get_task(t).sort or ("score_mean",)) if c in df.columns]

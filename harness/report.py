@@ -5,8 +5,11 @@
         --eval-set instruction:test --judge transformers:smollm2-135m-instruct
     python -m harness report --models results/runs/chat/a.jsonl results/runs/chat/b.jsonl
 
-Each SPEC is "model", "model+adapter" or the path of a rows file. The report goes to
-results/reports/<A>_vs_<B>_<eval_set>_<judge>/report.md with its plots beside it.
+Each SPEC is "model", "model+adapter", a run id (a rows file's name without .jsonl) or the path of a rows file.
+"model" and "model+adapter" pick only complete runs; a partial run (`run --limit`, or one with failed items) is
+picked by its run id or file. The report goes to results/reports/<A>_vs_<B>_<eval_set>_<judge>/report.md with its
+plots beside it (`__part-<item sets>` added for partial runs); a folder holding a report of other rows files is
+never overwritten: the new report gets its own folder (`__<hash of the two files>`).
 
 Differences are always B - A (positive = the second checkpoint is better), computed on the items both
 runs share (by item_id) with a paired bootstrap over items; wins/ties/losses are counted for B.
@@ -38,7 +41,8 @@ def run_info(rows: list[dict]) -> dict:
             "adapter_sha": r.get("adapter_sha") or "", "task": r["task"], "eval_set": r["eval_set"],
             "judge": r.get("judge") or "", "judge_digest": r.get("judge_digest") or "",
             "judge_prompt_version": str(r.get("judge_prompt_version") or ""), "n": len(rows),
-            "judge_mode": "pairwise" if r.get("pw_baseline") else "pointwise", "decoding": r.get("decoding") or ""}
+            "judge_mode": "pairwise" if r.get("pw_baseline") else "pointwise", "decoding": r.get("decoding") or "",
+            "item_set": str(r.get("item_set") or ""), "partial": r.get("partial") is True}
 
 
 def judge_health(rows: list[dict]) -> dict:
@@ -572,13 +576,28 @@ def write_report(run_a_path: str | Path, run_b_path: str | Path, out_dir: str | 
     a, b = cmp["a"], cmp["b"]
     name = "_".join(slug(x) for x in (a["label"], "vs", b["label"], a["eval_set"], a["judge"] or "nojudge")
                     + ((a["decoding"],) if a["decoding"] else ()))
+    if a["partial"] or b["partial"]:
+        name += f"__part-{a['item_set'] or 'all'}-{b['item_set'] or 'all'}"
+    shown = (_shown(run_a_path), _shown(run_b_path))
     folder = Path(out_dir) / name
+    if _cited_runs(folder / "report.md") not in (None, shown):      # a report of other rows files lives there
+        import hashlib
+        folder = Path(out_dir) / f"{name}__{hashlib.sha256(chr(10).join(shown).encode()).hexdigest()[:8]}"
     images = _plots(cmp, rows_a, rows_b, folder)
-    md = _markdown(cmp, rows_a, rows_b, (_shown(run_a_path), _shown(run_b_path)), images,
+    md = _markdown(cmp, rows_a, rows_b, shown, images,
                    (Path(run_a_path), Path(run_b_path)))
     path = folder / "report.md"
     atomic_write(path, md)
     return path
+
+
+def _cited_runs(report: Path) -> tuple[str, str] | None:
+    """The (A, B) rows files an existing report.md was made from (its Runs table), None if there is none."""
+    import re
+    if not report.is_file():
+        return None
+    found = dict(re.findall(r"^\| ([AB]) \|.*\| `([^`]+)` \|$", report.read_text(encoding="utf-8"), re.M))
+    return (found.get("A", ""), found.get("B", ""))
 
 
 # ---------------------------------------------------------------- finding runs
@@ -598,12 +617,15 @@ def _describe(runs: list[dict]) -> str:
         return "  (none)"
     return "\n".join(f"  {r['label']:<45} task={r['task']} eval_set={r['eval_set']} "
                      f"judge={r['judge'] or 'none'}{' decoding=' + r['decoding'] if r['decoding'] else ''}"
+                     f"{' PARTIAL (' + str(r['n']) + ' items, pick it by run id ' + Path(r['path']).stem + ')' if r.get('partial') else ''}"
                      f"  ({r['path']})" for r in runs)
 
 
 def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, eval_set: str | None = None,
                   judge: str | None = None, decoding: str | None = None) -> tuple[dict, dict]:
-    """Pick the two runs named by SPECs ('model' or 'model+adapter') that share task, eval set, judge and decoding.
+    """Pick the two runs named by SPECs that share task, eval set, judge and decoding. A SPEC is a rows file path,
+    a run id (a rows file's name without .jsonl: exactly that run) or 'model' / 'model+adapter' (complete runs
+    only: a partial run is picked by its id or file).
 
     judge 'none' means runs without a judge; decoding 'free' means runs decoded freely. No match or several
     possible pairs -> UserError listing the available runs and which flag narrows the choice.
@@ -624,8 +646,15 @@ def find_run_pair(specs: list[str], runs: list[dict], task: str | None = None, e
                 raise UserError(f"{spec} holds no rows; rerun `python -m harness run` for it")
             cands.append([{**run_info(rows), "path": Path(spec)}])
             continue
+        by_id = [r for r in runs if Path(r["path"]).stem == spec]
+        if by_id:
+            if len(by_id) > 1:
+                raise UserError(f"run id {spec!r} names {len(by_id)} rows files (one per task); pass the file:\n"
+                                f"{_describe(by_id)}")
+            cands.append(by_id)
+            continue
         model, _, adapter = spec.partition("+")
-        c = [r for r in pool if r["model"] == model and r["adapter"] == adapter]
+        c = [r for r in pool if r["model"] == model and r["adapter"] == adapter and not r.get("partial")]
         if not c:
             filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("eval_set", eval_set), ("judge", judge),
                                                          ("decoding", decoding)) if v)
@@ -651,7 +680,7 @@ def report_cmd(models: list[str] | None = None, task: str | None = None, eval_se
                decoding: str | None = None) -> int:
     """Compare two checkpoints on the same items: paired bootstrap, win/tie/loss, judge health, plots.
 
-    models: two SPECs, each "model", "model+adapter" or a rows file path (first = A, second = B; differences are B - A)
+    models: two SPECs, each "model", "model+adapter" (complete runs), a run id or a rows file path (first = A, second = B; differences are B - A)
     task: only runs of this task (spam, chat, poem)
     eval_set: only runs on this eval set, e.g. instruction:test
     judge: only runs scored by this judge, e.g. ollama:llama3 ('none' = unjudged runs)

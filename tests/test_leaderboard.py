@@ -318,3 +318,65 @@ def test_judge_vs_rules_counts_how_often_the_judge_sides_with_each_rule_check():
     assert got["rhyme_ok"]["agreement"] == 1.0 and got["rhyme_ok"]["mean_fail"] == 50.0   # 90 vs {80, 20}
     assert "tone_ok" not in got                                         # no poem has a tone verdict
     assert judge_vs_rules([{"parsed": False, "score": None, "form_ok": True}]) == []
+
+
+# ---------------------------------------------------------------- runs are what they say (issue 24, part 5)
+
+def _limited(rows, n, item_set="5e1ec7ed0000"):
+    return [dict(r, item_set=item_set, partial=True, created_at="2026-12-06T00:00:00+00:00", git_commit="beef")
+            for r in rows[:n]]
+
+
+def test_a_partial_run_is_its_own_row_never_merged_into_the_full_one(tmp_path):
+    d = tmp_path / "runs"
+    full = chat_rows(n=50, seed=1)
+    write_jsonl(d / "chat" / "run.jsonl", full)
+    write_jsonl(d / "chat" / "run__part-5e1ec7ed0000.jsonl", _limited(chat_rows(n=50, seed=7), 10))
+    df = build_leaderboard(d, "chat")["chat"]
+    assert len(df) == 2
+    whole = df[~df["partial"]].iloc[0]
+    part = df[df["partial"]].iloc[0]
+    assert whole["n"] == 50 and whole["n_duplicates"] == 0 and whole["created_at"] == full[0]["created_at"]
+    assert whole["git_commit"] == "c0ffee" and whole["item_set"] == ""
+    assert part["n"] == 10 and part["item_set"] == "5e1ec7ed0000" and part["git_commit"] == "beef"
+    [path] = write_leaderboards(d, tmp_path / "out", "chat")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header.index("item_set") == header.index("judge_prompt_version") + 1 and "partial" in header
+
+
+def test_tables_without_partial_runs_keep_their_columns(runs, tmp_path):
+    for path in write_leaderboards(runs, tmp_path):
+        header = path.read_text().splitlines()[0].split(",")
+        assert "item_set" not in header and "partial" not in header
+
+
+def test_report_picks_complete_runs_by_name_and_partial_ones_by_id(tmp_path, capsys):
+    d, out = tmp_path / "runs", tmp_path / "reports"
+    write_jsonl(d / "chat" / "base.jsonl", chat_rows(seed=1))
+    write_jsonl(d / "chat" / "alpaca.jsonl", chat_rows(adapter="smollm2-135m-alpaca", shift=15, seed=2))
+    write_jsonl(d / "chat" / "alpaca__part-5e1ec7ed0000.jsonl",
+                _limited(chat_rows(adapter="smollm2-135m-alpaca", shift=-15, seed=3), 10))
+    spec = [BASE, f"{BASE}+smollm2-135m-alpaca"]
+    a, b = find_run_pair(spec, list_runs(d))          # by name: the complete runs, no ambiguity
+    assert (a["path"].name, b["path"].name) == ("base.jsonl", "alpaca.jsonl")
+    a, b = find_run_pair(["base", "alpaca__part-5e1ec7ed0000"], list_runs(d))      # by run id
+    assert b["partial"] and b["n"] == 10 and b["item_set"] == "5e1ec7ed0000"
+    assert report_cmd(spec, runs_dir=str(d), out_dir=str(out)) == 0
+    [full_report] = list(out.glob("*/report.md"))
+    before = full_report.read_bytes()
+    assert report_cmd(["base", "alpaca__part-5e1ec7ed0000"], runs_dir=str(d), out_dir=str(out)) == 0
+    assert full_report.read_bytes() == before                   # the report of the complete runs is untouched
+    reports = sorted(out.glob("*/report.md"))
+    assert len(reports) == 2 and any("__part-" in p.parent.name for p in reports)
+
+
+def test_report_never_overwrites_a_report_of_other_rows_files(tmp_path):
+    d, out = tmp_path / "runs", tmp_path / "reports"
+    a = write_jsonl(d / "chat" / "base.jsonl", chat_rows(seed=1))
+    b = write_jsonl(d / "chat" / "alpaca.jsonl", chat_rows(adapter="smollm2-135m-alpaca", shift=15, seed=2))
+    b2 = write_jsonl(tmp_path / "elsewhere" / "alpaca.jsonl", chat_rows(adapter="smollm2-135m-alpaca", seed=4))
+    first = write_report(a, b, out)
+    before = first.read_bytes()
+    second = write_report(a, b2, out)          # same labels, eval set and judge: the same folder name before
+    assert second != first and first.read_bytes() == before
+    assert write_report(a, b, out) == first    # the same runs again: the same report, rewritten in place
