@@ -13,7 +13,9 @@ row, and a run over part of the eval set (`run --limit`, or a run with failed it
 the `item_set` hash of its item ids) is its own row, marked partial, never merged into the full run's row. The
 `item_set` and `partial` columns appear only in a table that has such a run (older rows files carry neither).
 Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
-``parse_rate`` = n_parsed / n. Within one group, a repeated item_id keeps its last row and is counted in
+``parse_rate`` = n_parsed / n. Every confidence interval is named after its metric: ``score_ci_low`` /
+``score_ci_high`` bound the judge's ``score_mean``, ``rouge_l_ci_low`` / ``rouge_l_ci_high`` bound ``rouge_l``,
+``accuracy_ci_low`` / ``accuracy_ci_high`` bound ``accuracy`` (95% percentile bootstrap over items). Within one group, a repeated item_id keeps its last row and is counted in
 ``n_duplicates`` (should be 0; anything else points at the writer).
 
 The task's columns, what counts as usable (n_parsed) and the sort order come from the task registry
@@ -33,7 +35,8 @@ REQUIRED = ("task", "eval_set", "item_id", "model")
 GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_method", "decoding", "judge",
              "judge_digest", "judge_prompt_version")
 RUN_COLUMNS = ["item_set", "partial"]          # written only when some row of the table is not the default
-COMMON_COLUMNS = [*GROUP_KEY, *RUN_COLUMNS, "n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high"]
+COMMON_COLUMNS = [*GROUP_KEY, *RUN_COLUMNS, "n", "n_parsed", "parse_rate", "score_mean", "score_ci_low",
+                  "score_ci_high"]
 TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
 # pairwise judging against a baseline run (harness.pairwise; `run --judge-mode pairwise --baseline RUN`)
 COUNT_COLUMNS = {"pw_n", "pw_unparsed"}
@@ -120,7 +123,7 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     n = len(rows)
     scored = [r for r in rows if is_scored(r)]
     mean, lo, hi = bootstrap_mean_ci([as_float(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
-    out.update(n=n, score_mean=mean, ci_low=lo, ci_high=hi, n_duplicates=n_dup,
+    out.update(n=n, score_mean=mean, score_ci_low=lo, score_ci_high=hi, n_duplicates=n_dup,
                item_set=str(rows[0].get("item_set") or ""), partial=rows[0].get("partial") is True)
     out.update(task.summarize(rows, n_boot=n_boot, seed=seed))
     n_parsed = sum(task.usable(r, bool(key["judge"])) for r in rows)
@@ -202,6 +205,25 @@ def write_leaderboards(runs_dir: str | Path, out_dir: str | Path, task: str | No
     return paths
 
 
+def ci_columns(metric: str) -> tuple[str, str]:
+    """The CSV columns holding the 95% CI of a metric column."""
+    return ("score_ci_low", "score_ci_high") if metric == "score_mean" else (f"{metric}_ci_low", f"{metric}_ci_high")
+
+
+def printable(df):
+    """The columns the CLI prints (PRINT_COLUMNS that have values), rounded, each metric with a CI followed by
+    a "<metric> 95% CI" column ("low-high")."""
+    cols = [c for c in PRINT_COLUMNS if c in df.columns and not df[c].isna().all()]
+    shown = df[cols].round(3)
+    for metric in [c for c in cols if all(x in df.columns for x in ci_columns(c))]:
+        low, high = (df[x].astype(float) for x in ci_columns(metric))
+        if low.isna().all():
+            continue
+        ci = [f"{lo:.3f}-{hi:.3f}" if lo == lo and hi == hi else "" for lo, hi in zip(low, high)]
+        shown.insert(shown.columns.get_loc(metric) + 1, f"{metric} 95% CI", ci)
+    return shown
+
+
 def leaderboard_cmd(task: str | None = None, runs_dir: str | None = None, out_dir: str | None = None) -> int:
     """Write results/leaderboard_<task>.csv from the rows files results/runs/<task>/*.jsonl and print them.
 
@@ -220,11 +242,10 @@ def leaderboard_cmd(task: str | None = None, runs_dir: str | None = None, out_di
                         f"`python -m harness run --model M --eval-set E`")
     tables = build_leaderboard(runs, task)
     paths = write_leaderboards(runs, out, task)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 40):
         for t, df in tables.items():
-            cols = [c for c in PRINT_COLUMNS if c in df.columns and not df[c].isna().all()]
             print(f"\n== {t} ==")
-            print(df[cols].round(3).to_string(index=False))
+            print(printable(df).to_string(index=False))
     for p in paths:
         print(f"wrote {p}")
     return 0

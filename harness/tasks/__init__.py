@@ -39,8 +39,8 @@ KINDS = ("classify", "generate")
 # rhyme = form + the rhyming positions in one 平水韵 group; rhyme+tone = rhyme + the 平仄 template.
 DECODINGS = ("free", "form", "rhyme", "rhyme+tone")
 # Leaderboard columns every task has (the judge's and the run's), so a task may sort by them too.
-COMMON_COLUMNS = ("n", "n_parsed", "parse_rate", "score_mean", "ci_low", "ci_high", "avg_response_tokens",
-                  "gen_tokens_per_s", "items_per_s")
+COMMON_COLUMNS = ("n", "n_parsed", "parse_rate", "score_mean", "score_ci_low", "score_ci_high",
+                  "avg_response_tokens", "gen_tokens_per_s", "items_per_s")
 
 
 def user_tasks_dir() -> Path:
