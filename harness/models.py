@@ -110,17 +110,22 @@ def resolve_base(name: str) -> BaseSpec:
         if name in (spec.location, spec.upstream) and name:
             return spec
     p = Path(name).expanduser()
+    if name.endswith(".pth") and p.is_file():      # LLMs-from-scratch GPTModel: converted once, by sha256
+        from harness.convert import converted_pth
+        return resolve_base(str(converted_pth(p)))
     if name.endswith(".gguf") and p.is_file():
         return BaseSpec(name=str(p.resolve()), source="gguf", location=str(p.resolve()))
     if p.is_dir() and (p / "config.json").is_file():
         style = "chat_template" if _has_chat_template(p) else "alpaca"
-        ctx = json.loads((p / "config.json").read_text()).get("max_position_embeddings") or 1024
+        cfg = json.loads((p / "config.json").read_text())
+        ctx = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024     # GPT-2 says n_positions
         return BaseSpec(name=str(p.resolve()), source="local", location=str(p.resolve()),
                         prompt_style=style, context_length=min(int(ctx), 4096))
     if p.exists():
-        raise UserError(f"{name}: not a model: a local model is a directory with a config.json, or a .gguf file")
+        raise UserError(f"{name}: not a model: a local model is a directory with a config.json, a .gguf file, "
+                        "or a LLMs-from-scratch .pth state dict")
     raise UserError(f"unknown model {name!r}. Available: {', '.join(registry)}; "
-                    "or pass a local directory with a config.json, or a .gguf file")
+                    "or pass a local directory with a config.json, a .gguf file or a LLMs-from-scratch .pth")
 
 
 def _has_chat_template(d: Path) -> bool:
@@ -481,6 +486,9 @@ class LoadedModel:
     active: str | None = None
     adapters_folder: Path | None = None
     lock: Any = field(default_factory=threading.Lock, repr=False)  # a plain Lock: a stream may end on another thread
+    head: Any = None                 # a converted LLMs-from-scratch classifier's own head (nn.Linear with bias)
+    head_labels: tuple[str, ...] = ()
+    head_max_length: int = 0         # the book's classify_review: ids truncated and right-padded to this
 
     @property
     def context_length(self) -> int:
@@ -601,6 +609,31 @@ class LoadedModel:
         self.model.set_adapter(adapter)
         yield self.model
 
+    def head_logits(self, texts: list[str], batch_size: int = 16):
+        """A converted classifier's logits, exactly as the book's `classify_review`: each text's ids truncated to
+        max_length and right-padded with <|endoftext|> to it (no attention mask), the head reading the last
+        position. Adapters are off."""
+        import torch
+        if self.head is None:
+            raise UserError(f"{self.name} has no classification head of its own: pass a classification adapter")
+        tok, n = self.tokenizer, min(self.head_max_length, self.context_length)
+        pad = tok.eos_token_id
+        out = []
+        with self.lock, torch.inference_mode(), self.using(None) as model:
+            from peft import PeftModel
+            causal = model.get_base_model() if isinstance(model, PeftModel) else model
+            body = getattr(causal, causal.base_model_prefix)
+            for i in range(0, len(texts), batch_size):
+                rows = [tok(t, add_special_tokens=False)["input_ids"][:n] for t in texts[i:i + batch_size]]
+                ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], dtype=torch.long, device=self.device)
+                hidden = body(input_ids=ids).last_hidden_state[:, -1, :]
+                out.append(self.head(hidden.to(self.head.weight.dtype)).float())
+        return torch.cat(out) if out else torch.zeros((0, len(self.head_labels)))
+
+    def head_probs(self, texts: list[str], batch_size: int = 16) -> list[dict[str, float]]:
+        """Per-label probabilities from a converted classifier's own head (see head_logits)."""
+        return [dict(zip(self.head_labels, row)) for row in self.head_logits(texts, batch_size).softmax(-1).tolist()]
+
     # ------------------------------------------------------------ prompts
 
     def count_tokens(self, text: str) -> int:
@@ -665,6 +698,43 @@ def load_model(name: str | None = None, adapters: list[str] | None = None, *, de
     model, tok, device = load_causal_lm(spec, device, dtype)
     lm = LoadedModel(spec.name, spec, model, tok, device,
                      adapters_folder=Path(adapters_folder) if adapters_folder else None)
+    _load_own_head(lm)
     for a in adapters or []:
         lm.attach(a)
     return lm
+
+
+def classifier_meta(folder: str | Path) -> dict:
+    """A converted classifier's `ftbench_classifier` entry of config.json ({} for any other model)."""
+    cfg = Path(folder) / "config.json"
+    try:
+        return dict(json.loads(cfg.read_text(encoding="utf-8")).get("ftbench_classifier") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_own_head(lm: LoadedModel) -> None:
+    """A converted LLMs-from-scratch classifier (harness/convert.py) gets its head: weight and bias from the
+    folder's score.safetensors, labels and max_length from config.json."""
+    if lm.spec.source != "local":
+        return
+    meta = classifier_meta(lm.spec.location)
+    if not meta:
+        return
+    import torch
+    from safetensors.torch import load_file
+    f = Path(lm.spec.location) / meta.get("head", "score.safetensors")
+    try:
+        state = load_file(str(f))
+        weight, bias = state["weight"], state["bias"]
+    except Exception as e:  # noqa: BLE001 - a missing or corrupt head file is one sentence
+        raise UserError(f"{lm.spec.location}: the classifier head {f.name} is missing or unreadable "
+                        f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}): convert the .pth again "
+                        "with `python -m harness convert FILE.pth --output DIR`") from None
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    lm.head = head.to(lm.device, dtype=next(lm.model.parameters()).dtype).eval()
+    lm.head_labels = tuple(meta.get("labels") or (f"class_{i}" for i in range(weight.shape[0])))
+    lm.head_max_length = int(meta.get("max_length") or lm.context_length)
