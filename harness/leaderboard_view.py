@@ -33,8 +33,9 @@ METRICS: dict[str, tuple[str, str] | None] = {
 RATE_COUNTS = {"form_ok_rate": "n_form", "parse_rate": "n"}
 DEFAULT_METRIC = ("rouge_l", "accuracy", "form_ok_rate", "win_rate", "score_mean")   # the first present
 TABLE_COLUMNS = ["eval_set", "model", "adapter", "decoding", "judge", "n", "n_parsed", "rouge_l", "accuracy",
-                 "form_ok_rate", "score_mean", "ci_low", "ci_high", "f1", "precision", "recall", "distinct_2",
+                 "form_ok_rate", "score_mean", "pw_win_rate", "f1", "precision", "recall", "distinct_2",
                  "repetition", "gen_tokens_per_s", "created_at"]
+METRICS["pw_win_rate"] = ("pw_win_ci_low", "pw_win_ci_high")
 KEY_COLUMNS = ("task", "eval_set", "model", "adapter", "adapter_sha", "decoding", "judge", "judge_digest",
                "judge_prompt_version")
 ITEM_SCORES = ("score", "rouge_l", "form_ok", "pred", "label", "correct", "parsed")
@@ -67,14 +68,49 @@ def decoding_of(row) -> str:
 
 
 def row_label(row) -> str:
-    """One row as a label: model + adapter · eval set · decoding [judge]."""
+    """One row as a label: model + adapter · eval set · decoding [judge · pointwise | pairwise vs its baseline]."""
     model = str(row.get("model", ""))
     model = Path(model).name if "/" in model else model
-    label = model + (f" + {row['adapter']}" if str(row.get("adapter", "") or "") else " (base)")
+    label = model + (f" + {row['adapter']}" if _text(row.get("adapter")) else " (base)")
     label += f" · {row.get('eval_set', '')} · {decoding_of(row)}"
-    if str(row.get("judge", "") or ""):
-        label += f" [{row['judge']}]"
+    if _text(row.get("judge")):
+        baseline = _text(row.get("pw_baseline"))
+        if baseline:
+            parts = baseline.split("__")
+            who = parts[2] if len(parts) > 2 else baseline
+            label += f" [{row['judge']} · pairwise vs {'the base' if who == 'base' else who}]"
+        else:
+            label += f" [{row['judge']} · pointwise]"
     return label
+
+
+def _text(value) -> str:
+    """A CSV cell as text: "" for empty or NaN."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value).strip()
+
+
+def row_labels(rows: list[dict]) -> list[str]:
+    """row_label of each row, made unique (a second row with the same label gets " (2)"): the Diff menus and the
+    plot name each row once."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in rows:
+        label = row_label(r)
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def default_pair(rows: list[dict]) -> tuple[int | None, int | None]:
+    """The Diff menus' first pair: the first two rows on the same eval set (so they share items), else the first
+    two rows."""
+    for i, a in enumerate(rows):
+        for j in range(i + 1, len(rows)):
+            if str(rows[j].get("eval_set", "")) == str(a.get("eval_set", "")):
+                return i, j
+    return (0 if rows else None), (1 if len(rows) > 1 else None)
 
 
 def wilson(rate: float, n: float, z: float = 1.96) -> tuple[float, float]:
@@ -114,12 +150,11 @@ def leaderboard_view(task: str | None = None, eval_set: str | None = None, searc
     """One task's table filtered by eval set and a search over model/adapter/judge, with a bar plot of `metric`
     and its interval. Returns dict(table, figure, notice, tasks, eval_sets, metrics, task, metric, labels)."""
     tables, problems = leaderboard_tables(folder)
-    where = Path(folder) if folder else results_dir()
     empty = {"table": None, "figure": None, "caption": "", "tasks": list(tables), "eval_sets": [], "metrics": [], "task": None,
              "metric": None, "labels": [], "rows": []}
     if not tables:
         bad = f" Unreadable: {'; '.join(problems)}." if problems else ""
-        return {**empty, "notice": f"No leaderboard yet: no {where}/leaderboard_*.csv.{bad} To make one, {RUN_HINT}."}
+        return {**empty, "notice": f"No leaderboard yet: no leaderboard_*.csv in the results folder.{bad} To make one, {RUN_HINT}."}
     task = task if task in tables else next(iter(tables))
     df = tables[task]
     sets = sorted(df["eval_set"].unique()) if "eval_set" in df.columns else []
@@ -133,10 +168,7 @@ def leaderboard_view(task: str | None = None, eval_set: str | None = None, searc
     df = df.reset_index(drop=True)
     metrics = [m for m in METRICS if m in df.columns and df[m].notna().any() and _useful(df, m)]
     metric = metric if metric in metrics else default_metric(metrics)
-    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c in ("model", "adapter", "decoding") or _useful(df, c))]
-    shown = df[cols].copy()
-    shown["decoding"] = [decoding_of(r) for _, r in df.iterrows()]
-    shown = shown.round(3)
+    shown = table_of(df)
     notice = f"{len(df)} of {len(tables[task])} rows of leaderboard_{task}.csv. Click a row to see its items."
     if problems:
         notice += f" (unreadable: {'; '.join(problems)})"
@@ -147,31 +179,67 @@ def leaderboard_view(task: str | None = None, eval_set: str | None = None, searc
         found = intervals(df, metric)
         caption = (f"Bars: {metric}; error bars: {found[2]}." if found else
                    f"Bars: {metric}; no interval in the CSV for this metric, so no error bars.")
-        caption += " Labels: model + adapter · eval set · decoding [judge]."
+        caption += (" Labels: model + adapter · eval set · decoding [judge · pointwise, or pairwise vs its "
+                    "baseline]. The table's \"95% CI\" column beside a metric is that metric's interval.")
+    rows = df.to_dict("records")
     return {"table": shown, "figure": bar_plot(df, metric) if metric and not df.empty else None, "notice": notice,
             "caption": caption,
             "tasks": list(tables), "eval_sets": sets, "metrics": metrics, "task": task, "metric": metric,
-            "labels": [row_label(r) for _, r in df.iterrows()], "rows": df.to_dict("records")}
+            "labels": row_labels(rows), "rows": rows, "pair": default_pair(rows)}
+
+
+def table_of(df):
+    """The table as shown: the useful columns, each metric followed by its own 95% CI ("0.531 – 0.647") where
+    the CSV has one, so an interval never sits beside a metric it does not belong to."""
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c in ("model", "adapter", "decoding") or _useful(df, c))]
+    shown = df[cols].copy()
+    shown["decoding"] = [decoding_of(r) for _, r in df.iterrows()]
+    shown = shown.round(3)
+    for metric in [c for c in cols if METRICS.get(c)]:
+        low, high = METRICS[metric]
+        if low in df.columns and high in df.columns and df[[low, high]].notna().any().any():
+            ci = [f"{lo:.3f} – {hi:.3f}" if lo == lo and hi == hi else "" for lo, hi in
+                  zip(df[low].astype(float), df[high].astype(float))]
+            shown.insert(shown.columns.get_loc(metric) + 1, f"{metric} 95% CI", ci)
+    return shown
 
 
 def bar_plot(df, metric: str):
-    """A horizontal bar per row with its interval as error bars (matplotlib's object API: thread-safe)."""
+    """A horizontal bar per row with its interval as error bars, each bar's label written above it across the
+    whole width (readable on a phone; matplotlib's object API: thread-safe). The axis label is the metric; what
+    the error bars are goes in the title, wrapped, so nothing is cut."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
     rows = df[df[metric].notna()].head(20).reset_index(drop=True)
-    fig = Figure(figsize=(8, 1.2 + 0.5 * max(1, len(rows))), layout="constrained")
+    labels = row_labels(rows.to_dict("records"))
+    wrapped = [textwrap.fill(x, 64) for x in labels]
+    heights = [0.55 + 0.2 * w.count("\n") for w in wrapped]
+    fig = Figure(figsize=(6.4, 1.3 + sum(heights)), layout="constrained")
     ax = fig.add_subplot()
-    labels = [row_label(r) for _, r in rows.iterrows()][::-1]
-    values = rows[metric].astype(float).tolist()[::-1]
+    values = rows[metric].astype(float).tolist()
     found = intervals(rows, metric)
     xerr, what = None, "no interval in the CSV for this metric"
     if found:
-        lo, hi, what = found[0][::-1], found[1][::-1], found[2]
+        lo, hi, what = found
         xerr = [[max(0.0, v - low) if low == low else 0.0 for v, low in zip(values, lo)],
                 [max(0.0, high - v) if high == high else 0.0 for v, high in zip(values, hi)]]
-    ax.barh(range(len(values)), values, xerr=xerr, capsize=4, color="#4C78A8", ecolor="#333333")
-    ax.set_yticks(range(len(values)), labels, fontsize=8)
-    ax.set_xlabel(f"{metric} (error bars: {what})" if xerr else f"{metric} ({what})")
+    ys, y = [], 0.0                                           # the first row on top; a wrapped label gets room
+    for w in wrapped[::-1]:
+        ys.append(y)
+        y += 1.0 + 0.4 * w.count("\n")
+    ys = ys[::-1]
+    ax.barh(ys, values, xerr=xerr, height=0.4, capsize=3, color="#4C78A8", ecolor="#333333")
+    top = max([v for v in values if v == v] + [1e-9])
+    for y, text, v in zip(ys, wrapped, values):
+        ax.text(0, y + 0.25, f"{text}  ({v:.3g})", fontsize=9, va="bottom", ha="left")
+    ax.set_yticks([])
+    ax.set_ylim(-0.4, y + 0.9 if not ys else ys[0] + 0.75 + 0.4 * wrapped[0].count("\n"))
+    ax.set_xlim(0, top * 1.05 if not xerr else max(top, max(v + e for v, e in zip(values, xerr[1]))) * 1.05)
+    ax.set_xlabel(metric, fontsize=10)
+    ax.set_title(textwrap.fill(f"{metric}; error bars: {what}" if xerr else f"{metric} ({what})", 70), fontsize=9,
+                 loc="left")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -198,8 +266,8 @@ def row_items(task: str, row: dict, folder: Path | None = None) -> list[dict]:
     from harness.leaderboard import read_rows
     runs = _runs_dir(folder) / task
     if not runs.is_dir():
-        raise UserError(f"no rows files for task {task!r} in {runs}: the leaderboard CSV was made elsewhere; "
-                        f"rebuild it here with `python -m harness leaderboard`")
+        raise UserError(f"no rows files for task {task!r} here: the leaderboard CSV was made elsewhere, so its "
+                        "items cannot be shown")
     by_id: dict[str, dict] = {}
     for f in sorted(runs.glob("*.jsonl")):
         for r in read_rows(f):
@@ -209,17 +277,31 @@ def row_items(task: str, row: dict, folder: Path | None = None) -> list[dict]:
 
 
 def item_table(items: list[dict]) -> tuple[list[str], list[list]]:
-    """Items as (header, rows): id, prompt, response, the scores present, the judge's reasoning. Text-free
-    rows files (content hashes only) show the hashes."""
+    """Items as (header, rows): id, prompt, response, the scores present, the judge's reasoning. Text-free rows
+    files (content hashes only) show the start of each sha256 under "prompt (sha256)" / "response (sha256)";
+    items_caption says why."""
     scores = [k for k in ITEM_SCORES if any(k in it for it in items)]
-    header = ["item_id", "prompt", "response", *scores, "judge_reasoning"]
+    hashed = {f: any(f not in it and f"{f}_sha" in it for it in items) for f in ("prompt", "response")}
+    header = ["item_id", *[f"{f} (sha256)" if hashed[f] else f for f in ("prompt", "response")], *scores,
+              "judge_reasoning"]
     rows = []
     for it in items:
-        prompt = it.get("prompt", it.get("prompt_sha", ""))
-        response = it.get("response", it.get("response_sha", ""))
-        rows.append([it.get("item_id", ""), str(prompt)[:400], str(response)[:600],
+        shown = [str(it[f]) if f in it else (f"{str(it.get(f'{f}_sha', ''))[:16]}…" if it.get(f"{f}_sha") else "")
+                 for f in ("prompt", "response")]
+        rows.append([it.get("item_id", ""), shown[0][:400], shown[1][:600],
                      *[it.get(k, "") for k in scores], str(it.get("judge_raw", "") or it.get("reason", ""))[:400]])
     return header, rows
+
+
+def items_caption(label: str, items: list[dict]) -> str:
+    """The line above a row's items: how many, and what a sha256 in place of a text means."""
+    text = f"**{label}**: {len(items)} items from its rows file."
+    if any(("prompt" not in it and "prompt_sha" in it) or ("response" not in it and "response_sha" in it)
+           for it in items):
+        text += (" The texts are not committed (the project's rows files are text-free): each keeps the sha256 of each "
+                 "prompt and response instead, shown here by its first 16 characters; scores and reasoning are "
+                 "as stored.")
+    return text
 
 
 def item_value(item: dict) -> float | None:

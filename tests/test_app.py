@@ -562,7 +562,7 @@ def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, a
 
     import requests
 
-    from harness.bench_app import wait_ready
+    from harness.bench.app import wait_ready
     from harness.paths import PROJECT_ROOT
     port = free_port()
     env = dict(os.environ, FTBENCH_ADAPTERS=str(adapters), FTBENCH_RESULTS=str(tmp_path / "results"),
@@ -690,7 +690,8 @@ def test_pick_engine_without_llama_cpp_says_so_and_uses_transformers(monkeypatch
     from harness import llamacpp
     monkeypatch.setattr(llamacpp, "is_available", lambda: (False, "the llama.cpp engine needs llama-cpp-python"))
     assert app_module.pick_engine("llama.cpp") == "transformers"
-    assert "needs llama-cpp-python; the app uses transformers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Engine: transformers (the llama.cpp engine needs llama-cpp-python" in err and len(err.splitlines()) == 1
     monkeypatch.setattr(llamacpp, "is_available", lambda: (True, "llama-cpp-python 0.3"))
     assert app_module.pick_engine("llama.cpp") == "llama.cpp" and app_module.pick_engine("transformers") == "transformers"
 
@@ -732,8 +733,8 @@ def test_leaderboard_bars_carry_eval_set_and_decoding_labels_and_error_bars(tmp_
                        {"model": "m", "adapter": "a", "eval_set": "poems_own", "decoding": "", "judge": "",
                         "form_ok_rate": 0.25, "n_form": 24}])
     ax = bar_plot(df, "form_ok_rate").axes[0]
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["m + a · poems_own · free", "m (base) · poems_own · form-constrained"]
+    labels = [t.get_text().rsplit("  (", 1)[0] for t in ax.texts]      # written above each bar, top first
+    assert labels == ["m (base) · poems_own · form-constrained", "m + a · poems_own · free"]
     from matplotlib.container import ErrorbarContainer
     found = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert found, "the Wilson interval is drawn"
@@ -884,7 +885,8 @@ def test_the_rule_check_line_reports_rhyme_tone_repeats_and_unknown_characters()
     assert "repeated rhyme character: yes" in rep and f3["repeated_rhyme"] is True
     short, _ = rules_report("白日依山尽，黄河入海流。", "五言绝句", "中文")
     assert "not checked" in short
-    assert rules_report(poem, "sonnet", "English") == ("", {}) and rules_report("", "五言绝句", "中文") == ("", {})
+    assert rules_report(poem, "free verse", "English") == ("", {}) and rules_report("", "五言绝句", "中文") == ("", {})
+    assert rules_report(poem, "sonnet", "English")[0].startswith("**Rule check (sonnet")   # sonnets have one too
 
 
 def test_the_form_report_and_the_rule_line_check_a_poem_once(monkeypatch):

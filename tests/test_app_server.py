@@ -174,7 +174,7 @@ def test_app_engine_accepts_server_specs_and_refuses_others_in_one_sentence(caps
     assert app_engine("ollama:smollm2:135m") == "ollama:smollm2:135m"
     assert app_module.parse_args(["--engine", "openai:smol@http://127.0.0.1:8080"]).engine.startswith("openai:")
     assert app_module.pick_engine("ollama:llama3") == "ollama:llama3"
-    for bad, says in [("vllm", "is not an engine: use transformers, llama.cpp, openai:<model>@<url>"),
+    for bad, says in [("vllm", "is not an engine: use auto, transformers, llama.cpp, openai:<model>@<url>"),
                       ("openai:smol", "write openai:<model>@<server url>")]:
         with pytest.raises(UserError, match=re_escape(says)):
             app_engine(bad)

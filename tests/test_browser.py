@@ -467,7 +467,7 @@ def test_leaderboard_tab_shows_a_table_or_what_to_run(driver):
         wait(driver, lambda: csss(driver, "#leaderboard-plot img"), 30)
         table = css(driver, "#leaderboard-table").text
         assert "decoding" in table and any(c in table for c in ("accuracy", "rouge_l", "form_ok"))
-    wait(driver, lambda: "Judges vs your votes" in text(driver, "#leaderboard-agreement"), 30)
+    wait(driver, lambda: "Judges vs the votes" in text(driver, "#leaderboard-agreement"), 30)
     screenshot(driver, "leaderboard")
     assert "Traceback" not in driver.page_source
 
@@ -698,7 +698,7 @@ def test_13_the_leaderboard_shows_judges_against_your_votes(driver, monkeypatch)
     expected = next(r for r in agreement_summary(state.store) if r["judge"].startswith("made-up-judge"))
     assert expected["n"] == 24 and round(expected["agree"], 3) == round(20 / 24, 3)
     open_tab(driver, "leaderboard")
-    wait(driver, lambda: "Judges vs your votes" in text(driver, "#leaderboard-agreement"), 30)
+    wait(driver, lambda: "Judges vs the votes" in text(driver, "#leaderboard-agreement"), 30)
     d = driver
     d.find_element(By.XPATH, "//*[@id='tab-leaderboard']//button[contains(., 'Reload CSVs')]").click()
     wait(d, lambda: "made-up-judge (pointwise v1) agrees with your 24 votes 83% of the time" in

@@ -14,10 +14,10 @@ list, so a message typed while another reply streams is never lost and the textb
 stream. Each assistant message carries the model, adapter and decoding fixed when it was sent; a stopped
 reply is marked as stopped. `chat_turn` is the stateless form for API clients (history in, history out).
 """
-from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,12 @@ def _busy(msgs: list[dict]) -> bool:
 
 
 def regenerate(state: AppState, session: str, adapter: str | None = None, sampling: Sampling = Sampling(),
-               system: Any = "") -> None:
-    """Write the last answer again (with the settings chosen now); the old one is replaced."""
+               system: Any = "") -> str:
+    """Write the last answer again; the old one is replaced. Returns a notice for the page.
+
+    Regenerate asks for ANOTHER answer: under sampling it draws with the next seed (the replaced answer's seed + 1,
+    unless a different seed was chosen since), and the answer's label shows the seed, so any answer can be
+    reproduced. Greedy decoding has one answer per prompt: it is written again, and the notice says so."""
     msgs = messages(state, session)
     if _busy(msgs):
         raise UserError("an answer is still being written: wait for it or press Stop first")
@@ -167,7 +171,17 @@ def regenerate(state: AppState, session: str, adapter: str | None = None, sampli
     if i is None:
         raise UserError("nothing to regenerate yet: send a message first")
     system = optional_text(system, "system prompt", state.limits.system_chars)
+    says = ""
+    if sampling.temperature > 0:
+        old = int(msgs[i]["meta"].get("sampling", {}).get("seed", sampling.seed))
+        if sampling.seed == old:
+            sampling = replace(sampling, seed=(old + 1) % 2 ** 32)
+        says = f"A new answer with seed {sampling.seed} (the label shows it; set that seed to get it again)."
+    else:
+        says = ("Greedy decoding (temperature 0) gives the same answer every time: raise the temperature for "
+                "a different one.")
     msgs[i] = _pending(state, session, adapter, sampling, system)
+    return says
 
 
 def undo(state: AppState, session: str) -> str:
@@ -204,7 +218,6 @@ def export(state: AppState, session: str, fmt: str = "json", folder: Path | None
     each answer's label and the system prompt at the top)."""
     import tempfile
 
-    from harness.app.classify import predictions_path
     from harness.io import atomic_write
     msgs = [m for m in messages(state, session) if m["role"] == "user" or m["meta"]["status"] in (DONE, STOPPED)]
     if not msgs:
@@ -221,7 +234,7 @@ def export(state: AppState, session: str, fmt: str = "json", folder: Path | None
             row["stopped"] = meta["status"] == STOPPED
         rows.append(row)
     folder = folder or Path(tempfile.gettempdir()) / "ftbench-predictions"
-    out = predictions_path("conversation", folder).with_suffix(f".{fmt}")
+    out = export_path(folder, fmt)
     if fmt == "json":
         atomic_write(out, json.dumps({"app": "ftbench", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                       "messages": rows}, ensure_ascii=False, indent=2) + "\n")
@@ -232,11 +245,31 @@ def export(state: AppState, session: str, fmt: str = "json", folder: Path | None
         lines += ["", "System prompt: " + " / ".join(sorted(systems))]
     for r in rows:
         lines += ["", f"**{'You' if r['role'] == 'user' else 'Assistant'}:**", "", r["content"]]
-        if r["role"] == "assistant":
-            meta = {**r, "status": STOPPED if r["stopped"] else DONE}
-            lines += ["", f"*— {label(meta)}; sampling {json.dumps(r['sampling'])}*"]
+        if r["role"] == "assistant":       # who wrote it, then its settings: each said once
+            meta = {**r, "decoding": "", "status": STOPPED if r["stopped"] else DONE}
+            lines += ["", f"*— {label(meta)} · {settings_text(r.get('sampling') or {})}*"]
     atomic_write(out, "\n".join(lines) + "\n")
     return out
+
+
+def settings_text(sampling: dict) -> str:
+    """An answer's decoding settings, each once: "greedy, max 256 new tokens, repetition penalty 1.1"."""
+    if not sampling:
+        return ""
+    head = ("greedy" if float(sampling.get("temperature", 0)) == 0 else
+            f"sampling: temperature {sampling['temperature']:g}, top-p {sampling.get('top_p', 1):g}, "
+            f"seed {sampling.get('seed', 0)}")
+    return (f"{head}, max {sampling.get('max_new_tokens')} new tokens, repetition penalty "
+            f"{sampling.get('repetition_penalty', 1):g}")
+
+
+def export_path(folder: Path, fmt: str) -> Path:
+    """ftbench-chat-<date>-<time>-<4 hex>.<fmt> in the app's download folder (old files pruned with the
+    predictions CSVs)."""
+    import uuid
+
+    from harness.app.classify import prune_downloads
+    return prune_downloads(folder) / f"ftbench-chat-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}.{fmt}"
 
 
 def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", adapter: str | None = None,
@@ -254,3 +287,114 @@ def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", ada
         out[-1] = {"role": "assistant", "content": reply}
         yield [dict(m) for m in out], run_info(lm, name, prompt, stats, sampling, history_trimmed=trimmed,
                                                engine=engine, **({"engine_notice": notice} if notice else {}))
+
+
+# ---------------------------------------------------------------- the tab's layout and events
+
+def build(state: AppState, ui: dict) -> None:
+    """The Chat tab. The adapter picker is the header's (ui["adapter_dd"]); adds chatbot and chat_notice to ui."""
+    import gradio as gr
+
+    from harness.app.state import stats_info, task_hints
+    from harness.app.streaming import run_ahead, throttled
+    from harness.app.widgets import GENERATE, default_sampling, guard, sampling_controls, session, transparency
+    limits = state.limits
+    chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chatbot", buttons=["copy"],
+                         placeholder="Say hello: your message shows at once, the reply streams in as the model "
+                                     "writes it, labelled with the model, adapter and decoding that wrote it.")
+    with gr.Row():
+        hints = task_hints("chat")
+        msg = gr.Textbox(placeholder=hints.get("placeholder") or "Type a message and press Enter",
+                         show_label=False, scale=6, elem_id="chat-input")
+        send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="chat-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="chat-stop")
+    with gr.Row():
+        regen = gr.Button("↻ Regenerate", size="sm", elem_id="chat-regenerate")
+        undo_btn = gr.Button("↶ Undo last turn", size="sm", elem_id="chat-undo")
+        edit = gr.Button("✎ Edit last message", size="sm", elem_id="chat-edit")
+        clear_btn = gr.Button("Clear", size="sm", elem_id="chat-clear")
+        export_json = gr.Button("Export JSON", size="sm", elem_id="chat-export-json")
+        export_md = gr.Button("Export Markdown", size="sm", elem_id="chat-export-md")
+    notice = gr.Markdown(elem_id="chat-notice", elem_classes="notice")
+    if hints.get("examples"):
+        gr.Examples([[x] for x in hints["examples"]], inputs=[msg], label="Examples")
+    export_file = gr.File(label="Conversation export (with the settings of every answer)", visible=False,
+                          interactive=False, elem_id="chat-export-file")
+    with gr.Accordion("Settings: system prompt and sampling", open=False):
+        system = gr.Textbox(label=f"System prompt (empty = the model's default; up to {limits.system_chars:,} "
+                                  "characters)", lines=2, elem_id="chat-system")
+        sampling = sampling_controls(default_sampling(state), "chat", limits)
+    prompt, stats = transparency("chat")
+
+    def submit_fn(text, system_text, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                  request: gr.Request):
+        submit(state, session(request), text, system_text, adapter,
+               state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty))
+        return render(state, session(request)), "", ""
+
+    def generate_fn(request: gr.Request):
+        # the notice is left alone unless the engine has something to say: submit_fn already cleared it, or put
+        # its "⚠ ..." there (this runs after it either way, and must not erase that sentence)
+        for shown, info in throttled(generate_pending(state, session(request))):
+            info = dict(info)
+            says = info.get("engine_notice", "")
+            yield shown, info.pop("prompt", gr.skip()), info or gr.skip(), f"ℹ {says}" if says else gr.skip()
+
+    def regen_fn(adapter, system_text, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                 request: gr.Request):
+        says = regenerate(state, session(request), adapter,
+                          state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty), system_text)
+        return render(state, session(request)), says
+
+    def undo_fn(request: gr.Request):
+        undo(state, session(request))
+        return render(state, session(request)), ""
+
+    def edit_fn(request: gr.Request):
+        text = edit_last(state, session(request))
+        return render(state, session(request)), text, "Your last message is back in the box: edit it and press Enter."
+
+    def clear_fn(request: gr.Request):
+        clear(state, session(request))
+        return [], "", None, ""
+
+    def export_fn(fmt):
+        def run(request: gr.Request):
+            return gr.update(value=str(export(state, session(request), fmt)), visible=True), ""
+        return run
+
+    def stop_fn(request: gr.Request):
+        """Stop: the model halts at its next step; the reply is kept and marked as stopped."""
+        sid = session(request)
+        state.stop(sid, wait=2.0)
+        info = stats_info(state.last_stats.get(sid))
+        return gr.skip() if info is None else info
+
+    sub = gr.on([msg.submit, send.click], guard(submit_fn, 3), [msg, system, ui["adapter_dd"], *sampling],
+                [chatbot, msg, notice], queue=False, trigger_mode="multiple", api_visibility="private")
+    gen_args = dict(fn=guard(generate_fn, 4), inputs=None, outputs=[chatbot, prompt, stats, notice],
+                    show_progress="hidden", trigger_mode="multiple", api_visibility="private", **GENERATE)
+    sub.then(**gen_args)
+    regen.click(guard(regen_fn, 2), [ui["adapter_dd"], system, *sampling], [chatbot, notice], queue=False,
+                api_visibility="private").then(**gen_args)
+    undo_btn.click(guard(undo_fn, 2), None, [chatbot, notice], queue=False, api_visibility="private")
+    edit.click(guard(edit_fn, 3), None, [chatbot, msg, notice], queue=False, api_visibility="private")
+    clear_btn.click(guard(clear_fn, 4), None, [chatbot, prompt, stats, notice], queue=False, api_visibility="private")
+    export_json.click(guard(export_fn("json"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    export_md.click(guard(export_fn("md"), 2), None, [export_file, notice], queue=False, api_visibility="private")
+    stop.click(stop_fn, None, stats, queue=False, api_name="stop")
+
+    # the stateless API endpoint /chat (history in, history out); hidden from the page
+    def api_chat(message, history, system_prompt, adapter, temperature, top_p, max_new_tokens, seed,
+                 repetition_penalty, request: gr.Request):
+        sampling_ = state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty)
+        # the model runs ahead of the client: a client slower than the model gets the newest text at each update
+        for hist, info in run_ahead(chat_turn(state, message, history, system_prompt, adapter, sampling_,
+                                              session(request))):
+            info = dict(info)
+            yield hist, "", info.pop("prompt"), info
+
+    api = gr.Button(visible=False, elem_id="api-chat")
+    api.click(guard(api_chat), [msg, chatbot, system, ui["adapter_dd"], *sampling], [chatbot, msg, prompt, stats],
+              api_name="chat", **GENERATE)
+    ui.update(chatbot=chatbot, chat_notice=notice)

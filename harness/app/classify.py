@@ -12,7 +12,6 @@ harness classify`): `label` (the decision) and one `p_<label>` per class. A `lab
 Classification is short work: it runs under AppState.short_work(), so a long generation pauses at its next
 token while it runs (see harness/app/streaming.py).
 """
-from __future__ import annotations
 
 import tempfile
 import time
@@ -27,13 +26,15 @@ PREDICTIONS_MAX_AGE = 3600.0     # seconds a predictions CSV is kept for downloa
 
 
 def classifier_choices(state: AppState) -> list[tuple[str, str]]:
-    """(label, value) pairs: this base's classification adapters, then the base model zero-shot."""
-    return [(f"{a.name} (fine-tuned classifier)", a.name) for a in state.adapters("seq_cls")] + \
-        [("base model, zero-shot", BASE)]
+    """(label, value) pairs: this base's classifier adapters (a head, or label-as-text), then the base model
+    zero-shot."""
+    how = {"label_text": "fine-tuned, writes the label"}
+    return [(f"{a.name} ({how.get(getattr(a, 'method', ''), 'fine-tuned classifier')})", a.name)
+            for a in state.adapters("classifier")] + [("base model, zero-shot", BASE)]
 
 
 def default_classifier(state: AppState) -> str:
-    found = state.adapters("seq_cls")
+    found = state.adapters("classifier")
     return found[0].name if found else BASE
 
 
@@ -56,12 +57,17 @@ def check_threshold(value: Any) -> float:
 
 
 def classify_texts(state: AppState, texts: list[str], classifier: str | None) -> tuple[list[dict], str | None]:
-    """Per-class probabilities of each text; a running generation pauses meanwhile (short work first)."""
-    from harness.generation import classify
+    """Per-class probabilities of each text, by the same road as `python -m harness classify` and the leaderboard
+    (harness.classify: a head, label-as-text, or the base zero-shot on the task's own prompt); a running
+    generation pauses meanwhile (short work first)."""
+    from harness.classify import classify
+    from harness.tasks import get_task
     lm = state.get_model()
-    name = state.resolve_adapter(classifier, "seq_cls")
+    name = state.resolve_adapter(classifier, "classifier")
+    info = next((a for a in state.adapters("classifier") if a.name == name), None)
+    task = get_task(str(info.task) if info is not None else "spam")
     with state.short_work():
-        return classify(lm, texts, adapter=name), name
+        return classify(lm, texts, name, task), name
 
 
 def classify_message(state: AppState, text: Any, classifier: str | None = None, threshold: Any = 0.5
@@ -91,11 +97,14 @@ def read_upload(path: Any, limits) -> tuple[list[str], list[dict], str]:
         raise UserError("no file uploaded: upload a CSV with a `text` column or a .txt with one message per line")
     p = Path(str(path))
     if not p.is_file():
-        raise UserError(f"no file at {p}: upload a CSV with a `text` column or a .txt with one message per line")
+        raise UserError(f"no file {p.name!r} arrived: upload a CSV with a `text` column or a .txt with one message per line")
     if p.stat().st_size > limits.csv_bytes:
         raise UserError(f"{p.name} is {p.stat().st_size:,} bytes; the limit is {limits.csv_bytes:,}: split it")
     if p.suffix.lower() == ".csv":
-        table = read_table(p, required=("text",), what="uploaded file")
+        try:
+            table = read_table(p, required=("text",), what="uploaded file")
+        except UserError as e:              # the upload's name, never the server's temporary path
+            raise UserError(str(e).replace(str(p.parent) + "/", "").replace(str(p), p.name)) from None
         columns = list(table[0][1]) if table else ["text"]
         rows = [r for _, r in table if str(r.get("text", "")).strip()]
         skipped = len(table) - len(rows)
@@ -117,12 +126,6 @@ def read_upload(path: Any, limits) -> tuple[list[str], list[dict], str]:
     return columns, rows, (f"; {skipped} blank row(s) skipped" if skipped else "")
 
 
-def csv_safe(value: Any) -> str:
-    """Keep a spreadsheet from running a cell as a formula (CSV injection)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def classify_file(state: AppState, path: Any, classifier: str | None = None, threshold: Any = 0.5
                   ) -> tuple[str, Any, str]:
     """Classify every message of an uploaded file -> (predictions CSV path, preview table, summary)."""
@@ -141,7 +144,8 @@ def classify_file(state: AppState, path: Any, classifier: str | None = None, thr
     header = kept + ["label"] + [f"p_{lab}" for lab in labels] + (["correct"] if given else [])
     out_rows = []
     for r, pred, pr in zip(rows, preds, probs):
-        row = [csv_safe(r.get(c, "")) for c in columns] + [pred] + [f"{pr[lab]:.6f}" for lab in labels]
+        # formula-looking cells: write_csv escapes them (harness.io.csv_escape)
+        row = [r.get(c, "") for c in columns] + [pred] + [f"{pr[lab]:.6f}" for lab in labels]
         if given:
             row.append(str(pred == str(r.get("label", "")).strip().lower()))
         out_rows.append(row)
@@ -158,20 +162,25 @@ def classify_file(state: AppState, path: Any, classifier: str | None = None, thr
     return str(out), preview, summary
 
 
-def predictions_path(stem: str, folder: Path | None = None, max_age: float = PREDICTIONS_MAX_AGE) -> Path:
-    """A fresh file name for a predictions CSV in ONE folder under the temp dir (Gradio copies the file into its
-    own cache when it serves it); files older than `max_age` seconds are removed, so a long-running app does not
-    pile up a temp dir per upload."""
-    import re
-    folder = folder or Path(tempfile.gettempdir()) / "ftbench-predictions"
+def prune_downloads(folder: Path, max_age: float = PREDICTIONS_MAX_AGE) -> Path:
+    """The app's ONE download folder under the temp dir (Gradio copies a file into its own cache when it serves
+    it), created if needed; its files older than `max_age` seconds are removed, so a long-running app does not
+    pile up files."""
     folder.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in folder.glob("*.csv"):
+    for old in [p for pattern in ("*.csv", "*.json", "*.md") for p in folder.glob(pattern)]:
         try:
             if now - old.stat().st_mtime > max_age:
                 old.unlink()
         except OSError:      # another request removed it first
             pass
+    return folder
+
+
+def predictions_path(stem: str, folder: Path | None = None, max_age: float = PREDICTIONS_MAX_AGE) -> Path:
+    """A fresh file name for a predictions CSV in the download folder (prune_downloads)."""
+    import re
+    folder = prune_downloads(folder or Path(tempfile.gettempdir()) / "ftbench-predictions", max_age)
     safe = re.sub(r"[^\w.-]+", "_", stem)[:60] or "messages"
     return folder / f"{safe}-predictions-{uuid.uuid4().hex[:8]}.csv"
 
@@ -187,4 +196,67 @@ def spam_examples(n: int = 8) -> tuple[list[str], str]:
     spam = [i["text"] for i in items if i["label"] == "spam"][: n // 2]
     ham = [i["text"] for i in items if i["label"] == "ham"][: n - len(spam)]
     mixed = [x for pair in zip(spam, ham) for x in pair] + spam[len(ham):] + ham[len(spam):]
-    return mixed, "Examples from the project's own SMS eval set (eval_sets/own/sms_own.jsonl)."
+    return mixed, "Examples from the project's own SMS eval set (sms_own)."
+
+
+# ---------------------------------------------------------------- the tab's layout and events
+
+def build(state: AppState, ui: dict) -> None:
+    """The Spam tab; adds classifier_dd to ui."""
+    import gradio as gr
+
+    from harness.app.state import task_hints
+    from harness.app.widgets import CLASSIFY, guard
+    limits = state.limits
+    with gr.Row():
+        with gr.Column(scale=3):
+            text = gr.Textbox(label=f"SMS message (up to {limits.message_chars:,} characters; longer is refused, "
+                                    "never cut)", lines=4, placeholder=task_hints("spam").get("placeholder", ""),
+                              elem_id="spam-input")
+            with gr.Row():
+                classifier = gr.Dropdown(classifier_choices(state), value=default_classifier(state),
+                                         label="Classifier", allow_custom_value=True, elem_id="spam-classifier")
+                threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Threshold: spam when p(spam) ≥ this")
+            button = gr.Button("Classify", variant="primary", elem_id="spam-button")
+        with gr.Column(scale=2):
+            label = gr.Label(label="Probabilities", num_top_classes=2, elem_id="spam-label")
+            verdict = gr.Markdown(elem_id="spam-verdict")
+    try:
+        examples, note = spam_examples()
+        hinted = task_hints("spam").get("examples", [])
+        gr.Examples([[t] for t in dict.fromkeys(hinted + examples)], inputs=[text],
+                    label=f"{note} The first {len(hinted)} are the task's own examples." if hinted else note,
+                    examples_per_page=8)
+    except UserError as e:
+        gr.Markdown(f"⚠ No examples: {e}")
+    with gr.Accordion("Classify a file: a CSV with a `text` column (every column is kept), or one message per line",
+                      open=False):
+        with gr.Row():
+            file_in = gr.File(label="Messages (.csv or .txt)", file_types=[".csv", ".txt"], type="filepath",
+                              elem_id="spam-file")
+            file_out = gr.File(label="Predictions: your columns + label, p_<label> (download)", interactive=False,
+                               elem_id="spam-file-out")
+        file_btn = gr.Button("Classify file", elem_id="spam-file-button")
+        summary = gr.Markdown(elem_id="spam-file-summary")
+        preview = gr.Dataframe(label="First 50 predictions", interactive=False, wrap=True, elem_id="spam-preview")
+
+    def classify_fn(message, classifier, threshold):
+        return classify_message(state, message, classifier, threshold)
+
+    def file_fn(path, classifier, threshold):
+        return classify_file(state, path, classifier, threshold)
+
+    def api_file(path, classifier, threshold):
+        out, table, says = classify_file(state, path, classifier, threshold)
+        return out, says, table
+
+    gr.on([button.click, text.submit], guard(classify_fn, 2), [text, classifier, threshold], [label, verdict],
+          api_visibility="private", **CLASSIFY)
+    file_btn.click(guard(file_fn, 3), [file_in, classifier, threshold], [file_out, preview, summary],
+                   api_visibility="private", **CLASSIFY)
+    api = gr.Button(visible=False)
+    api.click(guard(classify_fn), [text, classifier, threshold], [label, verdict], api_name="classify", **CLASSIFY)
+    api2 = gr.Button(visible=False)
+    api2.click(guard(api_file), [file_in, classifier, threshold], [file_out, summary, preview],
+               api_name="classify_file", **CLASSIFY)
+    ui.update(classifier_dd=classifier)

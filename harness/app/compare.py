@@ -14,7 +14,6 @@ Blind mode shuffles the sides and hides which is which until the vote. Offline f
 length of each answer, ROUGE-L against the reference when the prompt is an eval-set item with one (the
 example prompts are), and the form check when a poem form is asked for.
 """
-from __future__ import annotations
 
 import secrets
 import time
@@ -110,12 +109,26 @@ def start(state: AppState, session: str, prompt: Any, adapter: str | None = None
         adapter = found[0]
     name = state.resolve_adapter(adapter, "causal")
     base_left = secrets.randbelow(2) == 0 if blind else True
+    if blind:
+        sampling = blind_sampling(sampling)
     rec = {"job": state.enqueue("compare", session), "prompt": text, "adapter": name, "sampling": sampling,
            "form": form_for(state, text, name, form), "blind": bool(blind), "base_left": base_left,
            "model": state.base_name, "texts": {"base": "", "tuned": ""}, "status": "waiting", "vote": None,
            "item": eval_items().get(text), "task": adapter_task(state, name), "scores": None}
     state.session_data(session)["compare"] = rec
     return rec
+
+
+BLIND_TEMPERATURE = 0.7
+
+
+def blind_sampling(sampling: Sampling) -> Sampling:
+    """The decoding of a blind comparison: sampled (at least BLIND_TEMPERATURE) with a fresh random seed, so its
+    answers are new to the voter. Greedy answers are the same every time: any open comparison or chat of the same
+    prompt just before would tell which side is which. The seed and temperature are shown after the vote and
+    stored with it."""
+    return replace(sampling, temperature=max(sampling.temperature, BLIND_TEMPERATURE),
+                   seed=secrets.randbelow(2 ** 31))
 
 
 def side_names(rec: dict, revealed: bool | None = None) -> tuple[str, str]:
@@ -150,6 +163,9 @@ def view(state: AppState, rec: dict | None) -> dict:
               "failed": f"⚠ {rec.get('error', '')}"}.get(rec["status"], rec["status"])
     if rec.get("engine_notice") and rec["status"] != "failed":
         status += f" · ℹ {rec['engine_notice']}"
+    if rec["blind"] and rec["status"] != "failed":
+        status += (f" · blind: sampled at temperature {rec['sampling'].temperature:g} with a fresh seed, so these "
+                   "answers are new to you (the seed shows after your vote)")
     return {"left": left, "right": right, "headings": side_names(rec), "figures": (fl, fr), "status": status,
             "info": rec.get("info")}
 
@@ -304,16 +320,26 @@ def figures(text: str, rec: dict, lm=None) -> str:
     return " · ".join(parts)
 
 
-def judge(state: AppState, session: str) -> tuple[str, str, str]:
+def judge(state: AppState, session: str, offline: bool = False) -> tuple[str, str, str]:
     """Judge scores for both sides of the last comparison -> (left text, right text, notice). Runs outside the
-    model queue, with the judge timeout; a judge that is down or slow is one sentence, never a failure."""
+    model queue, with the judge timeout; a judge that is down or slow is one sentence, never a failure, and the
+    notice then offers the offline judge (offline=True: judge with state.offline_judge, in process)."""
     rec = state.session_data(session).get("compare")
     if rec is None or rec["status"] not in ("done", "stopped") or not (rec["texts"]["base"] or rec["texts"]["tuned"]):
+        if offline:
+            raise UserError("compare two answers first: the judge scores a finished comparison")
         return "", "", ""
-    scores, notice = judge_pair(state, rec["task"], judge_item(rec), [rec["texts"]["base"], rec["texts"]["tuned"]])
+    spec = state.offline_judge if offline else state.judge
+    scores, notice = judge_pair(state, rec["task"], judge_item(rec), [rec["texts"]["base"], rec["texts"]["tuned"]],
+                                spec)
     rec["scores"] = scores
     sb, st = score_text(scores[0]), score_text(scores[1])
     return (sb, st, notice) if rec["base_left"] else (st, sb, notice)
+
+
+def offers_offline_judge(state: AppState, notice: str) -> bool:
+    """Show the "Score with the offline judge" button: the app's judge gave no scores and is not that judge."""
+    return notice.startswith("No judge scores") and state.judge != state.offline_judge
 
 
 def judge_item(rec: dict) -> dict:
@@ -331,26 +357,32 @@ def judge_item(rec: dict) -> dict:
     return item
 
 
-def judge_pair(state: AppState, task_name: str, item: dict, responses: list[str]) -> tuple[list[float | None], str]:
-    """Judge scores (0-100) for each response when the judge answers; otherwise Nones and a plain notice."""
+def judge_pair(state: AppState, task_name: str, item: dict, responses: list[str], spec: str | None = None
+               ) -> tuple[list[float | None], str]:
+    """Judge scores (0-100) for each response when the judge (`spec`, default the app's) answers; otherwise
+    Nones and a plain notice."""
     from harness.evaluate import judge_fields
     from harness.judge import JudgeConfig, JudgeRequest, judge_many, open_judge
+    spec = spec or state.judge
     task = task_of(task_name) or task_of("chat")
     none = [None] * len(responses)
+    offer = (f" Or score them with the offline judge ({state.offline_judge}, a small model on this CPU: a smoke "
+             "test, not a verdict)." if spec != state.offline_judge else "")
     try:
-        cfg = JudgeConfig(state.judge, host=state.judge_host, connect_timeout=1.0, retries=0,
+        cfg = JudgeConfig(spec, host=state.judge_host, connect_timeout=1.0, retries=0,
                           timeout=state.judge_timeout, workers=1)
         with open_judge(cfg, lm=state.lm) as j:
             reqs = [JudgeRequest(f"compare-{i}", task.judge_prompt or "chat", judge_fields(task, item, r))
                     for i, r in enumerate(responses)]
             scores = [x.score for x in judge_many(j, reqs, progress=False)]
     except UserError as e:
-        return none, f"No judge scores: {str(e).split(' [')[0]} The offline figures above need no judge."
+        from harness.app.widgets import ui_sentence
+        return none, f"No judge scores: {ui_sentence(str(e).split(' [')[0])} The offline figures above need no judge.{offer}"
     except Exception as e:  # noqa: BLE001 - a judge problem must never break the comparison itself
-        return none, f"No judge scores: the judge failed ({type(e).__name__}: {str(e)[:200]})."
+        return none, f"No judge scores: the judge failed ({type(e).__name__}: {str(e)[:200]}).{offer}"
     if any(s is None for s in scores):
-        return scores, f"Judge {state.judge}: some answers held no score (shown as —)."
-    return scores, f"Scores 0-100 by {state.judge} (temperature 0, fixed seed)."
+        return scores, f"Judge {spec}: some answers held no score (shown as —)."
+    return scores, f"Scores 0-100 by {spec} (temperature 0, fixed seed)."
 
 
 def score_text(score: float | None) -> str:
@@ -390,7 +422,7 @@ def vote(state: AppState, session: str, choice: str) -> str:
     seed = rec["sampling"].seed
     # A = the fine-tuned side, B = the base
     try:
-        vid = votes.cast_vote(state.store, prompt=rec["prompt"], response_left=left, response_right=right,
+        vid = votes.cast_vote(state.store, session=session, prompt=rec["prompt"], response_left=left, response_right=right,
                               side_a="right" if rec["base_left"] else "left", model_a=rec["model"],
                               adapter_a=rec["adapter"], model_b=rec["model"], adapter_b="", seed_a=seed,
                               seed_b=seed, choice=choice, task=rec["task"], eval_set=item.get("eval_set", ""),
@@ -400,44 +432,45 @@ def vote(state: AppState, session: str, choice: str) -> str:
         vid, note = getattr(e, "vote_id", "") or (e.args[1] if len(e.args) > 1 else ""), str(e)
     rec["vote"] = vid or "review"
     lname, rname = side_names(rec, revealed=True)
-    return f"Vote stored ({VOTE_BUTTONS[choice]}; {note}). Left was **{lname}**, right was **{rname}**."
+    return (f"Vote stored ({VOTE_BUTTONS[choice]}; {note}). Left was **{lname}**, right was **{rname}** "
+            f"(both sampled at temperature {rec['sampling'].temperature:g}, seed {seed}).")
 
 
-def vote_table(state: AppState, limit: int = 50) -> list[list]:
-    """Your recent votes as table rows: id, when, choice, winner, status, prompt."""
+def vote_table(state: AppState, session: str, limit: int = 50) -> list[list]:
+    """This browser session's recent votes as table rows: id, when, choice, winner, status, prompt. Every
+    visitor sees, reviews and undoes only their own votes; the tally is everyone's."""
     votes = votes_module()
     if votes is None:
         return []
-    rows = votes.list_votes(state.store, limit=limit)
+    rows = votes.list_votes(state.store, limit=limit, session=session)
     return [[r["id"], str(r.get("created_at", ""))[:19], r.get("choice", ""), r.get("winner", ""),
              r.get("status", ""), str(r.get("prompt", ""))[:80]] for r in rows]
 
 
 def vote_tally(state: AppState) -> str:
-    """One line: how many votes are counted and how they split, plus those kept for review or undone."""
+    """One line: how many votes (of every visitor) are counted and how they split, plus those kept for review
+    or undone."""
     votes = votes_module()
     if votes is None:
         return ""
-    rows = votes.list_votes(state.store, limit=1_000_000)
-    counted = [r for r in rows if r.get("status") == "counted"]
-    wins = {w: sum(r.get("winner") == w for r in counted) for w in ("a", "b", "tie", "both_bad")}
-    others = {s: sum(r.get("status") == s for r in rows) for s in ("review", "undone")}
-    if not rows:
+    t = votes.tally(state.store)
+    if not any(t.values()):
         return "**Votes counted: 0.** Tick Blind, compare, then vote."
-    extra = ", ".join(f"{n} {s}" for s, n in others.items() if n)
-    return (f"**Votes counted: {len(counted)}** (fine-tuned better {wins['a']}, base better {wins['b']}, "
-            f"tie {wins['tie']}, both bad {wins['both_bad']})" + (f"; not counted: {extra}" if extra else "") + ".")
+    extra = ", ".join(f"{t[s]} {s}" for s in ("review", "undone") if t.get(s))
+    return (f"**Votes counted (every visitor): {t['counted']}** (fine-tuned better {t['a']}, base better {t['b']}, "
+            f"tie {t['tie']}, both bad {t['both_bad']})" + (f"; not counted: {extra}" if extra else "") + ".")
 
 
-def undo(state: AppState, vote_id: Any) -> str:
+def undo(state: AppState, session: str, vote_id: Any) -> str:
+    """Undo one of this session's votes (another session's: refused, nothing changed)."""
     votes = votes_module()
     if votes is None:
         return VOTING_MISSING
     vid = str(vote_id or "").strip()
     if not vid:
         raise UserError("pick a vote to undo: click its row in the table, or paste its id")
-    if not votes.undo_vote(state.store, vid):
-        raise UserError(f"no counted vote {vid!r} to undo (already undone, or not a vote id)")
+    if not votes.undo_vote(state.store, vid, session=session):
+        raise UserError(f"no counted vote {vid[:40]!r} to undo (already undone, or not a vote id)")
     return f"Vote {vid} undone (kept for review, no longer counted)."
 
 
@@ -446,13 +479,14 @@ def agreement(state: AppState) -> str:
     try:
         from harness.agreement import agreement_summary
     except ImportError:
-        return "Judges vs your votes: not available yet (harness.agreement is not in this version of ftbench)."
+        return "Judges vs the votes: not available yet (harness.agreement is not in this version of ftbench)."
     results = agreement_summary(state.store)
-    n = len(vote_table(state, limit=10_000))
+    votes = votes_module()
+    n = votes.tally(state.store)["counted"] if votes is not None else 0
     if not results:
-        return (f"**Judges vs your votes:** {n} vote(s) stored; no judge has judged the same pairs yet. Vote in the "
-                "Compare tab, then run a judge on the same items (`python -m harness judge ...`).")
-    return "**Judges vs your votes**\n\n" + "\n".join(f"- {r['sentence']}" for r in results)
+        return (f"**Judges vs the votes:** {n} vote(s) counted; no judge has judged the same pairs yet. Vote in the "
+                "Compare tab; the app's owner then runs a judge on the same items.")
+    return "**Judges vs the votes (every visitor's)**\n\n" + "\n".join(f"- {r['sentence']}" for r in results)
 
 
 def compare_once(state: AppState, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
@@ -472,3 +506,149 @@ def compare_once(state: AppState, prompt: Any, adapter: str | None = None, sampl
     if not rec["base_left"]:
         sb, st = st, sb
     return rec["texts"]["base"], rec["texts"]["tuned"], sb, st, notice, rendered, info
+
+
+# ---------------------------------------------------------------- the tab's layout and events
+
+def compare_note(state: AppState) -> str:
+    if compare_choices(state):
+        return ""
+    return ("No fine-tuned chat/poem adapter for this base yet, so there is nothing to compare with: "
+            f"{TRAIN_HINT}.")
+
+
+def shown_outputs(v: dict) -> tuple:
+    """A view() as the tab's seven outputs: left, right, their headings and figures, the status."""
+    return (v["left"], v["right"], f"### {v['headings'][0]}", f"### {v['headings'][1]}", v["figures"][0],
+            v["figures"][1], v["status"])
+
+
+def vote_updates(state: AppState, session: str, choice: str) -> tuple:
+    """A vote as the tab shows it: (left heading, right heading, your votes, the tally, message)."""
+    says = vote(state, session, choice)
+    v = view(state, state.session_data(session).get("compare"))
+    return (f"### {v['headings'][0]}", f"### {v['headings'][1]}", vote_table(state, session) or None,
+            vote_tally(state), says)
+
+
+def build(state: AppState, ui: dict) -> None:
+    """The Compare tab; adds cmp_adapter, cmp_note, cmp_btn, cmp_shown, cmp_view and votes_view to ui."""
+    import gradio as gr
+
+    from harness.app.state import task_hints
+    from harness.app.streaming import throttled
+    from harness.app.widgets import GENERATE, JUDGE, guard, sampling_controls, session, stopper, transparency
+    from harness.metrics import FIXED_FORMS
+    choices = compare_choices(state)
+    note = gr.Markdown(compare_note(state), elem_id="compare-note")
+    with gr.Row():
+        prompt = gr.Textbox(label="Instruction", lines=3, scale=3, placeholder=task_hints("chat").get("placeholder", ""),
+                            elem_id="compare-input")
+        with gr.Column(scale=2):
+            adapter = gr.Dropdown(choices, value=choices[0] if choices else None, label="Fine-tuned adapter",
+                                  allow_custom_value=True, elem_id="compare-adapter")
+            form = gr.Dropdown([AUTO, NO_FORM, *FIXED_FORMS], value=AUTO,
+                               label="Classical form kept while decoding (poem adapters)", elem_id="compare-form",
+                               visible=keeps_forms(state, choices[0] if choices else None))
+            blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote "
+                                "(sampled with a fresh seed, so the answers are new to you)", elem_id="compare-blind")
+    with gr.Row():
+        for task, (eval_set, prompts) in examples().items():
+            gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"Examples ({task}, from the eval set "
+                        f"{eval_set}: ROUGE-L against its reference where it has one)", examples_per_page=4)
+    with gr.Accordion("Sampling (both sides use the same settings and seed)", open=False):
+        sampling = sampling_controls(Sampling(temperature=0.0), "compare", state.limits)
+    with gr.Row():
+        button = gr.Button("Compare", variant="primary", elem_id="compare-button", interactive=bool(choices))
+        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+    status = gr.Markdown(elem_id="compare-status")
+    with gr.Row():
+        with gr.Column(min_width=280):
+            left_head = gr.Markdown("### Left", elem_id="compare-left-head")
+            left = gr.Textbox(label="Left answer", lines=8, interactive=False, elem_id="compare-left")
+            left_fig = gr.Markdown(elem_id="compare-left-figures")
+            left_score = gr.Markdown("Judge score: —", elem_classes="score", elem_id="compare-left-score")
+        with gr.Column(min_width=280):
+            right_head = gr.Markdown("### Right", elem_id="compare-right-head")
+            right = gr.Textbox(label="Right answer", lines=8, interactive=False, elem_id="compare-right")
+            right_fig = gr.Markdown(elem_id="compare-right-figures")
+            right_score = gr.Markdown("Judge score: —", elem_classes="score", elem_id="compare-right-score")
+    judge_notice = gr.Markdown(elem_id="compare-judge")
+    offline_btn = gr.Button(f"Score with the offline judge ({state.offline_judge})", size="sm", visible=False,
+                            elem_id="compare-offline-judge")
+    with gr.Row():
+        vote_btns = {c: gr.Button(label, size="sm", elem_id=f"vote-{c}") for c, label in VOTE_BUTTONS.items()}
+    vote_msg = gr.Markdown(VOTING_MISSING if votes_module() is None else "", elem_id="vote-message")
+    tally = gr.Markdown(vote_tally(state), elem_id="votes-tally")
+    with gr.Accordion("Your votes (this browser session's): review and undo", open=False):
+        votes_table = gr.Dataframe(headers=["id", "when", "choice", "winner", "status", "prompt"], value=None,
+                                   interactive=False, wrap=True, elem_id="votes-table")
+        with gr.Row():
+            undo_id = gr.Textbox(label="Vote id to undo (click a row)", scale=3, elem_id="vote-undo-id")
+            undo_btn = gr.Button("Undo this vote", scale=1, elem_id="vote-undo")
+    rendered, stats = transparency("compare")
+    notice = gr.Markdown(elem_id="compare-notice", elem_classes="notice")
+    shown = [left, right, left_head, right_head, left_fig, right_fig, status]
+
+    def start_fn(text, name, form_, blind_, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                 request: gr.Request):
+        rec = start(state, session(request), text, name,
+                    state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty), form_, bool(blind_))
+        return (*shown_outputs(view(state, rec)), "Judge score: —", "Judge score: —", "", "", "")
+
+    def stream_fn(request: gr.Request):
+        for v in throttled(stream(state, session(request))):     # the notice stays start_fn's
+            info = dict(v["info"] or {})
+            yield (*shown_outputs(v), info.pop("prompt", gr.skip()), info or gr.skip(), gr.skip())
+
+    def judge_fn(offline: bool):
+        def run(request: gr.Request):
+            left_, right_, says = judge(state, session(request), offline)
+            return left_, right_, gr.update(visible=offers_offline_judge(state, says)), says
+        return run
+
+    def vote_fn(choice):
+        def run(request: gr.Request):
+            return vote_updates(state, session(request), choice)
+        return run
+
+    def undo_fn(vote_id, request: gr.Request):
+        says = undo(state, session(request), vote_id)
+        return vote_table(state, session(request)) or None, vote_tally(state), says
+
+    def votes_fn(request: gr.Request):
+        return vote_table(state, session(request)) or None, vote_tally(state)
+
+    def pick_vote(evt: gr.SelectData):
+        row = evt.row_value if hasattr(evt, "row_value") else None
+        return row[0] if row else gr.skip()
+
+    adapter.change(lambda a: gr.update(visible=keeps_forms(state, a)), adapter, form, queue=False,
+                   api_visibility="private")
+    ev = button.click(guard(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
+                      [*shown, left_score, right_score, judge_notice, vote_msg, notice], queue=False,
+                      api_visibility="private")
+    ev = ev.then(guard(stream_fn, len(shown) + 3), None, [*shown, rendered, stats, notice], show_progress="hidden",
+                 api_visibility="private", **GENERATE)
+    ev.then(guard(judge_fn(False), 4), None, [left_score, right_score, offline_btn, judge_notice],
+            show_progress="minimal", api_visibility="private", **JUDGE)
+    offline_btn.click(guard(judge_fn(True), 4), None, [left_score, right_score, offline_btn, judge_notice],
+                      show_progress="minimal", api_visibility="private", **GENERATE)
+    stop.click(stopper(state), None, None, queue=False, api_visibility="private")
+    for choice, btn in vote_btns.items():
+        btn.click(guard(vote_fn(choice), 5), None, [left_head, right_head, votes_table, tally, vote_msg],
+                  queue=False, api_visibility="private")
+    votes_table.select(pick_vote, None, undo_id, queue=False, api_visibility="private")
+    undo_btn.click(guard(undo_fn, 3), undo_id, [votes_table, tally, vote_msg], queue=False, api_visibility="private")
+
+    def api_compare(instruction, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                    request: gr.Request):
+        return compare_once(state, instruction, adapter,
+                            state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty),
+                            session(request) + "-api")
+
+    api = gr.Button(visible=False)
+    api.click(guard(api_compare), [prompt, adapter, *sampling],
+              [left, right, left_score, right_score, judge_notice, rendered, stats], api_name="compare", **GENERATE)
+    ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=shown_outputs,
+              votes_view=(votes_fn, [votes_table, tally]))

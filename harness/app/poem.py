@@ -10,7 +10,6 @@ Under the form constraint (绝句/律诗) max new tokens is derived from the for
 always ends complete; a free poem is cut at a character boundary (never a broken "�"). A poem adapter trained on
 another language than the one asked for, or a poem in the wrong language, gets a warning.
 """
-from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
@@ -93,6 +92,8 @@ def rules_report(poem: str, form: str, lang: Any, opts: dict | None = None) -> t
     one Markdown line for the tab, and the fields: rhyme (平水韵 group), tone (平仄 template), a repeated rhyme
     character, characters not in the table (counted, never guessed). ("", {}) where no rule applies."""
     code = poem_lang(lang)
+    if code == "en" and form == "sonnet" and str(poem or "").strip():
+        return sonnet_report(poem)
     if code != "zh" or not has_fixed_form(form) or not str(poem or "").strip():
         return "", {}
     r = explained(poem, form, code)
@@ -110,6 +111,41 @@ def rules_report(poem: str, form: str, lang: Any, opts: dict | None = None) -> t
     unknown = "characters not in the rhyme table: " + (f"{r['unknown_chars']} ({r['unknown_list']})"
                                                        if r["unknown_chars"] else "none")
     return f"{head}{rhyme} · {tone} · {repeated} · {unknown}. Details: {r['rules_summary']}.", fields
+
+
+def sonnet_report(poem: str) -> tuple[str, dict]:
+    """A sonnet's rule checks (harness.rules: CMUdict rhymes and syllables, as the leaderboard's poem rows) as
+    one Markdown line, and the fields."""
+    try:
+        r = explained(poem, "sonnet", "en")
+    except UserError as e:                # CMUdict missing: said, the form check stands alone
+        return f"**Rule check (sonnet):** not available: {e}.", {}
+    fields = {k: r.get(k) for k in ("sonnet_lines_ok", "sonnet_scheme_ok", "sonnet_scheme", "sonnet_rhyme_rate",
+                                    "syllables_ok_rate", "oov_words")}
+    word = {True: "OK", False: "no", None: "unconfirmed"}
+    lines = len([x for x in poem.splitlines() if x.strip()])
+    parts = [f"lines: {word[r.get('sonnet_lines_ok')]} ({lines} of 14)",
+             f"rhyme scheme ABAB CDCD EFEF GG: {word[r.get('sonnet_scheme_ok')]}"
+             + (f" (found {r['sonnet_scheme']})" if r.get("sonnet_scheme") else "")]
+    if r.get("syllables_ok_rate") is not None:
+        parts.append(f"syllables: {r['syllables_ok_rate']:.0%} of the lines have 9-11 (iambic pentameter has 10)")
+    parts.append(f"words not in CMUdict: {r.get('oov_words') or 'none'}")
+    return "**Rule check (sonnet, CMUdict):** " + " · ".join(parts) + ".", fields
+
+
+SONNET_MAX_NEW_TOKENS = 320      # 14 lines of ~10 words: ~200 tokens with punctuation, with room to spare
+POEM_MAX_NEW_TOKENS = 160        # a free-verse poem (the Chinese forms derive theirs from the form)
+
+
+def default_max_new_tokens(form: Any, limit: int) -> int:
+    """The Max new tokens slider's value for a form: enough for a whole sonnet, within the app's limit."""
+    return min(SONNET_MAX_NEW_TOKENS if str(form or "") == "sonnet" else POEM_MAX_NEW_TOKENS, limit)
+
+
+def examples_by_lang(examples: list[str]) -> dict[str, list[str]]:
+    """The task's example titles split by language (Chinese characters or not), so a language offers only its own."""
+    from harness.io import has_cjk
+    return {"zh": [x for x in examples if has_cjk(x)], "en": [x for x in examples if not has_cjk(x)]}
 
 
 def poem_instruction(topic: str, lang: Any, form: str) -> str:
@@ -145,9 +181,14 @@ def language_warning(state: AppState, adapter: str | None, lang: Any) -> str:
         return ""
     trained = adapter_lang(info)
     if trained and trained != code:
-        return (f"⚠ `{name}` was trained on {LANG_NAMES.get(trained, trained)} poems; you asked for a "
-                f"{LANG_NAMES[code]} poem. Pick a {LANG_NAMES[code]} poem adapter or the base.")
+        return (f"⚠ `{name}` was trained on {LANG_NAMES.get(trained, trained)} poems; you asked for "
+                f"{article(LANG_NAMES[code])} {LANG_NAMES[code]} poem. Pick {article(LANG_NAMES[code])} {LANG_NAMES[code]} poem adapter or "
+                "the base.")
     return ""
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def output_warning(poem: str, lang: Any) -> str:
@@ -203,8 +244,8 @@ def rules_summary(poem: str, form: str, lang: str) -> str:
 
 
 def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str | None = None,
-                sampling: Sampling = Sampling(max_new_tokens=160), session: str = "", enforce_form: bool = True,
-                rhyme: bool = False, tone: bool = False, rhyme_group: Any = ""
+                sampling: Sampling = Sampling(max_new_tokens=POEM_MAX_NEW_TOKENS), session: str = "",
+                enforce_form: bool = True, rhyme: bool = False, tone: bool = False, rhyme_group: Any = ""
                 ) -> Iterator[tuple[str, dict, dict]]:
     """Write a poem, streamed: yields (poem so far, form check, transparency info).
 
@@ -239,8 +280,8 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
 
 
 def poem_job(state: AppState, session: str, topic: Any, lang: Any, form: Any, adapter: str | None = None,
-             sampling: Sampling = Sampling(max_new_tokens=160), enforce_form: bool = True, rhyme: bool = False,
-             tone: bool = False, rhyme_group: Any = "") -> Iterator[tuple[str, dict, dict]]:
+             sampling: Sampling = Sampling(max_new_tokens=POEM_MAX_NEW_TOKENS), enforce_form: bool = True,
+             rhyme: bool = False, tone: bool = False, rhyme_group: Any = "") -> Iterator[tuple[str, dict, dict]]:
     """poem_stream as one request of the generation queue: the first update says how many requests are ahead.
     The request is checked (topic, form, rhyme group) before it queues, so a mistake is said at once."""
     rule_options(lang, form, enforce_form, rhyme, tone, rhyme_group)
@@ -254,3 +295,138 @@ def poem_job(state: AppState, session: str, topic: Any, lang: Any, form: Any, ad
                                rhyme_group)
     finally:
         state.finish_job(token)
+
+
+# ---------------------------------------------------------------- the tab's layout and events
+
+def poem_hint(state: AppState) -> str:
+    names = [f"`{default_poem_adapter(state, lang)}` ({label})" for label, lang in LANGS.items()
+             if default_poem_adapter(state, lang) != BASE]
+    return ("Poem adapters for this base: " + ", ".join(names) + " — pick one in the adapter picker above."
+            if names else "No poem adapter for this base yet: the base model writes the poems.")
+
+
+def language_changed(state: AppState, language: Any) -> dict:
+    """What changes with the language: the forms offered, the first form, whether the form box shows, the max new
+    tokens for that form, and which example titles show."""
+    code = poem_lang(language)
+    forms = poem_forms(language)
+    return {"forms": list(forms), "form": forms[0], "enforce_visible": has_fixed_form(forms[0]),
+            "max_new_tokens": default_max_new_tokens(forms[0], state.limits.max_new_tokens),
+            "examples_visible": {lang: lang == code for lang in POEM_FORMS}}
+
+
+def write_updates(state: AppState, session: str, topic: Any, language: Any, form: Any, adapter: str | None,
+                  sampling: Sampling, enforce: Any = True, rhyme: Any = False, tone: Any = False,
+                  group: Any = "") -> Iterator[tuple]:
+    """poem_job as the tab shows it: yields (poem, form check, rule line, details, prompt or None, info, warning,
+    notice)."""
+    for poem, report, info in poem_job(state, session, topic, language, form, adapter, sampling,
+                                       bool(enforce) if enforce is not None else True, bool(rhyme), bool(tone),
+                                       group or ""):
+        info = dict(info)
+        rendered = info.pop("prompt", None)
+        shown = {k: v for k, v in report.items() if k not in ("summary", "warning", "rules_line")} or None
+        says = info.get("engine_notice", "")
+        yield (poem, report["summary"], report.get("rules_line", ""), shown, rendered, info,
+               report.get("warning", ""), f"ℹ {says}" if says else "")
+
+
+def build(state: AppState, ui: dict) -> None:
+    """The Poem tab (the adapter picker is the header's); adds poem_hint and poem_event to ui."""
+    import gradio as gr
+
+    from harness.app.state import task_hints
+    from harness.app.widgets import GENERATE, guard, paced, sampling_controls, session, stopper, transparency
+    hint = gr.Markdown(poem_hint(state), elem_id="poem-hint")
+    with gr.Row():
+        with gr.Column(scale=2):
+            topic = gr.Textbox(label=f"Title or topic (up to {state.limits.topic_chars} characters)",
+                               placeholder=task_hints("poem").get("placeholder", ""), elem_id="poem-topic")
+            with gr.Row():
+                lang = gr.Radio(list(LANGS), value="中文", label="Language", elem_id="poem-lang")
+                form = gr.Dropdown(list(POEM_FORMS["zh"]), value="五言绝句", label="Form", allow_custom_value=True,
+                                   elem_id="poem-form")
+            enforce = gr.Checkbox(value=True, label="Keep the classical form while decoding (lines × characters "
+                                  "enforced; the model picks every character; max new tokens follows the form)",
+                                  elem_id="poem-enforce")
+            with gr.Row(elem_id="poem-rules-row"):
+                rhyme = gr.Checkbox(value=False, label="Rhyme (平水韵)", elem_id="poem-rhyme",
+                                    info="the even lines end in one rhyme group")
+                tone = gr.Checkbox(value=False, label="Tone (平仄)", elem_id="poem-tone",
+                                   info="the 平仄 template, 一三五不论")
+                group = gr.Textbox("", label="Rhyme group (optional, e.g. 东)", max_lines=1, elem_id="poem-rhyme-group",
+                                   placeholder="empty: the first rhyme line sets it")
+            with gr.Accordion("Sampling", open=False):
+                sampling = sampling_controls(Sampling(temperature=0.7, max_new_tokens=default_max_new_tokens(
+                    "五言绝句", state.limits.max_new_tokens)), "poem", state.limits)
+            with gr.Row():
+                write = gr.Button("Write", variant="primary", elem_id="poem-button")
+                stop = gr.Button("Stop", variant="stop", elem_id="poem-stop")
+        with gr.Column(scale=3):
+            warning = gr.Markdown(elem_id="poem-warning")
+            out = gr.Textbox(label="Poem", lines=10, max_lines=30, interactive=False, elem_id="poem-output")
+            check = gr.Markdown("**Form check:** —", elem_id="poem-check")
+            rules = gr.Markdown(elem_id="poem-rules")
+            details = gr.JSON(label="Lines × characters", elem_id="poem-details")
+    by_lang = examples_by_lang(task_hints("poem").get("examples", []))
+    example_boxes = {}
+    for code, titles in by_lang.items():
+        with gr.Column(visible=code == "zh", elem_id=f"poem-examples-{code}") as box:
+            if titles:
+                gr.Examples([[x] for x in titles], inputs=[topic], label="Example titles")
+        example_boxes[code] = box
+    prompt, stats = transparency("poem")
+
+    def forms_fn(language):
+        c = language_changed(state, language)
+        return (gr.update(choices=c["forms"], value=c["form"]), gr.update(visible=c["enforce_visible"]),
+                gr.update(value=c["max_new_tokens"]),
+                *[gr.update(visible=c["examples_visible"][code]) for code in example_boxes])
+
+    def form_fn(form_):
+        return (gr.update(visible=has_fixed_form(form_)),
+                gr.update(value=default_max_new_tokens(form_, state.limits.max_new_tokens)))
+
+    def rules_shown(language, form_, enforce_):
+        """The Rhyme/Tone boxes and the group box: only for a Chinese 近体 form under the form constraint."""
+        return [gr.update(visible=has_rules(language, form_, enforce_))] * 3
+
+    def warn_fn(adapter, language):
+        return language_warning(state, adapter, language)
+
+    def write_fn(topic_, language, form_, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                 enforce_, rhyme_=False, tone_=False, group_="", request: gr.Request = None):
+        sampling_ = state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty)
+        for shown in write_updates(state, session(request), topic_, language, form_, adapter, sampling_, enforce_,
+                                   rhyme_, tone_, group_):
+            yield (*shown[:4], gr.skip() if shown[4] is None else shown[4], *shown[5:])
+
+    lang.change(forms_fn, lang, [form, enforce, sampling[2], *example_boxes.values()], queue=False,
+                api_visibility="private")
+    form.change(form_fn, form, [enforce, sampling[2]], queue=False, api_visibility="private")
+    gr.on([lang.change, form.change, enforce.change], rules_shown, [lang, form, enforce], [rhyme, tone, group],
+          queue=False, api_visibility="private")
+    gr.on([lang.change, ui["adapter_dd"].change], warn_fn, [ui["adapter_dd"], lang], warning, queue=False,
+          api_visibility="private")
+    notice = gr.Markdown(elem_id="poem-notice", elem_classes="notice")
+    ev = write.click(guard(paced(write_fn), 8), [topic, lang, form, ui["adapter_dd"], *sampling, enforce, rhyme, tone,
+                                                 group],
+                     [out, check, rules, details, prompt, stats, warning, notice], show_progress="minimal",
+                     api_visibility="private", **GENERATE)
+    stop.click(stopper(state), None, None, queue=False, api_visibility="private")
+
+    def api_poem(topic, language, form, adapter, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+                 enforce_form=True, rhyme=False, tone=False, rhyme_group="", request: gr.Request = None):
+        sampling_ = state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty)
+        for poem, report, rules_line, details_, rendered, info, _, _ in write_updates(
+                state, session(request), topic, language, form, adapter, sampling_, enforce_form, rhyme, tone,
+                rhyme_group):
+            if rules_line and isinstance(details_, dict):          # API clients get the rule line in the details
+                details_ = {**details_, "rules_line": rules_line}
+            yield poem, report, details_, gr.skip() if rendered is None else rendered, info
+
+    api = gr.Button(visible=False)
+    api.click(guard(api_poem), [topic, lang, form, ui["adapter_dd"], *sampling, enforce, rhyme, tone, group],
+              [out, check, details, prompt, stats], api_name="poem", **GENERATE)
+    ui.update(poem_hint=hint, poem_event=ev)

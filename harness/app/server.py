@@ -32,13 +32,29 @@ def app_engine(spec: str) -> str:
     """`python app.py --engine SPEC` checked: transformers, llama.cpp, or a server spec (normalised, e.g.
     openai:smol@http://127.0.0.1:8080/v1); anything else is a UserError in one sentence."""
     spec = str(spec or "").strip()
-    if spec in ("transformers", "llama.cpp"):
+    if spec in ("auto", "transformers", "llama.cpp"):
         return spec
     if is_server_spec(spec):
         from harness.engines import EngineConfig
         return EngineConfig(spec).spec          # a malformed spec: its one sentence, with an example
-    raise UserError(f"--engine {spec!r} is not an engine: use transformers, llama.cpp, openai:<model>@<url> "
+    raise UserError(f"--engine {spec!r} is not an engine: use auto, transformers, llama.cpp, openai:<model>@<url> "
                     "(vLLM, llama.cpp's server, any OpenAI-compatible /v1) or ollama:<model>")
+
+
+def choose_engine(engine: str) -> tuple[str, str]:
+    """(the chat engine to use, a one-line note or ""). auto: llama.cpp when harness.llamacpp.is_available() says
+    yes, else transformers, with the note saying why; llama.cpp asked for and not available: transformers, with
+    the note; transformers and server specs as given (a server is reached on first use)."""
+    if is_server_spec(engine) or engine == "transformers":
+        return engine, ""
+    try:
+        from harness import llamacpp
+        ok, why = llamacpp.is_available()
+    except ImportError:
+        ok, why = False, "the llama.cpp engine is not in this version of ftbench"
+    if ok:
+        return "llama.cpp", ""
+    return "transformers", f"Engine: transformers ({why})."
 
 
 def open_server(spec: str, timeout: float = 120.0):

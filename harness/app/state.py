@@ -24,7 +24,7 @@ from typing import Any
 
 from harness.app.server import close_server, is_server_spec, server_route, server_stream
 from harness.errors import UserError
-from harness.judge import DEFAULT_JUDGE
+from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
 from harness.models import (AdapterInfo, LoadedModel, base_note, base_status, default_base, list_adapters,
                             list_bases, load_model, resolve_base)
 from harness.paths import adapters_dir, check_name
@@ -32,7 +32,9 @@ from harness.paths import adapters_dir, check_name
 BASE = "base"                                  # the adapter value meaning "no adapter: the base model alone"
 LANGS = {"中文": "zh", "English": "en"}
 POEM_FORMS = {"zh": ("五言绝句", "七言绝句", "五言律诗", "七言律诗"), "en": ("sonnet", "free verse")}
-TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (it writes adapters/NAME/)"
+SPACE_MAX_NEW_TOKENS = 256                     # per answer on a shared Space (SYSTEM=spaces)
+SPACE_QUEUE = 16                               # requests waiting at most on a shared Space
+TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (the README shows how)"
 
 @dataclass(frozen=True)
 class Limits:
@@ -104,6 +106,7 @@ class AppState:
     adapters_folder: Path | None = None      # default: harness.paths.adapters_dir() ($FTBENCH_ADAPTERS)
     results_folder: Path | None = None       # default: harness.paths.results_dir() ($FTBENCH_RESULTS)
     judge: str = DEFAULT_JUDGE               # judge spec for the compare tab
+    offline_judge: str = DEFAULT_OFFLINE_JUDGE  # offered in Compare when the judge gives no scores (in process)
     extra_bases: tuple[str, ...] = ()        # local dirs / .gguf the operator allows besides the registry
     judge_host: str | None = None            # Ollama host (None: $OLLAMA_HOST or 127.0.0.1:11434)
     limits: Limits = field(default_factory=Limits)
@@ -127,11 +130,25 @@ class AppState:
     phase_started: float = 0.0
     _jobs: OrderedDict = field(default_factory=OrderedDict, repr=False)     # token -> (kind, session, started)
     sessions: OrderedDict = field(default_factory=OrderedDict, repr=False)  # session -> dict of per-tab data
+    spaces: bool = False                     # a shared public app (SYSTEM=spaces): capped work, no server paths
+    start_note: str = ""                     # one line for the header from the start (e.g. the engine chosen)
 
     def __post_init__(self):
+        from dataclasses import replace
         self.spec = resolve_base(self.model or default_base())     # an unknown name fails here, before loading
+        if self.spaces:
+            self.limits = replace(self.limits, max_new_tokens=min(self.limits.max_new_tokens, SPACE_MAX_NEW_TOKENS))
         self.adapters_folder = Path(self.adapters_folder) if self.adapters_folder else None
         self.results_folder = Path(self.results_folder) if self.results_folder else None
+
+    def sampling(self, temperature=None, top_p=None, max_new_tokens=None, seed=None, repetition_penalty=None,
+                 **defaults) -> Sampling:
+        """The sampling controls of a request (Sampling.from_ui), within this app's max new tokens."""
+        sampling = Sampling.from_ui(temperature, top_p, max_new_tokens, seed, repetition_penalty, **defaults)
+        if sampling.max_new_tokens > self.limits.max_new_tokens:
+            raise UserError(f"max new tokens must be at most {self.limits.max_new_tokens} in this app, "
+                            f"got {sampling.max_new_tokens}: lower it and send again")
+        return sampling
 
     def allowed_bases(self) -> list[str]:
         """What the UI and API may load: the registry's names and the model the app was started with."""
@@ -195,6 +212,7 @@ class AppState:
                 except Exception as again:  # noqa: BLE001 - reported in the message below
                     now = f"Reloading {old_name} failed too ({type(again).__name__}): restart the app."
                 raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
+            self.phase, self.phase_note = "ready", ""        # an earlier base's failure is no longer news
             return self.lm
 
     # ------------------------------------------------------------ the llama.cpp fast path (--engine llama.cpp)
@@ -255,9 +273,11 @@ class AppState:
         return list(cached[1])
 
     def adapters(self, kind: str | None = None) -> list[AdapterInfo]:
-        """Usable adapters of the current base (kind "causal" or "seq_cls" to filter)."""
+        """Usable adapters of the current base. kind: "causal" = the ones that write (chat, poems; a label-as-text
+        classifier is a causal LM but only ever writes a label, so it is not one), "classifier" = the ones that
+        classify (a head, or label-as-text), "seq_cls" = head classifiers only; None = all."""
         return [a for a in self.all_adapters()
-                if not a.problem and a.base == self.base_name and (kind is None or a.kind == kind)]
+                if not a.problem and a.base == self.base_name and _of_kind(a, kind)]
 
     def resolve_adapter(self, name: str | None, kind: str) -> str | None:
         """A requested adapter -> its name (None = base). Names are looked up, never used as paths."""
@@ -271,9 +291,8 @@ class AppState:
         usable = {a.name: a for a in self.adapters(kind)}
         if name in usable:
             return name
-        folder = self.adapters_folder or adapters_dir()
         other = {a.name: a for a in self.all_adapters()}.get(name)
-        what = "classifier" if kind == "seq_cls" else "chat/poem"
+        what = "classifier" if kind in ("seq_cls", "classifier") else "chat/poem"
         if other is None:
             hint = f"available {what} adapters: {', '.join(usable) or 'none'}"
         elif other.problem:
@@ -282,8 +301,7 @@ class AppState:
             hint = f"it was trained on base {other.base!r}: load that base first"
         else:
             hint = f"it is a {other.kind} ({other.task}) adapter, this needs a {what} adapter"
-        raise UserError(f"adapter {name!r} is not usable here ({hint}). Adapters live in {folder}; "
-                        f"{TRAIN_HINT}")
+        raise UserError(f"adapter {name!r} is not usable here ({hint}); {TRAIN_HINT}")
 
     # ------------------------------------------------------------ first start: prepare in the background
 
@@ -459,6 +477,15 @@ class AppState:
                 except Exception as e:  # noqa: BLE001 - that adapter falls back to transformers, with a notice
                     print(f"warm-up: llama.cpp adapter {a} skipped: {e}")
         return time.perf_counter() - t0
+
+
+def _of_kind(a: AdapterInfo, kind: str | None) -> bool:
+    method = getattr(a, "method", "")
+    if kind == "causal":
+        return a.kind == "causal" and method != "label_text"
+    if kind == "classifier":
+        return a.kind == "seq_cls" or method == "label_text"
+    return kind is None or a.kind == kind
 
 
 def _stamp(path: Path) -> tuple[int, int]:
