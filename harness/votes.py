@@ -29,8 +29,9 @@ kept, not counted, and cast_vote raises VoteKept, a UserError saying so); undone
 Labels files (CSV with a header, or JSONL) need the columns eval_set, item_id and winner (a, b, tie or
 both_bad), and either sha_a and sha_b or response_a and response_b. Optional: label_id (kept as the vote id,
 so a re-import replaces instead of duplicating), task, model_a, adapter_a, model_b, adapter_b, seed_a,
-seed_b, side_a (left | right), reason, prompt. Every problem is reported as file:line and nothing is imported
-until the whole file is valid.
+seed_b, side_a (left | right), reason, prompt, session (the hash `labels export` writes). Every problem is
+reported as file:line and nothing is imported until the whole file is valid. CSV cells that `labels export`
+escaped against spreadsheet formulas (harness.io.csv_escape) are read back unescaped.
 """
 from __future__ import annotations
 
@@ -336,8 +337,7 @@ def labels_export_cmd(output: str, store: str | None = None) -> int:
     """Write every stored vote (counted, for review and undone; see `status`) to a CSV or JSONL labels file.
 
     output: the .csv or .jsonl file to write (a spreadsheet can fill in `winner` and `reason`)
-    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
-        storage, the one there)
+    store: the store file (default: the votes store; on a Space with persistent storage, the one there)
     """
     out = Path(output)
     if out.suffix.lower() not in (".csv", ".jsonl"):
@@ -381,11 +381,9 @@ def labels_push_cmd(to: str, filename: str = "votes.jsonl", store: str | None = 
     """Push every stored vote to a Hugging Face dataset repo, or write it into a local folder, as one labels
     file (the columns of `labels export`; `labels import` reads it back). A Space owner collects votes this way.
 
-    to: a dataset repo id (owner/name; created if missing, with HF_TOKEN's write access) or a folder (an
-        existing folder, or a path such as ./votes or /tmp/votes; created if missing)
+    to: a Hub dataset repo (owner/name, made if missing; needs HF_TOKEN) or a folder (./votes, /tmp/votes)
     filename: the file's name in the repo or folder (.jsonl or .csv); a push replaces the previous file
-    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
-        storage, the one there)
+    store: the store file (default: the votes store; on a Space with persistent storage, the one there)
     private: a repo created by the push is private (the votes hold prompts and answers)
     """
     name = Path(filename)
@@ -419,12 +417,12 @@ def labels_push_cmd(to: str, filename: str = "votes.jsonl", store: str | None = 
 
 
 def labels_import_cmd(input: str, /, store: str | None = None) -> int:  # noqa: A002 - the CLI's positional name
-    """Import pairwise labels from a CSV or JSONL file (checked line by line first; all or nothing).
+    """Import pairwise labels from a CSV or JSONL file (checked line by line first; all or nothing). Columns:
+    eval_set, item_id, winner (a|b|tie|both_bad), sha_a/sha_b or response_a/response_b; optional label_id,
+    side_a, model_a, adapter_a, model_b, adapter_b, reason, prompt, session (a hash from `labels export`).
 
-    input: the labels file (.csv or .jsonl): eval_set, item_id, winner (a|b|tie|both_bad), sha_a/sha_b or
-        response_a/response_b; optional label_id, side_a, model_a, adapter_a, model_b, adapter_b, reason
-    store: the store file (default: the votes store, $FTBENCH_CACHE/store.sqlite; on a Space with persistent
-        storage, the one there)
+    input: the labels file (.csv or .jsonl): eval_set, item_id, winner, sha_a/sha_b or response_a/response_b
+    store: the store file (default: the votes store; on a Space with persistent storage, the one there)
     """
     with _store(store) as st:
         n = import_labels(st, input)
