@@ -32,6 +32,7 @@ from harness.errors import UserError
 from harness.paths import adapters_dir, cache_dir, check_name, sha256_file
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
+_HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PROMPT_STYLES = ("chat_template", "alpaca", "dialogpt", "poem_zh")
 ALPACA_HEADER = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.")
@@ -121,6 +122,8 @@ def resolve_base(name: str) -> BaseSpec:
         ctx = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1024     # GPT-2 says n_positions
         return BaseSpec(name=str(p.resolve()), source="local", location=str(p.resolve()),
                         prompt_style=style, context_length=min(int(ctx), 4096))
+    if not p.exists() and _HUB_ID.match(name):          # any hub id (an adapter's base): loaded like gpt2
+        return BaseSpec(name=name, source="hub", location=name)
     if p.exists():
         raise UserError(f"{name}: not a model: a local model is a directory with a config.json, a .gguf file, "
                         "or a LLMs-from-scratch .pth state dict")
@@ -408,6 +411,8 @@ def template_problem(template: str) -> str:
 def read_adapter(path: Path) -> AdapterInfo:
     name = path.name
     cfg_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if cfg_file.is_file() and not weights.is_file() and (path / "adapter_model.bin").is_file():
+        return AdapterInfo(name, path, "", "", "", problem=bin_conversion(path))
     if not cfg_file.is_file() or not weights.is_file():
         missing = [p.name for p in (cfg_file, weights) if not p.is_file()]
         return AdapterInfo(name, path, "", "", "", problem=f"missing {', '.join(missing)} in {path}")
@@ -419,6 +424,9 @@ def read_adapter(path: Path) -> AdapterInfo:
                 recipe = tomllib.load(f)
     except (ValueError, OSError) as e:   # JSON/TOML errors are ValueErrors
         return AdapterInfo(name, path, "", "", "", problem=f"unreadable adapter files in {path}: {e}")
+    problem = weights_problem(weights)
+    if problem:
+        return AdapterInfo(name, path, "", "", "", problem=f"{weights} {problem}: restore it, or retrain it")
     kind = "seq_cls" if cfg.get("task_type") == "SEQ_CLS" else "causal"
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
     task_name = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
@@ -437,6 +445,26 @@ def read_adapter(path: Path) -> AdapterInfo:
     return AdapterInfo(name, path, base, task.name, kind, labels, sha256_file(weights), template, max_length,
                        method=method, prompt=str(recipe.get("prompt") or task.prompt),
                        lang=str(recipe.get("lang") or ""))
+
+
+def bin_conversion(path: Path) -> str:
+    """One sentence: an adapter_model.bin (a pickle, never loaded here) and the one line converting it."""
+    src, dst = path / "adapter_model.bin", path / "adapter_model.safetensors"
+    return (f"{src} is a pickle, which is never loaded here; convert it once with: python -c \"import torch; "
+            f"from safetensors.torch import save_file; save_file(torch.load('{src}', weights_only=True), "
+            f"'{dst}')\"")
+
+
+def weights_problem(f: Path) -> str:
+    """Why a safetensors file cannot be read ("" if its header and every tensor's extent are whole)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                st.get_slice(k).get_shape()
+    except Exception as e:  # noqa: BLE001 - any unreadable header or data is a corrupt file
+        return f"is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    return ""
 
 
 def check_adapter_file(info: AdapterInfo) -> None:
@@ -461,7 +489,25 @@ def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:
             if p.is_dir() and (p / "adapter_config.json").exists()]
 
 
-def find_adapter(name: str, folder: Path | None = None) -> AdapterInfo:
+def is_adapter_path(name: str) -> bool:
+    """Whether an adapter reference is a path to a peft folder (any trainer's) rather than a name under adapters/."""
+    return ("/" in name or os.sep in name or name.startswith("~")) and (
+        Path(name).expanduser() / "adapter_config.json").is_file()
+
+
+def find_adapter(name: str, folder: Path | None = None, allow_path: bool = False) -> AdapterInfo:
+    """An adapter by name under adapters/ (or `folder`); with allow_path (the CLI, never the app), also a path to
+    a peft folder from any trainer (plain peft, LLaMA-Factory, Unsloth, axolotl: adapter_config.json +
+    adapter_model.safetensors)."""
+    if allow_path and is_adapter_path(name):
+        info = read_adapter(Path(name).expanduser().resolve())
+        if info.problem:
+            raise UserError(f"adapter {name}: {info.problem}")
+        return info
+    if allow_path and ("/" in name or os.sep in name):
+        p = Path(name).expanduser()
+        raise UserError(f"{name}: {'no adapter_config.json in that folder' if p.is_dir() else 'no such folder'}: an "
+                        "adapter path is a peft folder (adapter_config.json + adapter_model.safetensors)")
     check_name(name, "adapter name")
     found = {a.name: a for a in list_adapters(folder)}
     if name not in found:
@@ -486,6 +532,7 @@ class LoadedModel:
     active: str | None = None
     adapters_folder: Path | None = None
     lock: Any = field(default_factory=threading.Lock, repr=False)  # a plain Lock: a stream may end on another thread
+    aliases: dict[str, str] = field(default_factory=dict)   # an adapter path given on the CLI -> its name here
     head: Any = None                 # a converted LLMs-from-scratch classifier's own head (nn.Linear with bias)
     head_labels: tuple[str, ...] = ()
     head_max_length: int = 0         # the book's classify_review: ids truncated and right-padded to this
@@ -519,11 +566,18 @@ class LoadedModel:
         return {"alpaca": ("### Instruction", "### Input"), "poem_zh": ("[SEP]",)}.get(
             self.spec.prompt_style, ())
 
-    def attach(self, adapter: str) -> AdapterInfo:
-        """Load adapters/<adapter>/ onto this base (once). The base weights are never reloaded."""
+    def attach(self, adapter: str, allow_path: bool = False) -> AdapterInfo:
+        """Load adapters/<adapter>/ (or, with allow_path, a peft folder's path) onto this base (once). The base
+        weights are never reloaded. A path's adapter is then known by its folder name (and by the path)."""
+        adapter = self.aliases.get(adapter, adapter)
         if adapter in self.adapters:
             return self.adapters[adapter]
-        info = find_adapter(adapter, self.adapters_folder)
+        info = find_adapter(adapter, self.adapters_folder, allow_path)
+        if info.name in self.adapters and self.adapters[info.name].path != info.path:
+            info = replace(info, name=f"{info.name}-{info.sha256[:8]}")
+        if info.name in self.adapters:
+            self.aliases[adapter] = info.name
+            return self.adapters[info.name]
         check_adapter_file(info)
         if info.base != self.name:
             raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, but the loaded base is "
@@ -539,6 +593,8 @@ class LoadedModel:
             raise UserError(f"adapter {info.name!r} does not fit base {self.name!r}: "
                             f"{str(e).strip().splitlines()[0][:300]}") from None
         self.adapters[info.name] = info
+        if adapter != info.name:
+            self.aliases[adapter] = info.name
         return info
 
     def _peft_wrap(self, config, name: str) -> None:
@@ -590,8 +646,7 @@ class LoadedModel:
         if adapter in (None, "", "base"):
             self.active = None
             return
-        self.attach(adapter)
-        self.active = adapter
+        self.active = self.attach(adapter).name
 
     @contextmanager
     def using(self, adapter: str | None = ...):
@@ -605,7 +660,7 @@ class LoadedModel:
             else:
                 yield self.model
             return
-        self.attach(adapter)
+        adapter = self.attach(adapter).name
         self.model.set_adapter(adapter)
         yield self.model
 
@@ -687,21 +742,101 @@ class LoadedModel:
 
 def load_model(name: str | None = None, adapters: list[str] | None = None, *, device: str = "auto",
                dtype: str = "auto", adapters_folder: Path | None = None) -> LoadedModel:
-    """Load a base (registry name, local dir or .gguf; default: the embedded model) and attach adapters."""
-    spec = resolve_base(name or default_base())
+    """Load a base (registry name, hub id, local dir, .gguf or LLMs-from-scratch .pth; default: the embedded model,
+    or the base an adapter names) and attach adapters (names under adapters/ or paths to peft folders)."""
+    folder = Path(adapters_folder) if adapters_folder else None
+    infos = []
     for a in adapters or []:       # an unknown or broken adapter is reported before the base loads
-        info = find_adapter(a, Path(adapters_folder) if adapters_folder else None)
+        info = find_adapter(a, folder, allow_path=True)
         check_adapter_file(info)
+        infos.append(info)
+    from_adapter = name is None and bool(infos) and bool(infos[0].base)
+    try:
+        spec = resolve_base(infos[0].base if from_adapter else (name or default_base()))
+    except UserError:
+        if from_adapter:
+            raise base_not_found(infos[0]) from None
+        raise
+    for info in infos:
         if info.base != spec.name:
             raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, not {spec.name!r}: "
                             f"load its base with --model {info.base}")
-    model, tok, device = load_causal_lm(spec, device, dtype)
-    lm = LoadedModel(spec.name, spec, model, tok, device,
-                     adapters_folder=Path(adapters_folder) if adapters_folder else None)
+    try:
+        model, tok, device = load_causal_lm(spec, device, dtype)
+    except UserError:
+        if from_adapter:
+            raise base_not_found(infos[0]) from None
+        raise
+    lm = LoadedModel(spec.name, spec, model, tok, device, adapters_folder=folder)
     _load_own_head(lm)
     for a in adapters or []:
-        lm.attach(a)
+        lm.attach(a, allow_path=True)
     return lm
+
+
+def base_not_found(info: AdapterInfo) -> UserError:
+    """One sentence: an adapter's base cannot be found here, its id, and how to load it."""
+    base = info.base or "(none named in adapter_config.json)"
+    hub = "/" in base and not Path(base).is_absolute()
+    how = (f"get it with `hf download {base}` on a machine with internet (then it loads from the local Hugging Face "
+           f"cache), or pass its local folder with --model DIR" if hub else
+           "pass the base's local folder or registry name with --model")
+    return UserError(f"adapter {info.name!r} needs its base {base}, which cannot be loaded here, so {how}")
+
+
+def checkpoint_hash(model: str | None = None, adapter: str = "") -> str:
+    """What identifies a checkpoint's weights wherever they live (16 hex digits): sha256 over the base's weight
+    files (safetensors / GGUF: the embedded package's GGUF, a local or converted folder, the hub snapshot in the
+    local cache) and the adapter's adapter_model.safetensors. The same weights copied elsewhere or renamed give
+    the same hash; a hub base not downloaded yet is identified by its id. File hashes are remembered by
+    (path, size, mtime) in $FTBENCH_CACHE/hashes.json, so a second call reads no weights."""
+    spec = hub_fallback(resolve_base(model or default_base()))
+    files: list[Path] = []
+    if spec.source == "embedded":
+        gguf = embedded_gguf(spec)
+        files = [gguf] if gguf else []
+    elif spec.source == "gguf":
+        files = [Path(spec.location)]
+    elif spec.source == "local":
+        files = sorted(Path(spec.location).glob("*.safetensors"))
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+            snap = Path(snapshot_download(spec.location, local_files_only=True))
+            files = sorted(snap.glob("*.safetensors"))
+        except Exception:  # noqa: BLE001 - not downloaded: the id is all there is
+            files = []
+    h = hashlib.sha256()
+    if files:
+        for f in files:
+            h.update(f"{f.name if spec.source == 'local' else 'weights'}:{_file_sha(f)}\n".encode())
+    else:
+        h.update(f"{spec.source}:{spec.location or spec.name}\n".encode())
+    if adapter:
+        info = find_adapter(adapter, allow_path=True)
+        h.update(f"adapter:{info.sha256}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _file_sha(f: Path) -> str:
+    """sha256 of a file, remembered by (resolved path, size, mtime_ns) in the cache's hashes.json."""
+    from harness.io import atomic_write
+    f = Path(f).resolve()
+    st = f.stat()
+    key = f"{f}:{st.st_size}:{st.st_mtime_ns}"
+    memo_file = cache_dir() / "hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(f)
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(memo_file, json.dumps(memo, indent=0))
+        except (OSError, UserError):
+            pass                                  # a read-only cache only costs rehashing next time
+    return memo[key]
 
 
 def classifier_meta(folder: str | Path) -> dict:
