@@ -24,13 +24,12 @@ import os
 import random
 import re
 import time
-import tomllib
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.io import CJK_CLASS, atomic_write, atomic_writer, iter_jsonl, make_dirs
+from harness.io import CJK_CLASS, atomic_write, atomic_writer, iter_jsonl, make_dirs, read_toml
 from harness.paths import cache_dir, check_name, eval_sets_dir, sha256_file
 
 FORMAT_VERSION = 1  # bump when a split recipe's code changes: cached splits then ask to be re-prepared
@@ -120,12 +119,14 @@ def load_manifest(name: str) -> Manifest:
     """Read and validate eval_sets/<name>.toml."""
     path = _manifest_path(_known_dataset(name))
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = read_toml(path, "manifest")[0]
         files = tuple(FileSpec(**f) for f in raw.pop("files", []))
         raw["splits"] = tuple(raw.get("splits", ()))
         raw["split_params"] = raw.pop("split", {})
         return Manifest(files=files, **raw)
-    except (tomllib.TOMLDecodeError, TypeError, ValueError) as e:
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:
         raise UserError(f"{path}: invalid manifest: {e}") from e
 
 
@@ -571,7 +572,7 @@ def _own_sets() -> dict[str, dict]:
     from harness.tasks import all_tasks
     path = eval_sets_dir() / "own" / "sets.toml"
     out: dict[str, dict] = {}
-    sets = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    sets = read_toml(path, "eval set list")[0] if path.is_file() else {}
     for name, spec in sets.items():
         check_name(name, "eval set name")
         out[name] = {**spec, "path": path.parent / spec.get("file", f"{name}.jsonl"), "declared": path}

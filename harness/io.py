@@ -296,6 +296,27 @@ def iter_jsonl(path: str | Path, fix: str = "") -> Iterator[tuple[int, dict]]:
         yield lineno, item
 
 
+def read_toml(path: str | Path, what: str = "file") -> tuple[dict, str]:
+    """(table, text) of a UTF-8 TOML file; bad TOML raises UserError naming file:line. The text is returned so a
+    schema check can name the line of a key (toml_line)."""
+    import tomllib
+    p = Path(path)
+    text = read_text(p, what)
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        found = re.search(r"at line (\d+)", str(e))
+        line = int(found.group(1)) if found else text.count("\n") + 1        # "at end of document"
+        raise UserError(f"{p}:{line}: not valid TOML ({str(e).split(' (at ')[0]}); fix that line") from None
+
+
+def toml_line(text: str, key: str) -> int:
+    """The line of a TOML text where `key` is set (`key =` or a `[key]` / `[key.x]` table); 1 when absent."""
+    m = (re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.M)
+         or re.search(rf"^[ \t]*\[{re.escape(key)}[\].]", text, re.M))
+    return text.count("\n", 0, m.start()) + 1 if m else 1
+
+
 def read_csv(path: str | Path, what: str = "file") -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line, fields)]) of a UTF-8 CSV; line = the physical line a record starts on; blank lines skipped.
     No field size limit (a long message is fine). An unterminated quote and a record with more or fewer fields

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -276,14 +275,6 @@ REQUIRED = {"classify": ("kind", "labels", "prompt"),
             "generate": ("kind", "fields", "instruction_field")}
 
 
-def key_line(text: str, key: str) -> int:
-    """The line of a TOML file where `key` is set (1 when it is not found: a missing key)."""
-    import re
-    m = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.M) or re.search(rf"^[ \t]*\[{re.escape(key)}[\].]",
-                                                                               text, re.M)
-    return text.count("\n", 0, m.start()) + 1 if m else 1
-
-
 def load_task_file(path: Path) -> Task:
     st = path.stat()
     return _load_task_file(path, st.st_mtime_ns, st.st_size)
@@ -293,15 +284,9 @@ def load_task_file(path: Path) -> Task:
 def _load_task_file(path: Path, mtime_ns: int, size: int) -> Task:
     """A task file checked against the schema (REQUIRED, the Task fields and their types); every problem is
     one UserError naming file:line."""
-    from harness.io import read_text
-    text = read_text(path, "task file")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        import re
-        found = re.search(r"at line (\d+)", str(e))
-        line = int(found.group(1)) if found else 1
-        raise UserError(f"{path}:{line}: not valid TOML ({str(e).split(' (at line')[0]})") from None
+    from harness.io import read_toml
+    from harness.io import toml_line as key_line
+    raw, text = read_toml(path, "task file")
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise UserError(f"{path}:{key_line(text, unknown[0])}: unknown key(s) {unknown}; a task file may set "
