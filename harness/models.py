@@ -426,7 +426,8 @@ def read_adapter(path: Path) -> AdapterInfo:
         return AdapterInfo(name, path, "", "", "", problem=f"unreadable adapter files in {path}: {e}")
     problem = weights_problem(weights)
     if problem:
-        return AdapterInfo(name, path, "", "", "", problem=f"{weights} {problem}: restore it, or retrain it")
+        return AdapterInfo(name, path, "", "", "", problem=f"{weights} {problem}; restore it with `git checkout -- "
+                           f"{weights}` or retrain it with `python -m harness finetune {path / 'recipe.toml'}`")
     kind = "seq_cls" if cfg.get("task_type") == "SEQ_CLS" else "causal"
     base = _canonical_base(str(recipe.get("base") or cfg.get("base_model_name_or_path") or ""))
     task_name = recipe.get("task") or ("spam" if kind == "seq_cls" else "chat")
