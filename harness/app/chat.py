@@ -172,15 +172,18 @@ def regenerate(state: AppState, session: str, adapter: str | None = None, sampli
         raise UserError("nothing to regenerate yet: send a message first")
     system = optional_text(system, "system prompt", state.limits.system_chars)
     says = ""
+    asked = sampling.seed
     if sampling.temperature > 0:
-        old = int(msgs[i]["meta"].get("sampling", {}).get("seed", sampling.seed))
-        if sampling.seed == old:
-            sampling = replace(sampling, seed=(old + 1) % 2 ** 32)
+        meta = msgs[i]["meta"]
+        used = int(meta.get("sampling", {}).get("seed", sampling.seed))
+        if sampling.seed == meta.get("asked_seed", used):          # the Seed box is as it was: the next seed
+            sampling = replace(sampling, seed=(used + 1) % 2 ** 32)
         says = f"A new answer with seed {sampling.seed} (the label shows it; set that seed to get it again)."
     else:
         says = ("Greedy decoding (temperature 0) gives the same answer every time: raise the temperature for "
                 "a different one.")
     msgs[i] = _pending(state, session, adapter, sampling, system)
+    msgs[i]["meta"]["asked_seed"] = asked
     return says
 
 

@@ -368,6 +368,7 @@ def judge_pair(state: AppState, task_name: str, item: dict, responses: list[str]
     none = [None] * len(responses)
     offer = (f" Or score them with the offline judge ({state.offline_judge}, a small model on this CPU: a smoke "
              "test, not a verdict)." if spec != state.offline_judge else "")
+    by = f" from the offline judge {spec}" if spec == state.offline_judge and spec != state.judge else ""
     try:
         cfg = JudgeConfig(spec, host=state.judge_host, connect_timeout=1.0, retries=0,
                           timeout=state.judge_timeout, workers=1)
@@ -377,9 +378,9 @@ def judge_pair(state: AppState, task_name: str, item: dict, responses: list[str]
             scores = [x.score for x in judge_many(j, reqs, progress=False)]
     except UserError as e:
         from harness.app.widgets import ui_sentence
-        return none, f"No judge scores: {ui_sentence(str(e).split(' [')[0])} The offline figures above need no judge.{offer}"
+        return none, f"No judge scores{by}: {ui_sentence(str(e).split(' [')[0])} The offline figures above need no judge.{offer}"
     except Exception as e:  # noqa: BLE001 - a judge problem must never break the comparison itself
-        return none, f"No judge scores: the judge failed ({type(e).__name__}: {str(e)[:200]}).{offer}"
+        return none, f"No judge scores{by}: the judge failed ({type(e).__name__}: {str(e)[:200]}).{offer}"
     if any(s is None for s in scores):
         return scores, f"Judge {spec}: some answers held no score (shown as —)."
     return scores, f"Scores 0-100 by {spec} (temperature 0, fixed seed)."
@@ -604,7 +605,7 @@ def build(state: AppState, ui: dict) -> None:
     def judge_fn(offline: bool):
         def run(request: gr.Request):
             left_, right_, says = judge(state, session(request), offline)
-            return left_, right_, gr.update(visible=offers_offline_judge(state, says)), says
+            return left_, right_, gr.update(visible=not offline and offers_offline_judge(state, says)), says
         return run
 
     def vote_fn(choice):

@@ -16,11 +16,30 @@ from harness.errors import UserError
 def view(state: AppState, task: str | None, eval_set: str | None, search: str, metric: str | None) -> dict:
     """leaderboard_view() plus the Diff menus' first pair (two rows that share an eval set)."""
     v = LB.leaderboard_view(task, eval_set, search, metric, state.results_folder)
-    a, b = v.get("pair", (None, None))
+    a, b = sharing_pair(state, v)
     labels = v["labels"]
     v["diff_a"] = labels[a] if a is not None else None
     v["diff_b"] = labels[b] if b is not None else None
     return v
+
+
+def sharing_pair(state: AppState, v: dict) -> tuple[int | None, int | None]:
+    """The Diff menus' first pair: the first two rows on one eval set whose rows files share items (so the first
+    click on Diff shows something), else leaderboard_view's pair."""
+    rows, ids = v["rows"], {}
+
+    def items_of(i: int) -> set:
+        if i not in ids:
+            try:
+                ids[i] = {str(x["item_id"]) for x in LB.row_items(v["task"], rows[i], state.results_folder)}
+            except UserError:
+                ids[i] = set()
+        return ids[i]
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if rows[i].get("eval_set") == rows[j].get("eval_set") and items_of(i) and items_of(i) & items_of(j):
+                return i, j
+    return v.get("pair", (None, None))
 
 
 def items(state: AppState, task: str | None, eval_set: str | None, search: str, index: int
