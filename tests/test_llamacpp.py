@@ -1,5 +1,7 @@
-"""A real engine that nobody on the team wrote: llama-cpp-python's OpenAI-compatible server on 127.0.0.1, serving
-the embedded SmolLM2 GGUF with the smollm2-135m-alpaca adapter exported by harness/export.py.
+"""llama.cpp: the in-process engine (harness/llamacpp.py: engine choice, greedy decoding as llama.cpp's own,
+poem grammars, adapters switched on one base, batched decoding, Compare on two contexts), and a real engine that
+nobody on the team wrote: llama-cpp-python's OpenAI-compatible server on 127.0.0.1, serving the embedded SmolLM2
+GGUF with the smollm2-135m-alpaca adapter exported by harness/export.py.
 
     python -m pytest -q tests/test_llamacpp.py            # ~2 min on 2 cores; CI installs llama-cpp-python[server]
     FTBENCH_LLAMACPP_ITEMS=34 python -m pytest -q -s tests/test_llamacpp.py -k rouge   # the README's figures
@@ -24,17 +26,24 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import llama_cpp  # noqa: F401
-    import llama_cpp.server  # noqa: F401
-except ImportError:
-    pytest.skip('llama-cpp-python[server] is not installed: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '
-                '"llama-cpp-python[server]" (about 10 minutes to build; .ci/run does it)', allow_module_level=True)
-
+from harness.errors import UserError
 from harness.paths import PROJECT_ROOT
 from tiny import free_port
 
-pytestmark = pytest.mark.slow
+try:
+    import llama_cpp  # noqa: F401
+    HAVE_LLAMA = True
+except ImportError:
+    HAVE_LLAMA = False
+try:
+    import llama_cpp.server  # noqa: F401
+    HAVE_SERVER = True
+except ImportError:
+    HAVE_SERVER = False
+INSTALL = ('llama-cpp-python[server] is not installed: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '
+           '"llama-cpp-python[server]" (about 10 minutes to build; .ci/run does it)')
+needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason=INSTALL)
+server_test = [pytest.mark.slow, pytest.mark.skipif(not HAVE_SERVER, reason=INSTALL)]
 
 ADAPTER = "smollm2-135m-alpaca"
 MAX_NEW = 48
@@ -157,6 +166,8 @@ def _engine_run(spec: str, store_path: Path, run_dir: Path, limit: int = ITEMS, 
                    progress=False, run_dir=run_dir, engine_config=EngineConfig(**{"workers": 2, "timeout": 600, **kw}))
 
 
+@server_test[0]
+@server_test[1]
 def test_run_through_llama_cpp_writes_the_same_rows_and_columns(servers, in_process, env, tmp_path):
     import csv
     _, tuned = servers
@@ -183,6 +194,8 @@ def test_run_through_llama_cpp_writes_the_same_rows_and_columns(servers, in_proc
         assert r[header.index("rouge_l")] and r[header.index("gen_tokens_per_s")] and r[header.index("n")] == str(ITEMS)
 
 
+@server_test[0]
+@server_test[1]
 def test_the_exported_adapter_changes_the_answers_as_in_process(servers, in_process, env, tmp_path):
     from harness.metrics import rouge_l
     base, tuned = servers
@@ -200,6 +213,8 @@ def test_the_exported_adapter_changes_the_answers_as_in_process(servers, in_proc
     assert same_way > 0.6 and same_way > vs_base + 0.15, (same_way, vs_base)
 
 
+@server_test[0]
+@server_test[1]
 def test_a_server_killed_mid_run_loses_nothing(servers, in_process, env, tmp_path):
     """SIGKILL the server while `run` is generating: the run ends with one sentence, the answers given so far
     are stored, and a rerun against a restarted server (on another port) asks only for the rest."""
@@ -245,3 +260,133 @@ def test_a_server_killed_mid_run_loses_nothing(servers, in_process, env, tmp_pat
         assert st.count("generations") == n                 # nothing lost, nothing twice
     ref = _engine_run(tuned.spec, tmp_path / "ref.sqlite", tmp_path / "runs", limit=n).responses
     assert res.responses == ref                             # the resumed answers are the uninterrupted ones
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+def test_pick_engine_defaults_to_llama_cpp_when_installed(monkeypatch, tiny_llama_dir):
+    from harness import llamacpp
+    monkeypatch.setattr(llamacpp, "is_available", lambda: (True, "llama-cpp-python 0.3"))
+    assert llamacpp.pick_engine("") == ("llama.cpp", "")
+    assert llamacpp.pick_engine("auto") == ("llama.cpp", "")
+    assert llamacpp.pick_engine("llama.cpp") == ("llama.cpp", "")
+    assert llamacpp.pick_engine("transformers") == ("transformers", "")
+    assert llamacpp.pick_engine("", needs_head=True) == ("transformers", "")
+    name, notice = llamacpp.pick_engine("llama.cpp", needs_head=True)
+    assert name == "transformers" and "classification head" in notice
+    name, notice = llamacpp.pick_engine("", base=str(tiny_llama_dir))        # a base with no GGUF file
+    assert name == "transformers" and "no GGUF" in notice and notice.endswith("Using transformers.")
+    with pytest.raises(UserError, match="unknown engine 'vllm'"):
+        llamacpp.pick_engine("vllm")
+    monkeypatch.setattr(llamacpp, "is_available", lambda: (False, "the llama.cpp engine needs llama-cpp-python, "
+                                                                  "which is not installed: pip install x"))
+    name, notice = llamacpp.pick_engine("")
+    assert name == "transformers" and notice.endswith("using transformers") and "\n" not in notice
+
+
+@needs_llama
+def test_a_gguf_llama_cpp_cannot_open_names_the_transformers_fallback(tmp_path):
+    from harness.llamacpp import load_engine
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4000))
+    with pytest.raises(UserError, match="transformers") as e:
+        load_engine(str(bad), n_threads=1, n_ctx=256)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    if not HAVE_LLAMA:
+        pytest.skip(INSTALL)
+    from harness.llamacpp import load_engine
+    from harness.models import embedded_gguf, resolve_base
+    if embedded_gguf(resolve_base("smollm2-135m-instruct")) is None:
+        pytest.skip("the embedded GGUF is not installed")
+    cache = tmp_path_factory.mktemp("llama-cache")
+    saved = {k: os.environ.get(k) for k in ("FTBENCH_CACHE", "FTBENCH_ADAPTERS")}
+    os.environ.update(FTBENCH_CACHE=str(cache), FTBENCH_ADAPTERS=str(PROJECT_ROOT / "adapters"))
+    try:
+        eng = load_engine("smollm2-135m-instruct", n_threads=1, n_ctx=1024)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    yield eng, cache
+    eng.close()
+
+
+@pytest.fixture
+def real(engine, monkeypatch):
+    eng, cache = engine
+    monkeypatch.setenv("FTBENCH_CACHE", str(cache))
+    monkeypatch.setenv("FTBENCH_ADAPTERS", str(PROJECT_ROOT / "adapters"))
+    return eng
+
+
+HELLO = [{"role": "user", "content": "Name three colors."}]
+
+
+def test_greedy_decoding_is_llama_cpps_own(real):
+    ids = real.render(HELLO, 24)
+    with real.lock:
+        real._switch(None)
+        real.llm.reset()
+        own = []
+        for tok in real.llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            if tok == real.llm.token_eos() or len(own) >= 24:
+                break
+            own.append(tok)
+        real.llm.reset()
+    text = real.chat(HELLO, None, 24)
+    assert text == real.llm.detokenize(own).decode("utf-8", errors="replace") and text.strip()
+
+
+def test_a_poem_under_the_grammar_keeps_form_rhyme_and_tone(real):
+    from harness.llamacpp import poem_grammar
+    from harness.metrics import form_check
+    from harness.rules import explain_poem
+    msgs = [{"role": "user", "content": "写一首五言绝句，题目：春夜"}]
+    free = real.chat(msgs, None, 64)
+    poem = real.chat(msgs, None, 96, grammar=poem_grammar("五言绝句", rhyme=True, tone=True))
+    assert form_check(poem, "五言绝句", "zh")["ok"], poem
+    r = explain_poem(poem, "五言绝句", "zh")
+    assert (r["rhyme_ok"], r["tone_ok"]) == (True, True), (poem, r["rules_summary"])
+    assert poem.endswith("。") and poem.count("\n") == 3
+    assert not explain_poem(free, "五言绝句", "zh")["tone_ok"]          # the base alone does not keep the rules
+    sampled = real.chat(msgs, None, 96, temperature=0.9, seed=3, grammar=poem_grammar("七言绝句", rhyme_group="东"))
+    r = explain_poem(sampled, "七言绝句", "zh")
+    assert r["rhyme_ok"] and r["rhyme_group"] == "东", sampled
+
+
+def test_adapters_switch_on_one_base_and_unusable_ones_fall_back_with_a_notice(real):
+    base = real.chat(HELLO, None, 24)
+    model = real.llm.model
+    tuned = real.chat(HELLO, "smollm2-135m-alpaca", 24)
+    assert tuned != base and real.llm.model == model               # the base was not reloaded
+    assert real.chat(HELLO, "base", 24) == base                    # back to the base: the same answer
+    assert real.chat(HELLO, "smollm2-135m-alpaca", 24) == tuned
+    exports = list((real_cache(real) / "exports").rglob("*.gguf"))
+    assert [p.name for p in exports] == ["smollm2-135m-alpaca.gguf"]  # exported once, on first use
+    with pytest.raises(UserError, match="'smollm2-135m-spam' is a classification head.*transformers"):
+        real.add_adapter("smollm2-135m-spam")
+    with pytest.raises(UserError, match="trained on base 'gemma3-270m"):
+        real.add_adapter("gemma3-270m-alpaca")
+
+
+def real_cache(eng) -> Path:
+    return Path(os.environ["FTBENCH_CACHE"])
+
+
+def test_batched_decoding_gives_the_single_stream_answers(real):
+    convs = [[{"role": "user", "content": q}] for q in ("Name three colors.", "What is 2 + 2?", "Say hello.",
+                                                         "Name a fruit.", "What is the capital of France?")]
+    alone = [real.chat(c, "smollm2-135m-alpaca", 20) for c in convs]
+    seen = []
+    many = real.generate_many(convs, "smollm2-135m-alpaca", 20, parallel=3, progress=lambda d, n: seen.append(d))
+    assert [m["text"] for m in many] == alone
+    assert seen == [1, 2, 3, 4, 5] and all(0 < m["new_tokens"] <= 20 and m["prompt_tokens"] > 0 for m in many)
+
+
+def test_compare_runs_both_sides_on_one_base(real):
+    left, right = real.chat(HELLO, None, 24), real.chat(HELLO, "smollm2-135m-alpaca", 24)
+    *_, last = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 24)
+    assert last == (left, right)
