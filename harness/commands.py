@@ -117,8 +117,8 @@ class Progress:
     full disk while writing the output loses nothing), and the honest sentence to print when interrupted."""
 
     def __init__(self, output: str, keys: list[str]):
-        from harness.io import append_line
-        self.path, self.keys, self._append = partial_path(output), keys, append_line
+        from harness.io import append_lines
+        self.path, self.keys, self._append = partial_path(output), keys, append_lines
         saved = load_partial(self.path)
         self.results: dict[str, dict] = {k: saved[k] for k in keys if k in saved}
         self.resumed = len(self.results)
@@ -133,9 +133,15 @@ class Progress:
         return out
 
     def save(self, i: int, result: dict) -> None:
-        key = self.keys[i]
-        self.results[key] = result
-        self._append(self.path, json.dumps({"key": key, "result": result}, ensure_ascii=False))
+        self.save_many([(i, result)])
+
+    def save_many(self, done: list[tuple[int, dict]]) -> None:
+        """Record finished items (index, result) and append them to the progress file in one write."""
+        lines = []
+        for i, result in done:
+            self.results[self.keys[i]] = result
+            lines.append(json.dumps({"key": self.keys[i], "result": result}, ensure_ascii=False))
+        self._append(self.path, lines)
 
     def done_count(self) -> int:
         return sum(k in self.results for k in self.keys)
@@ -377,9 +383,8 @@ def classify(input: str, output: str, model: str = "", adapter: str = "", task: 
                   file=sys.stderr) as bar:
             for start in range(0, len(todo), step):
                 chunk = todo[start:start + step]
-                for i, p in zip(chunk, classify_texts(lm, [texts[i] for i in chunk], adapter or None, t,
-                                                      batch_size=batch_size)):
-                    prog.save(i, p)
+                prog.save_many(list(zip(chunk, classify_texts(lm, [texts[i] for i in chunk], adapter or None, t,
+                                                              batch_size=batch_size))))
                 bar.update(len(chunk))
     except KeyboardInterrupt:
         print(prog.interrupted(), file=sys.stderr)

@@ -1,12 +1,18 @@
-"""One I/O layer: atomic writes, UTF-8 and JSONL readers whose errors name file and line, shared constants.
+"""One I/O layer: the one atomic writer, one reader per format (text, JSONL, CSV, TOML) whose errors name file
+and line, shared constants.
 
-    from harness.io import atomic_write, read_text, iter_jsonl, write_jsonl, slug, CJK_CLASS, is_cjk
+    from harness.io import atomic_write, write_csv, read_table, read_toml, iter_jsonl, csv_escape
     atomic_write(path, text)          # unique temp file in the target's folder, flush + fsync, os.replace
+    write_csv(path, header, rows)     # every cell escaped against spreadsheet formulas (csv_escape)
+    for lineno, row in read_table("sms.csv", required=("text",)): ...      # file:line for every broken row
     for lineno, row in iter_jsonl(path, fix="rerun `python -m harness run ...`"): ...
 
 Every writer of the project goes through `atomic_write` (or `atomic_writer` for streamed writes): a reader
-never sees half a file, two concurrent writers never collide on a temp name, and a failed write leaves the old
-file in place and no stray temp file behind.
+never sees half a file, two concurrent writers never collide on a temp name, a failed write leaves the old file
+in place and no stray temp file behind (also on Ctrl-C and SIGTERM), and every OSError (full disk, read-only
+file system, missing parent, not a folder, quota, permission) is one UserError sentence naming the path and the
+cause. `check_writable_dir` creates and removes a probe file (os.access says yes to root on /proc or a read-only
+mount). Progress files that grow item by item use `append_lines`.
 """
 from __future__ import annotations
 
@@ -195,12 +201,13 @@ def make_dirs(folder: str | Path) -> Path:
     return Path(folder)
 
 
-def append_line(path: str | Path, line: str) -> None:
-    """Append one line to a file (a resumable progress file), flushed to disk; OSError -> one UserError sentence."""
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append lines to a file (a resumable progress file), flushed to disk once; OSError -> one UserError
+    sentence. A crash mid-append leaves at most one cut line at the end, which readers skip."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(line.rstrip("\n") + "\n")
+            f.write("".join(line.rstrip("\n") + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
