@@ -544,9 +544,23 @@ def plot_history(history: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _save_step(model, r: Recipe, out: Path, step: int) -> None:
+    """--keep-steps: the adapter at this step as out/steps/step-NNNNNN/ (peft files in float16 + recipe.toml), for
+    `python -m harness sweep`; written whole, then moved in place."""
+    final = out / "steps" / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, save_embedding_layers=False)
+    _to_float16(tmp / "adapter_model.safetensors")
+    (tmp / "recipe.toml").write_text(recipe_toml(r), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
 def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, max_steps: int | None = None,
-             threads: int | None = None) -> Path:
-    """Train the recipe's adapter into `out` (default adapters/<name>/); returns the folder."""
+             threads: int | None = None, keep_steps: bool = False) -> Path:
+    """Train the recipe's adapter into `out` (default adapters/<name>/); returns the folder. keep_steps: also keep
+    the adapter of every checkpoint (every save_every steps and each epoch end) under out/steps/."""
     import torch
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -637,6 +651,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
             if step % r.save_every == 0:
                 state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
                 _save_checkpoint(model, optimizer, scheduler, state, ckpt)
+                if keep_steps:
+                    _save_step(model, r, out, step)
         val = _evaluate(model, eval_batches, r, renderer, eval_items)
         row = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(run_n, 1), "val_loss": val["loss"]}
         if r.method == "head":
@@ -647,6 +663,8 @@ def finetune(r: Recipe, out: Path | None = None, data_dir: str | None = None, ma
         tqdm.write(json.dumps(row))
         state.update(step=step, seconds=seconds_before + time.perf_counter() - t0)
         _save_checkpoint(model, optimizer, scheduler, state, ckpt)
+        if keep_steps:
+            _save_step(model, r, out, step)
         if step >= total:
             break
     bar.close()
@@ -754,7 +772,7 @@ Hyperparameters (the full recipe is `recipe.toml` beside this card):
 
 
 def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = None, max_steps: int | None = None,
-                 threads: int | None = None) -> int:
+                 threads: int | None = None, keep_steps: bool = False) -> int:
     """Train a LoRA adapter from a recipe.
 
     recipe: a recipe name from harness/recipes/ (spam, chat, poem_zh, poem_en) or a .toml file
@@ -762,9 +780,11 @@ def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = 
     out: output folder (default adapters/<recipe name>/)
     max_steps: stop after this many optimiser steps (smoke runs)
     threads: torch CPU threads (default: torch's choice)
+    keep_steps: keep the adapter of every checkpoint under OUT/steps/step-N/ (for `python -m harness sweep OUT`)
     """
     r = load_recipe(recipe)
-    folder = finetune(r, Path(out) if out else None, data_dir=data_dir, max_steps=max_steps, threads=threads)
+    folder = finetune(r, Path(out) if out else None, data_dir=data_dir, max_steps=max_steps, threads=threads,
+                      keep_steps=keep_steps)
     rel = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
     print(f"adapter written to {rel}")
     return 0

@@ -32,6 +32,9 @@ LOOKED_FOR = ("adapter folders (adapter_config.json + adapter_model.safetensors,
               "and LLMs-from-scratch .pth state dicts")
 
 
+SKIP = {"checkpoint", "checkpoint.old", "staging", "sweep"}    # finetune's resume state and work folders
+
+
 def _step(name: str) -> int | None:
     nums = re.findall(r"\d+", name)
     return int(nums[-1]) if nums else None
@@ -44,6 +47,8 @@ def find_checkpoints(folder: str | Path) -> list[dict]:
     places = [folder] + ([folder / "steps"] if (folder / "steps").is_dir() else [])
     for place in places:
         for p in sorted(place.iterdir()):
+            if p.name in SKIP or p.name.endswith(".tmp"):
+                continue
             if p.is_dir() and (p / "adapter_config.json").is_file():
                 found.append({"name": p.name, "kind": "adapter", "path": p, "step": _step(p.name)})
             elif p.is_dir() and (p / "config.json").is_file() and list(p.glob("*.safetensors")):

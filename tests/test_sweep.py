@@ -103,3 +103,21 @@ def test_sweep_command_prints_the_table_and_sentence(tiny_llama_dir, tmp_path, c
     out = capsys.readouterr().out
     assert "step-1" in out and "step-2" in out and "The best checkpoint is" in out
     assert cli(["sweep", str(tmp_path / "nothing"), "--eval-set", "sms_own"]) == 2
+
+
+def test_finetune_keep_steps_then_sweep_its_folder(tiny_llama_dir, tmp_path):
+    from test_finetune import fake_data, tiny_recipe
+
+    from harness.finetune import finetune
+    fake_data()
+    r = tiny_recipe(tiny_llama_dir, "spam")
+    out = finetune(r, tmp_path / "adapters" / r.name, max_steps=3, keep_steps=True)
+    steps = sorted(p.name for p in (out / "steps").iterdir())
+    assert steps == ["step-000001", "step-000002", "step-000003"]
+    for s in steps:
+        assert {"adapter_config.json", "adapter_model.safetensors", "recipe.toml"} <= \
+            {f.name for f in (out / "steps" / s).iterdir()}
+    res = sweep(out, "sms_own", limit=8, progress=False, n_boot=100)
+    rows = res["checkpoints"]
+    assert [r_["step"] for r_ in rows] == [1, 2, 3, 3] and rows[-1]["checkpoint"].endswith("(final)")
+    assert rows[2]["hash"] == rows[3]["hash"]          # the last step is the final adapter, byte for byte
