@@ -26,15 +26,16 @@ def test_base_zero_shot_scores_whole_label_words_on_the_task_prompt(lm):
         assert set(g) == {"ham", "spam"} and sum(g.values()) == pytest.approx(1)
 
 
-def test_the_apps_entry_points_give_the_same_numbers(lm):
-    """The app called harness.generation.classify / zero_shot_spam (first-token probabilities on its own
-    prompt); whatever name it calls, the numbers are the leaderboard's."""
-    from harness import generation
+def test_the_apps_zero_shot_gives_the_leaderboards_numbers(lm):
+    """The app's Spam tab used generation.zero_shot_spam (first-token probabilities on its own prompt); now its
+    base zero-shot is the leaderboard's computation."""
+    from harness.app.classify import classify_texts
+    from harness.app.state import AppState
     from harness.classify import classify
-    one = classify(lm, TEXTS, None)
-    for other in (generation.classify(lm, TEXTS, None), generation.zero_shot_spam(lm, TEXTS)):
-        for a, b in zip(one, other):
-            assert a == pytest.approx(b, abs=1e-6)
+    app, name = classify_texts(AppState(lm=lm), TEXTS, "base")
+    assert name is None
+    for a, b in zip(classify(lm, TEXTS, None), app):
+        assert a == pytest.approx(b, abs=1e-6)
 
 
 def test_the_leaderboards_call_and_the_clis_agree(lm):
@@ -51,3 +52,4 @@ def test_dead_code_is_gone():
     assert not hasattr(Task, "classify_prompt") and not hasattr(Task, "main_column")
     import harness.generation
     assert not hasattr(harness.generation, "SPAM_PROMPT")
+    assert not hasattr(harness.generation, "_first_token") and not hasattr(harness.generation, "_backbone")
