@@ -214,9 +214,9 @@ def bar_plot(df, metric: str):
 
     rows = df[df[metric].notna()].head(20).reset_index(drop=True)
     labels = row_labels(rows.to_dict("records"))
-    wrapped = [textwrap.fill(x, 64) for x in labels]
-    heights = [0.55 + 0.2 * w.count("\n") for w in wrapped]
-    fig = Figure(figsize=(6.4, 1.3 + sum(heights)), layout="constrained")
+    wrapped = [textwrap.fill(x, 50) for x in labels]
+    heights = [0.6 + 0.22 * w.count("\n") for w in wrapped]
+    fig = Figure(figsize=(4.8, 1.3 + sum(heights)), layout="constrained")
     ax = fig.add_subplot()
     values = rows[metric].astype(float).tolist()
     found = intervals(rows, metric)
@@ -228,17 +228,17 @@ def bar_plot(df, metric: str):
     ys, y = [], 0.0                                           # the first row on top; a wrapped label gets room
     for w in wrapped[::-1]:
         ys.append(y)
-        y += 1.0 + 0.4 * w.count("\n")
+        y += 1.0 + 0.45 * w.count("\n")
     ys = ys[::-1]
     ax.barh(ys, values, xerr=xerr, height=0.4, capsize=3, color="#4C78A8", ecolor="#333333")
     top = max([v for v in values if v == v] + [1e-9])
     for y, text, v in zip(ys, wrapped, values):
-        ax.text(0, y + 0.25, f"{text}  ({v:.3g})", fontsize=9, va="bottom", ha="left")
+        ax.text(0, y + 0.25, f"{text}  ({v:.3g})", fontsize=10, va="bottom", ha="left")
     ax.set_yticks([])
     ax.set_ylim(-0.4, y + 0.9 if not ys else ys[0] + 0.75 + 0.4 * wrapped[0].count("\n"))
     ax.set_xlim(0, top * 1.05 if not xerr else max(top, max(v + e for v, e in zip(values, xerr[1]))) * 1.05)
     ax.set_xlabel(metric, fontsize=10)
-    ax.set_title(textwrap.fill(f"{metric}; error bars: {what}" if xerr else f"{metric} ({what})", 70), fontsize=9,
+    ax.set_title(textwrap.fill(f"{metric}; error bars: {what}" if xerr else f"{metric} ({what})", 56), fontsize=10,
                  loc="left")
     ax.grid(axis="x", alpha=0.3)
     return fig

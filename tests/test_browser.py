@@ -883,3 +883,42 @@ def test_12_a_phone_width_page_has_a_small_header_and_every_tab(url, tmp_path_fa
         assert wide <= 390, f"the page scrolls sideways ({wide} px wide on a 390 px screen)"
     finally:
         d.quit()
+
+
+def test_9_at_390_px_pickers_poem_rules_and_the_plot_fit_and_the_page_opens_at_the_header(url, tmp_path_factory):
+    """Issue 23 item 9: at 390 px the model names in the pickers are not cut, the poem's Rhyme/Tone row and the
+    page never scroll sideways, the leaderboard plot is drawn at a readable scale, and the page opens at its
+    header (no autofocus scrolling past it). Screenshots of every tab at 390 px (<prefix>-phone-<tab>.png)."""
+    d = make_driver(url, tmp_path_factory.mktemp("phone-profile-9"), width=390, height=844, phone=True)
+    try:
+        wait(d, lambda: "Model:" in css(d, "#model-status").text and "⏳" not in css(d, "#model-status").text, 120)
+        time.sleep(1.0)
+        assert d.execute_script("return window.scrollY") == 0, "the page opens at its header"
+        for picker, name in (("#base-picker input", "smollm2-135m-instruct"),      # the real names' labels
+                             ("#adapter-picker input", "smollm2-135m-alpaca (chat)")):
+            cut = d.execute_script("const e = document.querySelector(arguments[0]); e.value = arguments[1];"
+                                   "return [e.scrollWidth, e.clientWidth, e.value];", picker, name)
+            assert cut[0] <= cut[1] + 1, f"{picker} shows {cut[2]!r} cut ({cut[0]} px in {cut[1]} px)"
+        screenshot(d, "phone-chat")
+        tabs = {b.text: b for b in csss(d, "button[role='tab']") if b.is_displayed()}
+        tabs["Poem"].click()
+        wait(d, lambda: css(d, "#poem-rhyme").is_displayed(), 10)
+        row = d.execute_script("const e = document.querySelector('#poem-rules-row');"
+                               "return [e.scrollWidth, e.clientWidth];")
+        assert row[0] <= row[1] + 1, f"the Rhyme/Tone row scrolls sideways ({row[0]} px in {row[1]} px)"
+        wide = d.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= 390, f"the page scrolls sideways ({wide} px wide)"
+        screenshot(d, "phone-poem")
+        for tab in ("Spam", "Compare"):
+            tabs[tab].click()
+            time.sleep(1.0)
+            screenshot(d, f"phone-{tab.lower()}")
+        tabs["Leaderboard"].click()
+        wait(d, lambda: csss(d, "#leaderboard-plot img"), 30)
+        img = css(d, "#leaderboard-plot img")
+        shown, natural = d.execute_script("return [arguments[0].clientWidth, arguments[0].naturalWidth]", img)
+        assert shown <= 390 and shown / natural >= 0.6, f"the plot is drawn at {shown}/{natural} of its size"
+        d.execute_script("arguments[0].scrollIntoView()", img)
+        screenshot(d, "phone-leaderboard")
+    finally:
+        d.quit()

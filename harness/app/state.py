@@ -715,7 +715,8 @@ def base_choices(state: AppState) -> list[tuple[str, str]]:
     for s in list_bases():
         status = base_status(s)
         note = base_note(s, status) if status == "missing" else ""
-        out.append((f"{s.name} ({shown.get(status, status)}{': ' + note if note else ''})", s.name))
+        said = shown.get(status, status)
+        out.append((s.name if status == "cached" else f"{s.name} ({said}{': ' + note if note else ''})", s.name))
     if state.base_name not in [v for _, v in out]:
         out.append((f"{Path(state.base_name).name} (local)", state.base_name))
     return out

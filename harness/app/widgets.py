@@ -25,10 +25,14 @@ CSS = """
 @media (max-width: 600px) {
   #app-title h1 {font-size: 1.15em; margin: 0;}
   #app-intro {display: none;}
-  /* the two pickers one above the other at full width, so a model name is never cut */
-  #pickers {flex-direction: column !important; gap: 4px !important;}
-  #pickers > div {min-width: 0 !important; width: 100% !important;}
-  #pickers .block {padding: 4px !important;}
+  /* the two pickers side by side, small: the header stays under ~300 px of an 844 px phone screen, and the
+     model name fits its box (small type, no padding wasted) */
+  #pickers {flex-wrap: nowrap !important; gap: 6px !important;}
+  #pickers > div {min-width: 0 !important; flex: 1 1 0 !important;}
+  #pickers .block {padding: 2px !important;}
+  #pickers input {font-size: 0.68em !important; padding-left: 0 !important; padding-right: 0 !important;}
+  #pickers .wrap-inner, #pickers .secondary-wrap {padding-left: 2px !important; padding-right: 2px !important;}
+  #pickers .icon-wrap {display: none !important;}     /* the arrow: the whole box opens the list anyway */
   #pickers button {padding: 2px 4px; min-height: 0; font-size: 0.75em;}
   #pickers [data-testid="block-info"] {font-size: 0.8em;}
   #model-status {font-size: 0.85em;}
