@@ -274,3 +274,70 @@ def test_the_books_checkpoint_dict_is_read(tmp_path):
     sd = book_model(50).state_dict()
     torch.save({"model_state_dict": sd, "optimizer_state_dict": {}}, tmp_path / "model_and_optimizer.pth")
     assert set(read_state_dict(tmp_path / "model_and_optimizer.pth")) == set(sd)
+
+
+# ---------------------------------------------------------------- course presets (README), with tiny models
+
+def _classify_uses_own_head() -> bool:
+    import inspect
+
+    import harness.classify
+    return "head_probs(texts" in inspect.getsource(harness.classify.classify)
+
+
+@pytest.mark.skipif(not _classify_uses_own_head(), reason="needs classify() to use a converted model's own head "
+                    "(requested from H4 in /work/team/requests/H4.md)")
+def test_course_preset_ch06_classifier_prints_accuracy(tmp_path, tok_dir, capsys):
+    """ch06: review_classifier.pth converted, then `classify --model DIR` on SMS rows with labels: the accuracy
+    printed is the book's classify_review accuracy on the same rows."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ref = book_model(len(tok), seed=7)
+    ref.out_head = nn.Linear(32, 2)
+    torch.save(ref.state_dict(), tmp_path / "review_classifier.pth")
+    assert cli(["convert", str(tmp_path / "review_classifier.pth"), "--output", str(tmp_path / "spam"),
+                "--tokenizer", str(tok_dir), "--heads", "4", "--max-length", "20"]) == 0
+    rows = [("Free entry! Win a prize now, claim your reward at the link.", "spam"),
+            ("Hi mum, this is my new number.", "ham"), ("Your parcel is waiting, pay the fee.", "spam"),
+            ("Are we still meeting for lunch tomorrow? See you at noon.", "ham")] * 2
+    (tmp_path / "sms.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    capsys.readouterr()
+    assert cli(["classify", "--model", str(tmp_path / "spam"), "--input", str(tmp_path / "sms.jsonl"),
+                "--output", str(tmp_path / "out.csv"), "--task", "spam"]) == 0
+    book = [("spam" if int(classify_review(t, ref, tok, 20, tok.eos_token_id).argmax()) == 1 else "ham") == y
+            for t, y in rows]
+    assert f"accuracy against the input's `label` column (kept as label_given): {sum(book) / len(rows):.3f}" \
+        in capsys.readouterr().out
+
+
+def book_format_input(entry):
+    """ch07's format_input, as in the book."""
+    instruction_text = (f"Below is an instruction that describes a task. "
+                        f"Write a response that appropriately completes the request."
+                        f"\n\n### Instruction:\n{entry['instruction']}")
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text
+
+
+def test_course_preset_ch07_judge_sends_the_books_prompt(tmp_path, monkeypatch, capsys):
+    """ch07: instruction-data-with-response.json (a JSON array with model_response) goes straight into
+    `judge --responses`, each answer scored 0-100 with exactly the book's prompt."""
+    from harness.testing.fake_ollama import FakeOllama
+    entries = [{"instruction": "Rewrite the sentence using a simile.", "input": "The car is very fast.",
+                "output": "The car is as fast as lightning.", "model_response": "The car is as fast as a bullet."},
+               {"instruction": "Name the author of 'Pride and Prejudice'.", "input": "",
+                "output": "Jane Austen.", "model_response": "The author is Jane Austen."}]
+    path = tmp_path / "instruction-data-with-response.json"
+    path.write_text(json.dumps(entries, indent=4))
+    with FakeOllama(answers=["85", "92"]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        assert cli(["judge", "--responses", str(path), "--output", str(tmp_path / "scored.jsonl"),
+                    "--judge-workers", "1"]) == 0
+        sent = [b["messages"][-1]["content"] for b in fake.chat_bodies()]
+    book = [(f"Given the input `{book_format_input(e)}` "
+             f"and correct output `{e['output']}`, "
+             f"score the model response `{e['model_response']}`"
+             f" on a scale from 0 to 100, where 100 is the best score. "
+             f"Respond with the integer number only.") for e in entries]
+    assert sorted(sent) == sorted(book)
+    assert "Average score: 88.50" in capsys.readouterr().out
