@@ -11,7 +11,8 @@ Three ways to answer, one output (per-label probabilities that sum to 1):
 - label as text (a causal-LM LoRA trained to write the label word, as PEFT's BLOOMZ twitter_complaints example):
   the label whose tokens (and the closing EOS) get the highest likelihood after the prompt, so it can never
   answer outside the label set; the probabilities are the softmax of the labels' total log-likelihoods;
-- zero-shot (no adapter): the base model scored the same way on the task's prompt.
+- zero-shot (no adapter): the base model scored the same way on the task's prompt (a converted LLMs-from-scratch
+  classifier, which has its own head, answers with that head: LoadedModel.head_probs).
 """
 from __future__ import annotations
 
@@ -107,10 +108,10 @@ def head_probs(lm, texts: list[str], adapter: str, batch_size: int = 16) -> list
 
     from harness.generation import classifier_ids, right_pad
     with lm.lock:
-        info = lm.attach(adapter)
-    head, tok = lm.heads[adapter], lm.tokenizer
+        info = lm.attach(adapter)           # an adapter given as a path is attached under its folder name
+    head, tok = lm.heads[info.name], lm.tokenizer
     out: list[dict[str, float]] = []
-    with lm.lock, torch.inference_mode(), lm.using(adapter) as model:
+    with lm.lock, torch.inference_mode(), lm.using(info.name) as model:
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         body = getattr(causal, causal.base_model_prefix)
         for i in range(0, len(texts), batch_size):
@@ -141,6 +142,8 @@ def classify(lm, texts: list[str], adapter: str | None = None, task=None,
     word (and EOS) after the task's own prompt; a label-as-text adapter: the same scoring on its recipe's prompt;
     a head adapter: its head. task: a harness.tasks.Task (default: the adapter's task, or the only classify task)."""
     if adapter in (None, "", "base"):
+        if getattr(lm, "head", None) is not None:     # a converted LLMs-from-scratch classifier: its own head
+            return lm.head_probs(texts, batch_size) if texts else []
         task = task or default_task()
         return score_labels(lm, texts, list(task.labels), task.prompt, None, DEFAULT_MAX_LENGTH, batch_size) \
             if texts else []

@@ -403,7 +403,9 @@ def classify(input: str, output: str, model: str = "", adapter: str = "", task: 
         out_rows.append(cells + ([str(pred == str(r.get("label", "")).strip())] if given else []))
     prog.finish(lambda: write_csv(output, header, out_rows))
     counts = ", ".join(f"{lab}: {preds.count(lab)}" for lab in labels)
-    how = f"adapter {adapter} ({info.method})" if info else f"{lm.name} zero-shot"
+    how = (f"adapter {adapter} ({info.method})" if info else
+           f"{lm.name}'s own head (a converted LLMs-from-scratch classifier)" if getattr(lm, "head", None) is not None
+           else f"{lm.name} zero-shot")
     print(f"{len(rows)} messages -> {output} ({counts}; task {t.name}, {how})")
     if given:
         acc = sum(p == str(r.get("label", "")).strip() for p, r in zip(preds, rows)) / len(rows)
