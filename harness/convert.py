@@ -267,9 +267,12 @@ def convert(path: str | Path, output: str | Path, tokenizer: str = GPT2_TOKENIZE
 
 
 def converted_pth(path: str | Path, tokenizer: str = GPT2_TOKENIZER) -> Path:
-    """`--model FILE.pth`: converted once into the model cache, keyed by the file's sha256."""
+    """`--model FILE.pth`: converted once into the model cache, keyed by the file's sha256. The tokenizer is
+    GPT-2's, or a `tokenizer/` folder next to the file (for a model trained with another one)."""
     from harness.paths import cache_dir, sha256_file
     path = Path(path).expanduser().resolve()
+    if (path.parent / "tokenizer").is_dir():
+        tokenizer = str(path.parent / "tokenizer")
     sha = sha256_file(path)
     out = cache_dir() / "models" / f"pth-{path.stem}-{sha[:16]}"
     if not (out / "config.json").is_file():

@@ -121,3 +121,25 @@ def test_finetune_keep_steps_then_sweep_its_folder(tiny_llama_dir, tmp_path):
     rows = res["checkpoints"]
     assert [r_["step"] for r_ in rows] == [1, 2, 3, 3] and rows[-1]["checkpoint"].endswith("(final)")
     assert rows[2]["hash"] == rows[3]["hash"]          # the last step is the final adapter, byte for byte
+
+
+def test_sweep_of_book_pth_files_converts_each_once(tmp_path):
+    """A folder of LLMs-from-scratch classifier .pth files (a tokenizer/ folder beside them): each converted once
+    into the cache, classified with its own head."""
+    import inspect
+
+    import harness.classify
+    from test_convert import book_model
+    from tiny import build_tokenizer
+    if "head_probs(texts" not in inspect.getsource(harness.classify.classify):
+        pytest.skip("needs classify() to use a converted model's own head (requested from H4)")
+    folder = tmp_path / "book"
+    tok = build_tokenizer(chat=False)
+    tok.save_pretrained(folder / "tokenizer")
+    for epoch, seed in ((1, 1), (2, 2)):
+        m = book_model(len(tok), emb=64, heads=1, layers=1, context=32, seed=seed)
+        m.out_head = torch.nn.Linear(64, 2)
+        torch.save(m.state_dict(), folder / f"review_classifier_epoch{epoch}.pth")
+    res = sweep(folder, "sms_own", limit=6, progress=False, n_boot=100)
+    assert [r["step"] for r in res["checkpoints"]] == [1, 2] and res["metric"] == "accuracy"
+    assert len({r["hash"] for r in res["checkpoints"]}) == 2
