@@ -34,7 +34,7 @@ def _pair(lm, engine, items: list[dict], adapter: str | None, max_new_tokens: in
 
 
 def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int = 128, poems: int = 0,
-                      poem_adapter: str = "smollm2-135m-poem-zh", limit: int = 0) -> int:
+                      poem_adapter: str = "smollm2-135m-poem-zh", limit: int = 0, threads: int = 1) -> int:
     """Greedy outputs of llama.cpp and transformers compared (instructions_own), and poem rule rates under the
     grammar vs the logits processor (poems_zh:test_jueju).
 
@@ -43,6 +43,7 @@ def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int 
     poems: poems of poems_zh:test_jueju to compare (0: skip)
     poem_adapter: the poem adapter
     limit: items of instructions_own (0: all)
+    threads: llama.cpp threads (torch follows OMP_NUM_THREADS)
     """
     from harness.data import load_eval_set
     from harness.llamacpp import load_engine, poem_grammar
@@ -54,7 +55,7 @@ def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int 
     items = items[:limit] if limit else items
     base = find_adapter(adapter).base
     lm = load_model(base, adapters=[adapter])
-    engine = load_engine(base, adapters=[adapter])
+    engine = load_engine(base, adapters=[adapter], n_threads=threads)
     print(f"instructions_own ({len(items)} items), greedy, up to {max_new_tokens} new tokens, base {base}:")
     for who in (None, adapter):
         tf, lc, t_tf, t_lc = _pair(lm, engine, items, who, max_new_tokens, {})
@@ -65,7 +66,7 @@ def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int 
     if poems:
         info = find_adapter(poem_adapter)
         plm = load_model(info.base, adapters=[poem_adapter])
-        peng = engine if info.base == base else load_engine(info.base, adapters=[poem_adapter])
+        peng = engine if info.base == base else load_engine(info.base, adapters=[poem_adapter], n_threads=threads)
         jueju = load_eval_set("poems_zh:test_jueju").items[:poems]
         print(f"poems_zh:test_jueju ({len(jueju)} poems), {poem_adapter}, greedy, form + rhyme:")
         for form in sorted({it["form"] for it in jueju}):
