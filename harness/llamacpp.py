@@ -191,7 +191,7 @@ class Sampler:
             ids = np.unique(np.asarray(self.recent[-PENALTY_LAST_N:]))
             v = logits[ids]
             logits[ids] = np.where(v > 0, v / self.repeat_penalty, v * self.repeat_penalty)
-        if ignore_eos:
+        if ignore_eos and self.grammar is None:       # a grammar ends the text itself
             logits = logits.copy()
             logits[list(eog)] = -np.inf
         if self.temperature > 0:
