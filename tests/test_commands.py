@@ -292,3 +292,41 @@ def test_the_real_embedded_model_generates(monkeypatch):
                          GenerationConfig(max_new_tokens=16))
     assert "Paris" in out[0].text
     assert base_status(spec) == "cached"
+
+
+def test_generate_through_a_server_answering_html_writes_no_empty_answers(tmp_path, capsys, no_model_load):
+    """Issue 24: a 200 with a proxy's HTML page was written to the output as an empty answer (exit 0). Now the
+    good answers are kept in the progress file, the output is not written, exit 2 names how to resume; a rerun
+    against a healthy server sends only the failed prompts."""
+    from harness.testing import HTML_PAGE
+    from harness.testing.fake_openai import FakeOpenAI, echo_answer
+
+    def sick(body):
+        return {"raw": HTML_PAGE} if "bad" in body["messages"][-1]["content"] else echo_answer(body)
+
+    src = tmp_path / "p.txt"
+    src.write_text("good one\nbad two\ngood three\nbad four\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    partial = tmp_path / "o.jsonl.partial"
+    fake = FakeOpenAI(models=["smol"], default=sick).start()
+    spec = fake.spec("smol")
+    try:
+        assert run("generate", "--model", spec, "--input", str(src), "--output", str(out),
+                   "--max-new-tokens", "4") == 2
+    finally:
+        fake.stop()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not out.exists()
+    assert f"2 finished item(s) are kept in {partial}" in err and "rerun the same command" in err
+    assert partial.read_text(encoding="utf-8").count("\n") == 2
+    healthy = FakeOpenAI(models=["smol"]).start(int(spec.rsplit(":", 1)[1].split("/")[0]))   # the same address
+    try:
+        assert run("generate", "--model", spec, "--input", str(src), "--output", str(out),
+                   "--max-new-tokens", "4") == 0
+        sent = sorted(b["messages"][-1]["content"] for b in healthy.chat_bodies())
+    finally:
+        healthy.stop()
+    assert sent == ["bad four", "bad two"]                  # only what was missing
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["response"] for r in rows] == ["one good", "two bad", "three good", "four bad"]
+    assert not partial.exists()
