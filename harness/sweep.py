@@ -145,11 +145,15 @@ def sweep(folder: str | Path, eval_set: str, judge: str | None = None, model: st
     store = Store()
     lms: dict = {}
     rows = []
+    skipped = []
     try:
         for ck in cks:
             if ck["kind"] == "adapter":
                 with _adapters_in(ck["path"].parent):
                     info = find_adapter(ck["path"].name)
+                    if info.task != task.name:          # a folder of adapters of several tasks: this task's only
+                        skipped.append(f"{ck['name']} ({info.task})")
+                        continue
                     base = model or info.base
                     h = checkpoint_hash(base, ck["path"].name)
             else:
@@ -168,12 +172,16 @@ def sweep(folder: str | Path, eval_set: str, judge: str | None = None, model: st
     finally:
         store.close()
         lms.clear()
+    if not rows:
+        raise UserError(f"no {task.name} checkpoints in {folder} for {es.name}: the adapters there are for other "
+                        f"tasks ({', '.join(skipped)}); pick an eval set of their task")
     metric = rows[0]["metric"]
     best = max(rows, key=lambda r: (r["mean"], -rows.index(r)))     # ties: the earliest
     last = rows[-1]
     sentence = _sentence(best, last, metric, task, n_boot, paired_bootstrap)
     paths = _write(out_dir, es.name, rows, metric, sentence, folder)
-    return {"metric": metric, "checkpoints": rows, "sentence": sentence, "paths": paths, "best": best["checkpoint"]}
+    return {"metric": metric, "checkpoints": rows, "sentence": sentence, "paths": paths, "best": best["checkpoint"],
+            "skipped": skipped}
 
 
 def _fmt(v: float, metric: str) -> str:
@@ -250,6 +258,8 @@ def sweep_cmd(folder: str, /, eval_set: str, judge: str = "", model: str = "", l
         step = "" if r["step"] is None else r["step"]
         print(f"{r['checkpoint'][:32]:32} {step!s:>7} {r['n']:>5} {_fmt(r['mean'], m):>12}  "
               f"{_fmt(r['ci_low'], m)} to {_fmt(r['ci_high'], m)}")
+    if res["skipped"]:
+        print(f"skipped (another task): {', '.join(res['skipped'])}")
     print(res["sentence"])
     print(f"table {res['paths']['csv']}, plot {res['paths']['png']}, summary {res['paths']['md']}")
     return 0

@@ -89,7 +89,9 @@ def test_sweep_of_generation_adapters_uses_the_tasks_metric(tiny_llama_dir, tmp_
     folder = tmp_path / "chat-run"
     for n, seed in ((10, 1), (20, 2)):
         build_adapter(tiny_llama_dir, folder / f"checkpoint-{n}", seed=seed)
+    build_adapter(tiny_llama_dir, folder / "spam-head", kind="seq_cls", seed=3)     # another task: skipped
     res = sweep(folder, "instructions_own", limit=3, progress=False, n_boot=100)
+    assert res["skipped"] == ["spam-head (spam)"]
     assert res["metric"] == "rouge_l" and [r["step"] for r in res["checkpoints"]] == [10, 20]
     assert all(0.0 <= r["mean"] <= 1.0 for r in res["checkpoints"])
 
