@@ -162,8 +162,8 @@ def atomic_writer(path: str | Path, mode: str = "w", encoding: str | None = "utf
     path = Path(path)
     _install_cleanup()
     tmp = None
+    make_dirs(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with _TEMPS_LOCK:
             _TEMPS.add(tmp)
@@ -197,6 +197,9 @@ def make_dirs(folder: str | Path) -> Path:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if e.errno == errno.ENOENT:     # mkdir -p only says this where nothing may be created (/proc)
+            raise UserError(f"cannot create the folder {folder}: this file system does not allow it; pick a "
+                            f"folder you can write to") from None
         raise UserError(os_error_message(e, folder, "create the folder")) from None
     return Path(folder)
 
