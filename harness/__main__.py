@@ -26,9 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labels export": ("harness.votes:labels_export_cmd", "write the stored human votes to a CSV or JSONL file"),
     "labels import": ("harness.votes:labels_import_cmd", "import human pairwise labels from a CSV or JSONL file"),
     "labels push": ("harness.votes:labels_push_cmd", "push the stored votes to a Hub dataset repo (owner/name) or a folder"),
-    "bench generation": ("harness.bench:bench_generation", "tokens/s sequential vs batched; cold vs cached load"),
+    "bench generation": ("harness.bench.generation:bench_generation", "tokens/s: transformers sequential vs batched, llama.cpp batched; load times"),
     "bench judge": ("harness.evaluate:bench_judge_cmd", "judge throughput: 1 vs 4 workers, cold vs warm cache"),
-    "bench app": ("harness.bench_app:bench_app", "app cold start and time to first token"),
+    "bench app": ("harness.bench.app:bench_app", "the app as a user meets it: page up, first token, Compare, llama.cpp speed, RSS"),
+    "bench llamacpp": ("harness.bench.llamacpp:bench_llamacpp", "one chat stream: llama.cpp vs transformers; poem grammar cost"),
+    "bench rules": ("harness.bench.rules:bench_rules", "poem rule checks on reference poems and under each constraint (slow)"),
+    "bench equivalence": ("harness.bench.equivalence:bench_equivalence", "llama.cpp vs transformers: greedy answers (ROUGE-L, identical) and poem rule rates, grammar vs logits processor"),
     "bench agreement": ("harness.bench.agreement:bench_agreement", "every offline judge vs the committed labels -> results/reports/judges/instructions_own.md"),
 }
 
