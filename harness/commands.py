@@ -84,6 +84,9 @@ def check_cache_writable() -> None:
 
 # ---------------------------------------------------------------- resumable outputs
 
+NOTHING_SAVED = "interrupted before any item finished; nothing is saved"
+
+
 def partial_path(output: str | Path) -> Path:
     """The resumable progress file of an output: one JSON line per finished item, beside the output
     (`out.jsonl` -> `out.jsonl.partial`). It is removed once the output is written."""
@@ -149,7 +152,7 @@ class Progress:
     def interrupted(self) -> str:
         n, total = self.done_count(), len(self.keys)
         if not n:
-            return "interrupted before any item finished; nothing is saved"
+            return NOTHING_SAVED
         return (f"interrupted: {n} of {total} items are saved in {self.path}; rerun the same command to resume "
                 f"(the finished ones are not computed again)")
 
@@ -228,7 +231,11 @@ def generate(model: str, input: str, output: str, gen: GenerationConfig, engine:
     from harness.generation import generate_batch
     from harness.models import load_model
 
-    lm = load_model(model, adapters=[adapter] if adapter else None)
+    try:
+        lm = load_model(model, adapters=[adapter] if adapter else None)
+    except KeyboardInterrupt:
+        print(NOTHING_SAVED, file=sys.stderr)
+        return 130
     rendered = prompts if raw else [lm.render_instruction(p) for p in prompts]
     prog = Progress(output, [item_key("generate", lm.name, _adapter_sha(lm, adapter), adapter, raw,
                                       gen.as_key(), r) for r in rendered])
@@ -369,7 +376,11 @@ def classify(input: str, output: str, model: str = "", adapter: str = "", task: 
     from harness.classify import classify as classify_texts
     from harness.models import default_base, load_model
 
-    lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
+    try:
+        lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
+    except KeyboardInterrupt:
+        print(NOTHING_SAVED, file=sys.stderr)
+        return 130
     texts = [r["text"] for r in rows]
     who = (lm.name, adapter, _adapter_sha(lm, adapter), t.name,
            list(t.labels), t.prompt)
