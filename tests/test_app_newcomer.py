@@ -356,3 +356,17 @@ def test_the_default_engine_is_auto_llama_cpp_when_available_else_transformers_s
     assert engine == "transformers" and note == "Engine: transformers (llama-cpp-python is not installed)."
     state.start_note = note
     assert header_notes(state).count("llama-cpp-python is not installed") == 1
+
+
+# ---------------------------------------------------------------- issue 24: no server path in an upload's error
+
+def test_an_uploads_error_names_the_file_not_the_servers_temporary_path(tmp_path):
+    from harness.app.classify import read_upload
+    from harness.app.state import Limits
+    upload = tmp_path / "gradio-tmp" / "abc123" / "notext.csv"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("message,category\nhello,ham\n", encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_upload(str(upload), Limits())
+    assert "notext.csv" in str(e.value) and "missing column" in str(e.value)
+    assert str(upload.parent) not in str(e.value) and "gradio-tmp" not in str(e.value)
