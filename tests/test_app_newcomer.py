@@ -370,3 +370,9 @@ def test_an_uploads_error_names_the_file_not_the_servers_temporary_path(tmp_path
         read_upload(str(upload), Limits())
     assert "notext.csv" in str(e.value) and "missing column" in str(e.value)
     assert str(upload.parent) not in str(e.value) and "gradio-tmp" not in str(e.value)
+
+
+def test_compare_given_base_says_so_instead_of_comparing_another_adapter(state):
+    with pytest.raises(UserError, match="is the base itself: choose one of tiny-chat"):
+        K.start(state, "s", "Name three colors.", "base")
+    assert K.start(state, "s", "Name three colors.", None)["adapter"] == "tiny-chat"   # not given: the first one

@@ -102,8 +102,11 @@ def start(state: AppState, session: str, prompt: Any, adapter: str | None = None
           form: str = AUTO, blind: bool = False) -> dict:
     """Check the request and queue it (shown at once as waiting); returns the comparison's record."""
     text = require_text(prompt, "prompt", state.limits.message_chars, "type an instruction to compare")
-    if not adapter or str(adapter).strip().lower() in (BASE, "none"):
-        found = compare_choices(state)
+    found = compare_choices(state)
+    if str(adapter or "").strip().lower() in (BASE, "none"):
+        raise UserError(f"Compare sets the base against a fine-tuned adapter, and {adapter!r} is the base itself: "
+                        f"choose one of {', '.join(found) or 'none yet'}")
+    if not str(adapter or "").strip():            # not given (an API client): the first one, named in the headings
         if not found:
             raise UserError(f"no fine-tuned chat/poem adapter for base {state.base_name} to compare with: {TRAIN_HINT}")
         adapter = found[0]
