@@ -123,6 +123,8 @@ class Progress:
         from harness.io import append_lines
         self.path, self.keys, self._append = partial_path(output), keys, append_lines
         saved = load_partial(self.path)
+        if self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            append_lines(self.path, [""])      # a crash cut the last line: new lines start on their own
         self.results: dict[str, dict] = {k: saved[k] for k in keys if k in saved}
         self.resumed = len(self.results)
 

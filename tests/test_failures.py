@@ -271,3 +271,15 @@ def test_a_full_disk_while_writing_the_output_loses_no_answers(tiny_llama_dir, t
         assert len(out.read_text().splitlines()) == 301 and not partial.exists()
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_progress_file_cut_by_a_crash_still_resumes(tmp_path):
+    """A crash mid-append leaves half a line; the finished items before it count, new ones start on a new line."""
+    from harness.commands import Progress, partial_path
+    out = tmp_path / "o.jsonl"
+    partial_path(out).write_text(json.dumps({"key": "a", "result": {"x": 1}}) + '\n{"key": "b", "resu')
+    prog = Progress(str(out), ["a", "b", "c"])
+    assert prog.resumed == 1 and prog.todo() == [1, 2]
+    prog.save(1, {"y": 2})
+    again = Progress(str(out), ["a", "b", "c"])
+    assert again.resumed == 2 and again.todo() == [2] and again.results["b"] == {"y": 2}
