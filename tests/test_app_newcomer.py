@@ -172,6 +172,8 @@ def test_6_sonnets_get_a_rule_line_room_for_14_lines_and_english_titles_only_in_
     line, fields = P.rules_report(SONNET, "sonnet", "English")
     assert line.startswith("**Rule check (sonnet") and "rhyme scheme ABAB CDCD EFEF GG" in line
     assert "syllables:" in line and "lines: OK (14 of 14)" in line and fields["sonnet_lines_ok"] is True
+    quoted, _ = P.rules_report(SONNET.replace("So long lives this", "Surface: 'the golden"), "sonnet", "English")
+    assert "Details:" in quoted and "surface'the" not in quoted, "an opening quote is not glued to a word"
     assert P.default_max_new_tokens("sonnet", 1024) >= 300 and P.default_max_new_tokens("sonnet", 256) == 256
     zh = P.language_changed(state, "中文")
     en = P.language_changed(state, "English")

@@ -130,7 +130,9 @@ def sonnet_report(poem: str) -> tuple[str, dict]:
     if r.get("syllables_ok_rate") is not None:
         parts.append(f"syllables: {r['syllables_ok_rate']:.0%} of the lines have 9-11 (iambic pentameter has 10)")
     parts.append(f"words not in CMUdict: {r.get('oov_words') or 'none'}")
-    return "**Rule check (sonnet, CMUdict):** " + " · ".join(parts) + ".", fields
+    details = str(r.get("rules_summary") or "").strip().rstrip(".")
+    return ("**Rule check (sonnet, CMUdict):** " + " · ".join(parts) + "." + (f" Details: {details}." if details else ""),
+            fields)
 
 
 SONNET_MAX_NEW_TOKENS = 320      # 14 lines of ~10 words: ~200 tokens with punctuation, with room to spare
