@@ -39,6 +39,28 @@ def label_ids(tok, label: str) -> list[int]:
     return tok(label, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
+def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
+    """Token ids a classification-head adapter reads: the template around the text, the text truncated so the
+    template's closing words (whose last token feeds the head) always survive. Shared by training and inference."""
+    prefix, suffix = template.split("{text}")
+    pre = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    suf = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    body = tok(text, add_special_tokens=False)["input_ids"][:max(max_length - len(pre) - len(suf), 1)]
+    return (pre + body + suf) or [tok.eos_token_id]
+
+
+def right_pad(rows: list[list[int]], pad: int):
+    """(ids, mask) tensors of rows padded on the right with `pad` (mask 0 there): a classifier's head and the
+    training loss read each row from its start."""
+    import torch
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return ids, mask
+
+
 def left_pad(rows: list[list[int]], pad: int):
     """(ids, mask, position_ids) of rows padded on the LEFT, positions counted from each row's first real token
     (so a padded row computes exactly what it would alone)."""
@@ -106,7 +128,6 @@ def head_probs(lm, texts: list[str], adapter: str, batch_size: int = 16) -> list
     """Per-label probabilities from a classification-head (SEQ_CLS) adapter: the head on each text's last token."""
     import torch
 
-    from harness.generation import classifier_ids, right_pad
     with lm.lock:
         info = lm.attach(adapter)           # an adapter given as a path is attached under its folder name
     head, tok = lm.heads[info.name], lm.tokenizer

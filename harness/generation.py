@@ -520,38 +520,30 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfi
         raise failure[0]
 
 
-# ---------------------------------------------------------------- classification inputs (shared with training)
-
-def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
-    """Token ids a classification adapter reads: the template around the text, the text truncated so the
-    template's closing words (whose last token feeds the head) always survive. Shared by training and inference."""
-    prefix, suffix = template.split("{text}")
-    pre = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    suf = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-    body = tok(text, add_special_tokens=False)["input_ids"][:max(max_length - len(pre) - len(suf), 1)]
-    return (pre + body + suf) or [tok.eos_token_id]
-
-
-def right_pad(rows: list[list[int]], pad: int):
-    """(ids, mask) tensors of rows padded on the right with `pad` (mask 0 there): a classifier's head and the
-    training loss read each row from its start."""
-    import torch
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r, dtype=torch.long), 1
-    return ids, mask
-
+# ---------------------------------------------------------------- compatibility names (classification moved)
+# Classification lives in harness.classify (one path for the app, the CLI and the leaderboard). These names stay
+# only until tests/test_app.py, tests/test_models.py, tests/test_finetune.py and harness/finetune.py import them
+# from harness.classify; nothing is computed here. (generation imports classify, never the other way round.)
 
 def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16):
-    """Compatibility name only, until harness/app/classify.py and tests/test_app.py, test_models.py and
-    test_finetune.py call harness.classify.classify: that one function, nothing computed here."""
+    """Compatibility name for harness.classify.classify."""
     from harness.classify import classify as one_path
     return one_path(lm, texts, lm.active if adapter is ... else adapter, batch_size=batch_size)
 
 
 def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16):
-    """Compatibility name only (tests/test_app.py): the base zero-shot of harness.classify.classify."""
+    """Compatibility name: the base zero-shot of harness.classify.classify."""
     from harness.classify import classify as one_path
     return one_path(lm, texts, None, batch_size=batch_size)
+
+
+def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
+    """Compatibility name for harness.classify.classifier_ids."""
+    from harness.classify import classifier_ids as ids
+    return ids(tok, text, template, max_length)
+
+
+def right_pad(rows: list[list[int]], pad: int):
+    """Compatibility name for harness.classify.right_pad."""
+    from harness.classify import right_pad as pad_right
+    return pad_right(rows, pad)
