@@ -7,8 +7,9 @@
 
 A checkpoint in DIR (and in DIR/steps/) is an adapter folder (adapter_config.json: finetune's step checkpoints,
 another trainer's checkpoint-N folders), a full model folder (config.json + safetensors), or a .pth state dict
-of the book's GPTModel; DIR itself counts when it is an adapter (finetune's final one). The step is the last
-number in the name (checkpoint-500, step-000100, epoch3.pth; the final adapter: its history.json's steps).
+of the book's GPTModel; DIR itself counts when it is an adapter (finetune's final one). The step comes from the
+name (checkpoint-500, step-000100, epoch3.pth; the final adapter: its history.json's steps); checkpoints without
+one (a folder of named adapters) follow in name order.
 
 Each checkpoint is scored by harness.evaluate.run (generations and judgments cached in the store) on the task's
 metric per item (classify: correct; generate: the judge's score with --judge, else the task's primary metric),
@@ -36,8 +37,12 @@ SKIP = {"checkpoint", "checkpoint.old", "staging", "sweep"}    # finetune's resu
 
 
 def _step(name: str) -> int | None:
-    nums = re.findall(r"\d+", name)
-    return int(nums[-1]) if nums else None
+    """The training step a name carries (checkpoint-500, step-000100, epoch3, ckpt_7, or just 1200), else None
+    (a folder of differently named adapters is ordered by name)."""
+    if name.isdigit():
+        return int(name)
+    found = re.findall(r"(?:checkpoint|step|epoch|iter|ckpt)[-_]?(\d+)", name, flags=re.I)
+    return int(found[-1]) if found else None
 
 
 def find_checkpoints(folder: str | Path) -> list[dict]:

@@ -41,6 +41,8 @@ def test_checkpoints_are_found_and_ordered_by_step(tiny_llama_dir, tmp_path):
     found = find_checkpoints(folder)
     assert [(c["name"], c["step"]) for c in found] == [
         ("epoch2.pth", 2), ("step-000050", 50), ("step-000100", 100), ("step-000150", 150), ("run (final)", 180)]
+    from harness.sweep import _step
+    assert _step("smollm2-135m-spam") is None and _step("checkpoint-500") == 500 and _step("1200") == 1200
 
 
 def test_sweep_scores_every_step_caches_and_resumes(tiny_llama_dir, tmp_path, monkeypatch, capsys):
