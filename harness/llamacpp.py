@@ -176,14 +176,23 @@ class Grammar:
 
 @dataclass
 class Sampler:
-    """One sequence's choice of the next token: greedy or temperature/top_p (seeded), repeat penalty, grammar."""
+    """One sequence's choice of the next token: greedy or temperature/top_p (seeded), repeat penalty, grammar.
+
+    Under a grammar, as harness.forms.FormConstraint (no_repeat) does, a token that would write a pair of
+    ideographs the text already holds is passed over for the next best one the grammar allows (when none of the
+    best 64 is fresh, the pair is allowed): a small model in a fixed form otherwise repeats its first line.
+    Sampling draws from the 256 most likely (allowed) tokens."""
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     repeat_penalty: float = 1.0
     grammar: Grammar | None = None
     recent: list = field(default_factory=list)
+    piece: Any = None                  # token id -> its bytes (the no-repeat rule under a grammar)
     rng: Any = None
+    buf: bytes = b""
+    chars: list = field(default_factory=list)
+    pairs: set = field(default_factory=set)
 
     def choose(self, logits: np.ndarray, eog: set[int], ignore_eos: bool = False) -> int:
         if self.repeat_penalty != 1.0 and self.recent:
@@ -203,15 +212,43 @@ class Sampler:
         self.recent.append(token)
         if self.grammar is not None and token not in eog:
             self.grammar.accept(token)
+            self._written(token)
         return token
+
+    def _new_chars(self, token: int) -> tuple[list[str], bytes]:
+        """(the ideographs this token completes, the bytes of a character it leaves unfinished)."""
+        raw = self.buf + (self.piece(token) if self.piece else b"")
+        cut = _complete(raw)
+        text = raw[:cut].decode("utf-8", errors="ignore")
+        return [c for c in text if "\u3400" <= c <= "\u9fff"], raw[cut:]
+
+    def _fresh(self, token: int) -> bool:
+        if self.piece is None:
+            return True
+        new, _ = self._new_chars(token)
+        seq = self.chars[-1:] + new
+        pairs = list(zip(seq, seq[1:]))
+        return not any(p in self.pairs for p in pairs) and len(set(pairs)) == len(pairs)
+
+    def _written(self, token: int) -> None:
+        if self.piece is None:
+            return
+        new, self.buf = self._new_chars(token)
+        for c in new:
+            if self.chars:
+                self.pairs.add((self.chars[-1], c))
+            self.chars.append(c)
 
     def _greedy_grammar(self, logits: np.ndarray) -> int:
         best = int(np.argmax(logits))
-        if self.grammar.allowed(np.array([best], dtype=np.int32), logits)[0]:
+        if self.grammar.allowed(np.array([best], dtype=np.int32), logits)[0] and self._fresh(best):
             return best
         top = np.argpartition(-logits, TOP_CANDIDATES)[:TOP_CANDIDATES]
         top = top[np.argsort(-logits[top], kind="stable")]
         ok = self.grammar.allowed(top.astype(np.int32), logits)
+        for t in top[ok]:
+            if self._fresh(int(t)):
+                return int(t)
         if ok.any():
             return int(top[np.argmax(ok)])
         every = np.arange(len(logits), dtype=np.int32)
@@ -224,22 +261,39 @@ class Sampler:
     def _sample(self, logits: np.ndarray) -> int:
         if self.rng is None:
             self.rng = np.random.default_rng(self.seed)
-        cand = np.argsort(-logits, kind="stable")[:max(TOP_CANDIDATES * 4, 256)]
+        k = max(TOP_CANDIDATES * 4, 256)
+        cand = np.argpartition(-logits, k)[:k]
+        cand = cand[np.argsort(-logits[cand], kind="stable")]
         if self.grammar is not None:
             ok = self.grammar.allowed(cand.astype(np.int32), logits)
             if not ok.any():
                 every = np.arange(len(logits), dtype=np.int32)
                 ok_all = self.grammar.allowed(every, logits)
                 cand = every[ok_all]
-                cand = cand[np.argsort(-logits[cand], kind="stable")]
+                cand = cand[np.argsort(-logits[cand], kind="stable")][:k]
             else:
                 cand = cand[ok]
+            fresh = np.array([self._fresh(int(t)) for t in cand[:TOP_CANDIDATES]], dtype=bool)
+            if fresh.any():
+                cand = np.concatenate([cand[:TOP_CANDIDATES][fresh], cand[TOP_CANDIDATES:]])
         z = logits[cand].astype(np.float64) / self.temperature
         p = np.exp(z - z.max())
         p /= p.sum()
         keep = int(np.searchsorted(np.cumsum(p), self.top_p) + 1)
         p = p[:keep] / p[:keep].sum()
         return int(cand[self.rng.choice(keep, p=p)])
+
+
+def _complete(raw: bytes) -> int:
+    """The length of raw's prefix made of whole UTF-8 characters (a split character's lead bytes stay out)."""
+    i = j = len(raw)
+    while j > 0 and i - j < 3 and raw[j - 1] & 0xC0 == 0x80:
+        j -= 1
+    if j == 0:
+        return i
+    lead = raw[j - 1]
+    need = 1 if lead < 0x80 else 2 if lead >> 5 == 6 else 3 if lead >> 4 == 14 else 4 if lead >> 3 == 30 else 1
+    return i if i - (j - 1) >= need else j - 1
 
 
 def _context(model, n_ctx: int, n_threads: int, n_seq: int = 1, n_batch: int = 512):
@@ -389,6 +443,13 @@ class LlamaCppEngine:
             self._eog_ids = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
         return self._eog_ids
 
+    def piece(self, token: int) -> bytes:
+        """A token's bytes (cached)."""
+        cache = self.__dict__.setdefault("_pieces", {})
+        if token not in cache:
+            cache[token] = self.llm.detokenize([token])
+        return cache[token]
+
     def _grammar(self, grammar: str | None) -> Grammar | None:
         return Grammar(self.llm._model.vocab, grammar) if grammar else None
 
@@ -422,7 +483,7 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
             eog = self.eog()
             sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
-                              self._grammar(grammar), recent=list(ids))
+                              self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None)
             n_vocab = self.llm.n_vocab()
             batch = Batch(max(self.llm.n_batch, 1))
             pending, out_ids = b"", []
@@ -522,7 +583,8 @@ class LlamaCppEngine:
                             slots[s] = {"k": k, "todo": list(prompts[k]), "pos": 0, "out": [], "row": -1,
                                         "sampler": Sampler(temperature, top_p if temperature > 0 else 1.0, seed + k,
                                                            repeat_penalty, self._grammar(grammar),
-                                                           recent=list(prompts[k]))}
+                                                           recent=list(prompts[k]),
+                                                           piece=self.piece if grammar else None)}
                     live = [s for s in range(n_par) if slots[s] is not None]
                     if not live:
                         break
@@ -636,7 +698,7 @@ class LlamaCppEngine:
         ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads, 1, max(len(ids), 8))
         batch = Batch(max(len(ids), 8))
         sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
-                          self._grammar(grammar), recent=list(ids))
+                          self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None)
         eog, n_vocab = self.eog(), self.llm.n_vocab()
         try:
             self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter)

@@ -351,6 +351,9 @@ def test_a_poem_under_the_grammar_keeps_form_rhyme_and_tone(real):
     r = explain_poem(poem, "五言绝句", "zh")
     assert (r["rhyme_ok"], r["tone_ok"]) == (True, True), (poem, r["rules_summary"])
     assert poem.endswith("。") and poem.count("\n") == 3
+    chars = [c for c in poem if "\u3400" <= c <= "\u9fff"]
+    pairs = list(zip(chars, chars[1:]))
+    assert len(set(pairs)) == len(pairs), poem              # no pair of characters twice (FormConstraint's rule)
     assert not explain_poem(free, "五言绝句", "zh")["tone_ok"]          # the base alone does not keep the rules
     sampled = real.chat(msgs, None, 96, temperature=0.9, seed=3, grammar=poem_grammar("七言绝句", rhyme_group="东"))
     r = explain_poem(sampled, "七言绝句", "zh")

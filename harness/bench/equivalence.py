@@ -34,7 +34,7 @@ def _pair(lm, engine, items: list[dict], adapter: str | None, max_new_tokens: in
 
 
 def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int = 128, poems: int = 0,
-                      poem_adapter: str = "smollm2-135m-poem-zh", limit: int = 0, threads: int = 1) -> int:
+                      poem_adapter: str = "smollm2-135m-poem-zh", limit: int = 0, threads: int = 1, instructions: bool = True) -> int:
     """Greedy outputs of llama.cpp and transformers compared (instructions_own), and poem rule rates under the
     grammar vs the logits processor (poems_zh:test_jueju).
 
@@ -44,6 +44,7 @@ def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int 
     poem_adapter: the poem adapter
     limit: items of instructions_own (0: all)
     threads: llama.cpp threads (torch follows OMP_NUM_THREADS)
+    instructions: compare on instructions_own (--no-instructions: the poems only)
     """
     from harness.data import load_eval_set
     from harness.llamacpp import load_engine, poem_grammar
@@ -54,10 +55,11 @@ def bench_equivalence(adapter: str = "smollm2-135m-alpaca", max_new_tokens: int 
     items = load_eval_set("instructions_own").items
     items = items[:limit] if limit else items
     base = find_adapter(adapter).base
-    lm = load_model(base, adapters=[adapter])
+    lm = load_model(base, adapters=[adapter]) if instructions else None
     engine = load_engine(base, adapters=[adapter], n_threads=threads)
-    print(f"instructions_own ({len(items)} items), greedy, up to {max_new_tokens} new tokens, base {base}:")
-    for who in (None, adapter):
+    if instructions:
+        print(f"instructions_own ({len(items)} items), greedy, up to {max_new_tokens} new tokens, base {base}:")
+    for who in ((None, adapter) if instructions else ()):
         tf, lc, t_tf, t_lc = _pair(lm, engine, items, who, max_new_tokens, {})
         score = sum(rouge_l(a, b) for a, b in zip(lc, tf)) / len(items)
         same = sum(a.strip() == b.strip() for a, b in zip(lc, tf))
