@@ -143,6 +143,8 @@ def embedded_gguf(spec: BaseSpec) -> Path | None:
     without importing it (SmolLM2's own imports need `llm`), or chunk packages assembled once into the model
     cache with the sha256 checked (Gemma-3-270M). See harness/embedded.py."""
     from harness.embedded import embedded_gguf_path
+    if os.environ.get("FTBENCH_HIDE_EMBEDDED") == "1":       # trying the hub fallback (see hub_fallback)
+        return None
     return embedded_gguf_path(spec)
 
 
