@@ -378,3 +378,21 @@ def test_compare_given_base_says_so_instead_of_comparing_another_adapter(state):
     with pytest.raises(UserError, match="is the base itself: choose one of tiny-chat"):
         K.start(state, "s", "Name three colors.", "base")
     assert K.start(state, "s", "Name three colors.", None)["adapter"] == "tiny-chat"   # not given: the first one
+
+
+def test_every_handler_gets_its_request_so_stop_and_votes_know_the_session(state):
+    """A handler's `request: gr.Request` must be a real annotation (not a string under `from __future__ import
+    annotations`), or Gradio passes nothing and Stop, votes and the chat all act on the empty session."""
+    import inspect
+
+    import gradio as gr
+
+    import app as app_module
+    demo = app_module.build_demo(state)
+    asked = 0
+    for dep in demo.fns.values():
+        fn = inspect.unwrap(dep.fn) if dep.fn else None
+        for p in (inspect.signature(fn).parameters.values() if fn else ()):
+            assert not isinstance(p.annotation, str), f"{fn.__qualname__}: {p.name}: {p.annotation!r}"
+            asked += p.annotation is gr.Request
+    assert asked >= 15

@@ -2,7 +2,6 @@
 transparency panel. The tab modules (chat, classify, poem, compare, leaderboard) build their layout with these;
 harness/app/page.py puts the tabs together.
 """
-from __future__ import annotations
 
 import functools
 import inspect
