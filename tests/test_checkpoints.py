@@ -126,3 +126,26 @@ def test_checkpoint_hash_of_a_pth_equals_its_converted_folder(tmp_path, monkeypa
     assert checkpoint_hash(str(tmp_path / "m.pth")) == checkpoint_hash(str(tmp_path / "same-weights.pth"))
     folder = conv.convert(tmp_path / "m.pth", tmp_path / "hf", tokenizer=str(tok_dir), heads=1, quiet=True)
     assert checkpoint_hash(str(folder)) == checkpoint_hash(str(tmp_path / "m.pth"))
+
+
+def test_a_causal_adapter_with_a_modules_to_save_head_loads_by_path(tiny_gpt2_dir, tmp_path):
+    """Another trainer's adapter that also trains the LM head (modules_to_save): loaded whole, head included."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"],
+                                                  modules_to_save=["ln_f"], init_lora_weights=False))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "modules_to_save" in n:
+                p.add_(0.5)
+    out = tmp_path / "unsloth-out"
+    peft_model.save_pretrained(out)
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), out).eval()
+    lm = load_model(adapters=[str(out)])
+    enc = lm.tokenizer(["Hello, how are you today?"], return_tensors="pt")
+    with torch.inference_mode():
+        expected = ref(**enc).logits
+    assert torch.allclose(_logits(lm, str(out)), expected, atol=1e-5)
+    assert not torch.allclose(_logits(lm, None), expected, atol=1e-3)

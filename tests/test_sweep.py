@@ -147,3 +147,15 @@ def test_sweep_of_book_pth_files_converts_each_once(tmp_path):
     res = sweep(folder, "sms_own", limit=6, progress=False, n_boot=100)
     assert [r["step"] for r in res["checkpoints"]] == [1, 2] and res["metric"] == "accuracy"
     assert len({r["hash"] for r in res["checkpoints"]}) == 2
+
+
+def test_sweep_of_full_fine_tune_folders(tmp_path):
+    """HF Trainer-style full checkpoints (config.json + safetensors), each loaded as its own model."""
+    from tiny import build_llama
+    folder = tmp_path / "full"
+    for n in (100, 200):
+        build_llama(folder / f"checkpoint-{n}", seed=n)
+    res = sweep(folder, "instructions_own", limit=2, progress=False, n_boot=100)
+    assert [(r["checkpoint"], r["kind"], r["step"]) for r in res["checkpoints"]] == [
+        ("checkpoint-100", "model", 100), ("checkpoint-200", "model", 200)]
+    assert res["checkpoints"][0]["hash"] != res["checkpoints"][1]["hash"]
