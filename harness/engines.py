@@ -296,7 +296,8 @@ def _open_openai(cfg: EngineConfig) -> Engine:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    return
+
                 try:
                     chunk = json.loads(data)
                     choices = chunk.get("choices") or []
@@ -304,7 +305,7 @@ def _open_openai(cfg: EngineConfig) -> Engine:
                     pieces = [((c.get("delta") or {}).get("content") or "", c.get("finish_reason")) for c in choices]
                 except (ValueError, AttributeError, TypeError):
                     raise ServerError(f"{base} sent a stream that is not in the server's format ({data[:80]!r})",
-                                      "protocol") from None
+                                      "protocol", 200, data[:200]) from None
                 if usage:
                     stats["prompt_tokens"] = int(usage.get("prompt_tokens") or 0)
                     stats["new_tokens"] = int(usage.get("completion_tokens") or 0)
@@ -313,6 +314,7 @@ def _open_openai(cfg: EngineConfig) -> Engine:
                         stats["finish_reason"] = _reason(reason)
                     if text:
                         yield text
+            raise _broken_off(base)       # the connection closed before `data: [DONE]`
         finally:
             lines.close()
 
@@ -346,6 +348,11 @@ def ollama_url(host: str | None = None) -> str:
     url = f"{scheme}://{name or '127.0.0.1'}:{port or default_port}" + (f"/{path}".rstrip("/") if path else "")
     parse_url(url, what)
     return url
+
+
+def _broken_off(where: str) -> ServerError:
+    return ServerError(f"{where} closed the stream before the end of the answer (no end-of-stream marker): "
+                       "the server or a proxy broke off", "protocol")
 
 
 def where_of(spec: str, host: str | None = None) -> str:
@@ -425,12 +432,14 @@ def _open_ollama(cfg: EngineConfig) -> Engine:
                     text = (part.get("message") or {}).get("content") or ""
                 except (ValueError, AttributeError, TypeError):
                     raise ServerError(f"{where} sent a stream that is not in the server's format ({line[:80]!r})",
-                                      "protocol") from None
+                                      "protocol", 200, line[:200]) from None
+                if text:
+                    yield text
                 if done:
                     stats.update(prompt_tokens=int(part.get("prompt_eval_count") or 0),
                                  new_tokens=int(part.get("eval_count") or 0), finish_reason=_reason(part.get("done_reason")))
-                if text:
-                    yield text
+                    return
+            raise _broken_off(where)      # the connection closed before the part with "done": true
         finally:
             lines.close()
 
@@ -523,7 +532,7 @@ def _sentence(engine: Engine, req: EngineRequest, e: ServerError, what: str) -> 
         msg = _hang(engine.where, engine.config.timeout)
     elif e.kind == "down":
         msg = _down(engine.where, engine.kind)
-    elif e.kind == "protocol":
+    elif e.kind == "protocol" and e.body:
         msg = (f"{engine.where} sent an answer that is not in the server's format ({e.body[:80]!r}): check that "
                "it is an OpenAI-compatible server or Ollama, not a proxy's error page")
     else:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from harness.engines import EngineConfig
 from harness.errors import UserError
 from harness.generation import GenerationConfig
+from harness.http import ItemsFailed
 from harness.io import check_writable_dir, check_writable_file, read_text, slug, text_sha, write_jsonl
 from harness.judge import DEFAULT_JUDGE, Judge, JudgeConfig, JudgeRequest, judge_many, open_judge
 from harness.models import model_fingerprint
@@ -41,14 +42,28 @@ __all__ = ["slug", "run", "RunConfig", "RunResult", "run_cmd", "judge_file", "lo
 
 # ---------------------------------------------------------------- small helpers
 
-def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, limit: int | None = None,
+def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, part: str = "",
                decoding: str = "free") -> str:
-    """A limited run gets its own file, so `--limit 5` never overwrites the full run's rows; so does a
-    form-constrained one."""
+    """The rows file's name (without .jsonl). A partial run (a --limit run, or one with failed items) is
+    <run id>__part-<item_set>, so it never overwrites the full run's rows; a form-constrained run has its own."""
     rid = "__".join(slug(x) for x in (eval_set, model_slug(model), adapter or "base", judge or "nojudge"))
     if decoding != "free":
         rid += f"__{decoding}"
-    return f"{rid}__first{limit}" if limit else rid
+    return f"{rid}__part-{part}" if part else rid
+
+
+def item_set_id(ids) -> str:
+    """A run's item set: the first 12 hex of sha256 over its sorted item ids, one per line."""
+    import hashlib
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()[:12]
+
+
+class RunIncomplete(UserError):
+    """A run with failed items: the good ones are saved (store, and a partial rows file); rerun to finish."""
+
+    def __init__(self, message: str, result: "RunResult"):
+        super().__init__(message)
+        self.result = result
 
 
 def model_slug(model: str) -> str:
@@ -86,7 +101,9 @@ def request_key(judge: Judge, req: JudgeRequest) -> str:
 def judge_with_store(judge: Judge, reqs: list[JudgeRequest], store: Store, retry_unparsed: bool = False,
                      progress: bool = True) -> tuple[list[dict], int]:
     """Judgment rows (store rows) for every request, asking the judge only for the missing ones (each stored
-    as it completes). retry_unparsed: ask again for stored answers that held no score. Returns (rows, asked)."""
+    as it completes). retry_unparsed: ask again for stored answers that held no score. Returns (rows, asked).
+    Requests the judge failed on (an outage, a page that is not its protocol) are not stored: after the others
+    are, http.ItemsFailed is raised with `.results` = the rows, None for each failed request (`.failed`)."""
     keys = [request_key(judge, r) for r in reqs]
     have = store.get("judgments", keys)
     todo: dict[str, JudgeRequest] = {}
@@ -103,9 +120,17 @@ def judge_with_store(judge: Judge, reqs: list[JudgeRequest], store: Store, retry
             "item": {"task": req.task, "id": req.id, **req.fields}, "score": j.score, "parsed": j.parsed,
             "raw": j.raw, "reason": j.reason, "attempts": j.attempts, "seconds": j.seconds}])
 
+    failed: dict[str, str] = {}
     if todo:
-        judge_many(judge, list(todo.values()), on_done=save, progress=progress)
+        asked = list(todo)
+        try:
+            judge_many(judge, list(todo.values()), on_done=save, progress=progress)
+        except ItemsFailed as e:
+            failed = {asked[i]: why for i, why in e.failed.items()}
         have = store.get("judgments", keys)
+    if failed:
+        raise ItemsFailed([have.get(k) for k in keys],
+                          {i: failed.get(k) or "not judged" for i, k in enumerate(keys) if k not in have}, "judgments")
     return [have[k] for k in keys], len(todo)
 
 
@@ -160,20 +185,22 @@ def item_messages(task, item: dict) -> list[dict]:
 
 
 def _generate_remote_with_store(engine, adapter: str | None, items: list[dict], task, gcfg, store: Store,
-                                progress: bool) -> tuple[list[_Gen], int]:
+                                progress: bool, failed: dict[int, str] | None = None) -> tuple[list[_Gen], int]:
     """Generate through a server (harness.engines: bounded pool, retries, timeouts), each answer stored as it
     arrives. The key holds the served model's own identity (what /v1/models or Ollama reports), not the URL:
-    a server that moved still answers from the cache, a different served model never does. A 200 answer that is
-    not JSON fails that item only (finish_reason "error", empty response) and is not stored: a rerun asks again.
-    An item's seconds are its share of the run's wall time (time since the previous answer), as in process."""
-    from harness.engines import EngineRequest, _prompt_text, engine_generate
+    a server that moved still answers from the cache, a different served model never does. An item the server
+    failed (a 200 that is not its protocol, an error after the retries) is no answer and is not stored: a rerun
+    asks again. `failed` given: such items are None in the result and their reasons go there (item index ->
+    sentence); otherwise http.ItemsFailed is raised. An item's seconds are its share of the run's wall time
+    (time since the previous answer), as in process."""
+    from harness.engines import EngineRequest, engine_generate, prompt_text
 
     served = adapter or engine.model
     identity = engine.identity_of(adapter)
     cfg_key = {"engine": engine.kind, **gcfg.as_key()}
     reqs = [EngineRequest(item_messages(task, it), max_new_tokens=gcfg.max_new_tokens, temperature=0.0,
                           seed=gcfg.seed, stop=gcfg.stop, adapter=adapter) for it in items]
-    prompts = [_prompt_text(r) for r in reqs]
+    prompts = [prompt_text(r) for r in reqs]
     name = f"{engine.kind}:{served}"
     keys = [generation_key(name, "", cfg_key, p, identity) for p in prompts]
     have = store.get("generations", keys)
@@ -182,7 +209,7 @@ def _generate_remote_with_store(engine, adapter: str | None, items: list[dict], 
         if k not in have:
             first.setdefault(k, i)
     missing = list(first)
-    failed: dict[str, _Gen] = {}
+    lost: dict[str, str] = {}
     if missing:
         last = [time.perf_counter()]
 
@@ -190,25 +217,31 @@ def _generate_remote_with_store(engine, adapter: str | None, items: list[dict], 
             now = time.perf_counter()
             share, last[0] = now - last[0], now
             k = missing[j]
-            if g.finish_reason == "error":
-                failed[k] = _Gen("", 0, share, {"finish_reason": "error", "model_digest": identity})
-                return
             store.put("generations", [{
                 "key": k, "model": name, "adapter": adapter or "", "adapter_sha": "", "config": cfg_key,
                 "prompt": g.prompt, "response": g.text, "prompt_tokens": g.prompt_tokens,
                 "response_tokens": g.new_tokens, "seconds": share,
                 "extra": {"finish_reason": g.finish_reason, "model_digest": identity, "engine": engine.where}}])
 
-        engine_generate(engine, [reqs[first[k]] for k in missing], on_done=save, progress=progress)
+        try:
+            engine_generate(engine, [reqs[first[k]] for k in missing], on_done=save, progress=progress)
+        except ItemsFailed as e:
+            lost = {missing[j]: why for j, why in e.failed.items()}
         have = store.get("generations", keys)
-    out = []
-    for k in keys:
+    out: list = []
+    bad: dict[int, str] = {}
+    for i, k in enumerate(keys):
         if k in have:
             h = have[k]
             out.append(_Gen(h["response"], int(h["response_tokens"] or 0), float(h["seconds"] or 0.0),
                             h.get("extra") or {}, int(h["prompt_tokens"] or 0)))
         else:
-            out.append(failed[k])
+            out.append(None)
+            bad[i] = lost.get(k) or "not generated"
+    if bad and failed is None:
+        raise ItemsFailed(out, bad, "generations")
+    if failed is not None:
+        failed.update(bad)
     return out, len(missing)
 
 
@@ -310,6 +343,8 @@ class RunResult:
     judged: int               # items sent to the judge in this run
     leaderboards: list[Path]
     responses: list[str] = field(default_factory=list)   # the response (or predicted label) of each row
+    failed: dict[int, str] = field(default_factory=dict)  # index among the requested items -> why it failed
+    requested: int = 0                                    # items asked for (rows + failed)
 
 
 def load_items(eval_set: str, limit: int | None):
@@ -451,6 +486,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     store = store or Store()
     the_judge: Judge | None = None
     engine = None
+    failed: dict[int, str] = {}          # item index -> why it has no answer (a server's or the judge's failure)
     try:
         if pairwise:
             from harness.pairwise import responses_of
@@ -466,7 +502,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             if pairwise:
                 check_against_baseline(model_name)
             outs, generated = _generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
-                                                          progress)
+                                                          progress, failed)
         else:
             if lm is None:
                 lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
@@ -486,21 +522,34 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         judged_rows: list[dict | None] = [None] * len(items)
         asked = 0
         pw = None
-        if jcfg is not None:
+        ok = [i for i in range(len(items)) if i not in failed]     # the items with an answer to judge
+        if jcfg is not None and ok:
             if the_judge is None:
                 the_judge = open_judge(jcfg, lm=lm)
             if pairwise:
                 from harness.pairwise import pairwise_judge
-                pw = pairwise_judge(the_judge, [{"task": task.name, **it} for it in items], [o.text for o in outs],
-                                    base_texts, store, progress, retry_unparsed)
+                try:
+                    pw = pairwise_judge(the_judge, [{"task": task.name, **items[i]} for i in ok],
+                                        [outs[i].text for i in ok], base_texts, store, progress, retry_unparsed)
+                except ItemsFailed as e:
+                    pw = e.partial
+                    failed.update({ok[k]: why for k, why in e.failed.items()})
                 asked = pw.asked
             else:
-                reqs = [JudgeRequest(it["id"], task.judge_prompt, judge_fields(task, it, o.text))
-                        for it, o in zip(items, outs)]
-                judged_rows, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)  # type: ignore[assignment]
+                reqs = [JudgeRequest(items[i]["id"], task.judge_prompt, judge_fields(task, items[i], outs[i].text))
+                        for i in ok]
+                try:
+                    got, asked = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)
+                except ItemsFailed as e:         # the judge's outage is no verdict: not stored, not scored
+                    got, asked = e.results, sum(1 for r in e.results if r is not None)
+                    failed.update({ok[k]: why for k, why in e.failed.items()})
+                for i, j in zip(ok, got):
+                    judged_rows[i] = j
 
-        rows = make_rows(es, task, model_name, adapter or "", adapter_sha, method, items, outs, judged_rows,
-                         the_judge, jcfg, "" if decoding == "free" else decoding)
+        keep = [i for i in range(len(items)) if i not in failed]    # never a row for an item without an answer
+        rows = make_rows(es, task, model_name, adapter or "", adapter_sha, method, [items[i] for i in keep],
+                         [outs[i] for i in keep], [judged_rows[i] for i in keep], the_judge, jcfg,
+                         "" if decoding == "free" else decoding)
         if pw is not None:
             from harness.pairwise import row_fields
             fields = row_fields(pw, base_path.stem)
@@ -517,16 +566,45 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     judge_part = jcfg.spec if jcfg else None
     if pairwise:    # its own file: a pointwise run with the same judge, or another baseline, is kept
         judge_part = f"pairwise-{jcfg.spec}-vs-{text_sha(base_path.stem)[:8]}"
-    rid = run_id_for(es.name, model_name, adapter, judge_part,
-                     limit if limit and limit < len(es.items) else None, decoding)
+    item_set = item_set_id(r["item_id"] for r in rows)
+    partial = bool(failed) or len(items) < len(es.items)
+    for r in rows:
+        r.update(item_set=item_set, partial=partial, n_failed=len(failed))
+    full_id = run_id_for(es.name, model_name, adapter, judge_part, "", decoding)
+    rid = run_id_for(es.name, model_name, adapter, judge_part, item_set if partial else "", decoding)
     runs = run_dir or results_dir() / "runs"
     path = runs / task.name / f"{rid}.jsonl"
     boards: list[Path] = []
-    if write:
+    if write and rows:
         from harness.leaderboard import write_leaderboards
         write_jsonl(path, rows)
+        _drop_stale_parts(runs / task.name, full_id, path, {str(r["item_id"]) for r in rows})
         boards = write_leaderboards(runs, runs.parent, task=task.name)
-    return RunResult(rid, task.name, path, rows, generated, asked, boards, [o.text for o in outs])
+    res = RunResult(rid, task.name, path if write and rows else None, rows, generated, asked, boards,
+                    [outs[i].text for i in range(len(items)) if i not in failed], failed, len(items))
+    if failed:
+        first = next((why for why in failed.values() if not why.startswith("not ")), "") or next(iter(failed.values()))
+        saved = (f"the {len(rows)} answered are saved in the store" +
+                 (f" and in the partial rows file {path}" if write and rows else ""))
+        raise RunIncomplete(f"{len(failed)} of {len(items)} items failed ({first.rstrip('.')}); {saved}: rerun the "
+                            f"same command to ask only for the failed ones (answered items are not asked again)", res)
+    return res
+
+
+def _drop_stale_parts(folder: Path, full_id: str, written: Path, ids: set[str]) -> None:
+    """Remove this run's earlier rows files that had failed items (<run id>__part-*.jsonl with n_failed > 0)
+    whose items the file just written covers: they were attempts of the same command, now superseded. A
+    --limit run's file without failures is its own run and stays."""
+    from harness.io import iter_jsonl
+    for f in folder.glob(f"{full_id}__part-*.jsonl"):
+        if f == written:
+            continue
+        try:
+            rows = [r for _, r in iter_jsonl(f, "")]
+        except (UserError, OSError):
+            continue
+        if rows and all(int(r.get("n_failed") or 0) > 0 for r in rows) and {str(r["item_id"]) for r in rows} <= ids:
+            f.unlink(missing_ok=True)
 
 
 def _generate_items(lm, adapter, adapter_sha, items, task, gcfg, store, progress, decoding) -> tuple[list[_Gen], int]:
@@ -652,20 +730,31 @@ def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_J
                                  judge_fields(task, row, row["model_response"])))
     own_store = store is None
     store = store or Store()
+    lost: ItemsFailed | None = None
     try:
         with open_judge(cfg) as the_judge:
-            judged, _ = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)
             digest = the_judge.digest
+            try:
+                judged, _ = judge_with_store(the_judge, reqs, store, retry_unparsed, progress)
+            except ItemsFailed as e:       # the judge's failures are no verdicts: left out, never cached
+                judged, lost = e.results, e
     finally:
         if own_store:
             store.close()
     out = []
     for row, j in zip(rows, judged):
+        if j is None:
+            continue
         row = {k: v for k, v in row.items() if k != "_line"}
         row.update(score=j["score"], parsed=bool(j["parsed"]), judge_raw=j["raw"], judge=cfg.spec,
                    judge_digest=digest, judge_prompt_version=cfg.prompt_version)
         out.append(row)
-    write_jsonl(output, out)
+    if out:
+        write_jsonl(output, out)
+    if lost is not None:
+        raise UserError(f"{len(lost.failed)} of {len(rows)} responses were not judged ({lost.reason.rstrip('.')}); "
+                        + (f"{output} holds the {len(out)} judged, " if out else "nothing was written, ")
+                        + "and they are saved in the store: rerun the same command to ask only for the others")
     return out
 
 
@@ -704,18 +793,29 @@ def judge_pairwise_file(responses: str | Path, baseline: str | Path, output: str
         task = responses_task(row)
         fields = {k: v for k, v in judge_fields(task, row, "").items() if k != "response"}
         items.append({"id": i, "task": task.name, **fields})
+    lost: ItemsFailed | None = None
     with open_judge(judge_config) as the_judge:
-        res = pairwise_judge(the_judge, items, [r["model_response"] for r in rows], base, store, progress,
-                             retry_unparsed)
         digest = the_judge.digest
+        try:
+            res = pairwise_judge(the_judge, items, [r["model_response"] for r in rows], base, store, progress,
+                                 retry_unparsed)
+        except ItemsFailed as e:         # no verdict for those items: left out, never cached
+            res, lost = e.partial, e
     fields = row_fields(res, str(baseline))
     out = []
     for row, i in zip(rows, ids):
+        if i not in fields:
+            continue
         row = {k: v for k, v in row.items() if k != "_line"}
         row.update(fields[i], judge=judge_config.spec, judge_digest=digest,
                    judge_prompt_version=judge_config.prompt_version)
         out.append(row)
-    write_jsonl(output, out)
+    if out:
+        write_jsonl(output, out)
+    if lost is not None:
+        raise UserError(f"{len(lost.failed)} of {len(rows)} items got no pairwise verdict ({lost.reason.rstrip('.')}); "
+                        + (f"{output} holds the {len(out)} judged, " if out else "nothing was written, ")
+                        + "and they are saved in the store: rerun the same command to ask only for the others")
     return out, res
 
 
@@ -740,15 +840,21 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig, engine: E
     jcfg = _judge_or_none(judge, cfg.no_judge)
     gen = dataclasses.replace(gen, do_sample=False)
     st = Store(cfg.store) if cfg.store else None
+    incomplete = None
     try:
         res = globals()["run"](cfg.model or None, cfg.adapter or None, cfg.eval_set, jcfg.spec if jcfg else None,
                                cfg.limit, gen.batch_size, gen.max_new_tokens, judge.workers, judge_config=jcfg,
                                store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen,
                                engine_config=engine, judge_mode=cfg.judge_mode, baseline=cfg.baseline or None)
+    except RunIncomplete as e:
+        incomplete, res = e, e.result
     finally:
         if st:
             st.close()
-    _print_summary(res, time.perf_counter() - t0)
+    if res.rows:
+        _print_summary(res, time.perf_counter() - t0)
+    if incomplete is not None:
+        raise incomplete          # the CLI prints its sentence and exits 2
     return 0
 
 
@@ -763,8 +869,10 @@ def _print_summary(res: RunResult, seconds: float) -> None:
     task = get_task(res.task)
     rows = res.rows
     n = len(rows)
-    print(f"{res.run_id}: {n} items ({res.generated} generated, {n - res.generated} from the store; "
-          f"{res.judged} sent to the judge) in {seconds:.1f} s")
+    print(f"{res.run_id}: {n} items ({res.generated} generated, {max(0, n - res.generated)} from the store; "
+          f"{res.judged} sent to the judge) in {seconds:.1f} s"
+          + (f"; PARTIAL: {len(res.failed)} of {res.requested} items failed and are not in the rows" if res.failed
+             else ""))
     if task.kind == "classify":
         acc = sum(r["pred"] == r["label"] for r in rows) / n
         print(f"  accuracy {acc:.3f}")
@@ -781,7 +889,8 @@ def _print_summary(res: RunResult, seconds: float) -> None:
         summary = task.summarize(rows, n_boot=200)
         shown = [c for c in task.columns() if not c.endswith(("_ci_low", "_ci_high"))][:4]
         print("  " + ", ".join(f"{c} {summary[c]:.3f}" for c in shown if isinstance(summary[c], (int, float))))
-    print(f"  rows: {res.path}")
+    if res.path:
+        print(f"  rows: {res.path}")
     for p in res.leaderboards:
         print(f"  leaderboard: {p}")
 
@@ -821,8 +930,11 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
     check_outputs(store)
     st = Store(store) if store else None
     t0 = time.perf_counter()
+    incomplete = None
     try:
         res = run(model, adapter, eval_set, None, limit, batch_size, max_new_tokens, store=st, write=False)
+    except RunIncomplete as e:
+        incomplete, res = e, e.result
     finally:
         if st:
             st.close()
@@ -838,9 +950,13 @@ def generate_set_cmd(model: str | None = None, eval_set: str | None = None, adap
             base["model_response"] = text
         out.append(base)
     path = Path(output) if output else cache_dir() / "responses" / f"{res.run_id}.jsonl"
-    write_jsonl(path, out)
-    print(f"{len(out)} responses ({res.generated} generated, {len(out) - res.generated} from the store) "
-          f"in {time.perf_counter() - t0:.1f} s -> {path}")
+    if out:
+        write_jsonl(path, out)
+        print(f"{len(out)} responses ({res.generated} generated, {max(0, len(out) - res.generated)} from the store) "
+              f"in {time.perf_counter() - t0:.1f} s -> {path}")
+    if incomplete is not None:      # the failed items are not in the output (never an empty answer)
+        raise UserError(f"{incomplete}; {path if out else 'no output was written'}"
+                        + (" holds only the answered items" if out else "")) from None
     return 0
 
 

@@ -57,16 +57,17 @@ class ServerError(UserError):
 
 class ItemsFailed(UserError):
     """Some items of a pooled run failed (the others were handed to on_done). `results[i]` is None for a failed
-    item; `failed` maps its index to the reason; `reason` is the first failure's sentence."""
+    item; `failed` maps its index to the reason; `reason` is the first failure's sentence; `partial` is the
+    result over the good items where a caller builds one (a PairwiseResult)."""
 
-    def __init__(self, results: list, failed: dict[int, str], what: str = "items"):
+    def __init__(self, results: list, failed: dict[int, str], what: str = "items", partial: Any = None):
         self.results = results
         self.failed = failed
+        self.partial = partial        # what the good items add up to, when the caller has such a thing
         self.reason = next((v for v in failed.values() if not v.startswith("not asked")), "") or \
             next(iter(failed.values()), "")
         n, bad = len(results), len(failed)
-        super().__init__(f"{bad} of {n} {what} failed ({self.reason.rstrip('.')}); the {n - bad} others are saved: "
-                         f"rerun the same command to ask only for the failed ones")
+        super().__init__(f"{bad} of {n} {what} failed ({self.reason.rstrip('.')})")
 
 
 class Aborted(Exception):
@@ -147,7 +148,9 @@ class Client:
         for attempt in (0, 1):         # a kept-alive connection the server already closed: one fresh retry
             conn, reused = self._take(deadline)
             fired = threading.Event()
-            dog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, (conn, fired))
+            # the socket itself: http.client drops conn.sock once a closing response is read, the answer's
+            # file still reads from it
+            dog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, (conn.sock, fired))
             dog.daemon = True
             dog.start()
             try:
@@ -265,6 +268,9 @@ class Client:
                     if not raw:
                         ok = True
                         return
+                    if not raw.endswith(b"\n"):       # every line of SSE and NDJSON ends in a newline
+                        raise ServerError(f"{self.where} closed the stream before the end of the answer (mid-line): "
+                                          "the server or a proxy broke off", "protocol")
                     yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
             finally:
                 self._done(conn, resp, dog, ok)
@@ -272,9 +278,8 @@ class Client:
             self._slots.release()
 
 
-def _shut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+def _shut(sock: socket.socket | None, fired: threading.Event) -> None:
     fired.set()
-    sock = conn.sock
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)

@@ -44,7 +44,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.io import iter_jsonl, text_sha
-from harness.http import run_pool
+from harness.http import ItemsFailed, run_pool
 from harness.judge import (PROMPTS_DIR, TASK_FIELDS, Judge, JudgePrompt, JudgeRequest, joined, progress_bar,
                            render_prompt, try_json)
 from harness.store import Store, content_key, pairwise_key
@@ -231,6 +231,8 @@ def pairwise_judge(judge: Judge, items: list[dict], responses_a: Mapping | list,
 
     items: dicts with id, task and the task's fields (chat: instruction, input, output; poem: prompt, lang,
     form, title), or {"id", "task", "fields": {...}}. responses_a/_b: {item_id: text} or lists aligned with items.
+    Items whose verdicts the judge failed to give (an outage, an answer outside its protocol) are not stored:
+    http.ItemsFailed is raised after the others are, its `.partial` the result over the items judged.
     """
     t0 = time.perf_counter()
     ra, rb = _aligned(items, responses_a, "the run"), _aligned(items, responses_b, "the baseline")
@@ -245,6 +247,7 @@ def pairwise_judge(judge: Judge, items: list[dict], responses_a: Mapping | list,
                                item_sha, order, text_sha(first), text_sha(second))
             reqs.append(PairRequest(item_id, task, order, _values(task, fields, first, second), key, item_sha))
     have = store.get("pairwise", [r.key for r in reqs])
+    lost: dict[str, str] = {}
     todo = list({r.key: r for r in reqs
                  if r.key not in have or (retry_unparsed and not have[r.key]["parsed"])}.values())
 
@@ -265,20 +268,32 @@ def pairwise_judge(judge: Judge, items: list[dict], responses_a: Mapping | list,
         try:
             if judge.complete is None:
                 _logprob_all(judge, todo, save, bar)
-            else:       # verdicts the judge failed to give are not stored: http.ItemsFailed after the others
-                run_pool(lambda r: _ask(judge, r), todo, judge.config.workers, lambda i, v: save(todo[i], v),
-                         bar=bar, what="pairwise verdicts")
+            else:       # verdicts the judge failed to give are not stored
+                try:
+                    run_pool(lambda r: _ask(judge, r), todo, judge.config.workers, lambda i, v: save(todo[i], v),
+                             bar=bar, what="pairwise verdicts")
+                except ItemsFailed as e:
+                    lost = {todo[i].key: why for i, why in e.failed.items()}
         finally:
             bar.close()
         have = store.get("pairwise", [r.key for r in reqs])
-    out = []
+    out: list[PairwiseItem | None] = []
+    failed: dict[int, str] = {}
     for k, (it, a, b) in enumerate(zip(items, ra, rb)):
-        rab, rba = have[reqs[2 * k].key], have[reqs[2 * k + 1].key]
+        pair = (reqs[2 * k].key, reqs[2 * k + 1].key)
+        if not all(key in have for key in pair):
+            out.append(None)
+            failed[k] = next((lost[key] for key in pair if key in lost), "not judged")
+            continue
+        rab, rba = have[pair[0]], have[pair[1]]
         winner, consistent = combine(rab["verdict"], rba["verdict"])
         out.append(PairwiseItem(str(it["id"]), rab["verdict"], rba["verdict"], winner, consistent, len(a), len(b),
                                 debias(rab, rba)))
-    return PairwiseResult(judge.name, judge.config.prompt_version, out, len(todo), time.perf_counter() - t0,
-                          options["method"])
+    res = PairwiseResult(judge.name, judge.config.prompt_version, [o for o in out if o is not None], len(todo),
+                         time.perf_counter() - t0, options["method"])
+    if failed:      # the items with both verdicts are in res (ItemsFailed.partial); the others are asked again
+        raise ItemsFailed(out, failed, "pairwise items", partial=res)
+    return res
 
 
 def debias(ab: dict, ba: dict, margin: float = TIE_MARGIN) -> str | None:

@@ -120,7 +120,7 @@ def test_form_decoding_run_keeps_every_classical_poem_in_form(tiny_lm):
     classical = [r for r in form.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS]
     assert len(classical) >= 8 and all(r["form_ok"] for r in classical)
     assert not all(r["form_ok"] for r in free.rows if r["lang"] == "zh" and r["form"] in FIXED_FORMS)
-    assert form.run_id == free.run_id.replace("__first16", "__form__first16") and form.path != free.path
+    assert form.run_id == free.run_id.replace("__part-", "__form__part-") and form.path != free.path
     assert {r["decoding"] for r in form.rows} == {"form"} and {r["decoding"] for r in free.rows} == {""}
     with pytest.raises(UserError, match="--decoding form does not apply to sms_own"):
         run(None, None, "sms_own", None, limit=2, lm=tiny_lm, progress=False, decoding="form")
@@ -298,16 +298,25 @@ def test_run_through_an_openai_server_same_rows_cached_by_served_identity(tiny_l
         assert other.generated == 3 and fake.count() == 3                   # never served from the cache
 
 
-def test_run_through_a_server_keeps_going_past_a_non_json_answer_and_asks_again(tmp_path):
+def test_run_through_a_server_keeps_going_past_an_html_answer_never_scores_it_and_asks_again(tmp_path):
+    from harness.evaluate import RunIncomplete
     from harness.fake_openai import FakeOpenAI
-    with FakeOpenAI(answers=[{"raw": "<html>oops"}]) as fake:
-        res = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
-                  engine_config=EngineConfig(workers=1))
-        assert [r["finish_reason"] for r in res.rows].count("error") == 1 and res.generated == 3
+    html = {"raw": "<html><title>502 Bad Gateway</title></html>"}
+    with FakeOpenAI(answers=[html, html]) as fake:               # the first item's answer and its one retry
+        with pytest.raises(RunIncomplete) as e:
+            run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
+                engine_config=EngineConfig(workers=1, retries=1, backoff=0.01))
+        res = e.value.result
+        assert str(e.value).startswith("1 of 3 items failed") and "rerun the same command" in str(e.value)
+        assert len(res.rows) == 2 and list(res.failed) == [0]      # no row for the failed item, not even empty
+        assert all(r["partial"] and r["n_failed"] == 1 for r in res.rows)
+        first = res.path
+        assert first.name.endswith(f"__part-{res.rows[0]['item_set']}.jsonl")
         fake.reset()
         again = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
-        assert again.generated == 1 and fake.count() == 1                   # only the failed item, not stored
-        assert all(r["finish_reason"] != "error" for r in again.rows)
+        assert again.generated == 1 and fake.count("/v1/chat/completions") == 1     # only the failed item
+        assert len(again.rows) == 3 and not again.failed and all(r["n_failed"] == 0 for r in again.rows)
+        assert again.path != first and not first.exists()          # the failed attempt's file is superseded
 
 
 @pytest.mark.parametrize("case", ["down", "500", "hang", "not served", "500 mid-run", "classify set"])
@@ -328,10 +337,16 @@ def test_run_through_a_bad_server_is_one_sentence(case, tmp_path, capsys, closed
     assert rc == 2 and err.startswith("error: ") and took < 10, (case, err)
     expect = {"down": "cannot reach a server at", "500": "answered 500 to the model list: check its log",
               "hang": "connected but did not answer within 0.5 s", "not served": "it serves: smol",
-              "500 mid-run": "rerun the same command to resume", "classify set": "runs in process only"}[case]
+              "500 mid-run": "2 of 3 items failed", "classify set": "runs in process only"}[case]
     assert expect in err, err
-    assert not (tmp_path / "results" / "runs").exists()                      # nothing half-written
-    if case == "500 mid-run":
+    runs = tmp_path / "results" / "runs"
+    if case != "500 mid-run":
+        assert not runs.exists()                                              # nothing half-written
+    else:       # the answered item is in a partial rows file of its own; the failed ones are in no row
+        assert "rerun the same command to ask only for the failed ones" in err
+        (part,) = runs.glob("chat/*.jsonl")
+        rows = [json.loads(x) for x in part.read_text().splitlines()]
+        assert "__part-" in part.name and len(rows) == 1 and rows[0]["partial"] and rows[0]["n_failed"] == 2
         with Store() as st:
             assert st.count("generations") == 1                              # the answer before the 500s is kept
 

@@ -95,7 +95,7 @@ def test_server_that_connects_but_never_answers_times_out_once_with_a_sentence()
             asked, url = fake.count("/api/chat"), fake.url
     msg = str(err.value)
     assert f"the judge server at {url} connected but did not answer within 1 s" in msg
-    assert "--judge-timeout" in msg and "rerun the same command" in msg
+    assert "--judge-timeout" in msg and msg.startswith("2 of 2 judgments failed")
     assert asked == 1 and took < 5            # one timed-out attempt, no silent retries
 
 
@@ -125,7 +125,7 @@ def test_a_200_answer_that_is_not_json_fails_that_item_and_the_run_goes_on(backe
     assert out[1] is None and [out[0].score, out[2].score] == [70, 70]      # the page is no verdict
     assert done == ["0", "2"]                        # only real verdicts reach on_done (the store)
     assert "not" in err.value.failed[1] and "JSON" in err.value.failed[1] and "502 Bad Gateway" in err.value.failed[1]
-    assert str(err.value).startswith("1 of 3 judgments failed") and "rerun the same command" in str(err.value)
+    assert str(err.value).startswith("1 of 3 judgments failed (")
     assert asked == 4                                # retried once, then failed; the run went on
 
 
@@ -221,7 +221,7 @@ def test_persistent_500_fails_clearly_within_seconds():
     with FakeOllama(default=lambda body: {"status": 500, "error": "boom"}) as fake:
         with open_judge(_cfg(fake, retries=2)) as judge:
             t0 = time.perf_counter()
-            with pytest.raises(UserError, match=r"3 of 3 judgments failed .*kept failing \(500: boom\).*rerun the same command"):
+            with pytest.raises(UserError, match=r"3 of 3 judgments failed .*kept failing \(500: boom\)"):
                 judge_many(judge, [_req(i) for i in range(3)], progress=False)
             assert time.perf_counter() - t0 < 10
 
