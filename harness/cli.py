@@ -23,6 +23,7 @@ import typing
 from collections.abc import Callable
 
 
+from harness import quiet_libraries
 from harness.errors import UserError
 
 
@@ -153,6 +154,7 @@ def _resolve(target: str) -> Callable:
 
 def main(commands: dict[str, tuple[str, str]], argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_libraries()
     parser = build_parser(commands, argv)
     ns = vars(parser.parse_args(argv))
     fn = ns.pop("_fn")
@@ -170,6 +172,7 @@ def main(commands: dict[str, tuple[str, str]], argv: list[str] | None = None) ->
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; completed items are saved, rerun the same command to resume", file=sys.stderr)
+        # a command that keeps finished items says so itself (how many, where) before this; no promise here
+        print("interrupted", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0
