@@ -6,6 +6,7 @@ the leaderboard, on this machine's CPU.
     python app.py --model /path/to/model_dir --no-warmup
     python app.py --host 0.0.0.0           # listen on every interface (or --share for a gradio.live link)
     python app.py --engine openai:smol@http://127.0.0.1:8080     # chat and free poems through a server
+    python app.py --checkpoints ~/runs --max-models 2   # Compare any two: bases, adapters, checkpoints in ~/runs
 
 The URL is printed first; the page is up within seconds, and the model loads (on an empty cache: converts,
 one-time, about a minute) in the background while the header says so.
@@ -29,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 from harness.app.page import build_demo, launch  # noqa: F401 - the app's API for tests and scripts
 from harness.app.server import app_engine, choose_engine
@@ -67,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(vLLM, llama.cpp's server) or ollama:<model>; chat and free poems go there, and fall "
                              "back to transformers with a one-line notice for the form constraint, an adapter the "
                              "engine cannot serve, or a server that is down")
+    parser.add_argument("--checkpoints", default="checkpoints", metavar="DIR",
+                        help="folder of checkpoints visitors may pick in Compare and as the base (full fine-tune "
+                             "folders, .gguf, .pth); names never reach outside it (default: checkpoints/ here)")
+    parser.add_argument("--max-models", type=int, default=2, metavar="N",
+                        help="models held in memory at once, the base in use included; comparing two different "
+                             "models needs 2 (default 2; the least recently used is freed)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default 0 = the cores not busy with other work, at least 1)")
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.paths import votes_store_path
         state = AppState(model=args.model, judge=args.judge, judge_timeout=args.judge_timeout, engine=engine,
-                         threads=threads, spaces=on_spaces(), store=str(votes_store_path()), start_note=note)
+                         threads=threads, spaces=on_spaces(), store=str(votes_store_path()), start_note=note,
+                         checkpoints=Path(args.checkpoints).resolve(), max_models=max(1, args.max_models))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

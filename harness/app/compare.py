@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from harness.app.state import BASE, TRAIN_HINT, AppState, Sampling, require_text, stats_info
+from harness.app.state import (BASE, TRAIN_HINT, AppState, Sampling, model_memory, require_text, short_name,
+                               stats_info)
 from harness.errors import UserError
 
 VOTE_BUTTONS = {"left": "left better", "right": "right better", "tie": "tie", "both_bad": "both bad"}
@@ -31,6 +32,79 @@ NO_REFERENCE = "(no reference answer: judge the response on its own merits)"
 
 def compare_choices(state: AppState) -> list[str]:
     return [a.name for a in state.adapters("causal")]
+
+
+def pair_choices(state: AppState) -> list[tuple[str, str]]:
+    """(label, value) of every checkpoint the A and B pickers offer: the base in use, the other bases that load
+    here, every chat/poem adapter (on any base) and the checkpoints in the checkpoints root."""
+    from harness.models import base_status, resolve_base
+    out = [(f"{short_name(state.base_name)} (base in use)", BASE)]
+    for name in state.allowed_bases():
+        try:
+            spec = resolve_base(name)
+        except UserError:
+            continue
+        if spec.name != state.base_name and base_status(spec) in ("cached", "local", "needs conversion"):
+            out.append((f"{short_name(name)} (base)", name))
+    out += [(f"{a.name} ({a.task}, on {short_name(a.base)})", a.name) for a in state.all_adapters()
+            if not a.problem and a.kind == "causal" and getattr(a, "method", "") != "label_text"]
+    out += [(f"{rel} (checkpoints folder)", rel) for rel in state.root_checkpoints()]
+    return out
+
+
+def default_pair(state: AppState) -> tuple[str, str | None]:
+    """The pickers' first values: the base in use against its first adapter, else the first other checkpoint."""
+    found = compare_choices(state)
+    if found:
+        return BASE, found[0]
+    others = [v for _, v in pair_choices(state) if v != BASE]
+    return BASE, (others[0] if others else None)
+
+
+def checkpoint(state: AppState, value: Any) -> dict:
+    """A picker value -> {"value", "model" (the base's resolved name), "adapter" (None: the model alone), "label"
+    (what the page shows: never a server path)}. A value is the base in use ("base"), a base the app allows, an
+    adapter name (on any base) or a folder/file inside the checkpoints root (state.root_checkpoint)."""
+    import os
+
+    from harness.models import resolve_base
+    v = str(value or "").strip()
+    if v.lower() in ("", BASE, "none"):
+        return {"value": BASE, "model": state.base_name, "adapter": None, "label": short_name(state.base_name)}
+    if v in state.allowed_bases():
+        return {"value": v, "model": resolve_base(v).name, "adapter": None, "label": short_name(v)}
+    pathlike = any(c in v for c in "/\\:~") or ".." in v or v.endswith((".gguf", ".pth"))
+    info = None if pathlike else next((a for a in state.all_adapters() if a.name == v), None)
+    if info is not None and info.base != state.base_name and not info.problem and info.kind == "causal":
+        try:
+            model = resolve_base(info.base).name
+        except UserError:
+            from harness.models import base_not_found
+            raise base_not_found(info) from None
+        return {"value": v, "model": model, "adapter": info.name,
+                "label": f"{short_name(model)} + {info.name}"}
+    if pathlike or os.path.lexists(state.checkpoints_root / v):
+        path = state.root_checkpoint(v)
+        return {"value": v, "model": resolve_base(path).name, "adapter": None, "label": v}
+    name = state.resolve_adapter(v, "causal")      # an adapter of the base in use (or the sentence why not)
+    return {"value": v, "model": state.base_name, "adapter": name, "label": f"{short_name(state.base_name)} + {name}"}
+
+
+def classic(rec: dict) -> bool:
+    """Is this comparison today's: a base alone (A, left) against one of its adapters (B, right)?"""
+    a, b = rec["sides"]["base"], rec["sides"]["tuned"]
+    return a["adapter"] is None and a["model"] == b["model"] and b["adapter"] is not None
+
+
+def add_checkpoint(state: AppState, name: Any) -> tuple[list[tuple[str, str]], str, str]:
+    """A visitor adds a folder or file inside the checkpoints root: (the pickers' choices, its value, a sentence).
+    Nothing outside the root is reachable, and a refusal never echoes the path."""
+    v = str(name or "").strip()
+    state.root_checkpoint(v)
+    choices = pair_choices(state)
+    if v not in [c for _, c in choices]:
+        choices.append((f"{v} (checkpoints folder)", v))
+    return choices, v, f"Added {v!r}: it is picked as B; it loads when you compare."
 
 
 def task_of(name: str | None):
@@ -99,24 +173,34 @@ def form_for(state: AppState, prompt: str, adapter: str | None, choice: str = AU
 
 
 def start(state: AppState, session: str, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
-          form: str = AUTO, blind: bool = False) -> dict:
-    """Check the request and queue it (shown at once as waiting); returns the comparison's record."""
+          form: str = AUTO, blind: bool = False, against: str | None = None) -> dict:
+    """Check the request and queue it (shown at once as waiting); returns the comparison's record. `adapter` is
+    the B (right, "tuned") checkpoint, `against` the A (left, "base") one: default the base in use. Any two
+    checkpoints (see checkpoint()); adapters on one base run in one mixed-adapter batch, two models side by side."""
     text = require_text(prompt, "prompt", state.limits.message_chars, "type an instruction to compare")
     found = compare_choices(state)
-    if str(adapter or "").strip().lower() in (BASE, "none"):
+    a_given = str(against or "").strip().lower() not in ("", BASE, "none")
+    if str(adapter or "").strip().lower() in (BASE, "none") and not a_given:
         raise UserError(f"Compare sets the base against a fine-tuned adapter, and {adapter!r} is the base itself: "
-                        f"choose one of {', '.join(found) or 'none yet'}")
+                        f"choose one of {', '.join(found) or 'none yet'}, or a checkpoint")
     if not str(adapter or "").strip():            # not given (an API client): the first one, named in the headings
-        if not found:
+        adapter = default_pair(state)[1]
+        if adapter is None:
             raise UserError(f"no fine-tuned chat/poem adapter for base {state.base_name} to compare with: {TRAIN_HINT}")
-        adapter = found[0]
-    name = state.resolve_adapter(adapter, "causal")
+    side_a, side_b = checkpoint(state, against), checkpoint(state, adapter)
+    if (side_a["model"], side_a["adapter"]) == (side_b["model"], side_b["adapter"]):
+        raise UserError("A and B are the same checkpoint: choose two different ones")
+    if side_a["model"] != side_b["model"] and state.max_models < 2:
+        raise UserError("this app holds one model at a time (--max-models 1), so it compares adapters of one base "
+                        "only: pick two adapters of the same base, or restart it with --max-models 2")
+    name = side_b["adapter"] or side_a["adapter"]
     base_left = secrets.randbelow(2) == 0 if blind else True
     if blind:
         sampling = blind_sampling(sampling)
-    rec = {"job": state.enqueue("compare", session), "prompt": text, "adapter": name, "sampling": sampling,
-           "form": form_for(state, text, name, form), "blind": bool(blind), "base_left": base_left,
-           "model": state.base_name, "texts": {"base": "", "tuned": ""}, "status": "waiting", "vote": None,
+    rec = {"job": state.enqueue("compare", session), "prompt": text, "adapter": side_b["adapter"],
+           "sampling": sampling, "form": form_for(state, text, name, form), "blind": bool(blind),
+           "base_left": base_left, "model": side_a["model"], "sides": {"base": side_a, "tuned": side_b},
+           "texts": {"base": "", "tuned": ""}, "status": "waiting", "vote": None,
            "item": eval_items().get(text), "task": adapter_task(state, name), "scores": None}
     state.session_data(session)["compare"] = rec
     return rec
@@ -140,7 +224,10 @@ def side_names(rec: dict, revealed: bool | None = None) -> tuple[str, str]:
         revealed = not rec["blind"] or rec.get("vote") is not None
     if not revealed:
         return "Answer 1 (hidden until you vote)", "Answer 2 (hidden until you vote)"
-    base, tuned = f"Base: {rec['model']}", f"Fine-tuned: {rec['adapter']}"
+    if "sides" not in rec or classic(rec):
+        base, tuned = f"Base: {short_name(rec['model'])}", f"Fine-tuned: {rec['adapter']}"
+    else:
+        base, tuned = f"A: {rec['sides']['base']['label']}", f"B: {rec['sides']['tuned']['label']}"
     return (base, tuned) if rec["base_left"] else (tuned, base)
 
 
@@ -162,8 +249,13 @@ def view(state: AppState, rec: dict | None) -> dict:
     writing = "✍ both sides are writing (one batch)"
     if rec.get("on_server"):
         writing = f"✍ both sides are writing (two concurrent requests to {rec.get('on_server')})"
+    if rec.get("pair"):
+        writing = "✍ both sides are writing (two models, side by side)"
     status = {"writing": writing, "done": "done", "stopped": "⏹ stopped by you",
+              "loading": "⏳ loading the models (first use of a checkpoint: seconds to a minute)",
               "failed": f"⚠ {rec.get('error', '')}"}.get(rec["status"], rec["status"])
+    if rec.get("memory") and rec["status"] != "failed":
+        status += f" · {rec['memory']}"
     if rec.get("engine_notice") and rec["status"] != "failed":
         status += f" · ℹ {rec['engine_notice']}"
     if rec["blind"] and rec["status"] != "failed":
@@ -186,12 +278,20 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
         return
     state.start_job(rec["job"])
     try:
-        lm = state.get_model()
-        srv, rec["engine_notice"] = compare_route(state, rec)
-        if srv is not None:
-            yield from _server_stream(state, session, rec, srv, lm)
-        else:
-            yield from _batch_stream(state, session, rec, lm)
+        a, b = rec["sides"]["base"], rec["sides"]["tuned"]
+        if a["model"] == b["model"]:                  # adapters on one base: one mixed-adapter batch
+            lm = state.model_for(a["model"])
+            srv, rec["engine_notice"] = compare_route(state, rec) if classic(rec) else (None, "")
+            if srv is not None:
+                yield from _server_stream(state, session, rec, srv, lm)
+            else:
+                yield from _batch_stream(state, session, rec, lm)
+        else:                                         # two models: both held (LRU), written side by side
+            rec["status"], rec["pair"] = "loading", True
+            yield view(state, rec)
+            lms = [state.model_for(a["model"], keep=(b["model"],)), state.model_for(b["model"], keep=(a["model"],))]
+            rec["memory"] = model_memory(lms)
+            yield from _pair_stream(state, session, rec, lms)
     except UserError as e:
         rec["status"], rec["error"] = "failed", str(e)
     finally:
@@ -215,7 +315,7 @@ def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict
     rec["status"] = "writing"
     t0 = time.perf_counter()
     with state.running(session) as (event, _):
-        gen = stream_rows(state, lm, rendered, [None, rec["adapter"]], cfg, event, stats)
+        gen = stream_rows(state, lm, rendered, [rec["sides"]["base"]["adapter"], rec["adapter"]], cfg, event, stats)
         try:
             for base, tuned in gen:
                 rec["texts"] = {"base": base, "tuned": tuned}
@@ -230,6 +330,75 @@ def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict
                    "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
                    "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
                    "sampling": rec["sampling"].as_dict()}
+
+
+def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterator[dict]:
+    """Two different models (bases, or a full fine-tune and its base), each with its own prompt rendering, written
+    at the same time in two threads (torch releases the GIL: on 2 cores the pair costs about the slower side),
+    merged as they stream: yields view() dicts. Stop (one event) halts both."""
+    import queue
+    import threading
+
+    from harness.app.poem import form_token_budget
+    from harness.app.streaming import stream_rows
+    from harness.generation import StreamStats
+    sides = [rec["sides"]["base"], rec["sides"]["tuned"]]
+    rendered = [lm.render_instruction(rec["prompt"]) for lm in lms]
+    cfgs = []
+    for lm in lms:
+        cfg = rec["sampling"].config()
+        if rec["form"]:
+            cfg = replace(cfg, form=rec["form"], max_new_tokens=form_token_budget(lm.tokenizer, rec["form"]))
+        cfgs.append(cfg)
+    stats = [StreamStats(), StreamStats()]
+    updates: queue.Queue = queue.Queue()
+    rec["status"] = "writing"
+    t0 = time.perf_counter()
+    with state.running(session) as (event, _):
+        def side(i: int) -> None:
+            gen = stream_rows(state, lms[i], rendered[i], [sides[i]["adapter"]], cfgs[i], event, [stats[i]])
+            try:
+                for texts in gen:
+                    updates.put((i, texts[0], None))
+                updates.put((i, None, None))
+            except Exception as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+                updates.put((i, None, e))
+            finally:
+                gen.close()
+
+        threads = [threading.Thread(target=side, args=(i,), daemon=True, name=f"compare-pair-{i}") for i in (0, 1)]
+        for t in threads:
+            t.start()
+        texts, ended, error, finished = ["", ""], 0, None, False
+        try:
+            while ended < 2:
+                i, text, err = updates.get()
+                if text is None:
+                    ended, error = ended + 1, error or err
+                    continue
+                texts[i] = text
+                rec["texts"] = {"base": texts[0], "tuned": texts[1]}
+                yield view(state, rec)
+            finished = True
+        finally:
+            if not finished:                      # closed half-way (the page went away): both sides halt
+                event.requested = True
+                event.set()
+            for t in threads:
+                t.join(timeout=30)
+        stopped = getattr(event, "requested", False)
+    if isinstance(error, UserError):
+        raise error
+    if error is not None:
+        raise UserError(f"the comparison failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+    rec["status"] = "stopped" if stopped else "done"
+    rec["memory"] = model_memory(lms)
+    rec["figures"] = {s: figures(rec["texts"][s], rec, lm) for s, lm in zip(("base", "tuned"), lms)}
+    rec["info"] = {"models": [sd["label"] for sd in sides], "adapters": [sd["adapter"] for sd in sides],
+                   "prompt": rendered[0] if rendered[0] == rendered[1] else "\n\n---\n\n".join(rendered),
+                   "one_batch": False, "side_by_side": True, "form_constrained": rec["form"] or False,
+                   "seconds": round(time.perf_counter() - t0, 3), "memory": rec["memory"],
+                   "base": stats_info(stats[0]), "tuned": stats_info(stats[1]), "sampling": rec["sampling"].as_dict()}
 
 
 def compare_route(state: AppState, rec: dict):
@@ -426,9 +595,11 @@ def vote(state: AppState, session: str, choice: str) -> str:
     seed = rec["sampling"].seed
     # A = the fine-tuned side, B = the base
     try:
+        a_side, b_side = rec["sides"]["tuned"], rec["sides"]["base"]     # by checkpoint: model + adapter
         vid = votes.cast_vote(state.store, session=session, prompt=rec["prompt"], response_left=left, response_right=right,
-                              side_a="right" if rec["base_left"] else "left", model_a=rec["model"],
-                              adapter_a=rec["adapter"], model_b=rec["model"], adapter_b="", seed_a=seed,
+                              side_a="right" if rec["base_left"] else "left", model_a=a_side["model"],
+                              adapter_a=a_side["adapter"] or "", model_b=b_side["model"],
+                              adapter_b=b_side["adapter"] or "", seed_a=seed,
                               seed_b=seed, choice=choice, task=rec["task"], eval_set=item.get("eval_set", ""),
                               item_id=item.get("item_id", ""))
         note = "counted"
@@ -515,10 +686,13 @@ def compare_once(state: AppState, prompt: Any, adapter: str | None = None, sampl
 # ---------------------------------------------------------------- the tab's layout and events
 
 def compare_note(state: AppState) -> str:
-    if compare_choices(state):
-        return ""
+    """The note above the pickers: what there is to compare, and the memory when more than one model is held."""
+    held = state.held_models()
+    memory = f"Models held (at most {state.max_models}): {model_memory(held)}." if len(held) > 1 else ""
+    if compare_choices(state) or len(pair_choices(state)) > 1:
+        return memory
     return ("No fine-tuned chat/poem adapter for this base yet, so there is nothing to compare with: "
-            f"{TRAIN_HINT}.")
+            f"{TRAIN_HINT}, or copy a full fine-tune folder into the app's checkpoints folder.")
 
 
 def shown_outputs(v: dict) -> tuple:
@@ -543,17 +717,25 @@ def build(state: AppState, ui: dict) -> None:
     from harness.app.streaming import throttled
     from harness.app.widgets import GENERATE, JUDGE, guard, sampling_controls, session, stopper, transparency
     from harness.metrics import FIXED_FORMS
-    choices = compare_choices(state)
+    choices = pair_choices(state)
+    first_a, first_b = default_pair(state)
     note = gr.Markdown(compare_note(state), elem_id="compare-note")
     with gr.Row():
         prompt = gr.Textbox(label="Instruction", lines=3, scale=3, placeholder=task_hints("chat").get("placeholder", ""),
                             elem_id="compare-input")
         with gr.Column(scale=2):
-            adapter = gr.Dropdown(choices, value=choices[0] if choices else None, label="Fine-tuned adapter",
+            against = gr.Dropdown(choices, value=first_a, label="A (left): base, adapter or checkpoint",
+                                  allow_custom_value=True, elem_id="compare-a")
+            adapter = gr.Dropdown(choices, value=first_b, label="B (right): fine-tuned adapter or checkpoint",
                                   allow_custom_value=True, elem_id="compare-adapter")
             form = gr.Dropdown([AUTO, NO_FORM, *FIXED_FORMS], value=AUTO,
                                label="Classical form kept while decoding (poem adapters)", elem_id="compare-form",
-                               visible=keeps_forms(state, choices[0] if choices else None))
+                               visible=keeps_forms(state, first_b))
+    with gr.Accordion("Add a checkpoint from the app's checkpoints folder", open=False, elem_id="compare-add"):
+        with gr.Row():
+            add_name = gr.Textbox(label="Folder or file name inside the checkpoints folder (a full fine-tune "
+                                  "folder, a .gguf or a LLMs-from-scratch .pth)", scale=3, elem_id="compare-add-name")
+            add_btn = gr.Button("Add as B", scale=1, elem_id="compare-add-button")
             blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote "
                                 "(sampled with a fresh seed, so the answers are new to you)", elem_id="compare-blind")
     with gr.Row():
@@ -563,7 +745,7 @@ def build(state: AppState, ui: dict) -> None:
     with gr.Accordion("Sampling (both sides use the same settings and seed)", open=False):
         sampling = sampling_controls(Sampling(temperature=0.0), "compare", state.limits)
     with gr.Row():
-        button = gr.Button("Compare", variant="primary", elem_id="compare-button", interactive=bool(choices))
+        button = gr.Button("Compare", variant="primary", elem_id="compare-button", interactive=len(choices) > 1)
         stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
     status = gr.Markdown(elem_id="compare-status")
     with gr.Row():
@@ -594,10 +776,11 @@ def build(state: AppState, ui: dict) -> None:
     notice = gr.Markdown(elem_id="compare-notice", elem_classes="notice")
     shown = [left, right, left_head, right_head, left_fig, right_fig, status]
 
-    def start_fn(text, name, form_, blind_, temperature, top_p, max_new_tokens, seed, repetition_penalty,
+    def start_fn(text, a_name, name, form_, blind_, temperature, top_p, max_new_tokens, seed, repetition_penalty,
                  request: gr.Request):
         rec = start(state, session(request), text, name,
-                    state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty), form_, bool(blind_))
+                    state.sampling(temperature, top_p, max_new_tokens, seed, repetition_penalty), form_, bool(blind_),
+                    against=a_name)
         return (*shown_outputs(view(state, rec)), "Judge score: —", "Judge score: —", "", "", "")
 
     def stream_fn(request: gr.Request):
@@ -629,7 +812,12 @@ def build(state: AppState, ui: dict) -> None:
 
     adapter.change(lambda a: gr.update(visible=keeps_forms(state, a)), adapter, form, queue=False,
                    api_visibility="private")
-    ev = button.click(guard(start_fn, len(shown) + 5), [prompt, adapter, form, blind, *sampling],
+    def add_fn(name):
+        found, value, says = add_checkpoint(state, name)
+        return gr.update(choices=found), gr.update(choices=found, value=value), says
+
+    add_btn.click(guard(add_fn, 3), add_name, [against, adapter, notice], queue=False, api_visibility="private")
+    ev = button.click(guard(start_fn, len(shown) + 5), [prompt, against, adapter, form, blind, *sampling],
                       [*shown, left_score, right_score, judge_notice, vote_msg, notice], queue=False,
                       api_visibility="private")
     ev = ev.then(guard(stream_fn, len(shown) + 3), None, [*shown, rendered, stats, notice], show_progress="hidden",
@@ -654,5 +842,5 @@ def build(state: AppState, ui: dict) -> None:
     api = gr.Button(visible=False)
     api.click(guard(api_compare), [prompt, adapter, *sampling],
               [left, right, left_score, right_score, judge_notice, rendered, stats], api_name="compare", **GENERATE)
-    ui.update(cmp_adapter=adapter, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=shown_outputs,
+    ui.update(cmp_adapter=adapter, cmp_against=against, cmp_note=note, cmp_btn=button, cmp_shown=shown, cmp_view=shown_outputs,
               votes_view=(votes_fn, [votes_table, tally]))

@@ -9,7 +9,7 @@ that follow the base in use, the once-a-second status tick, and launch().
 
 from harness.app import chat, compare, leaderboard, poem
 from harness.app import classify as spam
-from harness.app.state import BASE, AppState, adapter_choices, base_choices, status_line
+from harness.app.state import BASE, AppState, adapter_choices, base_choices, base_value, short_name, status_line
 from harness.app.widgets import CSS, GENERATE, session
 from harness.errors import UserError
 
@@ -38,7 +38,7 @@ def build_header(state: AppState) -> dict:
                 "all on this machine's CPU. Switching adapters never reloads the base.", elem_id="app-intro")
     with gr.Row(equal_height=False, elem_id="pickers"):
         with gr.Column(scale=3, min_width=200):
-            base_dd = gr.Dropdown(base_choices(state), value=state.base_name, label="Base model",
+            base_dd = gr.Dropdown(base_choices(state), value=base_value(state), label="Base model",
                                   allow_custom_value=True, elem_id="base-picker")
             load_btn = gr.Button("Load this base (frees the current one)", size="sm", elem_id="load-base")
         with gr.Column(scale=3, min_width=200):
@@ -59,9 +59,10 @@ def picker_values(state: AppState, adapter, classifier, tuned) -> dict:
     adapter = adapter if adapter in [v for _, v in chat_choices] else BASE
     cls = spam.classifier_choices(state)
     classifier = classifier if classifier in [v for _, v in cls] else spam.default_classifier(state)
-    tuned_choices = compare.compare_choices(state)
-    tuned = tuned if tuned in tuned_choices else (tuned_choices[0] if tuned_choices else None)
-    return {"bases": base_choices(state), "base": state.base_name, "adapters": chat_choices, "adapter": adapter,
+    tuned_choices = compare.pair_choices(state)
+    values = [v for _, v in tuned_choices]
+    tuned = tuned if tuned in values and tuned != BASE else compare.default_pair(state)[1]
+    return {"bases": base_choices(state), "base": base_value(state), "adapters": chat_choices, "adapter": adapter,
             "classifiers": cls, "classifier": classifier, "tuned_choices": tuned_choices, "tuned": tuned,
             "status": status_line(state, adapter), "compare_note": compare.compare_note(state),
             "poem_hint": poem.poem_hint(state)}
@@ -71,7 +72,7 @@ def load_base(state: AppState, base) -> str:
     """Load another base: the sentence for the header (the picker keeps the base still in use on failure)."""
     try:
         state.switch_base(base)
-        return f"Loaded {state.base_name}."
+        return f"Loaded {short_name(state.base_name)}."
     except UserError as e:
         return f"⚠ {e}"
 
@@ -138,14 +139,15 @@ def build_demo(state: AppState | None = None):
 def wire_pickers(state: AppState, ui: dict, demo) -> None:
     import gradio as gr
     pickers = [ui["base_dd"], ui["adapter_dd"], ui["classifier_dd"], ui["cmp_adapter"], ui["status"], ui["cmp_note"],
-               ui["poem_hint"], ui["cmp_btn"], ui["base_notice"]]
+               ui["poem_hint"], ui["cmp_btn"], ui["base_notice"], ui["cmp_against"]]
 
     def updates(adapter, classifier, tuned, says=""):
         v = picker_values(state, adapter, classifier, tuned)
         return (gr.update(choices=v["bases"], value=v["base"]), gr.update(choices=v["adapters"], value=v["adapter"]),
                 gr.update(choices=v["classifiers"], value=v["classifier"]),
                 gr.update(choices=v["tuned_choices"], value=v["tuned"]), v["status"], v["compare_note"],
-                v["poem_hint"], gr.update(interactive=bool(v["tuned_choices"])), says)
+                v["poem_hint"], gr.update(interactive=len(v["tuned_choices"]) > 1), says,
+                gr.update(choices=v["tuned_choices"]))
 
     def load_fn(base, adapter, classifier, tuned):
         return updates(adapter, classifier, tuned, load_base(state, base))

@@ -13,6 +13,7 @@ the old one first.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -132,6 +133,10 @@ class AppState:
     sessions: OrderedDict = field(default_factory=OrderedDict, repr=False)  # session -> dict of per-tab data
     spaces: bool = False                     # a shared public app (SYSTEM=spaces): capped work, no server paths
     start_note: str = ""                     # one line for the header from the start (e.g. the engine chosen)
+    checkpoints: Path | None = None          # the checkpoints root visitors may pick from (None: ./checkpoints)
+    max_models: int = 2                      # models held at once (the base in use counts); least recently used freed
+    _others: OrderedDict = field(default_factory=OrderedDict, repr=False)   # spec name -> LoadedModel (not self.lm)
+    _used: OrderedDict = field(default_factory=OrderedDict, repr=False)     # spec names, least recently used first
 
     def __post_init__(self):
         from dataclasses import replace
@@ -163,11 +168,100 @@ class AppState:
         return self.lm.name if self.lm is not None else self.spec.name
 
     def get_model(self) -> LoadedModel:
-        """The loaded base (loading it the first time)."""
+        """The loaded base (loading it the first time, or again after the LRU freed it for two other models)."""
         with self._load_lock:
             if self.lm is None:
+                self._free_models(keep={self.spec.name}, room=1)
                 self.lm = load_model(self.spec.name, adapters_folder=self.adapters_folder)
+            self._used[self.spec.name] = None
+            self._used.move_to_end(self.spec.name)
             return self.lm
+
+    # ------------------------------------------------------------ any checkpoint: the root and the LRU of models
+
+    @property
+    def checkpoints_root(self) -> Path:
+        return Path(self.checkpoints) if self.checkpoints else Path.cwd() / "checkpoints"
+
+    def root_checkpoint(self, name: Any) -> str:
+        """A folder or file inside the checkpoints root -> its resolved path (a full fine-tune or base folder with a
+        config.json, a .gguf, a LLMs-from-scratch .pth). A name never escapes the root: absolute paths, `~`, `..`
+        and symlinks pointing out are refused, and the refusal never echoes the path."""
+        name = str(name or "").strip()
+        outside = UserError("that checkpoint is not inside the app's checkpoints folder: give a folder or file "
+                            "name relative to it (absolute paths, '..' and links out of it are refused)")
+        if not name:
+            raise UserError("type the name of a folder or file inside the app's checkpoints folder")
+        rel = Path(name)
+        if rel.is_absolute() or name.startswith(("~", "\\")) or ".." in rel.parts or ":" in name or "\0" in name:
+            raise outside
+        root = self.checkpoints_root.resolve()
+        try:
+            path = (root / rel).resolve()
+        except (OSError, RuntimeError):              # a symlink loop
+            raise outside from None
+        if path != root and root not in path.parents:
+            raise outside
+        if not path.exists():
+            raise UserError(f"no checkpoint {rel.as_posix()!r} in the app's checkpoints folder: copy it there, "
+                            "then add it again")
+        if not root_model(path):
+            raise UserError(f"{rel.as_posix()!r} is not a checkpoint: a folder with a config.json (a full fine-tune "
+                            "or a base), a .gguf file or a LLMs-from-scratch .pth state dict")
+        return str(path)
+
+    def root_checkpoints(self) -> list[str]:
+        """Names (relative to the checkpoints root) of the checkpoints in it, its top level and one level below."""
+        root = self.checkpoints_root
+        if not root.is_dir():
+            return []
+        found = []
+        for p in sorted(root.iterdir()):
+            for q in [p, *(sorted(p.iterdir()) if p.is_dir() and not (p / "config.json").is_file() else [])]:
+                try:
+                    rel = q.relative_to(root).as_posix()
+                    self.root_checkpoint(rel)
+                    found.append(rel)
+                except (UserError, OSError):
+                    continue
+        return found
+
+    def model_for(self, name: str, keep: tuple[str, ...] = ()) -> LoadedModel:
+        """The loaded model of a resolved base name (resolve_base(...).name): the base in use (get_model) or one
+        held besides it. At most max_models are held: loading another frees the least recently used first (never
+        one of `keep`, the other side of a comparison). A generation still running on a freed model finishes: it
+        holds its own reference."""
+        if name == self.spec.name:
+            return self.get_model()
+        with self._load_lock:
+            lm = self._others.get(name)
+            if lm is None:
+                self._free_models(keep={name, *keep}, room=1)
+                lm = load_model(name, adapters_folder=self.adapters_folder)
+                self._others[name] = lm
+            self._used[name] = None
+            self._used.move_to_end(name)
+            return lm
+
+    def held_models(self) -> list[LoadedModel]:
+        return ([self.lm] if self.lm is not None else []) + list(self._others.values())
+
+    def _free_models(self, keep: set, room: int) -> None:
+        """Free least recently used models until `room` more fit under max_models (caller holds _load_lock)."""
+        freed = False
+        for name in list(self._used):
+            if len(self.held_models()) + room <= max(1, self.max_models):
+                break
+            if name in keep:
+                continue
+            self._used.pop(name, None)
+            freed = True
+            if name == self.spec.name and self.lm is not None:
+                self.lm = None                   # get_model() loads it again when it is next used
+            else:
+                self._others.pop(name, None)
+        if freed:
+            gc.collect()
 
     def switch_base(self, name: str) -> LoadedModel:
         """Load another base; the old one is freed first (del + gc.collect). On failure the old one comes back."""
@@ -175,10 +269,14 @@ class AppState:
             raise UserError("choose a base model first")
         name = str(name).strip()
         allowed = self.allowed_bases()
-        if name not in allowed:   # a name from the UI never becomes a path: registry names + the start-up model
-            raise UserError(f"unknown base {name!r}; choose one of: {', '.join(allowed)}. "
-                            "Other local models load at start-up: python app.py --model DIR")
-        spec = resolve_base(name)
+        if name in allowed:       # a name from the UI never becomes a path outside the checkpoints root
+            spec = resolve_base(name)
+        elif (os.path.lexists(self.checkpoints_root / name) or "/" in name or "\\" in name or ".." in name
+              or name.endswith((".gguf", ".pth"))):
+            spec = resolve_base(self.root_checkpoint(name))
+        else:
+            raise UserError(f"unknown base {name!r}; choose one of: {', '.join(allowed)}, or a checkpoint in the "
+                            "app's checkpoints folder. Other local models load at start-up: python app.py --model DIR")
         if self.lm is not None and self.lm.name == spec.name:
             return self.lm
         status = base_status(spec)                # refuse what cannot load offline before freeing anything
@@ -198,19 +296,23 @@ class AppState:
                 with old.lock:                      # a generation still finishing keeps its model until done
                     self.lm = None
                 del old
+            self._used.pop(old_name, None)
+            held = self._others.pop(spec.name, None)    # already held for Compare: becomes the base in use
             gc.collect()
             try:
-                self.lm = load_model(spec.name, adapters_folder=self.adapters_folder)
+                self.lm = held or load_model(spec.name, adapters_folder=self.adapters_folder)
                 self.spec = spec
+                self._used[spec.name] = None
+                self._used.move_to_end(spec.name)
             except Exception as e:
                 reason = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
                 self.lm = None
                 gc.collect()
                 try:
                     self.lm = load_model(old_name, adapters_folder=self.adapters_folder)
-                    now = f"Still using {old_name}."
+                    now = f"Still using {short_name(old_name)}."
                 except Exception as again:  # noqa: BLE001 - reported in the message below
-                    now = f"Reloading {old_name} failed too ({type(again).__name__}): restart the app."
+                    now = f"Reloading {short_name(old_name)} failed too ({type(again).__name__}): restart the app."
                 raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
             self.phase, self.phase_note = "ready", ""        # an earlier base's failure is no longer news
             return self.lm
@@ -479,6 +581,36 @@ class AppState:
         return time.perf_counter() - t0
 
 
+def root_model(path: Path) -> bool:
+    """Is this file or folder a checkpoint the app can load (config.json folder, .gguf, .pth)?"""
+    return (path.is_dir() and (path / "config.json").is_file()) or (path.is_file() and path.suffix in (".gguf", ".pth"))
+
+
+def model_memory(models: list) -> str:
+    """The memory of the held models, for the Compare note: this process's RSS and each model's parameter bytes."""
+    def params(lm) -> int:
+        return sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    parts = [f"{short_name(lm.name)} {params(lm) / 2**20:,.0f} MiB of parameters" for lm in models]
+    return f"memory: {rss_mib():,.0f} MiB resident (RSS) · " + " · ".join(parts)
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def short_name(name: str) -> str:
+    """A model's name as the page shows it: a local path by its last part (never the server's folders)."""
+    return Path(name).name if ("/" in name and Path(name).is_absolute()) else name
+
+
 def _of_kind(a: AdapterInfo, kind: str | None) -> bool:
     method = getattr(a, "method", "")
     if kind == "causal":
@@ -717,9 +849,18 @@ def base_choices(state: AppState) -> list[tuple[str, str]]:
         note = base_note(s, status) if status == "missing" else ""
         said = shown.get(status, status)
         out.append((s.name if status == "cached" else f"{s.name} ({said}{': ' + note if note else ''})", s.name))
-    if state.base_name not in [v for _, v in out]:
+    out += [(f"{rel} (checkpoints folder)", rel) for rel in state.root_checkpoints()]
+    if base_value(state) not in [v for _, v in out]:
         out.append((f"{Path(state.base_name).name} (local)", state.base_name))
     return out
+
+
+def base_value(state: AppState) -> str:
+    """The base picker's value for the base in use: a checkpoint in the checkpoints root by its name there."""
+    try:
+        return Path(state.base_name).relative_to(state.checkpoints_root.resolve()).as_posix()
+    except ValueError:
+        return state.base_name
 
 
 def adapter_choices(state: AppState, kind: str = "causal") -> list[tuple[str, str]]:
