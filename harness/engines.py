@@ -577,14 +577,6 @@ def engine_generate(engine: Engine, requests: list[EngineRequest],
             bar.close()
 
 
-def complete(engine: Engine, req: EngineRequest) -> Generation:
-    """One answer from a server engine (retries and the total deadline of harness.http), or one sentence."""
-    try:
-        return engine.complete(req)
-    except ServerError as e:
-        raise _sentence(engine, req, e, "a request") from None
-
-
 def _generate_local(engine: Engine, reqs: list[EngineRequest], on_done, progress: bool) -> list[Generation]:
     """In process: requests grouped by (adapter, decoding), each group through generate_batch."""
     from harness.generation import GenerationConfig, generate_batch

@@ -6,7 +6,7 @@
     python -m harness run --eval-set sms_own --adapter smollm2-135m-spam                      # classify: no judge
     python -m harness generate-set --eval-set poems_own --output poems.jsonl
     python -m harness judge --responses instruction-data-with-response.json --output scored.jsonl
-    python -m harness bench judge
+    python -m harness bench judge             # harness/bench/judge.py
 
 What differs between tasks (prompts, metrics, classification or generation) comes from the task registry
 (harness/tasks). Every generation and judgment goes to the store (harness.store) as it completes, keyed by
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -993,45 +992,3 @@ def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), r
     print(f"Number of scores: {len(scores)} of {len(rows)} (unparsed kept with parsed=false)")
     print(f"Average score: {mean}   [{rows[0]['judge']}, {time.perf_counter() - t0:.1f} s] -> {output}")
     return 0
-
-
-def bench_judge_cmd(n: int = 40, delay: float = 0.2, workers: int = 4, offline_items: int = 16) -> int:
-    """Judge throughput against the fake Ollama server (answers in `delay` s): 1 vs N workers, cold vs warm
-    cache, pointwise then pairwise (both orders); then the in-process log-prob pairwise judge vs the generating
-    pointwise judge on the same committed answers (items/s ratio).
-
-    n: items to judge
-    delay: seconds the fake server takes per answer
-    workers: the parallel run's workers
-    offline_items: items for the in-process comparison (0 skips it; it loads the embedded model)
-    """
-    from harness.fake_ollama import FakeOllama
-
-    reqs = [JudgeRequest(f"bench-{i}", "chat", {
-        "instruction": f"Rewrite sentence {i} in the passive voice.", "input": f"The cat chased mouse number {i}.",
-        "output": f"Mouse number {i} was chased by the cat.", "response": f"Mouse {i} was chased by the cat."})
-        for i in range(n)]
-
-    def timed(fake: FakeOllama, store: Store, w: int) -> tuple[float, int]:
-        before = fake.count("/api/chat")
-        t0 = time.perf_counter()
-        with open_judge(JudgeConfig("ollama:llama3", host=fake.url, workers=w)) as j:
-            rows, _ = judge_with_store(j, reqs, store, progress=False)
-        assert len(rows) == n
-        return time.perf_counter() - t0, fake.count("/api/chat") - before
-
-    with FakeOllama(delay=delay) as fake, tempfile.TemporaryDirectory() as tmp:
-        with Store(Path(tmp) / "one.sqlite") as s1:
-            t1, r1 = timed(fake, s1, 1)
-        with Store(Path(tmp) / "many.sqlite") as s4:
-            t4, r4 = timed(fake, s4, workers)
-            tw, rw = timed(fake, s4, workers)
-    par, warm = t1 / t4, t4 / tw
-    print(f"judge benchmark: {n} items, fake Ollama answering in {delay:.2f} s")
-    print(f"  1 worker,  cold: {t1:7.3f} s  ({n / t1:6.1f} items/s, {r1} requests)")
-    print(f"  {workers} workers, cold: {t4:7.3f} s  ({n / t4:6.1f} items/s, {r4} requests)")
-    print(f"  {workers} workers, warm: {tw:7.3f} s  ({n / tw:6.1f} items/s, {rw} requests)")
-    print(f"  {workers} workers vs 1: {par:.2f}x faster (target >= 3.5x: {'met' if par >= 3.5 else 'NOT met'})")
-    print(f"  warm vs cold:      {warm:.0f}x faster (target >= 50x: {'met' if warm >= 50 else 'NOT met'})")
-    from harness.pairwise import bench_pairwise
-    return bench_pairwise(n=n, delay=delay, workers=workers, offline_items=offline_items)

@@ -6,7 +6,7 @@
         res.columns()       # {"pw_win_rate": 0.61, "pw_win_ci_low": ..., "pw_ties": ..., "pw_consistency": ...}
         print(pairwise_markdown(res, "alpaca adapter", "base"))
 
-    python -m harness.pairwise --bench        # = bench_pairwise(): 4 workers vs 1, warm re-run, log-prob vs pointwise
+    python -m harness bench judge             # its benchmark: harness/bench/judge.py
 
 How it counts (MT-bench / FastChat): each item is judged twice, with A = the candidate's answer shown first
 ("ab") and with the baseline's shown first ("ba"). A verdict per order is "A", "B" or "tie" (A = whichever
@@ -34,11 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -576,7 +574,7 @@ def pairwise_runs(judge: Judge, rows: list[dict], baseline: list[dict], store: S
     return pairwise_judge(judge, items, resp_a, resp_b, store, progress, retry_unparsed)
 
 
-# ---------------------------------------------------------------- a fake judge and the benchmark
+# ---------------------------------------------------------------- a deterministic pairwise answer (tests, benchmarks)
 
 def fake_pairwise_answer(body: dict) -> str:
     """A deterministic pairwise answer for harness.fake_ollama.FakeOllama(default=...): the winner is a hash
@@ -587,102 +585,3 @@ def fake_pairwise_answer(body: dict) -> str:
     if body.get("format") or body.get("response_format"):
         return json.dumps({"winner": winner, "reason": "Follows the instruction more closely."})
     return f"Response {winner} is better." if winner != "tie" else "It's a tie."
-
-
-def _bench_items(n: int) -> tuple[list[dict], list[str], list[str]]:
-    items = [{"id": f"bench-{i}", "task": "chat", "instruction": f"Rewrite sentence {i} in the passive voice.",
-              "input": f"The cat chased mouse number {i}.", "output": f"Mouse number {i} was chased by the cat."}
-             for i in range(n)]
-    return (items, [f"Mouse {i} was chased by the cat." for i in range(n)],
-            [f"The cat chased mouse {i}." for i in range(n)])
-
-
-def bench_pairwise(n: int = 40, delay: float = 0.2, workers: int = 4, offline_items: int = 16) -> int:
-    """Pairwise judge throughput: 4 workers vs 1 against the fake Ollama (answers in `delay` s), a warm re-run
-    (0 requests), then the in-process log-prob pairwise judge vs the generating pointwise judge (items/s).
-
-    n: items for the fake-server part (2 requests each: both orders)
-    delay: seconds the fake server takes per answer
-    workers: the parallel run's workers
-    offline_items: items for the in-process comparison (0 skips it; it loads the embedded model)
-    """
-    from harness.fake_ollama import FakeOllama
-    from harness.judge import JudgeConfig, open_judge
-
-    items, ra, rb = _bench_items(n)
-    print(f"pairwise benchmark: {n} items x 2 orders, fake Ollama answering in {delay:.2f} s")
-    with FakeOllama(delay=delay, default=fake_pairwise_answer) as fake, tempfile.TemporaryDirectory() as tmp:
-        def timed(store: Store, w: int) -> tuple[float, int]:
-            before = fake.count("/api/chat")
-            t0 = time.perf_counter()
-            with open_judge(JudgeConfig("ollama:llama3", host=fake.url, workers=w)) as j:
-                pairwise_judge(j, items, ra, rb, store, progress=False)
-            return time.perf_counter() - t0, fake.count("/api/chat") - before
-        with Store(Path(tmp) / "one.sqlite") as s1:
-            t1, r1 = timed(s1, 1)
-        with Store(Path(tmp) / "many.sqlite") as s4:
-            t4, r4 = timed(s4, workers)
-            tw, rw = timed(s4, workers)
-    par = t1 / t4
-    print(f"  1 worker,  cold: {t1:7.3f} s  ({n / t1:6.2f} items/s, {r1} requests)")
-    print(f"  {workers} workers, cold: {t4:7.3f} s  ({n / t4:6.2f} items/s, {r4} requests)")
-    print(f"  {workers} workers, warm: {tw:7.3f} s  ({rw} requests)")
-    print(f"  {workers} workers vs 1: {par:.2f}x (target >= 3.5x: {'met' if par >= 3.5 else 'NOT met'}); "
-          f"warm re-run sent {rw} requests (target 0: {'met' if rw == 0 else 'NOT met'})")
-    if offline_items > 0:
-        _bench_offline(offline_items)
-    return 0
-
-
-def _bench_offline(k: int) -> None:
-    """Log-prob pairwise vs generating pointwise on the same committed instructions_own answers."""
-    from harness.judge import DEFAULT_OFFLINE_JUDGE, JudgeConfig, judge_many, open_judge
-    from harness.paths import PROJECT_ROOT
-
-    runs = PROJECT_ROOT / "results" / "runs" / "chat"
-    base = read_run(runs / "instructions_own__smollm2-135m-instruct__base__transformers-smollm2-135m-instruct.jsonl")
-    alp = read_run(runs / "instructions_own__smollm2-135m-instruct__smollm2-135m-alpaca__"
-                          "transformers-smollm2-135m-instruct.jsonl")
-    own = {str(r["id"]): r for _, r in iter_jsonl(PROJECT_ROOT / "eval_sets" / "own" / "instructions_own.jsonl")}
-    base, alp = base[:k], {r["item_id"]: r["response"] for r in alp}
-    items = [{"task": "chat", **own[r["item_id"]]} for r in base]
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "s.sqlite") as store:
-        t0 = time.perf_counter()
-        judge = open_judge(JudgeConfig(DEFAULT_OFFLINE_JUDGE))
-        load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pairwise_judge(judge, items, [alp[r["item_id"]] for r in base], [r["response"] for r in base], store,
-                       progress=False)
-        t_pair = time.perf_counter() - t0
-        reqs = [JudgeRequest(r["item_id"], "chat", {**{f: own[r["item_id"]].get(f, "") for f in
-                                                        ("instruction", "input", "output")},
-                                                     "response": r["response"]}) for r in base]
-        t0 = time.perf_counter()
-        judge_many(judge, reqs, progress=False)
-        t_point = time.perf_counter() - t0
-    print(f"offline judge {DEFAULT_OFFLINE_JUDGE} on {k} committed instructions_own items (model load {load:.1f} s):")
-    print(f"  log-prob pairwise (both orders, 1 forward pass per batch): {t_pair:6.1f} s  ({k / t_pair:5.2f} items/s)")
-    print(f"  generating pointwise (one response per item):              {t_point:6.1f} s  ({k / t_point:5.2f} items/s)")
-    print(f"  log-prob pairwise vs generating pointwise: {(k / t_pair) / (k / t_point):.2f}x items/s "
-          f"(100 items pairwise ~ {100 * t_pair / k:.0f} s)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m harness.pairwise", description="pairwise judge benchmark")
-    p.add_argument("--bench", action="store_true", help="run bench_pairwise()")
-    p.add_argument("--n", type=int, default=40)
-    p.add_argument("--offline-items", type=int, default=16)
-    a = p.parse_args(argv)
-    if a.bench:
-        return bench_pairwise(n=a.n, offline_items=a.offline_items)
-    p.print_help()
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

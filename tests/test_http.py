@@ -161,13 +161,20 @@ def test_a_down_server_mid_run_stops_the_run_at_once(closed_port):
     assert "cannot reach a server at" in e.value.reason
 
 
-def test_connections_are_reused_and_bounded():
-    with FakeOllama(delay=0.05) as fake:
+def test_the_client_holds_at_most_workers_requests_at_once():
+    import threading
+    with FakeOllama(delay=0.2) as fake:
         client = Client(fake.url, "fake", workers=2)
-        for _ in range(3):
-            assert client.json("GET", "/api/tags", check=lambda d: d["models"])
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        threads = [threading.Thread(target=client.json, args=("POST", "/api/chat", body)) for _ in range(6)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.perf_counter() - t0
         client.close()
-    # BaseHTTPRequestHandler speaks HTTP/1.0 and closes each connection: the client notices and reconnects
+        assert fake.count("/api/chat") == 6 and fake.max_in_flight == 2 and took >= 0.55   # 3 rounds of 2
 
 
 # ---------------------------------------------------------------- specs and hosts: one sentence each
