@@ -18,13 +18,12 @@ import os
 import random
 import shutil
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
-from harness.io import atomic_write, save_figure
+from harness.io import atomic_write, read_toml, save_figure, toml_line
 from harness.judge import DEFAULT_OFFLINE_JUDGE
 from harness.models import template_problem
 from harness.paths import PROJECT_ROOT, adapters_dir, check_name
@@ -192,26 +191,22 @@ def load_recipe(recipe: str) -> Recipe:
 
 
 def read_recipe_file(path: Path) -> Recipe:
-    """A recipe TOML file -> Recipe; unknown keys, missing keys and wrong types each name the key and the fix."""
+    """A recipe TOML file -> Recipe (harness.io.read_toml, the one TOML reader); unknown keys, missing keys and
+    wrong types each name file:line, the key and the fix."""
     import typing
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: {e}") from None
-    except OSError as e:
-        raise UserError(f"cannot read recipe {path}: {e.strerror}") from None
+    raw, text = read_toml(path, "recipe")
     hints = typing.get_type_hints(Recipe)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise UserError(f"{path}: unknown keys {unknown}; known keys: {', '.join(sorted(hints))}")
+        raise UserError(f"{path}:{toml_line(text, unknown[0])}: unknown keys {unknown}; known keys: "
+                        f"{', '.join(sorted(hints))}")
     missing = [k for k in ("name", "task") if k not in raw]
     if missing:
-        raise UserError(f"{path}: missing keys {missing}")
+        raise UserError(f"{path}:1: missing keys {missing}; add them (name = \"...\", task = \"...\")")
     for key, value in raw.items():
         problem = _type_problem(key, value, hints[key])
         if problem:
-            raise UserError(f"{path}: {problem}")
+            raise UserError(f"{path}:{toml_line(text, key)}: {problem}")
     try:
         return Recipe(**raw)
     except UserError as e:
@@ -292,7 +287,7 @@ def encode_causal(tokenizer, prompt: str, target: str, max_length: int) -> dict 
 
 
 def encode_head(tokenizer, item: dict, labels: list[str], max_length: int, template: str = "{text}") -> dict:
-    from harness.generation import classifier_ids
+    from harness.classify import classifier_ids
     return {"input_ids": classifier_ids(tokenizer, item["text"], template, max_length),
             "label": labels.index(item["label"])}
 
@@ -315,7 +310,7 @@ def collate(batch: list[dict], pad_id: int):
     """Right padding (training): pad ids, mask 0, labels -100; `class` (label-as-text) kept as `classes`."""
     import torch
 
-    from harness.generation import right_pad
+    from harness.classify import right_pad
     ids, mask = right_pad([b["input_ids"] for b in batch], pad_id)
     out = {"input_ids": ids, "attention_mask": mask}
     if "labels" in batch[0]:

@@ -65,7 +65,13 @@ def test_bad_recipes_are_rejected(tmp_path):
         load_recipe("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ntask = "chat"\ndataset = "instruction"\nlerning_rate = 0.1\n')
-    with pytest.raises(UserError, match="unknown keys.*lerning_rate"):
+    with pytest.raises(UserError, match="bad.toml:4: unknown keys.*lerning_rate"):
+        load_recipe(str(bad))
+    bad.write_text('name = "x"\ntask = "chat"\nmax_steps = "many"\n')       # a wrong type names its line
+    with pytest.raises(UserError, match="bad.toml:3: .*max_steps"):
+        load_recipe(str(bad))
+    bad.write_text('name = "x"\ntask = "chat\n')                            # broken TOML: file:line, no traceback
+    with pytest.raises(UserError, match="bad.toml:2: not valid TOML"):
         load_recipe(str(bad))
     with pytest.raises(UserError, match="modules_to_save"):
         Recipe(name="x", task="spam", dataset="sms_spam")
@@ -178,7 +184,7 @@ def test_classifier_template_is_read_the_same_way_in_training_and_inference(tiny
     from transformers import AutoModelForSequenceClassification
 
     from harness.finetune import encode_head
-    from harness.generation import classifier_ids, classify
+    from harness.classify import classifier_ids, classify
     fake_data()
     template = "SMS message: {text}\nIs this SMS spam?"
     frame = len(classifier_ids(load_model(str(tiny_llama_dir)).tokenizer, "", template, 512))
