@@ -130,11 +130,25 @@ def exported_gguf(name: str) -> Path:
     return export_gguf(info, path)
 
 
+class PoemGrammar(str):
+    """GBNF text that also knows its form's line length and rhyming lines (for the no-repeat rules)."""
+    line_chars: int = 0
+    rhyme_lines: frozenset = frozenset()
+
+
 def poem_grammar(form: str, rhyme: bool = False, rhyme_group: str | None = None, tone: bool | str = False,
                  rhyme_first_line: bool = False) -> str:
-    """The GBNF text for a poem form and its constraints (harness.grammars.gbnf, cached)."""
+    """The GBNF text for a poem form and its constraints (harness.grammars.gbnf, cached). With rhyme, the
+    engine also keeps a rhyme character from being used twice (as FormConstraint does; a grammar cannot)."""
     from harness.grammars import gbnf
-    return gbnf(form, rhyme, rhyme_group or None, tone, rhyme_first_line)
+    from harness.metrics import FIXED_FORMS
+
+    out = PoemGrammar(gbnf(form, rhyme, rhyme_group or None, tone, rhyme_first_line))
+    if form in FIXED_FORMS and (rhyme or rhyme_group):
+        from harness.rules import rhyme_lines
+        out.line_chars = FIXED_FORMS[form][1]
+        out.rhyme_lines = frozenset(rhyme_lines(form, rhyme_first_line))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ low-level pieces
@@ -189,10 +203,14 @@ class Sampler:
     grammar: Grammar | None = None
     recent: list = field(default_factory=list)
     piece: Any = None                  # token id -> its bytes (the no-repeat rule under a grammar)
+    grammar_text: str = ""             # a PoemGrammar: its line length and rhyming lines
     rng: Any = None
     buf: bytes = b""
     chars: list = field(default_factory=list)
     pairs: set = field(default_factory=set)
+    line: int = 0                      # the poem's line and the ideographs written on it (the rhyme rule)
+    count: int = 0
+    used: set = field(default_factory=set)
 
     def choose(self, logits: np.ndarray, eog: set[int], ignore_eos: bool = False) -> int:
         if self.repeat_penalty != 1.0 and self.recent:
@@ -215,29 +233,57 @@ class Sampler:
             self._written(token)
         return token
 
-    def _new_chars(self, token: int) -> tuple[list[str], bytes]:
-        """(the ideographs this token completes, the bytes of a character it leaves unfinished)."""
+    def _new_chars(self, token: int) -> tuple[str, bytes]:
+        """(the characters this token completes, the bytes of a character it leaves unfinished)."""
         raw = self.buf + (self.piece(token) if self.piece else b"")
         cut = _complete(raw)
-        text = raw[:cut].decode("utf-8", errors="ignore")
-        return [c for c in text if "\u3400" <= c <= "\u9fff"], raw[cut:]
+        return raw[:cut].decode("utf-8", errors="ignore"), raw[cut:]
+
+    def _walk(self, text: str, pending: bytes = b"", keep: bool = False) -> bool:
+        """Go over the characters of `text` from the sequence's state: False if one repeats a pair of ideographs
+        or puts a used rhyme character at a rhyme position, or if `pending` (an unfinished character's bytes)
+        starts a used rhyme character there (a byte-level dead end). keep: update the state."""
+        last = self.chars[-1] if self.chars else None
+        line, count, pairs, fresh = self.line, self.count, set(), True
+        n = getattr(self.grammar_text, "line_chars", 0)
+        rhymes = getattr(self.grammar_text, "rhyme_lines", frozenset())
+        for c in text:
+            if c in "，。\n":
+                if c != "\n" and count:
+                    line, count = line + 1, 0
+                continue
+            if not "\u3400" <= c <= "\u9fff":
+                continue
+            if last is not None:
+                if (last, c) in self.pairs or (last, c) in pairs:
+                    fresh = False
+                pairs.add((last, c))
+            if n and count == n - 1 and (line in rhymes or line == 0):
+                if line in rhymes and c in self.used:
+                    fresh = False
+                if keep:
+                    self.used.add(c)
+            if keep:
+                self.chars.append(c)
+            last, count = c, count + 1
+        if pending and n and count == n - 1 and line in rhymes and \
+                any(u.encode("utf-8").startswith(pending) for u in self.used):
+            fresh = False
+        if keep:
+            self.pairs |= pairs
+            self.line, self.count = line, count
+        return fresh
 
     def _fresh(self, token: int) -> bool:
         if self.piece is None:
             return True
-        new, _ = self._new_chars(token)
-        seq = self.chars[-1:] + new
-        pairs = list(zip(seq, seq[1:]))
-        return not any(p in self.pairs for p in pairs) and len(set(pairs)) == len(pairs)
+        return self._walk(*self._new_chars(token), keep=False)
 
     def _written(self, token: int) -> None:
         if self.piece is None:
             return
-        new, self.buf = self._new_chars(token)
-        for c in new:
-            if self.chars:
-                self.pairs.add((self.chars[-1], c))
-            self.chars.append(c)
+        text, self.buf = self._new_chars(token)
+        self._walk(text, keep=True)
 
     def _greedy_grammar(self, logits: np.ndarray) -> int:
         best = int(np.argmax(logits))
@@ -249,14 +295,15 @@ class Sampler:
         for t in top[ok]:
             if self._fresh(int(t)):
                 return int(t)
-        if ok.any():
-            return int(top[np.argmax(ok)])
-        every = np.arange(len(logits), dtype=np.int32)
-        ok = self.grammar.allowed(every, logits)
-        if not ok.any():
+        every = np.arange(len(logits), dtype=np.int32)       # the whole vocabulary: every token the grammar allows
+        allowed = every[self.grammar.allowed(every, logits)]
+        if not len(allowed):
             raise UserError("the poem grammar allows no token here (the model's vocabulary cannot write it)")
-        masked = np.where(ok, logits, -np.inf)
-        return int(np.argmax(masked))
+        allowed = allowed[np.argsort(-logits[allowed], kind="stable")]
+        for t in allowed[:1024]:
+            if self._fresh(int(t)):
+                return int(t)
+        return int(allowed[0])              # every way on repeats: allow it (as FormConstraint does)
 
     def _sample(self, logits: np.ndarray) -> int:
         if self.rng is None:
@@ -483,7 +530,8 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
             eog = self.eog()
             sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
-                              self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None)
+                              self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None,
+                              grammar_text=grammar or "")
             n_vocab = self.llm.n_vocab()
             batch = Batch(max(self.llm.n_batch, 1))
             pending, out_ids = b"", []
@@ -584,7 +632,8 @@ class LlamaCppEngine:
                                         "sampler": Sampler(temperature, top_p if temperature > 0 else 1.0, seed + k,
                                                            repeat_penalty, self._grammar(grammar),
                                                            recent=list(prompts[k]),
-                                                           piece=self.piece if grammar else None)}
+                                                           piece=self.piece if grammar else None,
+                                                           grammar_text=grammar or "")}
                     live = [s for s in range(n_par) if slots[s] is not None]
                     if not live:
                         break
@@ -698,7 +747,8 @@ class LlamaCppEngine:
         ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads, 1, max(len(ids), 8))
         batch = Batch(max(len(ids), 8))
         sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
-                          self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None)
+                          self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None,
+                              grammar_text=grammar or "")
         eog, n_vocab = self.eog(), self.llm.n_vocab()
         try:
             self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter)

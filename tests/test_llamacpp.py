@@ -349,7 +349,7 @@ def test_a_poem_under_the_grammar_keeps_form_rhyme_and_tone(real):
     poem = real.chat(msgs, None, 96, grammar=poem_grammar("五言绝句", rhyme=True, tone=True))
     assert form_check(poem, "五言绝句", "zh")["ok"], poem
     r = explain_poem(poem, "五言绝句", "zh")
-    assert (r["rhyme_ok"], r["tone_ok"]) == (True, True), (poem, r["rules_summary"])
+    assert (r["rhyme_ok"], r["tone_ok"], r["repeated_rhyme"]) == (True, True, False), (poem, r["rules_summary"])
     assert poem.endswith("。") and poem.count("\n") == 3
     chars = [c for c in poem if "\u3400" <= c <= "\u9fff"]
     pairs = list(zip(chars, chars[1:]))
