@@ -129,6 +129,13 @@ def test_a_200_answer_that_is_not_json_fails_that_item_and_the_run_goes_on(backe
     assert asked == 4                                # retried once, then failed; the run went on
 
 
+@pytest.mark.parametrize("text", ["Score: 1e9", "Score: 1E3", '{"score": "1e9"}', "I'd rate it 2e5 out of 100",
+                                  "Score: \u22125", "Rating: \u221272/100", '{"score": "-3"}'])
+def test_an_exponent_or_a_unicode_minus_is_out_of_range_never_a_score(text):
+    score, why = parse_score(text)
+    assert score is None and "outside 0-100" in why, (text, score, why)
+
+
 def test_parse_score_keeps_the_json_reason():
     assert parse_score('{"score": 55, "reason": "Half right."}') == (55.0, "Half right.")
 
