@@ -123,8 +123,12 @@ def url(tiny_llama_dir, tmp_path_factory):
         "spam,sms_own,tiny-llama,tiny-spam,,44,0.80,0.68,0.91,0.79,0\n", encoding="utf-8")
     made_up_poem_runs(results)
     hung = HungJudge()
+    from test_app_compare_any import fine_tune
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    fine_tune(tiny_llama_dir, checkpoints / "tiny-sft")              # a full fine-tune folder (issue 25 part 4)
     state = AppState(model=str(tiny_llama_dir), adapters_folder=folder, results_folder=results,
-                     judge_host=hung.host, judge_timeout=3.0, store=str(tmp_path_factory.mktemp("store") / "s.sqlite"))
+                     judge_host=hung.host, judge_timeout=3.0, store=str(tmp_path_factory.mktemp("store") / "s.sqlite"),
+                     checkpoints=checkpoints)
     state.prepare()
     IN_PROCESS.update(state=state, adapters=folder, results=results, hung=hung)
     demo = app_module.build_demo(state)
@@ -669,6 +673,43 @@ def test_4_blind_votes_hide_the_names_are_counted_and_can_be_undone(driver, monk
     css(driver, "#vote-left").click()
     wait(driver, lambda: "names were hidden" in text(driver, "#vote-message"), 10)
     assert votes_counted(driver) == counted + 1
+
+
+@in_process
+def test_25_a_full_fine_tune_folder_against_its_base_blind_and_voted(driver, monkeypatch):
+    """Issue 25 part 4: a visitor adds a full fine-tune folder from the checkpoints folder (a name escaping it is
+    refused without echoing it), compares it blind against the base (two models, the memory shown) and votes;
+    the vote names both checkpoints."""
+    from harness import votes
+    monkeypatch.setenv("FTBENCH_ADAPTERS", str(IN_PROCESS["adapters"]))
+    state = IN_PROCESS["state"]
+    open_tab(driver, "compare")
+    open_accordion(driver, "compare", "Add a checkpoint", "#compare-add-name")
+    type_into(driver, "#compare-add-name", "../escaped-folder")
+    css(driver, "#compare-add-button").click()
+    wait(driver, lambda: "not inside the app's checkpoints folder" in text(driver, "#compare-notice"), 10)
+    assert "escaped-folder" not in text(driver, "#compare-notice")
+    type_into(driver, "#compare-add-name", "tiny-sft")
+    css(driver, "#compare-add-button").click()
+    wait(driver, lambda: css(driver, "#compare-adapter input").get_attribute("value") == "tiny-sft (checkpoints folder)",
+         10)
+    assert "base in use" in css(driver, "#compare-a input").get_attribute("value")
+    css(driver, "#compare-blind input").click()
+    compare(driver, "Name a color.")
+    assert "MiB resident (RSS)" in text(driver, "#compare-status"), "two models loaded: the memory is shown"
+    assert value(driver, "#compare-left").strip() and value(driver, "#compare-right").strip()
+    heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
+    assert heads.count("hidden until you vote") == 2 and "tiny-sft" not in heads
+    css(driver, "#vote-right").click()
+    wait(driver, lambda: "Vote stored" in text(driver, "#vote-message"), 10)
+    assert "counted" in text(driver, "#vote-message")
+    heads = text(driver, "#compare-left-head") + text(driver, "#compare-right-head")
+    assert "B: tiny-sft" in heads and "A: tiny-llama" in heads, "the names are revealed after the vote"
+    row = votes.list_votes(state.store, limit=1)[0]
+    assert row["model_a"].endswith("tiny-sft") and row["model_b"] == state.base_name and row["status"] == "counted"
+    rec = [r for r in compare_records() if r["prompt"] == "Name a color."][-1]
+    assert row["winner"] == ("a" if rec["base_left"] else "b"), "right was pressed: the side shown on the right won"
+    css(driver, "#compare-blind input").click()
 
 
 @in_process

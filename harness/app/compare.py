@@ -46,7 +46,8 @@ def pair_choices(state: AppState) -> list[tuple[str, str]]:
             continue
         if spec.name != state.base_name and base_status(spec) in ("cached", "local", "needs conversion"):
             out.append((f"{short_name(name)} (base)", name))
-    out += [(f"{a.name} ({a.task}, on {short_name(a.base)})", a.name) for a in state.all_adapters()
+    out += [(a.name if a.base == state.base_name else f"{a.name} (on {short_name(a.base)})", a.name)
+            for a in state.all_adapters()
             if not a.problem and a.kind == "causal" and getattr(a, "method", "") != "label_text"]
     out += [(f"{rel} (checkpoints folder)", rel) for rel in state.root_checkpoints()]
     return out
@@ -731,13 +732,13 @@ def build(state: AppState, ui: dict) -> None:
             form = gr.Dropdown([AUTO, NO_FORM, *FIXED_FORMS], value=AUTO,
                                label="Classical form kept while decoding (poem adapters)", elem_id="compare-form",
                                visible=keeps_forms(state, first_b))
+            blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote "
+                                "(sampled with a fresh seed, so the answers are new to you)", elem_id="compare-blind")
     with gr.Accordion("Add a checkpoint from the app's checkpoints folder", open=False, elem_id="compare-add"):
         with gr.Row():
             add_name = gr.Textbox(label="Folder or file name inside the checkpoints folder (a full fine-tune "
                                   "folder, a .gguf or a LLMs-from-scratch .pth)", scale=3, elem_id="compare-add-name")
             add_btn = gr.Button("Add as B", scale=1, elem_id="compare-add-button")
-            blind = gr.Checkbox(value=False, label="Blind: shuffle the sides and hide the names until you vote "
-                                "(sampled with a fresh seed, so the answers are new to you)", elem_id="compare-blind")
     with gr.Row():
         for task, (eval_set, prompts) in examples().items():
             gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"Examples ({task}, from the eval set "
