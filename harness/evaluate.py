@@ -36,7 +36,8 @@ from harness.models import model_fingerprint
 from harness.paths import PROJECT_ROOT, cache_dir, results_dir
 from harness.store import Store, generation_key, judgment_key, now_iso
 
-__all__ = ["slug", "run", "RunConfig", "RunResult", "run_cmd", "judge_file", "load_items"]
+__all__ = ["slug", "run", "RunConfig", "RunResult", "RunIncomplete", "run_cmd", "judge_file", "load_items",
+           "item_set_id", "judge_with_store", "generate_with_store", "generate_remote_with_store"]
 
 
 # ---------------------------------------------------------------- small helpers
@@ -144,7 +145,7 @@ class _Gen:
     prompt_tokens: int = 0
 
 
-def _generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: list[str], gcfg, store: Store,
+def generate_with_store(lm, adapter: str | None, adapter_sha: str, prompts: list[str], gcfg, store: Store,
                          progress: bool) -> tuple[list[_Gen], int]:
     from harness.generation import generate_batch
 
@@ -183,7 +184,7 @@ def item_messages(task, item: dict) -> list[dict]:
     return [{"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins}]
 
 
-def _generate_remote_with_store(engine, adapter: str | None, items: list[dict], task, gcfg, store: Store,
+def generate_remote_with_store(engine, adapter: str | None, items: list[dict], task, gcfg, store: Store,
                                 progress: bool, failed: dict[int, str] | None = None) -> tuple[list[_Gen], int]:
     """Generate through a server (harness.engines: bounded pool, retries, timeouts), each answer stored as it
     arrives. The key holds the served model's own identity (what /v1/models or Ollama reports), not the URL:
@@ -500,7 +501,7 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             model_name, adapter_sha, method = engine.config.spec, "", ""
             if pairwise:
                 check_against_baseline(model_name)
-            outs, generated = _generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
+            outs, generated = generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
                                                           progress, failed)
         else:
             if lm is None:
@@ -614,13 +615,13 @@ def _generate_items(lm, adapter, adapter_sha, items, task, gcfg, store, progress
     from harness.metrics import FIXED_FORMS
     prompts = [lm.render_instruction(*task.instruction(it)) for it in items]
     if decoding == "free":
-        return _generate_with_store(lm, adapter, adapter_sha, prompts, gcfg, store, progress)
+        return generate_with_store(lm, adapter, adapter_sha, prompts, gcfg, store, progress)
     outs: list[_Gen | None] = [None] * len(items)
     generated = 0
     for form in dict.fromkeys(it.get("form", "") for it in items):
         idx = [i for i, it in enumerate(items) if it.get("form", "") == form]
         cfg = replace(gcfg, form=form, **DECODING_RULES.get(decoding, {})) if form in FIXED_FORMS else gcfg
-        got, n = _generate_with_store(lm, adapter, adapter_sha, [prompts[i] for i in idx], cfg, store, progress)
+        got, n = generate_with_store(lm, adapter, adapter_sha, [prompts[i] for i in idx], cfg, store, progress)
         generated += n
         for i, g in zip(idx, got):
             outs[i] = g
@@ -992,3 +993,7 @@ def judge_cmd(responses: str, output: str, judge: JudgeConfig = JudgeConfig(), r
     print(f"Number of scores: {len(scores)} of {len(rows)} (unparsed kept with parsed=false)")
     print(f"Average score: {mean}   [{rows[0]['judge']}, {time.perf_counter() - t0:.1f} s] -> {output}")
     return 0
+
+
+# the old private names, until harness/bench/generation.py imports the public ones (then delete these two lines)
+_generate_with_store, _generate_remote_with_store = generate_with_store, generate_remote_with_store
