@@ -126,3 +126,19 @@ def test_judge_command_writes_the_judged_rows_and_asks_only_for_the_failed_ones_
         rc = cli("judge", "--responses", responses, "--output", out, "--judge", "ollama:llama3",
                  "--judge-host", judge.url, *JFAST)
         assert rc == 0 and judge.count("/api/chat") - asked == 1 and len(rows_of(out)) == 4
+
+
+def test_a_limit_run_with_a_judge_never_merges_into_the_full_leaderboard_row(tmp_path):
+    from harness.leaderboard import build_leaderboard
+    with FakeOpenAI() as server, FakeOllama(default=judge_json) as judge:
+        jcfg = JudgeConfig("ollama:llama3", host=judge.url)
+        full = run(server.spec(), None, "instructions_own", "ollama:llama3", judge_config=jcfg, progress=False)
+        created = full.rows[0]["created_at"]
+        part = run(server.spec(), None, "instructions_own", "ollama:llama3", limit=10, judge_config=jcfg,
+                   progress=False)
+    board = build_leaderboard(tmp_path / "results" / "runs", "chat")["chat"]
+    mine = board[board["model"] == full.rows[0]["model"]]
+    assert sorted(mine["n"]) == [10, 50] and list(mine["n_duplicates"]) == [0, 0]
+    whole = mine[mine["n"] == 50].iloc[0]
+    assert not whole["partial"] and whole["created_at"] == created         # the full row is untouched
+    assert mine[mine["n"] == 10].iloc[0]["partial"] and part.rows[0]["item_set"] != full.rows[0]["item_set"]
