@@ -85,8 +85,9 @@ def checkpoint(state: AppState, value: Any) -> dict:
         return {"value": v, "model": model, "adapter": info.name,
                 "label": f"{short_name(model)} + {info.name}"}
     if pathlike or os.path.lexists(state.checkpoints_root / v):
-        path = state.root_checkpoint(v)
-        return {"value": v, "model": resolve_base(path).name, "adapter": None, "label": v}
+        path = state.root_checkpoint(v)      # a .pth converts when it loads (in the queue), not here
+        return {"value": v, "model": path if path.endswith(".pth") else resolve_base(path).name, "adapter": None,
+                "label": v}
     name = state.resolve_adapter(v, "causal")      # an adapter of the base in use (or the sentence why not)
     return {"value": v, "model": state.base_name, "adapter": name, "label": f"{short_name(state.base_name)} + {name}"}
 

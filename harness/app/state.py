@@ -590,7 +590,8 @@ def model_memory(models: list) -> str:
     """The memory of the held models, for the Compare note: this process's RSS and each model's parameter bytes."""
     def params(lm) -> int:
         return sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    parts = [f"{short_name(lm.name)} {params(lm) / 2**20:,.0f} MiB of parameters" for lm in models]
+    parts = [f"{short_name(lm.name)} {params(lm) / 2**20:,.{0 if params(lm) >= 2**24 else 2}f} MiB of parameters"
+             for lm in models]
     return f"memory: {rss_mib():,.0f} MiB resident (RSS) · " + " · ".join(parts)
 
 
