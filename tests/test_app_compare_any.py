@@ -155,3 +155,12 @@ def test_same_checkpoint_twice_and_one_model_only_are_one_sentence(state, tiny_l
     one = AppState(model=str(tiny_llama_dir), checkpoints=state.checkpoints_root, max_models=1)
     with pytest.raises(UserError, match="--max-models 2"):
         K.start(one, "x", PROMPT, "tiny-sft")
+
+
+def test_the_flags_default_to_checkpoints_here_and_two_models():
+    import app as app_module
+    args = app_module.parse_args([])
+    assert (args.checkpoints, args.max_models) == ("checkpoints", 2)
+    args = app_module.parse_args(["--checkpoints", "/runs", "--max-models", "3"])
+    assert (args.checkpoints, args.max_models) == ("/runs", 3)
+    assert AppState().checkpoints_root == Path.cwd() / "checkpoints"
