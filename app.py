@@ -90,6 +90,8 @@ def pick_engine(engine: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness import quiet_libraries
+    quiet_libraries()              # before torch/transformers load: no progress bars or renamed-method warnings
     from harness.paths import on_spaces
     args = parse_args(argv)
     try:

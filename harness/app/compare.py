@@ -667,10 +667,10 @@ def agreement(state: AppState) -> str:
 
 
 def compare_once(state: AppState, prompt: Any, adapter: str | None = None, sampling: Sampling = Sampling(),
-                 session: str = "api", judge_it: bool = True) -> tuple:
-    """One whole comparison for API clients, not blind: (base, tuned, base score, tuned score, judge notice,
-    rendered prompt, info)."""
-    start(state, session, prompt, adapter, sampling)
+                 session: str = "api", judge_it: bool = True, against: str | None = None) -> tuple:
+    """One whole comparison for API clients, not blind: (A's answer, B's answer, A's score, B's score, judge notice,
+    rendered prompt, info). A (`against`) defaults to the base in use, B (`adapter`) to its first adapter."""
+    start(state, session, prompt, adapter, sampling, against=against)
     last = None
     for last in stream(state, session):
         pass
