@@ -164,3 +164,16 @@ def test_the_flags_default_to_checkpoints_here_and_two_models():
     args = app_module.parse_args(["--checkpoints", "/runs", "--max-models", "3"])
     assert (args.checkpoints, args.max_models) == ("/runs", 3)
     assert AppState().checkpoints_root == Path.cwd() / "checkpoints"
+
+
+def test_a_broken_folder_in_the_root_fails_in_one_sentence_without_the_servers_folders(state, root):
+    broken = root / "broken-sft"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")     # no weights
+    K.start(state, "b", PROMPT, "broken-sft")
+    last = list(K.stream(state, "b"))[-1]
+    assert last["status"].startswith("⚠ could not load") and "broken-sft" in last["status"]
+    assert str(root) not in last["status"] and str(root.resolve()) not in last["status"]
+    with pytest.raises(UserError) as err:
+        state.switch_base("broken-sft")
+    assert str(root.resolve()) not in str(err.value) and "Still using" in str(err.value)

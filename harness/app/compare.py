@@ -291,7 +291,12 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
         else:                                         # two models: both held (LRU), written side by side
             rec["status"], rec["pair"] = "loading", True
             yield view(state, rec)
-            lms = [state.model_for(a["model"], keep=(b["model"],)), state.model_for(b["model"], keep=(a["model"],))]
+            try:
+                lms = [state.model_for(a["model"], keep=(b["model"],)),
+                       state.model_for(b["model"], keep=(a["model"],))]
+            except Exception as e:  # noqa: BLE001 - one sentence, never the server's folders
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise UserError(state.hide_root(f"could not load {a['label']} / {b['label']}: {reason}")) from None
             rec["memory"] = model_memory(lms)
             yield from _pair_stream(state, session, rec, lms)
     except UserError as e:

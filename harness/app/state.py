@@ -226,6 +226,12 @@ class AppState:
                     continue
         return found
 
+    def hide_root(self, text: str) -> str:
+        """A message with the checkpoints root's server path replaced by "checkpoints" (a load error may name it)."""
+        for root in {str(self.checkpoints_root.resolve()), str(self.checkpoints_root)}:
+            text = text.replace(root, "checkpoints")
+        return text
+
     def model_for(self, name: str, keep: tuple[str, ...] = ()) -> LoadedModel:
         """The loaded model of a resolved base name (resolve_base(...).name): the base in use (get_model) or one
         held besides it. At most max_models are held: loading another frees the least recently used first (never
@@ -313,7 +319,7 @@ class AppState:
                     now = f"Still using {short_name(old_name)}."
                 except Exception as again:  # noqa: BLE001 - reported in the message below
                     now = f"Reloading {short_name(old_name)} failed too ({type(again).__name__}): restart the app."
-                raise UserError(f"could not load base {name!r}: {reason}. {now}") from None
+                raise UserError(self.hide_root(f"could not load base {name!r}: {reason}. {now}")) from None
             self.phase, self.phase_note = "ready", ""        # an earlier base's failure is no longer news
             return self.lm
 
