@@ -13,7 +13,7 @@ one (a folder of named adapters) follow in name order.
 
 Each checkpoint is scored by harness.evaluate.run (generations and judgments cached in the store) on the task's
 metric per item (classify: correct; generate: the judge's score with --judge, else the task's primary metric),
-and its per-item values are kept in DIR/sweep/<eval set>.json keyed by the checkpoint's content hash: a rerun
+and its per-item values are kept in DIR/sweep/<eval set>.json (":" as "_") keyed by the checkpoint's content hash: a rerun
 (after a crash, or with more checkpoints) evaluates only the new ones. Written next to it: <eval set>.csv (the
 table), <eval set>.png (metric against step with 95% CIs) and <eval set>.md (table + sentence); the sentence
 names the best checkpoint and says whether it is distinguishable from the last (paired bootstrap CI).
@@ -142,7 +142,8 @@ def sweep(folder: str | Path, eval_set: str, judge: str | None = None, model: st
     task = get_task(es.task)
     judge = judge if (judge and task.kind == "generate") else None
     out_dir = Path(output) if output else folder / "sweep"
-    cache_file = out_dir / f"{es.name}.json"
+    fname = es.name.replace(":", "_")                 # sms_spam:validation -> sms_spam_validation.* (any OS)
+    cache_file = out_dir / f"{fname}.json"
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -184,7 +185,7 @@ def sweep(folder: str | Path, eval_set: str, judge: str | None = None, model: st
     best = max(rows, key=lambda r: (r["mean"], -rows.index(r)))     # ties: the earliest
     last = rows[-1]
     sentence = _sentence(best, last, metric, task, n_boot, paired_bootstrap)
-    paths = _write(out_dir, es.name, rows, metric, sentence, folder)
+    paths = _write(out_dir, fname, rows, metric, sentence, folder, es.name)
     return {"metric": metric, "checkpoints": rows, "sentence": sentence, "paths": paths, "best": best["checkpoint"],
             "skipped": skipped}
 
@@ -210,7 +211,8 @@ def _sentence(best: dict, last: dict, metric: str, task, n_boot: int, paired_boo
             "keeping the last costs nothing measurable.")
 
 
-def _write(out_dir: Path, name: str, rows: list[dict], metric: str, sentence: str, folder: Path) -> dict:
+def _write(out_dir: Path, name: str, rows: list[dict], metric: str, sentence: str, folder: Path,
+           title: str) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,7 +223,7 @@ def _write(out_dir: Path, name: str, rows: list[dict], metric: str, sentence: st
     table = [[r["checkpoint"], "" if r["step"] is None else r["step"], r["kind"], r["n"], f"{r['mean']:.4f}",
               f"{r['ci_low']:.4f}", f"{r['ci_high']:.4f}", r["hash"]] for r in rows]
     csv = write_csv(out_dir / f"{name}.csv", header, table)
-    md = [f"## Sweep: {name}", "", f"| checkpoint | step | n | {metric} | 95% CI |", "|---|---|---|---|---|"]
+    md = [f"## Sweep: {title}", "", f"| checkpoint | step | n | {metric} | 95% CI |", "|---|---|---|---|---|"]
     md += [f"| {r['checkpoint']} | {'' if r['step'] is None else r['step']} | {r['n']} | "
            f"{_fmt(r['mean'], metric)} | {_fmt(r['ci_low'], metric)} – {_fmt(r['ci_high'], metric)} |" for r in rows]
     md += ["", sentence, "", f"![{metric} against step]({name}.png)", ""]
@@ -236,7 +238,7 @@ def _write(out_dir: Path, name: str, rows: list[dict], metric: str, sentence: st
         ax.set_xticks(xs, [r["checkpoint"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("step" if with_steps else "checkpoint")
     ax.set_ylabel(f"{metric} (95% CI)")
-    ax.set_title(f"{folder.name}: {name}")
+    ax.set_title(f"{folder.name}: {title}")
     fig.tight_layout()
     png = save_figure(fig, out_dir / f"{name}.png")
     plt.close(fig)
