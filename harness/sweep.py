@@ -13,7 +13,8 @@ one (a folder of named adapters) follow in name order.
 
 Each checkpoint is scored by harness.evaluate.run (generations and judgments cached in the store) on the task's
 metric per item (classify: correct; generate: the judge's score with --judge, else the task's primary metric),
-and its per-item values are kept in DIR/sweep/<eval set>.json (":" as "_") keyed by the checkpoint's content hash: a rerun
+and its per-item values are kept in DIR/sweep/<eval set>.json (":" written "_") keyed by the checkpoint's
+content hash: a rerun
 (after a crash, or with more checkpoints) evaluates only the new ones. Written next to it: <eval set>.csv (the
 table), <eval set>.png (metric against step with 95% CIs) and <eval set>.md (table + sentence); the sentence
 names the best checkpoint and says whether it is distinguishable from the last (paired bootstrap CI).
@@ -94,7 +95,8 @@ def item_values(task, rows: list[dict], judged: bool) -> tuple[str, dict[str, fl
     if task.kind == "classify":
         return "accuracy", {str(r["item_id"]): float(r.get("pred") == r.get("label")) for r in rows}
     if judged:
-        return "judge score", {str(r["item_id"]): float(r["score"]) for r in rows if as_float(r.get("score")) is not None}
+        return "judge score", {str(r["item_id"]): float(r["score"]) for r in rows
+                               if as_float(r.get("score")) is not None}
     field = task.primary or "rouge_l"
     return field, {str(r["item_id"]): float(r[field]) for r in rows if as_float(r.get(field)) is not None}
 
