@@ -14,10 +14,10 @@ one (a folder of named adapters) follow in name order.
 Each checkpoint is scored by harness.evaluate.run (generations and judgments cached in the store) on the task's
 metric per item (classify: correct; generate: the judge's score with --judge, else the task's primary metric),
 and its per-item values are kept in DIR/sweep/<eval set>.json (":" written "_") keyed by the checkpoint's
-content hash: a rerun
-(after a crash, or with more checkpoints) evaluates only the new ones. Written next to it: <eval set>.csv (the
-table), <eval set>.png (metric against step with 95% CIs) and <eval set>.md (table + sentence); the sentence
-names the best checkpoint and says whether it is distinguishable from the last (paired bootstrap CI).
+content hash: a rerun (after a crash, or with more checkpoints) evaluates only the new ones. Written next to
+it: <eval set>.csv (the table), <eval set>.png (metric against step with 95% CIs) and <eval set>.md (table +
+sentence); the sentence names the best checkpoint and says whether it is distinguishable from the last (paired
+bootstrap CI).
 """
 from __future__ import annotations
 
