@@ -363,28 +363,40 @@ def where_of(spec: str, host: str | None = None) -> str:
     return url or "in process"
 
 
-def _ollama_tags(data: Any) -> dict[str, str]:
-    models = data["models"]
-    if not isinstance(models, list):
-        raise TypeError("models is not a list")
-    return {str(m.get("model") or m["name"]): str(m.get("digest") or "") for m in models}
+def _ollama_tags(tags: Any) -> dict[str, str]:
+    if "models" not in tags.model_fields_set:       # {} or another JSON: not Ollama's model list
+        raise KeyError("models")
+    return {str(m.model): str(m.digest or "") for m in tags.models if m.model}
 
 
-def _ollama_answer(data: Any) -> dict:
-    msg = data["message"]
-    if not isinstance(msg.get("content", ""), str):
+def _ollama_answer(resp: Any) -> Any:
+    if not isinstance(resp.message.content or "", str):
         raise TypeError("content is not text")
-    return data
+    return resp
+
+
+def _ollama_client(cfg: EngineConfig, url: str) -> Callable[[], Any]:
+    """Makes the official `ollama` client (httpx underneath). Its own httpx timeout (per read) is a backstop: the
+    total deadline per answer is harness.http's. Each instance serves one request at a time (the pool of
+    `workers` is harness.http's), so a timed-out answer closes only its own connection."""
+    import httpx
+    import ollama
+
+    def make() -> Any:
+        return ollama.Client(host=url, timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+                             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    return make
 
 
 def _open_ollama(cfg: EngineConfig) -> Engine:
     model = parse_engine_spec(cfg.spec)[1]
     url = ollama_url(cfg.host)
     where = where_of(cfg.spec, cfg.host)
-    client = _client(cfg, url, f"Ollama at {where}")
+    client = Client(url, f"Ollama at {where}", timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                    retries=cfg.retries, backoff=cfg.backoff, workers=cfg.workers, official=_ollama_client(cfg, url))
     try:
-        digests = _health(cfg, where, lambda: client.json("GET", "/api/tags", check=_ollama_tags, retry_down=False),
-                          "the model list")
+        digests = _health(cfg, where, lambda: client.call(lambda c: c.list(), "GET /api/tags", check=_ollama_tags,
+                                                          retry_down=False), "the model list")
     except UserError:
         client.close()
         raise
@@ -398,53 +410,43 @@ def _open_ollama(cfg: EngineConfig) -> Engine:
     for short in [n for n in served if n.endswith(":latest")]:
         served.setdefault(short[:-len(":latest")], served[short])
 
-    def body_of(req: EngineRequest, stream: bool) -> dict:
+    def chat(req: EngineRequest, stream: bool) -> Callable[[Any], Any]:
         options: dict[str, Any] = {"temperature": req.temperature, "seed": req.seed, "num_predict": req.max_new_tokens}
         if req.num_ctx:
             options["num_ctx"] = req.num_ctx
         if req.stop:
             options["stop"] = list(req.stop)
-        body = {"model": req.adapter or name, "messages": req.messages, "options": options, "stream": stream}
-        if req.schema:
-            body["format"] = req.schema
-        return body
+        return lambda c: c.chat(model=req.adapter or name, messages=req.messages, options=options, stream=stream,
+                                format=req.schema or None)
 
     def complete(req: EngineRequest) -> Generation:
         if req.form:
             raise UserError("the form constraint runs in process only: drop the engine or the form")
         t0 = time.perf_counter()
-        data = client.json("POST", "/api/chat", body_of(req, False), check=_ollama_answer)
-        return Generation(prompt_text(req), data["message"].get("content") or "", int(data.get("prompt_eval_count") or 0),
-                          int(data.get("eval_count") or 0), time.perf_counter() - t0, _reason(data.get("done_reason")))
+        resp = client.call(chat(req, False), "POST /api/chat", check=_ollama_answer)
+        return Generation(prompt_text(req), resp.message.content or "", int(resp.prompt_eval_count or 0),
+                          int(resp.eval_count or 0), time.perf_counter() - t0, _reason(resp.done_reason))
 
     def stream(req: EngineRequest, stop: threading.Event, stats: dict) -> Iterator[str]:
-        lines = client.lines("POST", "/api/chat", body_of(req, True))
+        parts = client.stream(chat(req, True), "POST /api/chat")
         try:
-            for line in lines:
+            for part in parts:
                 if stop.is_set():
                     stats["finish_reason"] = "cancelled"
                     return
-                if not line.strip():
-                    continue
-                try:
-                    part = json.loads(line)
-                    done = bool(part.get("done"))
-                    text = (part.get("message") or {}).get("content") or ""
-                except (ValueError, AttributeError, TypeError):
-                    raise ServerError(f"{where} sent a stream that is not in the server's format ({line[:80]!r})",
-                                      "protocol", 200, line[:200]) from None
+                text = part.message.content or ""
                 if text:
                     yield text
-                if done:
-                    stats.update(prompt_tokens=int(part.get("prompt_eval_count") or 0),
-                                 new_tokens=int(part.get("eval_count") or 0), finish_reason=_reason(part.get("done_reason")))
+                if part.done:
+                    stats.update(prompt_tokens=int(part.prompt_eval_count or 0),
+                                 new_tokens=int(part.eval_count or 0), finish_reason=_reason(part.done_reason))
                     return
             raise _broken_off(where)      # the connection closed before the part with "done": true
         finally:
-            lines.close()
+            parts.close()
 
     def show() -> dict:
-        return client.json("POST", "/api/show", {"model": name}, check=lambda d: d.get("model_info") or {})
+        return client.call(lambda c: c.show(name), "POST /api/show", check=lambda r: dict(r.modelinfo or {}))
 
     return Engine(cfg, "ollama", name, where, served[name], served, complete=complete, stream=stream,
                   close=client.close, digest=digests.get(name, ""), info=show)

@@ -98,7 +98,7 @@ class Client:
 
     def __init__(self, base: str, where: str = "", *, timeout: float = 60.0, connect_timeout: float = 3.0,
                  retries: int = 3, backoff: float = 0.5, workers: int = 4, headers: dict | None = None,
-                 abort: threading.Event | None = None):
+                 abort: threading.Event | None = None, official: Callable[[], Any] | None = None):
         self.scheme, self.host, self.port, self.prefix = parse_url(base)
         self.base = base.rstrip("/")
         self.where = where or f"the server at {self.base}"
@@ -108,6 +108,8 @@ class Client:
         self.abort = abort or threading.Event()
         self._tls = ssl.create_default_context() if self.scheme == "https" else None   # once: ~20 ms each
         self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._official = official     # makes a blocking client of the server's own library (ollama.Client)
+        self._handles: queue.LifoQueue = queue.LifoQueue()     # its idle instances (each keeps its connections)
         self._slots = threading.BoundedSemaphore(max(1, workers))
 
     # -------------------------------------------- connections
@@ -135,11 +137,12 @@ class Client:
             return self._connect(deadline), False
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        for idle in (self._idle, self._handles):
+            while True:
+                try:
+                    idle.get_nowait().close()
+                except queue.Empty:
+                    break
 
     # -------------------------------------------- one attempt
     def _open(self, method: str, path: str, body: Any, deadline: float):
@@ -174,6 +177,171 @@ class Client:
     def _timeout(self) -> ServerError:
         return ServerError(f"{self.where} did not answer within {self.timeout:g} s (connected, then too slow or "
                            "stuck): check the server, or raise the timeout for a slow model", "timeout")
+
+    # -------------------------------------------- a blocking library client (the official `ollama` one)
+    # The library does the HTTP; this class keeps the policy: each call runs in a worker thread and the caller
+    # waits with what is left of the total deadline. At the deadline the library client is closed (its
+    # connection with it, so the thread ends) and the caller gets ServerError("timeout"). Its own httpx timeout
+    # is a backstop. Errors of the library (ollama.ResponseError, httpx errors, a body that is not JSON, JSON
+    # that pydantic refuses) become ServerErrors of the four kinds, retried like json().
+
+    def _handle(self) -> Any:
+        try:
+            return self._handles.get_nowait()
+        except queue.Empty:
+            assert self._official is not None, "Client(official=...) makes the library client"
+            return self._official()
+
+    def call(self, fn: Callable[[Any], Any], what: str, check: Callable[[Any], Any] | None = None,
+             retry_down: bool = True) -> Any:
+        """fn(library client) -> its answer through check(answer) (KeyError/TypeError/ValueError/... for an answer
+        of the wrong shape: a protocol error), each attempt within the total deadline, with retries like json()."""
+        return self.retrying(lambda: self._call_once(fn, what, check), retry_down)
+
+    def _call_once(self, fn: Callable[[Any], Any], what: str, check: Callable[[Any], Any] | None) -> Any:
+        self._check_abort()
+        with self._slots:
+            deadline = time.monotonic() + self.timeout
+            handle = self._handle()
+            box: queue.Queue = queue.Queue()
+
+            def run():
+                try:
+                    box.put((True, fn(handle)))
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                    box.put((False, e))
+            threading.Thread(target=run, daemon=True, name="http-call").start()
+            try:
+                ok, value = box.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                _close_quietly(handle)              # hangs up: the worker's read fails and the thread ends
+                raise self._timeout() from None
+            if not ok:
+                err = self.library_error(value, what)
+                if err.kind == "status" and (err.status or 0) < 500:
+                    self._handles.put(handle)       # a clean 4xx: the connection is fine
+                else:
+                    _close_quietly(handle)
+                raise err
+            self._handles.put(handle)
+        if check is None:
+            return value
+        try:
+            return check(value)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            text = _short_obj(value)
+            raise ServerError(f"{self.where} answered {what} with JSON of another shape ({text[:80]!r}): not the "
+                              "protocol it promises", "protocol", 200, text) from None
+
+    def stream(self, fn: Callable[[Any], Iterator], what: str) -> Iterator:
+        """The items of fn(library client) (a streaming call) as they arrive, all within the one total deadline.
+        A failure before the first item is retried like json(); closing the iterator hangs up."""
+        self._check_abort()
+        self._slots.acquire()
+        try:
+            deadline = time.monotonic() + self.timeout
+            box: queue.Queue = queue.Queue()
+            stop = threading.Event()
+            state: dict = {}
+
+            def run(handle, box=box):
+                it = None
+                try:
+                    it = iter(fn(handle))
+                    for item in it:
+                        box.put((True, item))
+                        if stop.is_set():
+                            return
+                    box.put((True, _END))
+                except BaseException as e:  # noqa: BLE001 - handed to the reading thread
+                    box.put((False, e))
+                finally:
+                    close = getattr(it, "close", None)
+                    if close is not None and stop.is_set():
+                        try:
+                            close()
+                        except Exception:  # noqa: BLE001 - a hung-up stream may fail to close cleanly
+                            pass
+
+            def next_item():
+                try:
+                    return box.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise self._timeout() from None
+
+            def start():
+                nonlocal box
+                box = queue.Queue()
+                handle = self._handle()
+                state["handle"] = handle
+                threading.Thread(target=run, args=(handle, box), daemon=True, name="http-stream").start()
+                try:
+                    ok, first = next_item()
+                except ServerError:
+                    _close_quietly(handle)
+                    raise
+                if not ok:
+                    _close_quietly(handle)
+                    raise self.library_error(first, what, mid_stream=True)
+                return first
+
+            first = self.retrying(start)
+            ok_end = False
+            try:
+                item = first
+                while True:
+                    if item is _END:
+                        ok_end = True
+                        return
+                    yield item
+                    ok, item = next_item()
+                    if not ok:
+                        raise self.library_error(item, what, mid_stream=True)
+            finally:
+                stop.set()
+                if ok_end:
+                    self._handles.put(state["handle"])
+                else:
+                    _close_quietly(state["handle"])
+        finally:
+            self._slots.release()
+
+    def library_error(self, e: BaseException, what: str, mid_stream: bool = False) -> ServerError:
+        """An exception of the library client as a ServerError of one of the four kinds, in one sentence."""
+        import httpx
+        try:
+            from ollama import ResponseError
+        except ImportError:              # pragma: no cover - ollama is a dependency
+            ResponseError = ()  # type: ignore[assignment]
+        if isinstance(e, ServerError):
+            return e
+        if ResponseError and isinstance(e, ResponseError):
+            text = str(e.error)[:200]
+            if e.status_code and e.status_code >= 400:
+                return status_error(self.where, what, e.status_code, json.dumps({"error": text}).encode())
+            return ServerError(f"{self.where} failed in the middle of {what}: {text}", "status", None, text)
+        if isinstance(e, json.JSONDecodeError) and mid_stream and str(e.doc).lstrip().startswith(("{", "[")):
+            return ServerError(f"{self.where} closed the stream before the end of the answer (mid-line): the "
+                               "server or a proxy broke off", "protocol")
+        if isinstance(e, json.JSONDecodeError):
+            text = _snippet(e.doc.encode() if isinstance(e.doc, str) else b"")
+            return ServerError(f"{self.where} answered {what} with a body that is not JSON ({text[:80]!r}): a proxy "
+                               "error page or not the right server", "protocol", 200, text)
+        if isinstance(e, ValueError):      # pydantic's ValidationError: JSON of another shape
+            text = _short(e).replace("\n", " ")
+            return ServerError(f"{self.where} answered {what} with JSON of another shape ({text[:80]!r}): not the "
+                               "protocol it promises", "protocol", 200, text)
+        if isinstance(e, httpx.ConnectTimeout):
+            return ServerError(f"cannot reach {self.where}: no connection within {self.connect_timeout:g} s", "down")
+        if isinstance(e, httpx.TimeoutException):
+            return self._timeout()
+        if isinstance(e, ConnectionError) or isinstance(e, (httpx.ConnectError, httpx.WriteError)):
+            return ServerError(f"cannot reach {self.where} ({_short(e)})", "down")
+        if isinstance(e, httpx.RemoteProtocolError) and "without sending a response" in str(e):
+            return ServerError(f"{self.where} closed the connection without an answer ({_short(e)})", "down")
+        if isinstance(e, (httpx.TransportError, httpx.StreamError, OSError)):
+            return ServerError(f"{self.where} broke off its answer ({_short(e)})", "protocol")
+        raise e
 
     def _done(self, conn, resp, dog, ok: bool) -> None:
         dog[0].cancel()
@@ -286,6 +454,24 @@ def _shut(sock: socket.socket | None, fired: threading.Event) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+_END = object()
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        handle.close()
+    except Exception:  # noqa: BLE001 - closing a client another thread is reading from
+        pass
+
+
+def _short_obj(obj: Any) -> str:
+    try:
+        return _snippet(json.dumps(obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else obj,
+                                   default=str).encode())
+    except (TypeError, ValueError):
+        return _snippet(str(obj).encode())
 
 
 def _short(e: BaseException) -> str:

@@ -229,3 +229,22 @@ def test_ollama_stream_and_one_sentence_failures():
         fake.stop()
         with pytest.raises(UserError, match="cannot reach a server at"):
             list(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}])))
+
+
+def test_the_ollama_engine_speaks_through_the_official_ollama_client():
+    """The brief: the Ollama backend is the official `ollama` package, never a client of our own (the fake sees
+    the User-Agent the package sends on the model list, the answers, the stream and /api/show)."""
+    from importlib.metadata import version
+    from harness.engines import stream_chat
+    with FakeOllama(models=["smol"], default=lambda body: "fine") as fake:
+        engine = open_engine(EngineConfig("ollama:smol", host=fake.url))
+        engine_generate(engine, _reqs(2, schema={"type": "object"}))
+        "".join(stream_chat(engine, EngineRequest([{"role": "user", "content": "hi"}])))
+        info = engine.info()
+        engine.close()
+        agents = fake.agents()
+        body = fake.chat_bodies()[0]
+    assert len(agents) == 1 and agents.pop().startswith(f"ollama-python/{version('ollama')} (")
+    assert {r["path"] for r in fake.requests} == {"/api/tags", "/api/chat", "/api/show"}
+    assert body["format"] == {"type": "object"} and body["stream"] is False
+    assert info["llama.context_length"] == 8192

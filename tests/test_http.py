@@ -234,3 +234,40 @@ def test_the_cli_says_one_sentence_for_a_bad_port_and_host(monkeypatch, capsys, 
                          "--limit", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "OLLAMA_HOST" in err and "notaport" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- Ollama: the official client under the same policy
+
+def test_a_dripping_ollama_stream_fails_within_twice_the_timeout_through_the_official_client():
+    with FakeOllama(default=lambda body: {"content": "many words " * 50, **drip(0.3)}) as fake:
+        engine = open_engine(EngineConfig("ollama:llama3", host=fake.url, timeout=TIMEOUT))
+        t0 = time.perf_counter()
+        with pytest.raises(ServerError, match="did not answer within 1.5 s"):
+            list(stream_chat(engine, _reqs(1)[0]))
+        took = time.perf_counter() - t0
+        assert {r["agent"].split("/")[0] for r in fake.requests} == {"ollama-python"}
+    assert took < 2 * TIMEOUT, took
+
+
+def test_ollama_html_page_and_status_are_one_sentence_each_through_the_official_client():
+    with FakeOllama(answers=[{"raw": HTML_PAGE}, {"raw": HTML_PAGE}, {"status": 500, "error": "boom"},
+                             {"status": 500, "error": "boom"}]) as fake:
+        engine = open_engine(EngineConfig("ollama:llama3", host=fake.url, retries=1, backoff=0.01, workers=1))
+        with pytest.raises(ItemsFailed) as e:
+            engine_generate(engine, _reqs(1))
+        assert e.value.results == [None] and "502 Bad Gateway" in e.value.reason and fake.count() == 2
+        with pytest.raises(ItemsFailed) as e:
+            engine_generate(engine, _reqs(1))
+        assert "answered 500" in e.value.reason and "boom" in e.value.reason and fake.count() == 4
+
+
+def test_a_stopped_ollama_stream_hangs_up_and_frees_its_slot():
+    with FakeOllama(default=lambda body: {"content": "w " * 200, **drip(0.002)}) as fake:
+        engine = open_engine(EngineConfig("ollama:llama3", host=fake.url, workers=1, timeout=5))
+        chunks = stream_chat(engine, _reqs(1)[0])
+        assert next(chunks) and next(chunks)
+        chunks.close()                          # the user pressed Stop: the slot must be free again at once
+        t0 = time.perf_counter()
+        fake.default = lambda body: "done now"
+        assert "".join(stream_chat(engine, _reqs(1)[0])) == "done now"
+        assert time.perf_counter() - t0 < 2

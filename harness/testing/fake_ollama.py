@@ -9,6 +9,9 @@
         ...
         fake.count("/api/chat"), fake.chat_bodies()[0]["options"]
 
+Every request is recorded with its User-Agent (fake.agents(path): the official client says
+"ollama-python/<version> (...)").
+
 Endpoints: GET /api/tags, GET /api/version, POST /api/show, POST /api/chat (streamed NDJSON or one JSON,
 like Ollama: `stream` defaults to true), and the OpenAI-compatible GET /v1/models and POST
 /v1/chat/completions that Ollama also serves. Every request is recorded (method, path, JSON body).
@@ -127,9 +130,14 @@ class FakeOllama:
             self.max_in_flight = 0
 
     # ------------------------------------------------------------ answers
-    def _record(self, method: str, path: str, body: Any) -> None:
+    def _record(self, method: str, path: str, body: Any, agent: str = "") -> None:
         with self._lock:
-            self.requests.append({"method": method, "path": path, "body": body, "t": time.time()})
+            self.requests.append({"method": method, "path": path, "body": body, "t": time.time(), "agent": agent})
+
+    def agents(self, path: str | None = None) -> set[str]:
+        """The User-Agent headers of the requests on `path` (None: all): which client spoke."""
+        with self._lock:
+            return {r["agent"] for r in self.requests if path is None or r["path"] == path}
 
     def _next_answer(self, body: dict) -> dict:
         with self._lock:
@@ -190,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ GET
     def do_GET(self):  # noqa: N802
         path = self.path.split("?")[0]
-        self.fake._record("GET", path, None)
+        self.fake._record("GET", path, None, self.headers.get("User-Agent", ""))
         if path == "/api/tags":
             self._send_json(200, {"models": [self._model_entry(m) for m in self.fake.models]})
         elif path == "/api/version":
@@ -214,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         path = self.path.split("?")[0]
         body = self._body()
-        self.fake._record("POST", path, body)
+        self.fake._record("POST", path, body, self.headers.get("User-Agent", ""))
         if path == "/api/show":
             name = body.get("model") or body.get("name") or ""
             if not self.fake.has_model(name):
