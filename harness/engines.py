@@ -16,7 +16,7 @@ Specs:
 An adapter is addressed as the server knows it (EngineRequest.adapter): for openai the served model id (vLLM
 `--lora-modules name=path` serves `name`; llama.cpp's server: its --model_alias), for Ollama a model made
 with `ollama create` from a Modelfile with ADAPTER, in process the adapter's name. Servers are spoken to through
-harness.http (the one client): a total deadline per answer, retries with backoff on transient faults, a bounded
+harness.http (the one client; for Ollama it drives the official `ollama` client): a total deadline per answer, retries with backoff on transient faults, a bounded
 pool of `workers` threads. A 200 whose body breaks the protocol is a failure, never an answer: engine_generate
 hands every good answer to on_done and then raises http.ItemsFailed naming the failed items; a server that is
 down or hung stops the run at once. The server applies its own chat template to `messages`.

@@ -16,6 +16,11 @@ What it promises:
 - One error type, `ServerError` (a UserError: the CLI prints its one sentence and exits 2), with `kind`:
   "down" (cannot connect), "timeout", "status" (an HTTP error status) or "protocol" (a 200 that breaks the
   protocol: never an answer, so never cached and never scored).
+- The same policy over a server's own blocking client library (the official `ollama` client, httpx inside):
+  Client(..., official=make).call(fn) / .stream(fn) run fn(library client) in a worker thread and wait with
+  what is left of the deadline; at the deadline that library client is closed (its connection with it) and the
+  caller gets ServerError("timeout"). The library's errors (ollama.ResponseError, httpx errors, a body that is
+  not JSON, JSON that pydantic refuses) become the same four kinds, retried the same way.
 - A bounded pool: `Client` keeps at most `workers` connections (keep-alive reused), and `run_pool` runs
   requests on `workers` threads. An item whose server fails is reported as failed (`ItemsFailed`, after every
   good item was handed to `on_done`); a server that is down or hung stops the run at once.
@@ -327,10 +332,19 @@ class Client:
             text = _snippet(e.doc.encode() if isinstance(e.doc, str) else b"")
             return ServerError(f"{self.where} answered {what} with a body that is not JSON ({text[:80]!r}): a proxy "
                                "error page or not the right server", "protocol", 200, text)
-        if isinstance(e, ValueError):      # pydantic's ValidationError: JSON of another shape
-            text = _short(e).replace("\n", " ")
-            return ServerError(f"{self.where} answered {what} with JSON of another shape ({text[:80]!r}): not the "
-                               "protocol it promises", "protocol", 200, text)
+        if isinstance(e, ValueError) and not str(getattr(e, "title", "Response")).endswith("Response"):
+            # pydantic refused what we would send (a message the library cannot carry): our fault, not the server's
+            raise UserError(f"the request to {self.where} cannot be sent ({_snippet(str(e).encode())[:160]}): "
+                            "fix the messages") from None
+        if isinstance(e, ValueError):      # pydantic's ValidationError on an answer: JSON of another shape
+            try:                           # what the server sent, from pydantic's first complaint
+                first = e.errors()[0]       # type: ignore[attr-defined]
+                why = f"{'.'.join(map(str, first['loc'])) or 'the answer'}: {first['msg']}"
+                text = _snippet(json.dumps(first.get("input"), default=str).encode())
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+                why, text = "", _snippet(str(e).encode())
+            return ServerError(f"{self.where} answered {what} with JSON of another shape ({why.lower() + ' in ' if why else ''}"
+                               f"{text[:80]!r}): not the protocol it promises", "protocol", 200, text)
         if isinstance(e, httpx.ConnectTimeout):
             return ServerError(f"cannot reach {self.where}: no connection within {self.connect_timeout:g} s", "down")
         if isinstance(e, httpx.TimeoutException):
@@ -339,7 +353,7 @@ class Client:
             return ServerError(f"cannot reach {self.where} ({_short(e)})", "down")
         if isinstance(e, httpx.RemoteProtocolError) and "without sending a response" in str(e):
             return ServerError(f"{self.where} closed the connection without an answer ({_short(e)})", "down")
-        if isinstance(e, (httpx.TransportError, httpx.StreamError, OSError)):
+        if isinstance(e, (httpx.HTTPError, httpx.StreamError, OSError)):
             return ServerError(f"{self.where} broke off its answer ({_short(e)})", "protocol")
         raise e
 
