@@ -2,7 +2,7 @@
 
     python -m harness finetune spam                      # harness/recipes/spam.toml -> adapters/smollm2-135m-spam/
     python -m harness finetune path/to/my_recipe.toml --data-dir ../shared/datasets
-    python -m harness finetune chat --max-steps 2 --out /tmp/try   # a quick smoke run
+    python -m harness finetune chat --max-steps 2 --output /tmp/try   # a quick smoke run
 
 A recipe names the base, the task, the dataset and split, the LoRA settings and the optimisation settings.
 Training checkpoints the adapter, the optimiser and the RNG state every `save_every` steps and at each epoch end
@@ -18,9 +18,9 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from harness.errors import UserError
 from harness.io import atomic_write, read_toml, save_figure, toml_line
@@ -766,19 +766,19 @@ Hyperparameters (the full recipe is `recipe.toml` beside this card):
     return card
 
 
-def finetune_cmd(recipe: str, /, data_dir: str | None = None, out: str | None = None, max_steps: int | None = None,
+def finetune_cmd(recipe: str, /, data_dir: str | None = None, output: str | None = None, max_steps: int | None = None,
                  threads: int | None = None, keep_steps: bool = False) -> int:
     """Train a LoRA adapter from a recipe.
 
     recipe: a recipe name from harness/recipes/ (spam, chat, poem_zh, poem_en) or a .toml file
     data_dir: a local copy of the datasets (e.g. ../shared/datasets) instead of downloading
-    out: output folder (default adapters/<recipe name>/)
+    output: output folder (default adapters/<recipe name>/)
     max_steps: stop after this many optimiser steps (smoke runs)
     threads: torch CPU threads (default: torch's choice)
-    keep_steps: keep the adapter of every checkpoint under OUT/steps/step-N/ (for `python -m harness sweep OUT`)
+    keep_steps: keep the adapter of every checkpoint under OUTPUT/steps/step-N/ (for `python -m harness sweep OUTPUT`)
     """
     r = load_recipe(recipe)
-    folder = finetune(r, Path(out) if out else None, data_dir=data_dir, max_steps=max_steps, threads=threads,
+    folder = finetune(r, Path(output) if output else None, data_dir=data_dir, max_steps=max_steps, threads=threads,
                       keep_steps=keep_steps)
     rel = folder.relative_to(PROJECT_ROOT) if folder.is_relative_to(PROJECT_ROOT) else folder
     print(f"adapter written to {rel}")
