@@ -19,6 +19,7 @@ rebuilt from all rows files (`python -m harness leaderboard` does the same from 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -43,12 +44,15 @@ __all__ = ["slug", "run", "RunConfig", "RunResult", "RunIncomplete", "run_cmd", 
 # ---------------------------------------------------------------- small helpers
 
 def run_id_for(eval_set: str, model: str, adapter: str | None, judge: str | None, part: str = "",
-               decoding: str = "free") -> str:
+               decoding: str = "free", engine: str = "") -> str:
     """The rows file's name (without .jsonl). A partial run (a --limit run, or one with failed items) is
-    <run id>__part-<item_set>, so it never overwrites the full run's rows; a form-constrained run has its own."""
+    <run id>__part-<item_set>, so it never overwrites the full run's rows; a form-constrained run has its own,
+    and so has a run on another in-process engine than transformers (__llama.cpp)."""
     rid = "__".join(slug(x) for x in (eval_set, model_slug(model), adapter or "base", judge or "nojudge"))
     if decoding != "free":
         rid += f"__{decoding}"
+    if engine not in ("", "transformers"):
+        rid += f"__{slug(engine)}"
     return f"{rid}__part-{part}" if part else rid
 
 
@@ -252,6 +256,8 @@ def classify_key(lm, adapter: str | None, task) -> dict:
         info = lm.adapters[adapter]
         key.update(method=info.method, labels=list(info.labels), input_template=info.input_template,
                    max_length=info.max_length, prompt=info.prompt if info.method == "label_text" else "")
+    elif getattr(lm, "head", None) is not None:       # a converted classifier answers with its own head
+        key.update(method="own_head", labels=list(lm.head_labels), max_length=lm.head_max_length)
     else:
         key.update(method="zero_shot", prompt=task.prompt)
     return key
@@ -321,6 +327,7 @@ class RunConfig:
     store: str = ""                  # the store file (default $FTBENCH_CACHE/store.sqlite)
     judge_mode: Literal["pointwise", "pairwise"] = "pointwise"   # pairwise: A/B verdicts vs --baseline, both orders
     baseline: str = ""               # pairwise: the run id (results/runs/<task>/) or rows file to compare against
+    engine: Literal["auto", "transformers", "llama.cpp"] = "auto"   # in process: auto = llama.cpp when the base has a GGUF and llama-cpp-python is installed
 
     def __post_init__(self):
         check_judge_mode(self.judge_mode, self.baseline)
@@ -420,7 +427,8 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         judge_config: JudgeConfig | None = None, store: Store | None = None, lm: Any = None,
         retry_unparsed: bool = False, progress: bool = True, write: bool = True,
         run_dir: Path | None = None, decoding: str = "free", gen_config: Any = None,
-        engine_config: Any = None, judge_mode: str = "pointwise", baseline: str | None = None) -> RunResult:
+        engine_config: Any = None, judge_mode: str = "pointwise", baseline: str | None = None,
+        engine_name: str = "auto") -> RunResult:
     """Generate (batched, greedy, cached) or classify, judge (cached), score and write one rows file; update
     the leaderboards. (The CLI's `run` builds the arguments from RunConfig, GenerationConfig and JudgeConfig.)
 
@@ -434,6 +442,11 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     judge_mode "pairwise": instead of a 0-100 score per answer, the judge compares each answer with the
     `baseline` run's answer to the same item, in both orders (harness.pairwise); the rows carry both verdicts
     and the leaderboard the pw_* columns. The baseline must be another model or adapter on the same items.
+
+    engine_name (in process): "auto" = llama.cpp when harness.llamacpp.pick_engine says so for the base (a GGUF,
+    llama-cpp-python installed, not a classification set), else transformers with a one-line notice on stderr;
+    "transformers" forces it; "llama.cpp" that cannot be had is a UserError. Rows record `engine`; a llama.cpp
+    run has its own run id (__llama.cpp) and cache keys (its Q4 GGUF answers differ from float32 transformers).
 
     judge None or "" = no judge (classify tasks never have one). lm: an already loaded model to reuse.
     write=False: only fill the store and return the rows. run_dir: where <task>/<run_id>.jsonl goes (default
@@ -453,7 +466,10 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     if remote:
         _check_remote(task, eval_set, decoding, adapter)
     elif adapter:
-        check_adapter_for(find_adapter(adapter), task)     # before any model loads
+        info = find_adapter(adapter, allow_path=True)       # a name under adapters/ or a peft folder's path
+        check_adapter_for(info, task)                       # before any model loads
+    inproc = ("" if remote else "transformers" if lm is not None and (engine_name or "auto") == "auto"
+              else choose_engine(engine_name, model, task, adapter))     # a model passed in runs where it is
     jcfg = None
     if task.kind == "generate" and task.judge_prompt and (judge or judge_config):
         jcfg = judge_config or JudgeConfig(spec=judge or DEFAULT_JUDGE, workers=workers)
@@ -497,20 +513,42 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
             engine.identity_of(adapter)                        # the adapter's model id is served
         if jcfg is not None and jcfg.backend != "transformers":
             the_judge = open_judge(jcfg)                       # health check before any generation
+        ckpt = ""
         if engine is not None:
             model_name, adapter_sha, method = engine.config.spec, "", ""
             if pairwise:
                 check_against_baseline(model_name)
             outs, generated = generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
                                                           progress, failed)
-        else:
-            if lm is None:
-                lm = load_model(model or default_base(), adapters=[adapter] if adapter else None)
-            model_name = lm.name
+        elif inproc == "llama.cpp":
+            from harness.models import resolve_base
+            model_name = resolve_base(model or default_base()).name
+            if adapter:
+                info = find_adapter(adapter, allow_path=True)
+                adapter, adapter_sha, method = info.name, info.sha256, info.method
+            else:
+                adapter_sha, method = "", ""
             if pairwise:
                 check_against_baseline(model_name)
-            adapter_sha = _adapter_sha(lm, adapter, task)
-            method = lm.adapters[adapter].method if adapter else ("zero_shot" if task.kind == "classify" else "")
+            ckpt = _checkpoint_hash(model or default_base(), str(info.path) if adapter else "")
+            outs, generated = generate_llamacpp_items(model or default_base(), adapter or None, adapter_sha, ckpt,
+                                                      items, task, gcfg, store, progress, decoding)
+        else:
+            if lm is None:
+                lm = load_model(model or default_base())
+            model_name = lm.name
+            if adapter:
+                info = lm.attach(adapter, allow_path=True)
+                check_adapter_for(info, task)
+                adapter = info.name                  # a path's adapter is known by its folder name
+            if pairwise:
+                check_against_baseline(model_name)
+            adapter_sha = lm.adapters[adapter].sha256 if adapter else ""
+            method = lm.adapters[adapter].method if adapter else (
+                "own_head" if getattr(lm, "head", None) is not None else
+                "zero_shot" if task.kind == "classify" else "")
+            base_ref = lm.spec.location if lm.spec.source in ("local", "gguf") else lm.spec.name
+            ckpt = _checkpoint_hash(base_ref, str(lm.adapters[adapter].path) if adapter else "")
             if task.kind == "classify":
                 outs, generated = _classify_with_store(lm, adapter or None, adapter_sha,
                                                        [it["text"] for it in items], gcfg.batch_size, store,
@@ -570,8 +608,9 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
     partial = bool(failed) or len(items) < len(es.items)
     for r in rows:
         r.update(item_set=item_set, partial=partial, n_failed=len(failed))
-    full_id = run_id_for(es.name, model_name, adapter, judge_part, "", decoding)
-    rid = run_id_for(es.name, model_name, adapter, judge_part, item_set if partial else "", decoding)
+        r.update(engine=inproc, checkpoint_hash=ckpt)    # a server's rows: "" (their model spec names the server)
+    full_id = run_id_for(es.name, model_name, adapter, judge_part, "", decoding, inproc)
+    rid = run_id_for(es.name, model_name, adapter, judge_part, item_set if partial else "", decoding, inproc)
     runs = run_dir or results_dir() / "runs"
     path = runs / task.name / f"{rid}.jsonl"
     boards: list[Path] = []
@@ -589,6 +628,88 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
         raise RunIncomplete(f"{len(failed)} of {len(items)} items failed ({first.rstrip('.')}); {saved}: rerun the "
                             f"same command to ask only for the failed ones (answered items are not asked again)", res)
     return res
+
+
+def _checkpoint_hash(base: str, adapter_path: str) -> str:
+    """models.checkpoint_hash, or "" when the weights cannot be read (the run goes on; rows just lack it)."""
+    from harness.models import checkpoint_hash
+    try:
+        return checkpoint_hash(base, adapter_path)
+    except (UserError, OSError):
+        return ""
+
+
+def choose_engine(requested: str, base: str | None, task, adapter: str | None) -> str:
+    """The in-process engine for a run: pick_engine's choice for this base; a fallback's notice goes to stderr
+    (one line); an explicit --engine llama.cpp that cannot be had is a UserError."""
+    import sys
+
+    from harness.llamacpp import pick_engine
+    from harness.models import default_base
+    req = (requested or "auto").strip().lower()
+    name, notice = pick_engine(req, needs_head=task.kind == "classify", base=base or default_base())
+    if name != "llama.cpp" and req not in ("auto", "transformers"):
+        why = re.sub(r"[.:]?\s*using transformers\.?$", "", notice.strip(), flags=re.I).rstrip(". ")
+        raise UserError(f"--engine llama.cpp cannot run this: {why}; drop --engine or pass --engine transformers")
+    if notice and req == "auto" and task.kind != "classify":
+        print(f"note: {notice}", file=sys.stderr)
+    return name
+
+
+def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ckpt: str, items: list[dict], task,
+                            gcfg, store: Store, progress: bool, decoding: str) -> tuple[list[_Gen], int]:
+    """Generate on llama.cpp (LlamaCppEngine.generate_many: several sequences per llama_decode), cached like
+    generate_with_store but under keys that name the engine and the GGUF's content (ckpt); under --decoding
+    the classical forms decode under harness.llamacpp.poem_grammar."""
+    from dataclasses import replace
+
+    from harness.llamacpp import load_engine, poem_grammar
+    from harness.metrics import FIXED_FORMS
+    convs = [item_messages(task, it) for it in items]
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it.get("form", "") if decoding != "free" else "", []).append(i)
+    outs: list[_Gen | None] = [None] * len(items)
+    generated = 0
+    eng = None
+    try:
+        for form, idx in groups.items():
+            cfg = replace(gcfg, form=form, **DECODING_RULES.get(decoding, {})) if form in FIXED_FORMS else gcfg
+            cfg_key = {**cfg.as_key(), "engine": "llama.cpp"}
+            keys = [generation_key(base, adapter_sha, cfg_key, json.dumps(convs[i], ensure_ascii=False), ckpt)
+                    for i in idx]
+            have = store.get("generations", keys)
+            todo = [j for j, k in enumerate(keys) if k not in have]
+            if todo:
+                if eng is None:
+                    eng = load_engine(base, adapters=[adapter] if adapter else None)
+                grammar = poem_grammar(cfg.form, cfg.rhyme, cfg.rhyme_group or None, cfg.tone) if cfg.form else None
+                bar = _bar(len(todo), "generating (llama.cpp)", progress)
+                t0 = time.perf_counter()
+                try:
+                    got = eng.generate_many([convs[idx[j]] for j in todo], adapter, cfg.max_new_tokens,
+                                            parallel=max(1, min(cfg.batch_size, 8)), grammar=grammar,
+                                            progress=lambda d, t: bar.update(1))
+                finally:
+                    bar.close()
+                per = (time.perf_counter() - t0) / len(todo)
+                store.put("generations", [{
+                    "key": keys[j], "model": base, "adapter": adapter or "", "adapter_sha": adapter_sha,
+                    "config": cfg_key, "prompt": json.dumps(convs[idx[j]], ensure_ascii=False),
+                    "response": g["text"], "prompt_tokens": g["prompt_tokens"], "response_tokens": g["new_tokens"],
+                    "seconds": per, "extra": {"finish_reason": g["finish_reason"], "model_digest": ckpt,
+                                              "engine": "llama.cpp"}}
+                    for j, g in zip(todo, got)])
+                generated += len(todo)
+                have = store.get("generations", keys)
+            for i, k in zip(idx, keys):
+                h = have[k]
+                outs[i] = _Gen(h["response"], int(h["response_tokens"] or 0), float(h["seconds"] or 0.0),
+                               h.get("extra") or {}, int(h["prompt_tokens"] or 0))
+    finally:
+        if eng is not None:
+            eng.close()
+    return outs, generated  # type: ignore[return-value]
 
 
 def _drop_stale_parts(folder: Path, full_id: str, written: Path, ids: set[str]) -> None:
@@ -845,7 +966,8 @@ def run_cmd(run: RunConfig, gen: GenerationConfig, judge: JudgeConfig, engine: E
         res = globals()["run"](cfg.model or None, cfg.adapter or None, cfg.eval_set, jcfg.spec if jcfg else None,
                                cfg.limit, gen.batch_size, gen.max_new_tokens, judge.workers, judge_config=jcfg,
                                store=st, retry_unparsed=cfg.retry_unparsed, decoding=cfg.decoding, gen_config=gen,
-                               engine_config=engine, judge_mode=cfg.judge_mode, baseline=cfg.baseline or None)
+                               engine_config=engine, judge_mode=cfg.judge_mode, baseline=cfg.baseline or None,
+                               engine_name=cfg.engine)
     except RunIncomplete as e:
         incomplete, res = e, e.result
     finally:

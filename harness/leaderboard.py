@@ -35,7 +35,10 @@ REQUIRED = ("task", "eval_set", "item_id", "model")
 GROUP_KEY = ("task", "eval_set", "model", "adapter", "adapter_sha", "adapter_method", "decoding", "judge",
              "judge_digest", "judge_prompt_version")
 RUN_COLUMNS = ["item_set", "partial"]          # written only when some row of the table is not the default
-COMMON_COLUMNS = [*GROUP_KEY, *RUN_COLUMNS, "n", "n_parsed", "parse_rate", "score_mean", "score_ci_low",
+# the in-process engine that wrote the rows: absent (older rows) = transformers; written only when some row of
+# the table ran on another engine (llama.cpp)
+ENGINE_COLUMNS = ["engine"]
+COMMON_COLUMNS = [*GROUP_KEY, *ENGINE_COLUMNS, *RUN_COLUMNS, "n", "n_parsed", "parse_rate", "score_mean", "score_ci_low",
                   "score_ci_high"]
 TAIL_COLUMNS = {"generate": ["avg_response_tokens", "gen_tokens_per_s"], "classify": ["items_per_s"]}
 # pairwise judging against a baseline run (harness.pairwise; `run --judge-mode pairwise --baseline RUN`)
@@ -43,7 +46,7 @@ COUNT_COLUMNS = {"pw_n", "pw_unparsed"}
 PAIRWISE_COLUMNS = ["pw_baseline", "pw_win_rate", "pw_win_ci_low", "pw_win_ci_high", "pw_ties", "pw_consistency",
                     "pw_first_wins", "pw_n", "pw_unparsed"]
 END_COLUMNS = ["n_duplicates", "created_at", "git_commit"]
-PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "judge", "partial", "n", "n_parsed",
+PRINT_COLUMNS = ["eval_set", "model", "adapter", "adapter_method", "decoding", "engine", "judge", "partial", "n", "n_parsed",
                  "score_mean", "rouge_l", "form_ok_rate", "distinct_2", "rhyme_rate", "tone_rate", "accuracy",
                  "macro_f1", "precision", "recall", "f1"]
 
@@ -78,9 +81,15 @@ def read_rows(path: str | Path) -> list[dict]:
 def group_key(row: dict) -> tuple[str, ...]:
     """The leaderboard identity of a row (GROUP_KEY, then the pairwise baseline: a pairwise run is its own row
     beside the pointwise run of the same judge; then the item set and whether the run is partial); absent
-    fields count as ""."""
+    fields count as ""; then the engine, "" for transformers)."""
     return tuple(str(row.get(k) or "") for k in (*GROUP_KEY, "pw_baseline", "item_set")) + (
-        "partial" if row.get("partial") is True else "",)
+        "partial" if row.get("partial") is True else "", engine_of(row))
+
+
+def engine_of(row: dict) -> str:
+    """The in-process engine of a row, "" for transformers (rows without the field were written by it)."""
+    e = str(row.get("engine") or "")
+    return "" if e == "transformers" else e
 
 
 def group_rows(rows: Iterable[dict]) -> dict[tuple[str, ...], list[dict]]:
@@ -124,7 +133,8 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     scored = [r for r in rows if is_scored(r)]
     mean, lo, hi = bootstrap_mean_ci([as_float(r["score"]) for r in scored], n_boot=n_boot, seed=seed)
     out.update(n=n, score_mean=mean, score_ci_low=lo, score_ci_high=hi, n_duplicates=n_dup,
-               item_set=str(rows[0].get("item_set") or ""), partial=rows[0].get("partial") is True)
+               item_set=str(rows[0].get("item_set") or ""), partial=rows[0].get("partial") is True,
+               engine=engine_of(rows[0]) or "transformers")
     out.update(task.summarize(rows, n_boot=n_boot, seed=seed))
     n_parsed = sum(task.usable(r, bool(key["judge"])) for r in rows)
     out["n_parsed"] = n_parsed
@@ -184,6 +194,8 @@ def build_leaderboard(runs_dir: str | Path, task: str | None = None, n_boot: int
         df = pd.DataFrame(recs, columns=columns_for(t))
         if not (df["item_set"].astype(str).ne("").any() or df["partial"].astype(bool).any()):
             df = df.drop(columns=RUN_COLUMNS)           # tables without such runs keep their old columns
+        if df["engine"].eq("transformers").all():
+            df = df.drop(columns=ENGINE_COLUMNS)        # all transformers: the old columns
         for c in COUNT_COLUMNS & set(df.columns):      # counts stay integers when some rows have none
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
         sort = [c for c in (get_task(t).sort or ("score_mean",)) if c in df.columns]
