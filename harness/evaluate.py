@@ -520,20 +520,32 @@ def run(model: str | None, adapter: str | None, eval_set: str, judge: str | None
                 check_against_baseline(model_name)
             outs, generated = generate_remote_with_store(engine, adapter or None, items, task, gcfg, store,
                                                           progress, failed)
-        elif inproc == "llama.cpp":
-            from harness.models import resolve_base
+        if engine is None and inproc == "llama.cpp":
+            from harness.models import is_adapter_path, resolve_base
             model_name = resolve_base(model or default_base()).name
+            adapter_sha, method = "", ""
             if adapter:
                 info = find_adapter(adapter, allow_path=True)
-                adapter, adapter_sha, method = info.name, info.sha256, info.method
-            else:
-                adapter_sha, method = "", ""
+                adapter_sha, method = info.sha256, info.method
             if pairwise:
                 check_against_baseline(model_name)
             ckpt = _checkpoint_hash(model or default_base(), str(info.path) if adapter else "")
-            outs, generated = generate_llamacpp_items(model or default_base(), adapter or None, adapter_sha, ckpt,
-                                                      items, task, gcfg, store, progress, decoding)
-        else:
+            try:
+                if adapter and is_adapter_path(adapter):
+                    raise UserError(f"adapter {info.name!r} is given by path; llama.cpp exports adapters by name "
+                                    "from the adapters folder: it runs on transformers")
+                outs, generated = generate_llamacpp_items(model or default_base(), adapter or None, adapter_sha,
+                                                          ckpt, items, task, gcfg, store, progress, decoding)
+                adapter = info.name if adapter else adapter
+            except UserError as e:                  # the GGUF or the adapter cannot run on llama.cpp
+                why = str(e).splitlines()[0]
+                if (engine_name or "auto") != "auto":
+                    why = re.sub(r"[:;,.]?\s*(it )?runs on transformers.*$", "", why, flags=re.I).rstrip(". ")
+                    raise UserError(f"--engine llama.cpp cannot run this: {why}; drop --engine or pass --engine "
+                                    "transformers") from None
+                print(f"note: {why}", file=sys.stderr)
+                inproc = "transformers"
+        if engine is None and inproc == "transformers":
             if lm is None:
                 lm = load_model(model or default_base())
             model_name = lm.name

