@@ -12,6 +12,8 @@ judge_digest, judge_prompt_version, item_set): a retrained adapter or a changed 
 row, and a run over part of the eval set (`run --limit`, or a run with failed items: its rows carry `partial` and
 the `item_set` hash of its item ids) is its own row, marked partial, never merged into the full run's row. The
 `item_set` and `partial` columns appear only in a table that has such a run (older rows files carry neither).
+Likewise the in-process `engine` (rows without it were written by transformers): a llama.cpp run is its own row,
+and the `engine` column appears only in a table that has a non-transformers row.
 Rows whose judge answer was not parsed stay in ``n`` (never dropped) and are missing from ``n_parsed``;
 ``parse_rate`` = n_parsed / n. Every confidence interval is named after its metric: ``score_ci_low`` /
 ``score_ci_high`` bound the judge's ``score_mean``, ``rouge_l_ci_low`` / ``rouge_l_ci_high`` bound ``rouge_l``,
