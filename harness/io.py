@@ -122,15 +122,18 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
 _TEMPS: set[str] = set()
 _TEMPS_LOCK = threading.Lock()
 _PREVIOUS: dict[int, Any] = {}
+_OWNER = [0]          # the pid that installed the chain
 
 
 def _on_signal(signum, frame):
-    with _TEMPS_LOCK:
-        temps = list(_TEMPS)
-    for t in temps:
+    # no lock here: the handler runs in the main thread, which may hold _TEMPS_LOCK at that moment (a copy of the
+    # set is atomic under the GIL)
+    for t in list(_TEMPS):
         with contextlib.suppress(OSError):
             os.unlink(t)
-    prev = _PREVIOUS.get(signum, signal.SIG_DFL)
+    # a forked child (a multiprocessing worker) inherits the parent's chain, whose previous handler belongs to the
+    # parent's world (a server's "shut down gracefully" flag, say): the child dies of the signal instead
+    prev = _PREVIOUS.get(signum, signal.SIG_DFL) if os.getpid() == _OWNER[0] else signal.SIG_DFL
     if callable(prev):
         return prev(signum, frame)
     if prev == signal.SIG_IGN:
@@ -149,6 +152,7 @@ def _install_cleanup() -> None:
         try:
             _PREVIOUS[sig] = signal.getsignal(sig)
             signal.signal(sig, _on_signal)
+            _OWNER[0] = os.getpid()
         except (ValueError, OSError):        # not the main interpreter: leave the handler alone
             _PREVIOUS.pop(sig, None)
 

@@ -150,8 +150,12 @@ def _rebuild(args) -> str:
 def test_30_concurrent_leaderboard_rebuilds_never_crash_and_agree(tmp_path):
     runs = PROJECT_ROOT / "results" / "runs"
     ctx = mp.get_context("fork")
-    with ctx.Pool(30) as pool:
+    pool = ctx.Pool(30)
+    try:
         errors = pool.map(_rebuild, [(runs, tmp_path)] * 30)
+    finally:
+        pool.close()          # the workers end by themselves: no SIGTERM into whatever handlers they inherited
+        pool.join()
     assert errors == [""] * 30
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(p.name for p in (PROJECT_ROOT / "results").glob("leaderboard_*.csv")), names
