@@ -65,6 +65,7 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("len_b", "INTEGER"), ("choice", "TEXT"), ("winner", "TEXT"), ("reason", "TEXT"), ("source", "TEXT"),
         ("status", "TEXT"), ("note", "TEXT"), ("undone_at", "TEXT"), ("created_at", "TEXT"),
         ("session", "TEXT"),     # hash of the browser session that cast it; NULL = nobody's (CLI, import, old)
+        ("checkpoint_a", "TEXT"), ("checkpoint_b", "TEXT"),   # models.checkpoint_hash of each side; NULL = old
     ),
 }
 _JSON_COLUMNS = {"config", "extra", "options", "item"}

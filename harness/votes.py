@@ -122,10 +122,11 @@ def gone(task: str, eval_set: str, item_id: str, models: list[tuple[str, str]]) 
 def cast_vote(store: Store | str | Path | None, *, session: str, prompt: str, response_left: str,
               response_right: str, side_a: str, model_a: str, adapter_a: str, model_b: str, adapter_b: str,
               seed_a: int | None, seed_b: int | None, choice: str, task: str = "chat", eval_set: str = "",
-              item_id: str = "") -> str:
+              item_id: str = "", checkpoint_a: str = "", checkpoint_b: str = "") -> str:
     """Store one blind vote and return its id. session: the browser session casting it (its hash is stored);
     side_a: where A was shown ("left" | "right"); choice: the button pressed ("left" | "right" | "tie" |
-    "both_bad"). A vote whose item, eval set, base or adapter no longer exists is stored with status "review"
+    "both_bad"); checkpoint_a/_b: each side's weights hash (harness.models.checkpoint_hash), so a vote names the
+    same checkpoint wherever its files live. A vote whose item, eval set, base or adapter no longer exists is stored with status "review"
     (not counted) and VoteKept (a UserError) says why."""
     if not isinstance(session, str) or not session.strip():
         raise UserError("a vote needs the browser session that casts it: reload the page and vote again")
@@ -146,7 +147,8 @@ def cast_vote(store: Store | str | Path | None, *, session: str, prompt: str, re
             "seed_a": seed_a, "seed_b": seed_b, "sha_a": text_sha(resp_a), "sha_b": text_sha(resp_b),
             "len_a": len(resp_a), "len_b": len(resp_b), "choice": choice, "winner": winner_of(choice, side_a),
             "reason": "", "source": "app", "status": "review" if problem else "counted", "note": problem,
-            "session": session_hash(session)}])
+            "session": session_hash(session), "checkpoint_a": checkpoint_a or None,
+            "checkpoint_b": checkpoint_b or None}])
     if problem:
         raise VoteKept(f"vote {vote_id} kept for review, not counted: {problem}. Regenerate the comparison "
                        f"from an existing eval set and models to vote again", vote_id)

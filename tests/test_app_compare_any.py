@@ -93,6 +93,24 @@ def test_a_blind_vote_names_both_checkpoints(state):
     assert row["status"] == "counted" and row["winner"] == ("a" if tuned_left else "b")
 
 
+def test_a_vote_identifies_each_checkpoint_by_its_weights(state, root, tmp_path):
+    """Issue 25: the same weights are the same checkpoint wherever they live: a vote stores each side's content
+    hash, and a copy of the fine-tune under another name gets the same one."""
+    import shutil
+
+    from harness import votes
+    from harness.models import checkpoint_hash
+    run(state, "voter", "tiny-sft", blind=True, sampling=Sampling(max_new_tokens=8, repetition_penalty=1.0))
+    K.vote(state, "voter", "tie")
+    [row] = votes.list_votes(state.store, session="voter")
+    sft = root / "tiny-sft"
+    assert row["checkpoint_a"] == checkpoint_hash(str(sft.resolve())) and len(row["checkpoint_a"]) == 16
+    assert row["checkpoint_b"] == checkpoint_hash(state.base_name)
+    assert row["checkpoint_a"] != row["checkpoint_b"]
+    copy = shutil.copytree(sft, tmp_path / "elsewhere" / "renamed-sft")
+    assert checkpoint_hash(str(copy)) == row["checkpoint_a"]
+
+
 def test_adapters_on_one_base_keep_the_one_batch_fast_path(state, tiny_llama_dir, tmp_path):
     build_adapter(tiny_llama_dir, tmp_path / "adapters" / "tiny-chat")
     rec = run(state, "fast", "tiny-chat")

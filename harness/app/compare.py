@@ -608,7 +608,8 @@ def vote(state: AppState, session: str, choice: str) -> str:
                               adapter_a=a_side["adapter"] or "", model_b=b_side["model"],
                               adapter_b=b_side["adapter"] or "", seed_a=seed,
                               seed_b=seed, choice=choice, task=rec["task"], eval_set=item.get("eval_set", ""),
-                              item_id=item.get("item_id", ""))
+                              item_id=item.get("item_id", ""), checkpoint_a=weights_id(a_side),
+                              checkpoint_b=weights_id(b_side))
         note = "counted"
     except UserError as e:               # VoteKept: stored for review, not counted
         vid, note = getattr(e, "vote_id", "") or (e.args[1] if len(e.args) > 1 else ""), str(e)
@@ -616,6 +617,16 @@ def vote(state: AppState, session: str, choice: str) -> str:
     lname, rname = side_names(rec, revealed=True)
     return (f"Vote stored ({VOTE_BUTTONS[choice]}; {note}). Left was **{lname}**, right was **{rname}** "
             f"(both sampled at temperature {rec['sampling'].temperature:g}, seed {seed}).")
+
+
+def weights_id(side: dict) -> str:
+    """A side's checkpoint by content (models.checkpoint_hash; remembered per file, so hashing is once); "" when
+    its weights cannot be read (the vote is still stored, by name)."""
+    from harness.models import checkpoint_hash
+    try:
+        return checkpoint_hash(side["model"], side["adapter"] or "")
+    except (UserError, OSError):
+        return ""
 
 
 def vote_table(state: AppState, session: str, limit: int = 50) -> list[list]:
