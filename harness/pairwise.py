@@ -572,16 +572,3 @@ def pairwise_runs(judge: Judge, rows: list[dict], baseline: list[dict], store: S
     resp_a = responses_of(rows, store, name)
     resp_b = responses_of(baseline, store, baseline_name)
     return pairwise_judge(judge, items, resp_a, resp_b, store, progress, retry_unparsed)
-
-
-# ---------------------------------------------------------------- a deterministic pairwise answer (tests, benchmarks)
-
-def fake_pairwise_answer(body: dict) -> str:
-    """A deterministic pairwise answer for harness.fake_ollama.FakeOllama(default=...): the winner is a hash
-    of the prompt (so the two orders often disagree, like a weak judge), as JSON when a format is asked."""
-    messages = body.get("messages") or [{}]
-    h = int(hashlib.sha256(str(messages[-1].get("content", "")).encode()).hexdigest(), 16)
-    winner = ("A", "B", "tie", "A")[h % 4]
-    if body.get("format") or body.get("response_format"):
-        return json.dumps({"winner": winner, "reason": "Follows the instruction more closely."})
-    return f"Response {winner} is better." if winner != "tie" else "It's a tie."

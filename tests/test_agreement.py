@@ -10,7 +10,7 @@ import pytest
 
 from harness.agreement import (MIN_PAIRS, agreement_markdown, agreement_summary, judge_vs_humans, kappa,
                                kappa_ci, pointwise_predictions)
-from harness.fake_ollama import FakeOllama
+from harness.testing.fake_ollama import FakeOllama
 from harness.judge import JudgeConfig, open_judge
 from harness.pairwise import pairwise_judge
 from harness.store import Store

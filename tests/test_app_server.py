@@ -11,7 +11,7 @@ import pytest
 from harness.app.server import close_servers, is_server_spec, server_route, server_stream
 from harness.app.state import AppState, Sampling, status_line
 from harness.errors import UserError
-from harness.fake_openai import FakeOpenAI
+from harness.testing.fake_openai import FakeOpenAI
 
 
 @pytest.fixture(autouse=True)
@@ -288,7 +288,7 @@ def test_a_stream_that_breaks_falls_back_before_its_first_text_and_fails_after_i
 
 
 def test_the_chat_tab_on_an_ollama_spec_uses_OLLAMA_HOST(tiny_llama_dir, chat_adapters, monkeypatch):
-    from harness.fake_ollama import FakeOllama
+    from harness.testing.fake_ollama import FakeOllama
     with FakeOllama(models=["smol"], default=lambda body: "an answer from ollama") as fake:
         monkeypatch.setenv("OLLAMA_HOST", fake.host)
         state = AppState(model=str(tiny_llama_dir), adapters_folder=chat_adapters, engine="ollama:smol")

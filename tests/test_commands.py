@@ -139,7 +139,7 @@ def test_classify_any_label_set_zero_shot(tiny_llama_dir, tmp_path, monkeypatch)
 
 def test_generate_through_an_openai_server(tmp_path, no_model_load):
     """--model openai:<model>@<url>: concurrent requests through harness.engines, no model loaded here."""
-    from harness.fake_openai import FakeOpenAI
+    from harness.testing.fake_openai import FakeOpenAI
     src = tmp_path / "p.txt"
     src.write_text("one two three\nfour five\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"

@@ -9,8 +9,8 @@ import pytest
 from harness.engines import EngineConfig, EngineRequest, engine_generate, open_engine
 from harness.http import ItemsFailed
 from harness.errors import UserError
-from harness.fake_ollama import FakeOllama
-from harness.fake_openai import FakeOpenAI
+from harness.testing.fake_ollama import FakeOllama
+from harness.testing.fake_openai import FakeOpenAI
 
 
 def _reqs(n: int, **kw) -> list[EngineRequest]:

@@ -252,7 +252,7 @@ def test_card_metrics_come_from_the_evaluate_pipeline(tiny_llama_dir, tmp_path):
 
 
 def test_card_measures_an_adapter_served_by_an_engine_and_refuses_a_served_classifier(tiny_llama_dir, tmp_path):
-    from harness.fake_openai import FakeOpenAI
+    from harness.testing.fake_openai import FakeOpenAI
     from harness.finetune import measure
     fake_data()
     r = tiny_recipe(tiny_llama_dir, "chat")

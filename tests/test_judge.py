@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.http import ItemsFailed
-from harness.fake_ollama import FAKE_DIGEST, FakeOllama
+from harness.testing.fake_ollama import FAKE_DIGEST, FakeOllama
 from harness.judge import (SCORE_SCHEMA, JudgeConfig, JudgeRequest, judge_many, list_prompts, load_prompt,
                            open_judge, parse_score, parse_spec, render_prompt)
 

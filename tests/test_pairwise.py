@@ -9,11 +9,11 @@ import json
 import pytest
 
 from harness.errors import UserError
-from harness.fake_ollama import FakeOllama
+from harness.testing.fake_ollama import FakeOllama
 from harness.judge import JudgeConfig, open_judge
-from harness.pairwise import (COLUMNS, VERDICT_SCHEMA, check_baseline, combine, fake_pairwise_answer,
-                              load_pairwise_prompt, pairwise_columns, pairwise_judge, pairwise_markdown,
-                              parse_verdict)
+from harness.pairwise import (COLUMNS, VERDICT_SCHEMA, check_baseline, combine, load_pairwise_prompt,
+                              pairwise_columns, pairwise_judge, pairwise_markdown, parse_verdict)
+from harness.testing import fake_pairwise_answer
 from harness.store import Store
 
 VERDICTS = [

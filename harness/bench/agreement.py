@@ -12,10 +12,11 @@ from pathlib import Path
 
 from harness.agreement import agreement_markdown, judge_vs_humans, pair_key, pointwise_predictions
 from harness.errors import UserError
-from harness.fake_ollama import FakeOllama
+from harness.testing.fake_ollama import FakeOllama
 from harness.io import atomic_write, iter_jsonl, text_sha
 from harness.judge import DEFAULT_OFFLINE_JUDGE, JudgeConfig, open_judge
-from harness.pairwise import fake_pairwise_answer, pairwise_judge, pairwise_markdown, read_run
+from harness.pairwise import pairwise_judge, pairwise_markdown, read_run
+from harness.testing import fake_pairwise_answer
 from harness.paths import PROJECT_ROOT
 from harness.store import open_store
 from harness.votes import read_labels
@@ -102,7 +103,7 @@ def own_pairs_report(output: str | Path | None = None, store=None, fake: bool = 
                     fpw = pairwise_judge(fj, items, resp_a, resp_b, st, progress=progress)
                 fres = judge_vs_humans(labels, _preds(labels, fpw), "fake ollama:llama3 (plumbing only)")
                 sections += [f"### Plumbing check on {eval_set}: the fake Ollama", "",
-                             "The fake server (harness/fake_ollama.py) names a winner chosen by a hash of the "
+                             "The fake server (harness/testing/fake_ollama.py) names a winner chosen by a hash of the "
                              "prompt. Its row only shows that a remote judge's verdicts flow through the worker "
                              "pool, the store and this report; it says nothing about any real model.", "",
                              agreement_markdown([fres], "").lstrip("\n")]

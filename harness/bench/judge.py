@@ -17,7 +17,8 @@ from pathlib import Path
 from harness.evaluate import judge_with_store
 from harness.io import iter_jsonl
 from harness.judge import DEFAULT_OFFLINE_JUDGE, JudgeConfig, JudgeRequest, judge_many, open_judge
-from harness.pairwise import fake_pairwise_answer, pairwise_judge, read_run
+from harness.pairwise import pairwise_judge, read_run
+from harness.testing import fake_pairwise_answer
 from harness.paths import PROJECT_ROOT
 from harness.store import Store
 from harness.testing.fake_ollama import FakeOllama

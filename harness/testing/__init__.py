@@ -12,6 +12,8 @@ drip and cut apply to streamed answers too (server-sent events, NDJSON).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 HTML_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
@@ -51,3 +53,14 @@ def wire_write(handler, data: bytes) -> None:
             time.sleep(float(wire["drip"]))
         return
     handler.wfile.write(data)
+
+
+def fake_pairwise_answer(body: dict) -> str:
+    """A deterministic pairwise answer for harness.testing.fake_ollama.FakeOllama(default=...): the winner is a hash
+    of the prompt (so the two orders often disagree, like a weak judge), as JSON when a format is asked."""
+    messages = body.get("messages") or [{}]
+    h = int(hashlib.sha256(str(messages[-1].get("content", "")).encode()).hexdigest(), 16)
+    winner = ("A", "B", "tie", "A")[h % 4]
+    if body.get("format") or body.get("response_format"):
+        return json.dumps({"winner": winner, "reason": "Follows the instruction more closely."})
+    return f"Response {winner} is better." if winner != "tie" else "It's a tie."
