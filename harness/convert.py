@@ -200,7 +200,7 @@ def load_tokenizer(name: str):
     """A tokenizer by hub id or folder: the local files first; offline, one sentence saying how to get it."""
     from transformers import AutoTokenizer
 
-    from harness.models import _hub_host, _hub_reachable
+    from harness.paths import hub_host, hub_reachable
     try:
         return AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError):
@@ -208,8 +208,8 @@ def load_tokenizer(name: str):
     if Path(name).expanduser().exists():
         raise UserError(f"--tokenizer {name}: no tokenizer files there (tokenizer.json or vocab.json + merges.txt): "
                         "pass a folder saved with tokenizer.save_pretrained, or a hub id")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        raise UserError(f"the tokenizer {name} is not in the local Hugging Face cache and the hub ({_hub_host()}) "
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        raise UserError(f"the tokenizer {name} is not in the local Hugging Face cache and the hub ({hub_host()}) "
                         f"cannot be reached, so get it on a machine with internet with `hf download {name}` (or "
                         "unset HF_HUB_OFFLINE) or pass --tokenizer DIR, a folder with the tokenizer your model uses")
     try:

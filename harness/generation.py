@@ -518,32 +518,3 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig = GenerationConfi
                 stats.finish_reason = "length" if stats.new_tokens >= cfg.max_new_tokens else "stop"
     if failure and not isinstance(failure[0], (KeyboardInterrupt, GeneratorExit)):
         raise failure[0]
-
-
-# ---------------------------------------------------------------- compatibility names (classification moved)
-# Classification lives in harness.classify (one path for the app, the CLI and the leaderboard). These names stay
-# only until tests/test_app.py, tests/test_models.py, tests/test_finetune.py and harness/finetune.py import them
-# from harness.classify; nothing is computed here. (generation imports classify, never the other way round.)
-
-def classify(lm: LoadedModel, texts: list[str], adapter: str | None = ..., batch_size: int = 16):
-    """Compatibility name for harness.classify.classify."""
-    from harness.classify import classify as one_path
-    return one_path(lm, texts, lm.active if adapter is ... else adapter, batch_size=batch_size)
-
-
-def zero_shot_spam(lm: LoadedModel, texts: list[str], batch_size: int = 16):
-    """Compatibility name: the base zero-shot of harness.classify.classify."""
-    from harness.classify import classify as one_path
-    return one_path(lm, texts, None, batch_size=batch_size)
-
-
-def classifier_ids(tok, text: str, template: str, max_length: int) -> list[int]:
-    """Compatibility name for harness.classify.classifier_ids."""
-    from harness.classify import classifier_ids as ids
-    return ids(tok, text, template, max_length)
-
-
-def right_pad(rows: list[list[int]], pad: int):
-    """Compatibility name for harness.classify.right_pad."""
-    from harness.classify import right_pad as pad_right
-    return pad_right(rows, pad)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.paths import adapters_dir, cache_dir, check_name, sha256_file
+from harness.paths import adapters_dir, cache_dir, check_name, hub_host, hub_reachable, sha256_file
 
 REGISTRY_FILE = Path(__file__).with_name("registry.toml")
 _HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -312,21 +311,6 @@ def pick_dtype(device: str, dtype: str = "auto"):
     return getattr(torch, dtype)
 
 
-def _hub_host() -> str:
-    from urllib.parse import urlparse
-    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the hub: fail in seconds offline instead of retrying for a minute."""
-    import socket
-    try:
-        socket.create_connection((_hub_host(), 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
     """from_pretrained with safetensors only and no remote code; hub failures become one clear sentence."""
     kw = dict(kw, trust_remote_code=False)
@@ -340,11 +324,11 @@ def _from_pretrained(cls, spec: BaseSpec, where: str, **kw):
         return cls.from_pretrained(where, **local)
     except OSError:
         pass
-    if spec.fallback_of and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
+    if spec.fallback_of and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
         raise _fallback_offline(spec)
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         raise UserError(f"model {spec.name!r} (hub id {spec.location}) is not in the local Hugging Face cache "
-                        f"(~/.cache/huggingface/hub) and the hub ({_hub_host()}) cannot be reached from here. "
+                        f"(~/.cache/huggingface/hub) and the hub ({hub_host()}) cannot be reached from here. "
                         f"On a machine with internet run `hf download {spec.location}` (or load it once), or pass "
                         f"a local directory. Offline, use the embedded default: --model {default_base()}")
     if os.environ.get("HF_HUB_OFFLINE") == "1":

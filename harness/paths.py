@@ -130,3 +130,19 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def hub_host() -> str:
+    """The Hugging Face hub's host name ($HF_ENDPOINT or huggingface.co)."""
+    from urllib.parse import urlparse
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub: fail in seconds offline instead of retrying for a minute."""
+    import socket
+    try:
+        socket.create_connection((hub_host(), 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -26,7 +26,8 @@ from harness.app.streaming import clean_tail
 from harness.app.state import AppState, Limits, Sampling, auto_threads, message_text, status_line
 from harness.leaderboard_view import leaderboard_view
 from harness.errors import UserError
-from harness.generation import GenerationConfig, classify, generate_batch, generate_pair, zero_shot_spam
+from harness.classify import classify
+from harness.generation import GenerationConfig, generate_batch, generate_pair
 
 GREEDY = dict(temperature=0.0, top_p=0.9, seed=0, rep=1.0)
 
@@ -202,7 +203,7 @@ def test_classify_with_the_adapter_and_zero_shot(client, served):
 
     label0, verdict0 = client.predict(text, "base", 0.5, api_name="/classify")
     assert {c["label"]: c["confidence"] for c in label0["confidences"]} == pytest.approx(
-        zero_shot_spam(lm, [text])[0], abs=1e-5)
+        classify(lm, [text], None)[0], abs=1e-5)
     assert "zero-shot" in verdict0
 
     # the threshold decides: 0 -> always spam, 1 -> spam only if p(spam) == 1
@@ -278,7 +279,7 @@ def test_compare_base_and_adapter_in_one_batch_without_a_judge(client, served):
 
 
 def test_compare_with_a_judge_on_a_fake_ollama(served):
-    from harness import fake_ollama
+    from harness.testing import fake_ollama
     state = served[1]
     old = state.judge_host
     with fake_ollama.FakeOllama(answers=['{"score": 35, "reason": "weak"}', '{"score": 80, "reason": "good"}']) \

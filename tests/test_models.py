@@ -72,7 +72,7 @@ def test_switching_adapters_changes_logits_and_base_is_raw(tiny_llama_dir, adapt
 def test_classifier_and_causal_adapters_coexist(tiny_llama_dir, adapters):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
-    from harness.generation import classify
+    from harness.classify import classify
 
     lm = load_model(str(tiny_llama_dir), adapters=["chat-a", "spam-c"])
     probs = classify(lm, ["Free entry! Win a prize now", "Hi mum, see you at noon"], adapter="spam-c")
