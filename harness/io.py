@@ -391,3 +391,12 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return atomic_write(path, buf.getvalue())
+
+
+_ABS_PATH = re.compile(r"(?<![\w:/.~])(?:~|/)(?:[^\s'\"`()\[\],;:]+/)+([^\s'\"`()\[\],;:]*)")
+
+
+def hide_paths(text: str) -> str:
+    """A message for a visitor of the app: every absolute path (/srv/…/x.safetensors, ~/…/x) shown by its last
+    part only, so no server folder reaches the page; URLs (http://host/path) are left alone."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "…", str(text))

@@ -43,3 +43,29 @@ def test_interrupt_promises_nothing(monkeypatch, capsys):
     rc = main({"boom": (f"{__name__}:_boom", "interrupt")}, ["boom"])
     assert rc == 130
     assert "saved" not in capsys.readouterr().err
+
+
+def test_no_server_path_reaches_the_page(tmp_path):
+    """Issue 24 'Leaks': a truncated adapter's problem names its file under the server's adapters folder; the
+    app's message shows the file's name, never the folder (before the fix the whole path was shown)."""
+    from harness.app.state import AppState
+    from harness.app.widgets import message
+    from harness.errors import UserError
+
+    folder = tmp_path / "srv-secret-folder"
+    ad = folder / "broken-chat"
+    ad.mkdir(parents=True)
+    (ad / "adapter_config.json").write_text('{"peft_type": "LORA", "task_type": "CAUSAL_LM", '
+                                            '"base_model_name_or_path": "smollm2-135m-instruct", "r": 2, '
+                                            '"target_modules": ["q_proj"]}')
+    (ad / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00")
+    state = AppState(adapters_folder=folder, store=str(tmp_path / "s.sqlite"))
+    try:
+        state.resolve_adapter("broken-chat", "causal")
+        raise AssertionError("a truncated adapter must be refused")
+    except UserError as e:
+        shown = message(e)
+    assert "broken-chat" in shown and str(folder) not in shown and "srv-secret-folder" not in shown, shown
+    unexpected = message(OSError(2, "No such file or directory", str(folder / "x.bin")))
+    assert "srv-secret-folder" not in unexpected and "x.bin" in unexpected
+    assert message(UserError("server at http://127.0.0.1:8080/v1 is down")).count("http://127.0.0.1:8080/v1") == 1

@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.app.server import close_server, is_server_spec, server_route, server_stream
 from harness.errors import UserError
+from harness.io import hide_paths
 from harness.judge import DEFAULT_JUDGE, DEFAULT_OFFLINE_JUDGE
 from harness.models import (AdapterInfo, LoadedModel, base_note, base_status, default_base, list_adapters,
                             list_bases, load_model, resolve_base)
@@ -337,7 +338,8 @@ class AppState:
                     self.llama = load_engine(self.spec.name, n_threads=self.threads or None)
                 except Exception as e:  # noqa: BLE001 - the app goes on with transformers, and says so
                     reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                    self.engine_note = f"llama.cpp could not load {self.spec.name} ({reason}): using transformers"
+                    self.engine_note = hide_paths(f"llama.cpp could not load {short_name(self.spec.name)} ({reason}): "
+                                                  "using transformers")
             return self.llama
 
     def close_llama(self) -> None:
@@ -793,7 +795,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                 if said:                        # part of the answer is shown: it fails, never mixes two engines
                     raise
                 close_server(state.engine)      # the next request checks the server again
-                notice = state.engine_note = f"{e}: using transformers"
+                notice = state.engine_note = hide_paths(f"{e}: using transformers")
         yield from _transformers_chat(state, messages, system, adapter, sampling, session, form, max_new_tokens,
                                       instruction, notice, rules)
         return
@@ -807,7 +809,8 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
             prompt = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
         except (UserError, RuntimeError, OSError, ValueError) as e:
             engine = None
-            notice = f"llama.cpp cannot use {adapter or 'the base'} here ({str(e).splitlines()[0][:200]}): using transformers"
+            notice = hide_paths(f"llama.cpp cannot use {adapter or 'the base'} here ({str(e).splitlines()[0][:200]}): "
+                                "using transformers")
     if engine is not None:
         with state.running(session) as (event, stats):
             text = ""

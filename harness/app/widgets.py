@@ -10,6 +10,7 @@ import logging
 from harness.app.state import Sampling
 from harness.app.streaming import throttled
 from harness.errors import UserError
+from harness.io import hide_paths
 
 log = logging.getLogger("ftbench.app")
 GENERATE = dict(concurrency_id="generate", concurrency_limit=1)   # the one model writes one thing at a time
@@ -61,10 +62,10 @@ def ui_sentence(text: str) -> str:
 def message(e: Exception, limit: int = 300) -> str:
     """One sentence for the user: a UserError (or ValueError) as it is, anything else named and logged."""
     if isinstance(e, (UserError, ValueError)):
-        return ui_sentence(str(e))
+        return hide_paths(ui_sentence(str(e)))
     log.exception("unexpected error in the app")
-    return (f"Something went wrong ({type(e).__name__}: {str(e)[:limit]}). The server log has the details; "
-            "please report it with what you did.")
+    return (f"Something went wrong ({type(e).__name__}: {hide_paths(str(e))[:limit]}). The server log has the "
+            "details; please report it with what you did.")
 
 
 def guard(fn, notice_of: int | None = None):
