@@ -94,8 +94,8 @@ def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
         from transformers import LogitsProcessorList
 
         from harness.forms import FormConstraint
-        kw["logits_processor"] = LogitsProcessorList([FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)),
-                                                                     **_rules_kw(cfg))])
+        kw["logits_processor"] = LogitsProcessorList([FormConstraint(lm.tokenizer, cfg.form, min(eos_ids(lm)),
+                                                                     **rules_kw(cfg))])
     if cfg.do_sample:
         kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
@@ -103,7 +103,7 @@ def _generate_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
     return kw
 
 
-def _rules_kw(cfg: GenerationConfig) -> dict:
+def rules_kw(cfg: GenerationConfig) -> dict:
     """FormConstraint's rhyme/tone arguments from the config (none when unset)."""
     kw: dict = {}
     if cfg.rhyme or cfg.rhyme_group:
@@ -122,7 +122,7 @@ def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _eos_ids(lm: LoadedModel) -> set[int]:
+def eos_ids(lm: LoadedModel) -> set[int]:
     eos = lm.model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if lm.tokenizer.eos_token_id is not None:
@@ -176,7 +176,7 @@ def generate_batch(lm: LoadedModel, prompts: list[str], cfg: GenerationConfig = 
                 todo = _continuous(lm, model, prompts, order, cfg, done)     # [] unless the cache is not plain
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]
-                for i, g in zip(batch, _run_batch(lm, model, [prompts[i] for i in batch], cfg)):
+                for i, g in zip(batch, run_batch(lm, model, [prompts[i] for i in batch], cfg)):
                     done(i, g)
     finally:
         if bar:
@@ -195,12 +195,12 @@ def _finish(tok, prompt: str, new: list[int], prompt_tokens: int, seconds: float
     return Generation(prompt, text, prompt_tokens, len(new), seconds, reason)
 
 
-def _run_batch(lm: LoadedModel, model, prompts: list[str], cfg: GenerationConfig, **extra) -> list[Generation]:
+def run_batch(lm: LoadedModel, model, prompts: list[str], cfg: GenerationConfig, **extra) -> list[Generation]:
     """One static batch through transformers' generate(): left padding; finished rows idle until the last ends."""
     import torch
 
     tok = lm.tokenizer
-    stops, eos = _stops(lm, cfg), _eos_ids(lm)
+    stops, eos = _stops(lm, cfg), eos_ids(lm)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
               padding_side="left").to(lm.device)
     if cfg.do_sample:
@@ -264,7 +264,7 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
 
     cache_kw = _cache_kw(model)
     tok, dev = lm.tokenizer, lm.device
-    stops, eos = _stops(lm, cfg), _eos_ids(lm)
+    stops, eos = _stops(lm, cfg), eos_ids(lm)
     stop_check = None
     if stops:
         from transformers.generation.stopping_criteria import StopStringCriteria
@@ -281,7 +281,7 @@ def _continuous(lm: LoadedModel, model, prompts: list[str], order: list[int], cf
             procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
         if cfg.form:
             from harness.forms import FormConstraint
-            procs.append(FormConstraint(tok, cfg.form, min(eos), **_rules_kw(cfg)))
+            procs.append(FormConstraint(tok, cfg.form, min(eos), **rules_kw(cfg)))
         return procs
 
     def choose(row: _Row, logits, token: int | None = None) -> bool:
@@ -418,7 +418,7 @@ def generate_pair(lm: LoadedModel, prompt: str, adapter: str,
         info = lm.attach(adapter)
         if info.kind != "causal":
             raise UserError(f"adapter {adapter!r} is a classifier; compare generation needs a chat or poem adapter")
-        base, tuned = _run_batch(lm, lm.model, [prompt, prompt], cfg, adapter_names=["__base__", adapter])
+        base, tuned = run_batch(lm, lm.model, [prompt, prompt], cfg, adapter_names=["__base__", adapter])
     return base, tuned
 
 

@@ -457,7 +457,7 @@ class LlamaCppEngine:
         if rc != 0:
             raise RuntimeError(f"llama_set_adapters_lora failed ({rc}) for adapter {adapter!r}")
 
-    def _switch(self, adapter: str | None, scale: float = 1.0) -> None:
+    def switch_adapter(self, adapter: str | None, scale: float = 1.0) -> None:
         adapter = None if adapter in (None, "", "base") else adapter
         key = None if adapter is None else (adapter, scale)
         if key == self.active:
@@ -519,7 +519,7 @@ class LlamaCppEngine:
         self.last_stats = stats
         _check(max_new_tokens, repeat_penalty)
         with self.lock:
-            self._switch(adapter, scale)
+            self.switch_adapter(adapter, scale)
             self.llm.reset()
             ids = self.render(messages, max_new_tokens, system)
             stats.prompt_tokens = len(ids)

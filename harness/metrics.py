@@ -208,7 +208,7 @@ FIXED_FORMS: dict[str, tuple[int, int]] = {
 }
 FREE_FORMS = ("sonnet", "free verse")
 # Line separators for Chinese forms: newlines, full-width ，。！？；、 and their ASCII look-alikes.
-_ZH_SPLIT = re.compile(r"[\n\r，。！？；、,.!?;]+")
+ZH_SPLIT = re.compile(r"[\n\r，。！？；、,.!?;]+")
 
 
 def _norm_form(form: str) -> str:
@@ -241,7 +241,7 @@ def form_check(poem: str, form: str, lang: str = "zh") -> dict:
     text = (poem or "").replace("\r\n", "\n")
     if f in FIXED_FORMS:
         exp_lines, exp_chars = FIXED_FORMS[f]
-        segs = [s.strip() for s in _ZH_SPLIT.split(text)]
+        segs = [s.strip() for s in ZH_SPLIT.split(text)]
         segs = [s for s in segs if any(ch.isalnum() for ch in s)]
         counts = [sum(1 for ch in s if is_cjk(ch)) for s in segs]
         problems = []

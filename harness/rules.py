@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.metrics import _ZH_SPLIT, FIXED_FORMS, form_check, is_cjk
+from harness.metrics import ZH_SPLIT, FIXED_FORMS, form_check, is_cjk
 
 VARIANTS_FILE = Path(__file__).with_name("rules_data") / "variants.txt"
 PING, ZE = "平", "仄"
@@ -261,7 +261,7 @@ def rhyme_lines(form: str, first_line: bool = False) -> tuple[int, ...]:
 
 def zh_lines(text: str) -> list[str]:
     """The poem's lines as strings of CJK ideographs (split as metrics.form_check splits them)."""
-    segs = [s.strip() for s in _ZH_SPLIT.split((text or "").replace("\r\n", "\n"))]
+    segs = [s.strip() for s in ZH_SPLIT.split((text or "").replace("\r\n", "\n"))]
     return ["".join(ch for ch in s if is_cjk(ch)) for s in segs if any(ch.isalnum() for ch in s)]
 
 

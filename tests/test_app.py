@@ -804,8 +804,8 @@ def test_a_finished_row_leaves_the_batch_and_the_other_row_writes_as_alone(tiny_
     ids = {a: lm.tokenizer(t, add_special_tokens=False)["input_ids"] for a, t in alone.items()}
     # a token the base writes half-way and the adapter never writes becomes an end of text: the base row ends early
     stop = next(t for t in ids[None][4:] if t not in ids["tiny-chat"] and t not in ids[None][:4])
-    real = streaming._eos_ids
-    monkeypatch.setattr(streaming, "_eos_ids", lambda lm_: real(lm_) | {stop})
+    real = streaming.eos_ids
+    monkeypatch.setattr(streaming, "eos_ids", lambda lm_: real(lm_) | {stop})
     selected = []
     import transformers
     original = transformers.DynamicCache.batch_select_indices

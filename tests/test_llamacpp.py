@@ -328,7 +328,7 @@ HELLO = [{"role": "user", "content": "Name three colors."}]
 def test_greedy_decoding_is_llama_cpps_own(real):
     ids = real.render(HELLO, 24)
     with real.lock:
-        real._switch(None)
+        real.switch_adapter(None)
         real.llm.reset()
         own = []
         for tok in real.llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):

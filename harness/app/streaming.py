@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 from harness.errors import UserError
+from harness.generation import eos_ids, rules_kw
 
 BROKEN = "\ufffd"
 CACHE_ARG = "cache"          # transformers 5.x: the KV cache argument (was past_key_values)
@@ -113,20 +114,11 @@ def _processors(lm, cfg):
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     if cfg.form:
         from harness.forms import FormConstraint
-        from harness.generation import _rules_kw        # the rhyme/tone options, exactly as generate_batch
-        procs.append(FormConstraint(lm.tokenizer, cfg.form, min(_eos_ids(lm)), **_rules_kw(cfg)))
+        procs.append(FormConstraint(lm.tokenizer, cfg.form, min(eos_ids(lm)), **rules_kw(cfg)))
     if cfg.do_sample:
         procs.append(TemperatureLogitsWarper(cfg.temperature))
         procs.append(TopPLogitsWarper(cfg.top_p))
     return procs
-
-
-def _eos_ids(lm) -> set[int]:
-    eos = lm.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if lm.tokenizer.eos_token_id is not None:
-        ids.add(lm.tokenizer.eos_token_id)
-    return ids
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -163,7 +155,7 @@ def stream_rows(state, lm, prompt: str, adapters: list[str | None], cfg, stop_ev
                     raise UserError(f"adapter {a!r} is a classifier; generation needs a chat or poem adapter")
     names = [a or "__base__" for a in adapters] if isinstance(lm.model, PeftModel) else None
     stops = tuple(dict.fromkeys(cfg.stop + lm.stop_strings))
-    eos = _eos_ids(lm)
+    eos = eos_ids(lm)
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
     procs = _processors(lm, cfg)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)

@@ -114,7 +114,7 @@ def _bench_refill(lm, n: int, max_new_tokens: int, batch_size: int, r_seq: float
     """n distinct prompts (more than a batch, so finished rows are refilled): continuous vs static batches."""
     import torch
 
-    from harness.generation import GenerationConfig, _run_batch, generate_batch
+    from harness.generation import GenerationConfig, run_batch, generate_batch
     prompts = [lm.render_chat([{"role": "user", "content": t}]) for t in _many_prompts(n)]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def _bench_refill(lm, n: int, max_new_tokens: int, batch_size: int, r_seq: float
     with lm.lock, torch.inference_mode(), lm.using(None) as m:
         for start in range(0, n, batch_size):
             chunk = order[start:start + batch_size]
-            for i, g in zip(chunk, _run_batch(lm, m, [prompts[i] for i in chunk], cfg)):
+            for i, g in zip(chunk, run_batch(lm, m, [prompts[i] for i in chunk], cfg)):
                 static[i] = g
     t_st = time.perf_counter() - t0
     n_c, n_s = sum(g.new_tokens for g in cont), sum(g.new_tokens for g in static)
@@ -175,10 +175,10 @@ def _static_natural(lm, prompts: list[str], cfg, seq) -> tuple[int, float, int]:
     """The same batch through transformers' generate() (static batching: finished rows idle)."""
     import torch
 
-    from harness.generation import _run_batch
+    from harness.generation import run_batch
     t0 = time.perf_counter()
     with lm.lock, torch.inference_mode(), lm.using(None) as m:
-        out = _run_batch(lm, m, prompts, cfg)
+        out = run_batch(lm, m, prompts, cfg)
     return sum(g.new_tokens for g in out), time.perf_counter() - t0, sum(a.text == b.text for a, b in zip(seq, out))
 
 
@@ -188,7 +188,7 @@ def _bench_server(lm, server: str, workers: int, local: tuple[list, float], max_
     pool with `workers` concurrent requests, each answer stored) vs in process (continuous batching, stored),
     each into a fresh store so nothing comes from a cache."""
     from harness.engines import EngineConfig, open_engine
-    from harness.evaluate import _generate_remote_with_store, _generate_with_store
+    from harness.evaluate import generate_remote_with_store, generate_with_store
     from harness.generation import GenerationConfig
     from harness.store import Store
     from harness.tasks import get_task
@@ -202,15 +202,15 @@ def _bench_server(lm, server: str, workers: int, local: tuple[list, float], max_
     engine = open_engine(EngineConfig(server, workers=workers))
     with tempfile.TemporaryDirectory() as tmp:
         with Store(os.path.join(tmp, "warm.sqlite")) as st:                              # warm-up
-            _generate_remote_with_store(engine, None, items[:2], task, cfg, st, False)
+            generate_remote_with_store(engine, None, items[:2], task, cfg, st, False)
         with Store(os.path.join(tmp, "server.sqlite")) as st:
             t0 = time.perf_counter()
-            remote, _ = _generate_remote_with_store(engine, None, items, task, cfg, st, False)
+            remote, _ = generate_remote_with_store(engine, None, items, task, cfg, st, False)
             t_srv = time.perf_counter() - t0
         prompts = [lm.render_instruction(t) for t in texts]
         with Store(os.path.join(tmp, "local.sqlite")) as st:
             t0 = time.perf_counter()
-            mine, _ = _generate_with_store(lm, None, "", prompts, cfg, st, False)
+            mine, _ = generate_with_store(lm, None, "", prompts, cfg, st, False)
             t_loc = time.perf_counter() - t0
     n_srv, n_loc = sum(g.response_tokens for g in remote), sum(g.response_tokens for g in mine)
     failed = sum((g.extra or {}).get("finish_reason") == "error" for g in remote)

@@ -24,7 +24,7 @@ def llama_own_speed(engine, messages: list[dict], max_new_tokens: int = 128, run
     """llama_cpp.Llama's own generate() on the engine's GGUF (greedy, EOS ignored: exactly max_new_tokens):
     median tokens/s and first-token seconds over `runs`."""
     with engine.lock:
-        engine._switch(None)
+        engine.switch_adapter(None)
         ids = engine.render(messages, max_new_tokens)
         rates, firsts = [], []
         for _ in range(runs):
