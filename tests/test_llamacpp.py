@@ -248,7 +248,7 @@ def test_a_server_killed_mid_run_loses_nothing(servers, in_process, env, tmp_pat
         victim.kill()
     assert not t.is_alive()
     assert "error" in outcome, "the run finished before the server was killed: give it more items"
-    assert "rerun the same command to resume" in outcome["error"] and "\n" not in outcome["error"]
+    assert "rerun the same command" in outcome["error"] and "\n" not in outcome["error"]
     assert 2 <= stored < n, outcome["error"]
     again = Server(tuned.gguf, tuned.alias, tmp_path / "again.log", tuned.lora).start()
     try:
