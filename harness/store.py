@@ -22,7 +22,6 @@ never leaves a half row); a primary key makes a rerun add nothing twice.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import sqlite3
@@ -275,16 +274,15 @@ class Store:
         path = Path(path)
         if path.suffix not in (".jsonl", ".csv"):
             raise UserError(f"export to {path}: use a .jsonl or .csv file name")
-        from harness.io import atomic_writer
+        from harness.io import atomic_writer, write_csv
         rows = self.rows(table)
-        with atomic_writer(path, newline="") as f:
-            if path.suffix == ".jsonl":
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            else:
-                w = csv.DictWriter(f, fieldnames=list(self._check(table)))
-                w.writeheader()
-                for row in rows:
-                    w.writerow({k: json.dumps(v, ensure_ascii=False) if k in _JSON_COLUMNS and v is not None else v
-                                for k, v in row.items()})
+        if path.suffix == ".csv":           # the one CSV writer: formula cells escaped like every CSV we write
+            cols = list(self._check(table))
+            write_csv(path, cols, [[json.dumps(r.get(k), ensure_ascii=False) if k in _JSON_COLUMNS and
+                                    r.get(k) is not None else ("" if r.get(k) is None else r.get(k)) for k in cols]
+                                   for r in rows])
+            return path
+        with atomic_writer(path) as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         return path

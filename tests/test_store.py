@@ -79,6 +79,18 @@ def test_exports_jsonl_and_csv(tmp_path):
     assert len(rows) == 2 and json.loads(rows[0]["item"])["response"] == "漢字 ok"
 
 
+def test_the_store_csv_export_escapes_formula_cells(tmp_path):
+    """Issue 24: every CSV goes through the one writer; a judge's raw answer '=HYPERLINK(...)' must not become a
+    live formula in a spreadsheet (before: csv.DictWriter wrote it as is)."""
+    from harness.io import csv_unescape
+    with Store(tmp_path / "s.sqlite") as st:
+        st.put("judgments", [{**_judgment("a"), "raw": '=HYPERLINK("http://x","click")'}])
+        cs = st.export("judgments", tmp_path / "j.csv")
+    with open(cs, encoding="utf-8", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["raw"].startswith("'=") and csv_unescape(row["raw"]) == '=HYPERLINK("http://x","click")'
+
+
 def test_damaged_store_names_the_fix(tmp_path):
     bad = tmp_path / "s.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
