@@ -66,6 +66,7 @@ def test_no_server_path_reaches_the_page(tmp_path):
     except UserError as e:
         shown = message(e)
     assert "broken-chat" in shown and str(folder) not in shown and "srv-secret-folder" not in shown, shown
+    assert "git checkout" not in shown and "python -m harness" not in shown, "no command-line advice on the page"
     unexpected = message(OSError(2, "No such file or directory", str(folder / "x.bin")))
     assert "srv-secret-folder" not in unexpected and "x.bin" in unexpected
     assert message(UserError("server at http://127.0.0.1:8080/v1 is down")).count("http://127.0.0.1:8080/v1") == 1

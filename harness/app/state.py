@@ -36,7 +36,7 @@ LANGS = {"中文": "zh", "English": "en"}
 POEM_FORMS = {"zh": ("五言绝句", "七言绝句", "五言律诗", "七言律诗"), "en": ("sonnet", "free verse")}
 SPACE_MAX_NEW_TOKENS = 256                     # per answer on a shared Space (SYSTEM=spaces)
 SPACE_QUEUE = 16                               # requests waiting at most on a shared Space
-TRAIN_HINT = "train one with `python -m harness finetune RECIPE` (the README shows how)"
+TRAIN_HINT = "new adapters come from ftbench's fine-tuning recipes (the project README, \"Adapters trained here\")"
 
 @dataclass(frozen=True)
 class Limits:
@@ -405,8 +405,8 @@ class AppState:
         what = "classifier" if kind in ("seq_cls", "classifier") else "chat/poem"
         if other is None:
             hint = f"available {what} adapters: {', '.join(usable) or 'none'}"
-        elif other.problem:
-            hint = f"it cannot be used: {other.problem}"
+        elif other.problem:         # the problem's own text is for the command line (paths, git, finetune)
+            hint = "its files are damaged or incomplete; the server's owner can restore or retrain it"
         elif other.base != self.base_name:
             hint = f"it was trained on base {other.base!r}: load that base first"
         else:
