@@ -18,11 +18,8 @@ def header_notes(state: AppState) -> str:
     """The header's small print, each said once: where votes are kept and whether they survive a restart, the
     engine the app fell back from, the caps of a shared Space."""
     notes = []
-    try:
-        from harness.paths import storage_note
-        notes.append(storage_note())
-    except ImportError:
-        pass
+    from harness.paths import storage_note
+    notes.append(storage_note())
     if state.start_note:
         notes.append(state.start_note)
     if state.spaces:
