@@ -293,7 +293,10 @@ def _generate_engine(requested: str, model: str, raw: bool, gen: GenerationConfi
     chat path cannot do (--raw prompts, --stop strings). A fallback under auto is one notice line on stderr; an
     explicit --engine llama.cpp that cannot run is a UserError."""
     from harness.llamacpp import pick_engine
+    from harness.evaluate import BATCHED_AUTO
     req = (requested or "auto").strip().lower()
+    if req == "auto" and BATCHED_AUTO == "transformers":       # by measurement: see harness.evaluate.BATCHED_AUTO
+        return "transformers"
     name, why = pick_engine(req, base=model or None)
     if name == "llama.cpp" and (raw or gen.stop):
         name, why = "transformers", ("--raw prompts go to the model as they are, which llama.cpp's chat path "

@@ -651,6 +651,12 @@ def _checkpoint_hash(base: str, adapter_path: str) -> str:
         return ""
 
 
+# the engine `run` / `generate` use under --engine auto, picked by measurement (issue 26 part 5): 64 chat prompts,
+# greedy, 128 new tokens, 2026-12-06: llama.cpp generate_many (parallel 8) 18.6 tokens/s (2 threads) / 43.1 (1 thread)
+# vs transformers generate_batch (batch 16) 91.4 / 57.6. Set to "llama.cpp" once generate_many measures faster.
+BATCHED_AUTO = "transformers"
+
+
 def choose_engine(requested: str, base: str | None, task, adapter: str | None) -> str:
     """The in-process engine for a run: pick_engine's choice for this base; a fallback's notice goes to stderr
     (one line); an explicit --engine llama.cpp that cannot be had is a UserError."""
@@ -659,6 +665,8 @@ def choose_engine(requested: str, base: str | None, task, adapter: str | None) -
     from harness.llamacpp import pick_engine
     from harness.models import default_base
     req = (requested or "auto").strip().lower()
+    if req == "auto" and BATCHED_AUTO == "transformers":
+        return "transformers"
     name, notice = pick_engine(req, needs_head=task.kind == "classify", base=base or default_base())
     if name != "llama.cpp" and req not in ("auto", "transformers"):
         why = re.sub(r"[.:]?\s*using transformers\.?$", "", notice.strip(), flags=re.I).rstrip(". ")

