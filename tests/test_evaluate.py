@@ -16,7 +16,7 @@ import pytest
 from harness.engines import EngineConfig
 from harness.errors import UserError
 from harness.evaluate import judge_cmd, judge_with_store, read_responses, run, run_id_for, slug
-from harness.fake_ollama import FakeOllama
+from harness.testing.fake_ollama import FakeOllama
 from harness.judge import JudgeConfig, JudgeRequest, open_judge
 from harness.metrics import FIXED_FORMS
 from harness.paths import PROJECT_ROOT
@@ -276,7 +276,7 @@ def _cli(*argv) -> int:
 def test_run_through_an_openai_server_same_rows_cached_by_served_identity(tiny_lm, tmp_path):
     import csv
 
-    from harness.fake_openai import FakeOpenAI
+    from harness.testing.fake_openai import FakeOpenAI
     local = run(None, None, "instructions_own", None, limit=3, max_new_tokens=8, lm=tiny_lm, progress=False)
     with FakeOpenAI(models=[{"id": "smol", "meta": {"n_params": 1}}]) as fake:
         res = run(fake.spec("smol"), None, "instructions_own", None, limit=3, max_new_tokens=8, progress=False)
@@ -300,7 +300,7 @@ def test_run_through_an_openai_server_same_rows_cached_by_served_identity(tiny_l
 
 def test_run_through_a_server_keeps_going_past_an_html_answer_never_scores_it_and_asks_again(tmp_path):
     from harness.evaluate import RunIncomplete
-    from harness.fake_openai import FakeOpenAI
+    from harness.testing.fake_openai import FakeOpenAI
     html = {"raw": "<html><title>502 Bad Gateway</title></html>"}
     with FakeOpenAI(answers=[html, html]) as fake:               # the first item's answer and its one retry
         with pytest.raises(RunIncomplete) as e:
@@ -321,7 +321,7 @@ def test_run_through_a_server_keeps_going_past_an_html_answer_never_scores_it_an
 
 @pytest.mark.parametrize("case", ["down", "500", "hang", "not served", "500 mid-run", "classify set"])
 def test_run_through_a_bad_server_is_one_sentence(case, tmp_path, capsys, closed_port):
-    from harness.fake_openai import FakeOpenAI
+    from harness.testing.fake_openai import FakeOpenAI
     kw = {"models_status": 500} if case == "500" else {"models_delay": 3} if case == "hang" else {}
     if case == "500 mid-run":
         kw = {"answers": ["fine"] + [{"status": 500}] * 10}
@@ -372,7 +372,8 @@ def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reru
         tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
     import csv
 
-    from harness.pairwise import combine, fake_pairwise_answer
+    from harness.pairwise import combine
+    from harness.testing import fake_pairwise_answer
     with FakeOllama(default=fake_pairwise_answer) as fake:
         base, cand = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch)
         assert fake.count("/api/chat") == 8 and cand.judged == 8          # 4 items x both orders
@@ -425,7 +426,7 @@ def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reru
 
 def test_a_text_free_baseline_is_read_from_the_store_or_refused_with_the_command_to_regenerate(
         tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
-    from harness.pairwise import fake_pairwise_answer
+    from harness.testing import fake_pairwise_answer
     with FakeOllama(default=fake_pairwise_answer) as fake:
         base, _ = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=3)
         rows = [json.loads(x) for x in base.path.read_text(encoding="utf-8").splitlines()]
@@ -444,7 +445,7 @@ def test_a_text_free_baseline_is_read_from_the_store_or_refused_with_the_command
 
 
 def test_pairwise_bad_input_is_refused_before_any_generation(tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
-    from harness.pairwise import fake_pairwise_answer
+    from harness.testing import fake_pairwise_answer
     with FakeOllama(default=fake_pairwise_answer) as fake:
         base, _ = _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=3)
         fake.reset()
@@ -466,7 +467,7 @@ def test_pairwise_bad_input_is_refused_before_any_generation(tiny_lm, tiny_gpt2_
 
 
 def test_judge_cmd_pairwise_compares_two_responses_files_by_id(tmp_path, monkeypatch, capsys):
-    from harness.pairwise import fake_pairwise_answer
+    from harness.testing import fake_pairwise_answer
     rows = _book_rows(5)
     cand = _jsonl(tmp_path / "cand.jsonl", [{"id": f"q{i}", **r} for i, r in enumerate(rows)])
     base = _jsonl(tmp_path / "base.jsonl", [{"id": f"q{i}", **r, "model_response": f"The cat chased mouse {i}."}
