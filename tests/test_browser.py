@@ -820,7 +820,7 @@ def test_6_the_leaderboard_labels_decoding_draws_intervals_and_opens_items_and_d
     assert "form_ok_rate" in caption and "Wilson 95% interval" in caption and "eval set · decoding" in caption
     cell = [c for c in cells(driver, "#leaderboard-table") if c.text.strip() == "poems_own"][0]
     cell.click()
-    wait(driver, lambda: "items from results/runs/poem" in text(driver, "#leaderboard-items-note"), 20)
+    wait(driver, lambda: "items from its rows file" in text(driver, "#leaderboard-items-note"), 20)
     assert "made-up poem" in text(driver, "#leaderboard-items")
     open_accordion(driver, "leaderboard", "Diff two runs", "#diff-button")
     css(driver, "#diff-button").click()
