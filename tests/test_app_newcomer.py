@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from tiny import build_adapter
 
+import tiny
+
 from harness.app import chat as C
 from harness.app import compare as K
 from harness.app import poem as P
@@ -152,20 +154,7 @@ def test_5_each_ci_sits_beside_its_own_metric_and_the_plot_keeps_its_labels_insi
 
 # ---------------------------------------------------------------- 6. sonnets
 
-SONNET = """Shall I compare thee to a summer's day?
-Thou art more lovely and more temperate:
-Rough winds do shake the darling buds of May,
-And summer's lease hath all too short a date;
-Sometime too hot the eye of heaven shines,
-And often is his gold complexion dimm'd;
-And every fair from fair sometime declines,
-By chance or nature's changing course untrimm'd;
-But thy eternal summer shall not fade,
-Nor lose possession of that fair thou ow'st;
-Nor shall death brag thou wander'st in his shade,
-When in eternal lines to time thou grow'st:
-So long as men can breathe or eyes can see,
-So long lives this, and this gives life to thee."""
+SONNET = tiny.SONNET_18
 
 
 def test_6_sonnets_get_a_rule_line_room_for_14_lines_and_english_titles_only_in_english(state):

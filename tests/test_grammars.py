@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import tiny
+
 from harness.errors import UserError
 from harness.grammars import PUNCT_EVEN, PUNCT_LAST, PUNCT_ODD, gbnf
 from harness.metrics import FIXED_FORMS
@@ -29,20 +31,7 @@ JINGYESI = "床前明月光，疑是地上霜。\n举头望明月，低头思故
 WENGUANJUN = ("剑外忽传收蓟北，初闻涕泪满衣裳。\n却看妻子愁何在，漫卷诗书喜欲狂。\n"
               "白日放歌须纵酒，青春作伴好还乡。\n即从巴峡穿巫峡，便下襄阳向洛阳。")    # 杜甫
 CHUSAI = "秦时明月汉时关，万里长征人未还。\n但使龙城飞将在，不教胡马度阴山。"   # 王昌龄《出塞》, 首句入韵
-SONNET_18 = """Shall I compare thee to a summer's day?
-Thou art more lovely and more temperate:
-Rough winds do shake the darling buds of May,
-And summer's lease hath all too short a date;
-Sometime too hot the eye of heaven shines,
-And often is his gold complexion dimm'd;
-And every fair from fair sometime declines,
-By chance or nature's changing course untrimm'd;
-But thy eternal summer shall not fade,
-Nor lose possession of that fair thou ow'st;
-Nor shall death brag thou wander'st in his shade,
-When in eternal lines to time thou grow'st:
-So long as men can breathe or eyes can see,
-So long lives this, and this gives life to thee."""   # Shakespeare (public domain)
+SONNET_18 = tiny.SONNET_18
 DATASETS = Path(os.environ.get("FTBENCH_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 

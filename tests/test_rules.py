@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+import tiny
+
 from harness.errors import UserError
 from harness.metrics import FIXED_FORMS
 from harness.rules import (AGGREGATE, RULE_FIELDS, aggregate_rules, check_poem, constrained_positions,
@@ -30,20 +32,7 @@ My mistress, when she walks, treads on the ground:
 And yet, by heaven, I think my love as rare
 As any she belied with false compare."""
 
-SONNET_18 = """Shall I compare thee to a summer's day?
-Thou art more lovely and more temperate:
-Rough winds do shake the darling buds of May,
-And summer's lease hath all too short a date;
-Sometime too hot the eye of heaven shines,
-And often is his gold complexion dimm'd;
-And every fair from fair sometime declines,
-By chance or nature's changing course untrimm'd;
-But thy eternal summer shall not fade,
-Nor lose possession of that fair thou ow'st;
-Nor shall death brag thou wander'st in his shade,
-When in eternal lines to time thou grow'st:
-So long as men can breathe or eyes can see,
-So long lives this, and this gives life to thee."""
+SONNET_18 = tiny.SONNET_18
 
 
 def test_regular_quatrains_pass():

@@ -120,3 +120,20 @@ def build_adapter(base_dir: Path, out: Path, kind: str = "causal", seed: int = 1
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tiny")
     print(build_llama(root / "tiny-llama"), build_gpt2(root / "tiny-gpt2"))
+
+
+# Shakespeare's sonnet 18 (public domain): the reference sonnet of the rule, grammar and app tests
+SONNET_18 = """Shall I compare thee to a summer's day?
+Thou art more lovely and more temperate:
+Rough winds do shake the darling buds of May,
+And summer's lease hath all too short a date;
+Sometime too hot the eye of heaven shines,
+And often is his gold complexion dimm'd;
+And every fair from fair sometime declines,
+By chance or nature's changing course untrimm'd;
+But thy eternal summer shall not fade,
+Nor lose possession of that fair thou ow'st;
+Nor shall death brag thou wander'st in his shade,
+When in eternal lines to time thou grow'st:
+So long as men can breathe or eyes can see,
+So long lives this, and this gives life to thee."""
