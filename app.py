@@ -118,16 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from harness.models import base_status
     converting = base_status(state.spec) == "needs conversion"
-    # Start-up order, measured on 2 cores (python -m harness bench app): imports are pure Python and hold the
-    # GIL, so the model stack is imported first; then the model loads (native code, releases the GIL) in a thread
-    # while gradio is imported and the page is built. On an empty cache the one-time GGUF conversion waits until
-    # the page is up, so the page never waits for it.
-    import peft  # noqa: F401
-    import torch
-    import transformers  # noqa: F401
+    # Start-up order, measured on 2 cores (python -m harness bench app): importing peft + torch + transformers takes
+    # about 6 s and gradio about 5 s, all pure Python under the GIL, so doing both before the page was up made it
+    # 12-14 s. The page comes first (gradio only); the model stack is imported and the model prepared in a thread
+    # once the page is served, while the header says the model is being prepared.
 
     def prepare():
         try:
+            import peft  # noqa: F401
+            import torch
+            import transformers  # noqa: F401
             torch.set_num_threads(threads)
             log.info("torch threads: %d", threads)
             seconds = state.prepare(warmup=not args.no_warmup)
@@ -139,13 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
     loader = threading.Thread(target=prepare, name="ftbench-load", daemon=True)
     state.begin_prepare()
-    if not converting:
-        loader.start()
     demo = build_demo(state)
     launch(demo, host=args.host, port=args.port, share=args.share, block=False)
     if converting:
         log.info("preparing the model (one-time, about a minute): converting the embedded GGUF in the background")
-        loader.start()
+    loader.start()
     try:
         demo.block_thread()
     except KeyboardInterrupt:

@@ -579,6 +579,11 @@ def test_python_app_py_starts_on_localhost_and_serves_the_page(tiny_llama_dir, a
             wait_ready(f"http://127.0.0.1:{port}/", proc, timeout=120)
             config = requests.get(f"http://127.0.0.1:{port}/config", timeout=5).json()
             assert any(d.get("api_name") == "chat" for d in config.get("dependencies", []))
+            # the page is served first; the model stack is imported and the model warmed up behind it
+            import time
+            t0 = time.time()
+            while "warm-up took" not in log.read_text() and time.time() - t0 < 120 and proc.poll() is None:
+                time.sleep(0.2)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
