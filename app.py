@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepare():
         try:
-            import peft  # noqa: F401
+            state.import_model_stack()          # under the model lock: a request loading a model waits for it
             import torch
-            import transformers  # noqa: F401
             torch.set_num_threads(threads)
             log.info("torch threads: %d", threads)
             seconds = state.prepare(warmup=not args.no_warmup)

@@ -422,6 +422,15 @@ class AppState:
         self.phase_note = ("preparing the model (one-time, about a minute): converting the embedded GGUF to "
                            "safetensors in the cache" if converting else "loading the model")
 
+    def import_model_stack(self) -> None:
+        """Import peft, torch and transformers under the model lock. The app imports them behind the served page;
+        a request that loads a model meanwhile waits here instead of importing them in a second thread at the same
+        moment (two threads importing transformers' lazy modules at once fail with 'cannot import name ...')."""
+        with self._load_lock:
+            import peft  # noqa: F401
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
     def prepare(self, warmup: bool = True) -> float:
         """Load (on an empty cache: convert) the base and warm it up; phase/phase_note tell the UI where it is.
         Returns the warm-up seconds. Errors are kept in phase_note (phase "failed"); the page keeps serving."""
