@@ -24,6 +24,7 @@ from typing import Any
 from harness.app.state import (BASE, TRAIN_HINT, AppState, Sampling, model_memory, require_text, short_name,
                                stats_info)
 from harness.errors import UserError
+from harness.io import hide_paths
 
 VOTE_BUTTONS = {"left": "left better", "right": "right better", "tie": "tie", "both_bad": "both bad"}
 AUTO, NO_FORM = "auto (from the prompt)", "none"
@@ -253,6 +254,8 @@ def view(state: AppState, rec: dict | None) -> dict:
         writing = f"✍ both sides are writing (two concurrent requests to {rec.get('on_server')})"
     if rec.get("pair"):
         writing = "✍ both sides are writing (two models, side by side)"
+    if rec.get("on_llama"):
+        writing = "✍ both sides are writing (llama.cpp: two contexts on one base)"
     status = {"writing": writing, "done": "done", "stopped": "⏹ stopped by you",
               "loading": "⏳ loading the models (first use of a checkpoint: seconds to a minute)",
               "failed": f"⚠ {rec.get('error', '')}"}.get(rec["status"], rec["status"])
@@ -268,8 +271,10 @@ def view(state: AppState, rec: dict | None) -> dict:
 
 
 def stream(state: AppState, session: str) -> Iterator[dict]:
-    """Write both sides of this session's waiting comparison at once, streamed: yields view() dicts. In process
-    one mixed-adapter batch; on a server engine (--engine openai:/ollama:) two concurrent requests."""
+    """Write both sides of this session's waiting comparison at once, streamed: yields view() dicts. On llama.cpp
+    (the app's engine, both sides the base it holds or its adapters) two contexts of that base, one thread each;
+    on a server engine (--engine openai:/ollama:) two concurrent requests; otherwise in process on transformers,
+    one mixed-adapter batch (two models: side by side). A fallback says why in rec["engine_notice"]."""
     rec = state.session_data(session).get("compare")
     if rec is None or rec["status"] != "waiting":
         yield view(state, rec)
@@ -281,9 +286,13 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
     state.start_job(rec["job"])
     try:
         a, b = rec["sides"]["base"], rec["sides"]["tuned"]
-        if a["model"] == b["model"]:                  # adapters on one base: one mixed-adapter batch
+        engine, rec["engine_notice"] = llama_route(state, rec)
+        if engine is not None:                        # llama.cpp: two contexts on the one base it holds
+            yield from _llama_stream(state, session, rec, engine)
+        elif a["model"] == b["model"]:                # adapters on one base: one mixed-adapter batch
             lm = state.model_for(a["model"])
-            srv, rec["engine_notice"] = compare_route(state, rec) if classic(rec) else (None, "")
+            srv, notice = compare_route(state, rec) if classic(rec) else (None, "")
+            rec["engine_notice"] = rec["engine_notice"] or notice
             if srv is not None:
                 yield from _server_stream(state, session, rec, srv, lm)
             else:
@@ -306,6 +315,78 @@ def stream(state: AppState, session: str) -> Iterator[dict]:
         if rec["status"] in ("waiting", "writing"):
             rec["status"] = "stopped"
     yield view(state, rec)
+
+
+def llama_route(state: AppState, rec: dict):
+    """(engine, "") when the app runs on llama.cpp and both sides are the base its engine holds or adapters of it
+    that llama.cpp can run (exported to GGUF on first use); (None, notice) when the comparison must run on
+    transformers instead (notice: one line, why); (None, "") when the app is not on llama.cpp."""
+    if state.engine != "llama.cpp":
+        return None, ""
+    engine = state.llama_engine()
+    if engine is None:
+        return None, f"Compare on transformers: {state.engine_note}"
+    sides = (rec["sides"]["base"], rec["sides"]["tuned"])
+    if any(side["model"] != engine.base for side in sides):
+        return None, hide_paths(f"Compare on transformers: llama.cpp holds {short_name(engine.base)} only, not "
+                                f"{' / '.join(side['label'] for side in sides if side['model'] != engine.base)}")
+    try:
+        with engine.lock:
+            for side in sides:
+                if side["adapter"]:
+                    engine.add_adapter(side["adapter"])      # exports the adapter's GGUF once
+    except (UserError, RuntimeError, OSError, ValueError) as e:
+        return None, hide_paths(f"Compare on transformers: {str(e).splitlines()[0][:300]}")
+    return engine, ""
+
+
+def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[dict]:
+    """Both sides on llama.cpp (engine.stream_compare: two contexts of the one base, one adapter each, decoded at
+    once), streamed: yields view() dicts. A form chosen is kept by its grammar (harness.llamacpp.poem_grammar:
+    the form only, as the transformers path keeps it). No transformers model is loaded here."""
+    from harness.app.poem import form_token_budget
+    from harness.llamacpp import poem_grammar
+
+    def tokens(text: str) -> list[int]:
+        return engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    sides = (rec["sides"]["base"], rec["sides"]["tuned"])
+    s = rec["sampling"]
+    messages = [{"role": "user", "content": rec["prompt"]}]
+    grammar, budget = None, s.max_new_tokens
+    if rec["form"]:
+        grammar = poem_grammar(rec["form"])
+        budget = form_token_budget(lambda t, add_special_tokens=False: {"input_ids": tokens(t)}, rec["form"])
+    with engine.lock:
+        ids = engine.render(messages, budget)
+    rendered = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+    rec["status"], rec["on_llama"] = "writing", True
+    t0 = time.perf_counter()
+    with state.running(session) as (event, _):
+        gen = engine.stream_compare(messages, sides[0]["adapter"], sides[1]["adapter"], budget, s.temperature,
+                                    s.top_p, s.seed, s.repetition_penalty, grammar, None, event)
+        try:
+            for base, tuned in gen:
+                rec["texts"] = {"base": base, "tuned": tuned}
+                yield view(state, rec)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
+            raise UserError(f"the comparison failed on llama.cpp ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]})") from None
+        finally:
+            gen.close()
+            event.set()            # a closed stream: both contexts stop at their next token
+        stopped = getattr(event, "requested", False)
+    seconds = time.perf_counter() - t0
+    rec["status"] = "stopped" if stopped else "done"
+    rec["texts"] = {k: v.rstrip("\ufffd") for k, v in rec["texts"].items()}
+    rec["figures"] = {k: figures(rec["texts"][k], rec, lambda t: len(tokens(t))) for k in ("base", "tuned")}
+    counts = {k: {"prompt_tokens": len(ids), "new_tokens": len(tokens(rec["texts"][k]))} for k in ("base", "tuned")}
+    rec["info"] = {"engine": "llama.cpp", "model": engine.base, "adapter": rec["adapter"],
+                   "adapters": [side["adapter"] for side in sides], "prompt": rendered, "one_batch": False,
+                   "contexts": 2, "form_constrained": rec["form"] or False, "grammar": bool(grammar),
+                   "seconds": round(seconds, 3), **counts, "sampling": s.as_dict()}
 
 
 def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict]:
@@ -332,20 +413,62 @@ def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict
         stopped = getattr(event, "requested", False)
     seconds = time.perf_counter() - t0
     rec["status"] = "stopped" if stopped else "done"
-    rec["figures"] = {side: figures(rec["texts"][side], rec, lm) for side in ("base", "tuned")}
+    rec["figures"] = {side: figures(rec["texts"][side], rec, lm.count_tokens) for side in ("base", "tuned")}
     rec["info"] = {"model": lm.name, "adapter": rec["adapter"], "prompt": rendered, "one_batch": True,
                    "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
                    "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
                    "sampling": rec["sampling"].as_dict()}
 
 
-def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterator[dict]:
-    """Two different models (bases, or a full fine-tune and its base), each with its own prompt rendering, written
-    at the same time in two threads (torch releases the GIL: on 2 cores the pair costs about the slower side),
-    merged as they stream: yields view() dicts. Stop (one event) halts both."""
+def merge_sides(producers: list, halt) -> Iterator[list[str]]:
+    """Run each side's producer (a function returning an iterator of that side's text so far) in a thread of its
+    own and yield [left text, right text] whenever either grows, until both end. A side that fails halts the
+    other (halt()) and its error is raised here once both threads ended; closed half-way (Stop is the producers'
+    own business; this is the page going away) both sides halt and their threads are joined, so no decoding
+    outlives the comparison. The one merge loop of Compare's paths (two models, a server, llama.cpp)."""
     import queue
     import threading
 
+    updates: queue.Queue = queue.Queue()
+
+    def side(i: int) -> None:
+        try:
+            for text in producers[i]():
+                updates.put((i, text, None))
+            updates.put((i, None, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            updates.put((i, None, e))
+
+    threads = [threading.Thread(target=side, args=(i,), daemon=True, name=f"ftbench-compare-side-{i}")
+               for i in range(len(producers))]
+    for t in threads:
+        t.start()
+    texts, ended, error, finished = [""] * len(producers), 0, None, False
+    try:
+        while ended < len(producers):
+            i, text, err = updates.get()
+            if text is None:
+                ended += 1
+                if err is not None and error is None:
+                    error = err
+                    halt()                        # the comparison fails: the other side need not finish
+                continue
+            texts[i] = text
+            yield list(texts)
+        finished = True
+    finally:
+        if not finished:                          # closed half-way (the page went away): both sides halt
+            halt()
+        for t in threads:
+            t.join(timeout=30)
+    if error is not None:
+        raise error
+
+
+def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterator[dict]:
+    """Two different models (bases, or a full fine-tune and its base), each with its own prompt rendering, written
+    at the same time in two threads (torch releases the GIL: on 2 cores the pair costs about the slower side),
+    merged as they stream (merge_sides): yields view() dicts. Stop (one event) halts both."""
     from harness.app.poem import form_token_budget
     from harness.app.streaming import stream_rows
     from harness.generation import StreamStats
@@ -358,49 +481,35 @@ def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterato
             cfg = replace(cfg, form=rec["form"], max_new_tokens=form_token_budget(lm.tokenizer, rec["form"]))
         cfgs.append(cfg)
     stats = [StreamStats(), StreamStats()]
-    updates: queue.Queue = queue.Queue()
     rec["status"] = "writing"
     t0 = time.perf_counter()
     with state.running(session) as (event, _):
-        def side(i: int) -> None:
-            gen = stream_rows(state, lms[i], rendered[i], [sides[i]["adapter"]], cfgs[i], event, [stats[i]])
-            try:
-                for texts in gen:
-                    updates.put((i, texts[0], None))
-                updates.put((i, None, None))
-            except Exception as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
-                updates.put((i, None, e))
-            finally:
-                gen.close()
+        def producer(i: int):
+            def texts() -> Iterator[str]:
+                gen = stream_rows(state, lms[i], rendered[i], [sides[i]["adapter"]], cfgs[i], event, [stats[i]])
+                try:
+                    for row in gen:
+                        yield row[0]
+                finally:
+                    gen.close()
+            return texts
 
-        threads = [threading.Thread(target=side, args=(i,), daemon=True, name=f"compare-pair-{i}") for i in (0, 1)]
-        for t in threads:
-            t.start()
-        texts, ended, error, finished = ["", ""], 0, None, False
+        def halt() -> None:
+            event.requested = True
+            event.set()
+
         try:
-            while ended < 2:
-                i, text, err = updates.get()
-                if text is None:
-                    ended, error = ended + 1, error or err
-                    continue
-                texts[i] = text
-                rec["texts"] = {"base": texts[0], "tuned": texts[1]}
+            for base, tuned in merge_sides([producer(0), producer(1)], halt):
+                rec["texts"] = {"base": base, "tuned": tuned}
                 yield view(state, rec)
-            finished = True
-        finally:
-            if not finished:                      # closed half-way (the page went away): both sides halt
-                event.requested = True
-                event.set()
-            for t in threads:
-                t.join(timeout=30)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
+            raise UserError(f"the comparison failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         stopped = getattr(event, "requested", False)
-    if isinstance(error, UserError):
-        raise error
-    if error is not None:
-        raise UserError(f"the comparison failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
     rec["status"] = "stopped" if stopped else "done"
     rec["memory"] = model_memory(lms)
-    rec["figures"] = {s: figures(rec["texts"][s], rec, lm) for s, lm in zip(("base", "tuned"), lms)}
+    rec["figures"] = {s: figures(rec["texts"][s], rec, lm.count_tokens) for s, lm in zip(("base", "tuned"), lms)}
     rec["info"] = {"models": [sd["label"] for sd in sides], "adapters": [sd["adapter"] for sd in sides],
                    "prompt": rendered[0] if rendered[0] == rendered[1] else "\n\n---\n\n".join(rendered),
                    "one_batch": False, "side_by_side": True, "form_constrained": rec["form"] or False,
@@ -411,7 +520,7 @@ def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterato
 def compare_route(state: AppState, rec: dict):
     """(server, "") when the app's engine is a server (--engine openai:/ollama:) that serves both sides (its
     model and the adapter as a model id) and no form is kept; (None, notice) when the comparison must run in
-    process; (None, "") on the in-process engines (llama.cpp has no mixed-adapter batch: Compare stays here)."""
+    process; (None, "") on the in-process engines (llama.cpp: llama_route)."""
     from harness.app.server import is_server_spec, server_route
     if not is_server_spec(state.engine):
         return None, ""
@@ -421,66 +530,47 @@ def compare_route(state: AppState, rec: dict):
 
 def _server_stream(state: AppState, session: str, rec: dict, srv, lm) -> Iterator[dict]:
     """Both sides as two concurrent requests to the server (its base model and the adapter's model id), merged
-    as they stream: yields view() dicts. Stop ends both; a failing side fails the comparison in one sentence."""
-    import queue
-    import threading
-
+    as they stream (merge_sides): yields view() dicts. Stop ends both; a failing side fails the comparison in one
+    sentence."""
     from harness.app.server import server_stream
     turns = [{"role": "user", "content": rec["prompt"]}]
-    updates: queue.Queue = queue.Queue()
     stats: list = [None, None]
     shown = [""]
 
-    def side(i: int, adapter: str | None) -> None:
-        try:
+    def producer(i: int, adapter: str | None):
+        def texts() -> Iterator[str]:
             for text, st, sent, _, _ in server_stream(state, srv, turns, None, adapter, rec["sampling"], session):
                 stats[i], shown[0] = st, sent
-                updates.put((i, text, None))
-            updates.put((i, None, None))
-        except Exception as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
-            updates.put((i, None, e))
+                yield text
+        return texts
 
     rec["status"], rec["on_server"] = "writing", srv.config.spec
     rec["model"] = srv.config.spec           # the base side is the server's model: headings and votes name it
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=side, args=(i, a), daemon=True, name=f"compare-{i}")
-               for i, a in enumerate([None, rec["adapter"]])]
-    for t in threads:
-        t.start()
-    texts, ended, error, finished = ["", ""], 0, None, False
     try:
-        while ended < 2:
-            i, text, err = updates.get()
-            if text is None:
-                ended, error = ended + 1, error or err
-                continue
-            texts[i] = text
-            rec["texts"] = {"base": texts[0], "tuned": texts[1]}
+        for base, tuned in merge_sides([producer(0, None), producer(1, rec["adapter"])],
+                                       lambda: state.stop(session)):
+            rec["texts"] = {"base": base, "tuned": tuned}
             yield view(state, rec)
-        finished = True
-    finally:
-        if not finished:                    # closed half-way (the page went away): both requests hang up
-            state.stop(session)
-        for t in threads:
-            t.join(timeout=5)
-    if isinstance(error, UserError):
-        raise error
-    if error is not None:
-        raise UserError(f"{srv.where} failed during the comparison ({type(error).__name__}: {str(error)[:200]})")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
+        raise UserError(f"{srv.where} failed during the comparison ({type(e).__name__}: {str(e)[:200]})") from None
     stopped = any(st is not None and st.finish_reason == "cancelled" for st in stats)
     rec["status"] = "stopped" if stopped else "done"
-    rec["figures"] = {side_: figures(rec["texts"][side_], rec, lm) for side_ in ("base", "tuned")}
+    rec["figures"] = {side_: figures(rec["texts"][side_], rec, lm.count_tokens) for side_ in ("base", "tuned")}
     rec["info"] = {"model": srv.model, "adapter": rec["adapter"], "prompt": shown[0], "engine": srv.config.spec,
                    "one_batch": False, "concurrent_requests": 2, "form_constrained": False,
                    "seconds": round(time.perf_counter() - t0, 3), "base": stats_info(stats[0]),
                    "tuned": stats_info(stats[1]), "sampling": rec["sampling"].as_dict()}
 
 
-def figures(text: str, rec: dict, lm=None) -> str:
-    """Offline figures of one answer: length, ROUGE-L vs the eval-set reference, the form check."""
+def figures(text: str, rec: dict, count_tokens=None) -> str:
+    """Offline figures of one answer: length (in tokens too when given the model's count_tokens), ROUGE-L vs the
+    eval-set reference, the form check."""
     from harness.metrics import rouge_l
     parts = [f"{len(text.split())} words, {len(text)} characters" +
-             (f", {lm.count_tokens(text)} tokens" if lm is not None and text else "")]
+             (f", {count_tokens(text)} tokens" if count_tokens is not None and text else "")]
     item = rec.get("item") or {}
     if item.get("reference"):
         parts.append(f"ROUGE-L {rouge_l(text, item['reference']):.3f} vs the reference of "
