@@ -14,45 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
-HTML_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
-             "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+from harness.testing.fake_server import HTML_PAGE, Hangup, cut, drip, wire_write
 
-
-def drip(seconds: float = 1.0) -> dict:
-    """An answer option: send the body one byte every `seconds` (after the headers)."""
-    return {"drip": seconds}
-
-
-def cut(n: int) -> dict:
-    """An answer option: send only the body's first `n` bytes, then close the connection."""
-    return {"cut": n}
-
-
-class Hangup(Exception):
-    """Raised by wire_write once a cut answer has sent its bytes: the handler stops and the socket closes."""
-
-
-def wire_write(handler, data: bytes) -> None:
-    """handler.wfile.write(data) as the current answer's wire options say (handler.wire: drip / cut)."""
-    wire = getattr(handler, "wire", None) or {}
-    if wire.get("cut") is not None:
-        left = int(wire["cut"]) - handler.__dict__.get("_sent", 0)
-        handler.wfile.write(data[:max(0, left)])
-        handler.wfile.flush()
-        handler._sent = handler.__dict__.get("_sent", 0) + min(len(data), max(0, left))
-        if left <= len(data):
-            handler.close_connection = True
-            raise Hangup()
-        return
-    if wire.get("drip"):
-        for i in range(len(data)):
-            handler.wfile.write(data[i:i + 1])
-            handler.wfile.flush()
-            time.sleep(float(wire["drip"]))
-        return
-    handler.wfile.write(data)
+__all__ = ["HTML_PAGE", "Hangup", "cut", "drip", "wire_write", "fake_pairwise_answer"]
 
 
 def fake_pairwise_answer(body: dict) -> str:

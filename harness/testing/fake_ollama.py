@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness.testing import Hangup, wire_write
+from harness.testing.fake_server import FakeHandler, FakeServer, serve_standalone, wire_write
 
 FAKE_DIGEST = "365c0bd3c000a25d28ddbf732fe1c6add414de7275464c4e4d1c3b5fcb5d8ad1"
 
@@ -58,133 +56,11 @@ def auto_answer(body: dict) -> str:
             "The response addresses the instruction but misses some detail of the correct output.")
 
 
-class FakeOllama:
-    """The fake server. `start()` (or `with`) binds 127.0.0.1:0 and serves from a daemon thread."""
-
-    def __init__(self, models: tuple[str, ...] | list[str] = ("llama3:latest",), answers: list | tuple = (),
-                 default: Callable[[dict], Any] = auto_answer, delay: float = 0.0, digest: str = FAKE_DIGEST,
-                 context_length: int = 8192):
-        self.models = [_full(m) for m in models]
-        self.answers = list(answers)
-        self.default = default
-        self.delay = delay
-        self.digest = digest
-        self.context_length = context_length
-        self.requests: list[dict] = []
-        self.in_flight = 0               # chat requests being answered now
-        self.max_in_flight = 0           # the most answered at once (how parallel the client really was)
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------ lifecycle
-    def start(self, port: int = 0) -> "FakeOllama":
-        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        server.handle_error = lambda request, client_address: None  # a client killed mid-answer is not news
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "FakeOllama":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "start() the fake server first"
-        return self._server.server_address[1]
-
-    @property
-    def host(self) -> str:
-        """host:port, the form OLLAMA_HOST takes."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    # ------------------------------------------------------------ what was asked
-    def count(self, path: str | None = "/api/chat") -> int:
-        """Requests received on `path` (None: all requests)."""
-        with self._lock:
-            return sum(1 for r in self.requests if path is None or r["path"] == path)
-
-    def chat_bodies(self) -> list[dict]:
-        with self._lock:
-            return [r["body"] for r in self.requests if r["path"] in ("/api/chat", "/v1/chat/completions")]
-
-    def reset(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.max_in_flight = 0
-
-    # ------------------------------------------------------------ answers
-    def _record(self, method: str, path: str, body: Any, agent: str = "") -> None:
-        with self._lock:
-            self.requests.append({"method": method, "path": path, "body": body, "t": time.time(), "agent": agent})
-
-    def agents(self, path: str | None = None) -> set[str]:
-        """The User-Agent headers of the requests on `path` (None: all): which client spoke."""
-        with self._lock:
-            return {r["agent"] for r in self.requests if path is None or r["path"] == path}
-
-    def _next_answer(self, body: dict) -> dict:
-        with self._lock:
-            answer = self.answers.pop(0) if self.answers else None
-        if answer is None:
-            answer = self.default(body)
-        if isinstance(answer, str):
-            answer = {"content": answer}
-        return dict(answer)
-
-    def has_model(self, name: str) -> bool:
-        return _full(str(name)) in self.models
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     server_version = "FakeOllama/0.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet
-        pass
-
-    @property
-    def fake(self) -> FakeOllama:
-        return self.server.fake  # type: ignore[attr-defined]
-
     def _send_json(self, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        wire_write(self, data)
-
-    def _send_raw(self, status: int, text: str) -> None:
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        wire_write(self, data)
-
-    def _body(self) -> Any:
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        try:
-            return json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            return {"_unparsable": raw.decode(errors="replace")}
+        self.send(status, json.dumps(obj))
 
     def _model_entry(self, name: str) -> dict:
         return {"name": name, "model": name, "modified_at": "2024-05-01T10:00:00.000000+00:00",
@@ -197,8 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ GET
     def do_GET(self):  # noqa: N802
-        path = self.path.split("?")[0]
-        self.fake._record("GET", path, None, self.headers.get("User-Agent", ""))
+        path = self.record("GET")
         if path == "/api/tags":
             self._send_json(200, {"models": [self._model_entry(m) for m in self.fake.models]})
         elif path == "/api/version":
@@ -208,21 +83,14 @@ class _Handler(BaseHTTPRequestHandler):
                 {"id": m, "object": "model", "created": 1714557600, "owned_by": "library"}
                 for m in self.fake.models]})
         elif path == "/":
-            self._send_raw(200, "Ollama is running")
+            self.send(200, "Ollama is running", "text/plain")
         else:
-            self._send_raw(404, "404 page not found")
+            self.send(404, "404 page not found", "text/plain")
 
     # ------------------------------------------------------------ POST
-    def do_POST(self):  # noqa: N802
-        try:
-            self._post()
-        except (Hangup, BrokenPipeError, ConnectionResetError):
-            self.close_connection = True         # a cut answer, or a client that hung up
-
-    def _post(self) -> None:
-        path = self.path.split("?")[0]
-        body = self._body()
-        self.fake._record("POST", path, body, self.headers.get("User-Agent", ""))
+    def post(self) -> None:
+        body = self.read_json()
+        path = self.record("POST", body)
         if path == "/api/show":
             name = body.get("model") or body.get("name") or ""
             if not self.fake.has_model(name):
@@ -237,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._chat(body, openai=False)
         if path == "/v1/chat/completions":
             return self._chat(body, openai=True)
-        self._send_raw(404, "404 page not found")
+        self.send(404, "404 page not found", "text/plain")
 
     def _chat(self, body: dict, openai: bool) -> None:
         name = str(body.get("model", ""))
@@ -246,21 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(404, {"error": {"message": f"model \"{name}\" not found, try pulling it first",
                                                        "type": "api_error"}})
             return self._not_found(name)
-        answer = self.fake._next_answer(body)
-        self.wire = {k: answer[k] for k in ("drip", "cut") if k in answer}     # harness.testing: drip, cut
-        delay = answer.get("delay", self.fake.delay)
-        with self.fake._lock:
-            self.fake.in_flight += 1
-            self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake.in_flight)
-        try:
-            if delay:
-                time.sleep(delay)
-        finally:
-            with self.fake._lock:
-                self.fake.in_flight -= 1
+        answer = self.take_answer(body)
         status = int(answer.get("status", 200))
         if "raw" in answer:
-            return self._send_raw(status, answer["raw"])
+            return self.send(status, answer["raw"], "text/plain")
         if status >= 400:
             error = answer.get("error") or f"fake error {status}"
             return self._send_json(status, {"error": {"message": error, "type": "api_error"}} if openai
@@ -275,13 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": len(content.split()), "total_tokens": 10}})
         final = {"model": name, "created_at": now, "message": {"role": "assistant", "content": ""},
-                 "done": True, "done_reason": "stop", "total_duration": int(delay * 1e9) + 1000,
+                 "done": True, "done_reason": "stop", "total_duration": int(answer["delay"] * 1e9) + 1000,
                  "load_duration": 1000, "prompt_eval_count": 10, "prompt_eval_duration": 1000,
                  "eval_count": max(1, len(content.split())), "eval_duration": 1000}
         if body.get("stream", True):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.end_headers()
+            self.start_stream("application/x-ndjson")
             words = content.split(" ")
             for i, w in enumerate(words):
                 piece = w if i == len(words) - 1 else w + " "
@@ -296,22 +151,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, final)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+class FakeOllama(FakeServer):
+    """The fake server. `start()` (or `with`) binds 127.0.0.1:0 and serves from a daemon thread."""
 
-    p = argparse.ArgumentParser(prog="python -m harness.testing.fake_ollama", description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=11434)
-    p.add_argument("--delay", type=float, default=0.0, help="seconds per chat answer")
-    p.add_argument("--model", action="append", help="a pulled model (repeatable; default llama3)")
-    args = p.parse_args(argv)
-    fake = FakeOllama(models=args.model or ("llama3:latest",), delay=args.delay).start(args.port)
-    print(f"fake Ollama on {fake.url} (models: {', '.join(fake.models)}); Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        fake.stop()
-    return 0
+    handler = _Handler
+    chat_paths = ("/api/chat", "/v1/chat/completions")
+
+    def __init__(self, models: tuple[str, ...] | list[str] = ("llama3:latest",), answers: list | tuple = (),
+                 default: Callable[[dict], Any] = auto_answer, delay: float = 0.0, digest: str = FAKE_DIGEST,
+                 context_length: int = 8192):
+        super().__init__(answers, default, delay)
+        self.models = [_full(m) for m in models]
+        self.digest = digest
+        self.context_length = context_length
+
+    @property
+    def host(self) -> str:
+        """host:port, the form OLLAMA_HOST takes."""
+        return f"127.0.0.1:{self.port}"
+
+    def has_model(self, name: str) -> bool:
+        return _full(str(name)) in self.models
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_standalone(
+        lambda a: FakeOllama(models=a.model or ("llama3:latest",), delay=a.delay), argv,
+        "python -m harness.testing.fake_ollama", __doc__.splitlines()[0], 11434,
+        "a pulled model (repeatable; default llama3)",
+        lambda f: f"fake Ollama on {f.url} (models: {', '.join(f.models)}); Ctrl-C to stop")
 
 
 if __name__ == "__main__":
