@@ -443,7 +443,8 @@ def bin_conversion(path: Path) -> str:
 
 
 def weights_problem(f: Path) -> str:
-    """Why a safetensors file cannot be read ("" if its header and every tensor's extent are whole)."""
+    """Why a safetensors file cannot be read ("" if its header and every tensor's extent are whole). The one check:
+    read_adapter runs it, so find_adapter (and through it attach and load_model) refuses a damaged adapter."""
     from safetensors import safe_open
     try:
         with safe_open(str(f), framework="pt") as st:
@@ -452,20 +453,6 @@ def weights_problem(f: Path) -> str:
     except Exception as e:  # noqa: BLE001 - any unreadable header or data is a corrupt file
         return f"is corrupt or truncated ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
     return ""
-
-
-def check_adapter_file(info: AdapterInfo) -> None:
-    """Refuse an adapter whose weights file cannot be read, naming the file and how to restore or retrain it."""
-    from safetensors import safe_open
-    f = info.path / "adapter_model.safetensors"
-    try:
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                st.get_slice(k).get_shape()
-    except Exception as e:  # noqa: BLE001 - any unreadable header or data is a corrupt file
-        raise UserError(f"adapter {info.name!r}: {f} is corrupt or truncated ({str(e).splitlines()[0][:120]}); "
-                        f"restore it with `git checkout -- {f}` or retrain it with "
-                        f"`python -m harness finetune {info.path / 'recipe.toml'}`") from None
 
 
 def list_adapters(folder: Path | None = None) -> list[AdapterInfo]:
@@ -559,13 +546,12 @@ class LoadedModel:
         adapter = self.aliases.get(adapter, adapter)
         if adapter in self.adapters:
             return self.adapters[adapter]
-        info = find_adapter(adapter, self.adapters_folder, allow_path)
+        info = find_adapter(adapter, self.adapters_folder, allow_path)     # refuses unreadable weights (read_adapter)
         if info.name in self.adapters and self.adapters[info.name].path != info.path:
             info = replace(info, name=f"{info.name}-{info.sha256[:8]}")
         if info.name in self.adapters:
             self.aliases[adapter] = info.name
             return self.adapters[info.name]
-        check_adapter_file(info)
         if info.base != self.name:
             raise UserError(f"adapter {info.name!r} was trained on base {info.base!r}, but the loaded base is "
                             f"{self.name!r}: load its base with --model {info.base}")
@@ -734,9 +720,7 @@ def load_model(name: str | None = None, adapters: list[str] | None = None, *, de
     folder = Path(adapters_folder) if adapters_folder else None
     infos = []
     for a in adapters or []:       # an unknown or broken adapter is reported before the base loads
-        info = find_adapter(a, folder, allow_path=True)
-        check_adapter_file(info)
-        infos.append(info)
+        infos.append(find_adapter(a, folder, allow_path=True))    # its weights file was just read whole
     from_adapter = name is None and bool(infos) and bool(infos[0].base)
     try:
         spec = resolve_base(infos[0].base if from_adapter else (name or default_base()))

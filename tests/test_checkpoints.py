@@ -149,3 +149,18 @@ def test_a_causal_adapter_with_a_modules_to_save_head_loads_by_path(tiny_gpt2_di
         expected = ref(**enc).logits
     assert torch.allclose(_logits(lm, str(out)), expected, atol=1e-5)
     assert not torch.allclose(_logits(lm, None), expected, atol=1e-3)
+
+
+def test_an_adapter_truncated_after_the_base_loaded_is_refused_naming_the_file(tiny_llama_dir, tmp_path):
+    folder = tmp_path / "adapters"
+    build_adapter(tiny_llama_dir, folder / "cut")
+    lm = load_model(str(tiny_llama_dir), adapters_folder=folder)
+    f = folder / "cut" / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    for load in (lambda: lm.attach("cut"), lambda: load_model(str(tiny_llama_dir), ["cut"], adapters_folder=folder)):
+        with pytest.raises(UserError) as e:
+            load()
+        msg = str(e.value)
+        assert msg.startswith("adapter 'cut' cannot be used: ") and f"{f} is corrupt or truncated" in msg
+        assert "restore it with `git checkout --" in msg and "python -m harness finetune" in msg
+    assert "cut" not in lm.adapters
