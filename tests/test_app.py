@@ -646,7 +646,6 @@ def test_llama_cpp_serves_plain_chat_and_falls_back_with_a_notice(tiny_llama_dir
     from harness.app import chat as C
     from harness.app.state import chat_stream
     state = AppState(model=str(tiny_llama_dir), adapters_folder=adapters, engine="llama.cpp")
-    assert "form constraint" in state.llama_route(None, Sampling(), "五言绝句")[1]
     engine, why = state.llama_route(None, Sampling())                   # a tiny dir has no GGUF
     assert engine is None and "llama.cpp could not load" in why and "using transformers" in why
     assert "engine:** transformers ⚠" in status_line(state)

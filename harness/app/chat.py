@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.app.state import (AppState, Sampling, chat_stream, normalize_history, optional_text, require_text,
-                               run_info)
+                               run_info, shown_model)
 from harness.errors import UserError
 
 WAITING, WRITING, DONE, STOPPED, FAILED = "waiting", "writing", "done", "stopped", "failed"
@@ -124,7 +124,6 @@ def generate_pending(state: AppState, session: str) -> Iterator[tuple[list[dict]
     state.start_job(meta["job"])
     info: dict = {}
     try:
-        lm = state.get_model()
         sampling = Sampling(**{k: v for k, v in meta["sampling"].items() if k != "decoding"})
         turns = history_before(msgs, index)
         meta["status"] = WRITING
@@ -134,7 +133,7 @@ def generate_pending(state: AppState, session: str) -> Iterator[tuple[list[dict]
             meta["new_tokens"] = stats.new_tokens
             meta["engine"], meta["engine_note"] = engine, notice       # fixed when the answer is written
             trimmed = len(turns) > 1 and turns[0]["content"] not in prompt
-            info = run_info(lm, meta["adapter"] or None, prompt, stats, sampling, history_trimmed=trimmed,
+            info = run_info(shown_model(state), meta["adapter"] or None, prompt, stats, sampling, history_trimmed=trimmed,
                             engine=engine, **({"engine_notice": notice} if notice else {}))
             yield render(state, session), info
         meta["status"] = STOPPED if info.get("finish_reason") == "cancelled" else DONE
@@ -281,14 +280,13 @@ def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", ada
     text = require_text(message, "message", state.limits.message_chars, "type a message")
     system = optional_text(system, "system prompt", state.limits.system_chars)
     past = normalize_history(history, state.limits)
-    lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
     msgs = past + [{"role": "user", "content": text}]
     out = msgs + [{"role": "assistant", "content": ""}]
     for reply, stats, prompt, engine, notice in chat_stream(state, msgs, system, name, sampling, session):
         trimmed = bool(past) and past[0]["content"] not in prompt      # the oldest turns are dropped first
         out[-1] = {"role": "assistant", "content": reply}
-        yield [dict(m) for m in out], run_info(lm, name, prompt, stats, sampling, history_trimmed=trimmed,
+        yield [dict(m) for m in out], run_info(shown_model(state), name, prompt, stats, sampling, history_trimmed=trimmed,
                                                engine=engine, **({"engine_notice": notice} if notice else {}))
 
 

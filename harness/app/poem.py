@@ -15,7 +15,8 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from harness.app.state import BASE, LANGS, POEM_FORMS, AppState, Sampling, chat_stream, require_text, run_info
+from harness.app.state import (BASE, LANGS, POEM_FORMS, AppState, Sampling, chat_stream, form_token_budget,  # noqa: F401
+                               require_text, run_info, shown_model)
 from harness.errors import UserError
 
 LANG_NAMES = {"zh": "Chinese", "en": "English"}
@@ -205,15 +206,6 @@ def output_warning(poem: str, lang: Any) -> str:
     return ""
 
 
-def form_token_budget(tok, form: str) -> int:
-    """Max new tokens that always fit a poem in `form` under the constraint: every character at most 3 tokens
-    (a 3-byte UTF-8 ideograph split byte by byte), each line's forced punctuation, and the end of text."""
-    from harness.metrics import FIXED_FORMS
-    lines, chars = FIXED_FORMS[form]
-    punct = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in ("，\n", "。\n", "。"))
-    return lines * (chars * 3 + punct) + 2
-
-
 def form_report(poem: str, form: str, lang: Any) -> dict:
     """harness.metrics.form_check plus a one-line summary in plain words for the UI."""
     from harness.metrics import form_check
@@ -260,25 +252,27 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
     form = str(form or "").strip()
     instruction = poem_instruction(topic, lang, form)
     opts = rule_options(lang, form, enforce_form, rhyme, tone, rhyme_group)      # an unknown group: UserError
-    lm = state.get_model()
     name = state.resolve_adapter(adapter, "causal")
     enforced = form if enforce_form and has_fixed_form(form) else ""
-    budget = form_token_budget(lm.tokenizer, enforced) if enforced else None
     warning = language_warning(state, name, lang)
-    extra = {"form_constrained": bool(enforced), "max_new_tokens_used": budget or sampling.max_new_tokens,
+    extra = {"form_constrained": bool(enforced), "max_new_tokens_used": sampling.max_new_tokens,
              **({"rules_constrained": rules_words(opts)} if opts else {})}
     poem, stats, prompt = "", None, ""
+    # under the form constraint chat_stream derives max new tokens from the form, with the engine's tokenizer
+    # (llama.cpp: the GBNF grammar; transformers: FormConstraint); stats.extra says how many
     for poem, stats, prompt, engine, notice in chat_stream(state, [{"role": "user", "content": instruction}], "", name,
-                                                           sampling, session, enforced, budget, instruction=True,
+                                                           sampling, session, enforced, None, instruction=True,
                                                            rules=opts):
         extra.update(engine=engine, **({"engine_notice": notice} if notice else {}))
+        extra["max_new_tokens_used"] = stats.extra.get("max_new_tokens_used", sampling.max_new_tokens)
+        lm = shown_model(state)
         yield poem, {"summary": "…writing", "warning": warning}, run_info(lm, name, prompt, stats, sampling, **extra)
     report = form_report(poem, form, lang)
     report["rules_line"], report["rule_check"] = rules_report(poem, form, lang, opts)
     report["warning"] = " ".join(w for w in (warning, output_warning(poem, lang)) if w)
     if stats is not None and stats.finish_reason == "length" and not enforced:
         report["summary"] += f" (stopped at max new tokens, {sampling.max_new_tokens}: raise it for a longer poem)"
-    yield poem.strip(), report, run_info(lm, name, prompt, stats, sampling, **extra)
+    yield poem.strip(), report, run_info(shown_model(state), name, prompt, stats, sampling, **extra)
 
 
 def poem_job(state: AppState, session: str, topic: Any, lang: Any, form: Any, adapter: str | None = None,

@@ -351,13 +351,11 @@ class AppState:
         self.llama, self.engine_note = None, ""
 
     def llama_route(self, adapter: str | None, sampling: Sampling, form: str = ""):
-        """(engine, notice): llama.cpp for a chat or free poem (with its repetition penalty: llama.cpp applies it
-        to the last 64 tokens, transformers to the whole sequence); (None, why) for what it cannot do here (the
-        form constraint); (None, "") when the app runs on transformers."""
+        """(engine, notice): llama.cpp for a chat or a poem (with its repetition penalty: llama.cpp applies it to
+        the last 64 tokens, transformers to the whole sequence; a form under its GBNF grammar, chat_stream);
+        (None, why) when llama.cpp cannot load this base; (None, "") when the app runs on transformers."""
         if self.engine != "llama.cpp":
             return None, ""
-        if form:
-            return None, f"{form} under the form constraint runs on transformers (llama.cpp has no form constraint here)"
         engine = self.llama_engine()
         if engine is None:
             return None, self.engine_note
@@ -425,7 +423,11 @@ class AppState:
     def import_model_stack(self) -> None:
         """Import peft, torch and transformers under the model lock. The app imports them behind the served page;
         a request that loads a model meanwhile waits here instead of importing them in a second thread at the same
-        moment (two threads importing transformers' lazy modules at once fail with 'cannot import name ...')."""
+        moment (two threads importing transformers' lazy modules at once fail with 'cannot import name ...').
+        On llama.cpp nothing is imported here: transformers is imported (under the same lock, by load_model) only
+        when a job needs the transformers copy of a model (a classification head, a fallback, a second model)."""
+        if self.engine == "llama.cpp":
+            return
         with self._load_lock:
             import peft  # noqa: F401
             import torch  # noqa: F401
@@ -438,11 +440,14 @@ class AppState:
             self.begin_prepare()
         seconds = 0.0
         try:
-            self.get_model()
             if self.engine == "llama.cpp":
                 self.phase_note = "loading llama.cpp"
-                self.llama_engine()
-            elif is_server_spec(self.engine):
+                if self.llama_engine() is None:            # no GGUF / cannot open it: transformers, said once
+                    self.phase_note = "loading the model"
+                    self.get_model()
+            else:
+                self.get_model()
+            if is_server_spec(self.engine):
                 self.phase_note = f"reaching {self.engine}"
                 self.engine_note = server_route(self.engine, None)[1]     # "" when it answers
             if warmup:
@@ -578,16 +583,20 @@ class AppState:
         return len(events)
 
     def warmup(self) -> float:
-        """Load the base, attach this base's adapters and run one short generation; returns the seconds taken."""
-        from harness.generation import GenerationConfig, generate_batch
+        """Load the base, attach this base's adapters and run one short generation; returns the seconds taken.
+        On llama.cpp only llama.cpp is warmed (each adapter's GGUF exported and loaded): the transformers copy of
+        the base is loaded when a job first needs it (a classification head, a fallback), not at start."""
         t0 = time.perf_counter()
-        lm = self.get_model()
-        for a in self.adapters():
-            try:
-                lm.attach(a.name)
-            except Exception as e:  # noqa: BLE001 - a broken adapter must not stop the app
-                print(f"warm-up: adapter {a.name} skipped: {e}")
-        generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])], GenerationConfig(max_new_tokens=2))
+        if self.llama_engine() is None:
+            from harness.generation import GenerationConfig, generate_batch
+            lm = self.get_model()
+            for a in self.adapters():
+                try:
+                    lm.attach(a.name)
+                except Exception as e:  # noqa: BLE001 - a broken adapter must not stop the app
+                    print(f"warm-up: adapter {a.name} skipped: {e}")
+            generate_batch(lm, [lm.render_chat([{"role": "user", "content": "Hi"}])],
+                           GenerationConfig(max_new_tokens=2))
         if self.llama is not None:
             for a in [None, *[a.name for a in self.adapters("causal")]]:
                 try:       # exports each adapter's GGUF once (harness.llamacpp) and loads it on the base
@@ -737,9 +746,18 @@ def stats_info(stats) -> dict | None:
             "finish_reason": stats.finish_reason or "running"}
 
 
-def run_info(lm: LoadedModel, adapter: str | None, prompt: str, stats, sampling: Sampling, **extra) -> dict:
-    return {"model": lm.name, "adapter": adapter or "(none: base model)", "prompt_style": lm.spec.prompt_style,
+def run_info(lm, adapter: str | None, prompt: str, stats, sampling: Sampling, **extra) -> dict:
+    """The transparency panel's info. lm: a LoadedModel, or the base's BaseSpec (state.spec) when the answer came
+    from llama.cpp or a server and the transformers copy is not loaded."""
+    spec = getattr(lm, "spec", lm)
+    return {"model": lm.name, "adapter": adapter or "(none: base model)", "prompt_style": spec.prompt_style,
             "prompt": prompt, **stats_info(stats), "sampling": sampling.as_dict(), **extra}
+
+
+def shown_model(state: AppState):
+    """What run_info names as the model: the loaded transformers copy if there is one, else the base's spec
+    (never loads anything: a llama.cpp answer must not load the transformers copy just to name it)."""
+    return state.lm if state.lm is not None else state.spec
 
 
 def stream_into(state: AppState, prompt: str, adapter: str | None, sampling: Sampling, session: str,
@@ -809,11 +827,16 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                                       instruction, notice, rules)
         return
     engine, notice = state.llama_route(adapter, sampling, form)
+    grammar = None
+    if engine is not None and form:
+        grammar = form_grammar(sampling, form, rules)      # bad options: the form options' own UserError
     if engine is not None:
         try:
             with engine.lock:
                 if adapter:
                     engine.add_adapter(adapter)        # exports the adapter's GGUF once
+                if grammar is not None and not max_new_tokens:
+                    max_new_tokens = form_token_budget(engine_token_count(engine), form)
                 ids = engine.render(messages, max_new_tokens or sampling.max_new_tokens, system or None)
             prompt = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
         except (UserError, RuntimeError, OSError, ValueError) as e:
@@ -823,11 +846,14 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
     if engine is not None:
         with state.running(session) as (event, stats):
             text = ""
+            if form:
+                stats.extra["max_new_tokens_used"] = max_new_tokens
             yield text, stats, prompt, "llama.cpp", ""
             gen = engine.stream_chat(messages, adapter, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
                                      temperature=sampling.temperature, stop_event=event, stats=stats,
                                      system=system or None, seed=sampling.seed, top_p=sampling.top_p,
-                                     repeat_penalty=sampling.repetition_penalty)
+                                     repeat_penalty=sampling.repetition_penalty,
+                                     **({"grammar": grammar} if grammar is not None else {}))
             try:
                 for chunk in gen:
                     text += chunk
@@ -846,16 +872,49 @@ def _transformers_chat(state: AppState, messages: list[dict], system: str, adapt
                        session: str, form: str, max_new_tokens: int | None, instruction: bool, notice: str,
                        rules: dict | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
     lm = state.get_model()
+    if form and not max_new_tokens:
+        max_new_tokens = form_token_budget(lm.tokenizer, form)
     if instruction:
         prompt = lm.render_instruction(messages[-1]["content"])
     else:
         prompt = lm.render_chat(messages, system or None, max_new_tokens or sampling.max_new_tokens)
     for text, stats in stream_into(state, prompt, adapter, sampling, session, form, max_new_tokens, rules):
+        if form:
+            stats.extra["max_new_tokens_used"] = max_new_tokens
         yield text, stats, prompt, "transformers", notice
 
 
 def clean_tail(text: str) -> str:
     return text.rstrip("\ufffd")
+
+
+def form_grammar(sampling: Sampling, form: str, rules: dict | None = None) -> str:
+    """The GBNF grammar (harness.llamacpp.poem_grammar) of a form under its rhyme/tone options. The options are
+    checked by GenerationConfig first, as on transformers, so a bad one (an unknown rhyme group, a form with no
+    template) is the same one-sentence UserError on either engine."""
+    from dataclasses import replace
+
+    from harness.llamacpp import poem_grammar
+    cfg = replace(sampling.config(), form=form, **(rules or {}))
+    return poem_grammar(cfg.form, rhyme=bool(cfg.rhyme), rhyme_group=cfg.rhyme_group or None, tone=cfg.tone or False)
+
+
+def form_token_budget(tok, form: str) -> int:
+    """Max new tokens that always fit a poem in `form` under the constraint (transformers' FormConstraint or
+    llama.cpp's grammar): every character at most 3 tokens (a 3-byte UTF-8 ideograph split byte by byte; the
+    GGUF tokenizer writes ~2 per character), each line's forced punctuation, and the end of text. tok: a
+    transformers tokenizer, or a function text -> its number of tokens (engine_token_count)."""
+    from harness.metrics import FIXED_FORMS
+    lines, chars = FIXED_FORMS[form]
+    count = tok if not hasattr(tok, "convert_tokens_to_ids") else (
+        lambda text: len(tok(text, add_special_tokens=False)["input_ids"]))
+    punct = max(count(p) for p in ("，\n", "。\n", "。"))
+    return lines * (chars * 3 + punct) + 2
+
+
+def engine_token_count(engine):
+    """text -> its number of tokens in the llama.cpp engine's (the GGUF's) tokenizer."""
+    return lambda text: len(engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 def base_choices(state: AppState) -> list[tuple[str, str]]:
@@ -891,7 +950,8 @@ def status_line(state: AppState, adapter: str | None = None) -> str:
     base = state.base_name
     shown = Path(base).name if "/" in base else base
     phase = state.phase_text()
-    loaded = f" {phase}" if phase else ("" if state.lm is not None else " (loads on first use)")
+    loaded = f" {phase}" if phase else ("" if state.lm is not None or state.llama is not None
+                                        else " (loads on first use)")
     try:
         name = state.resolve_adapter(adapter, "causal")
         what = f"`{name}`" if name else "none: the base model alone"
@@ -905,5 +965,6 @@ def status_line(state: AppState, adapter: str | None = None) -> str:
                   f" · **engine:** `{state.engine}` for chat, free poems and Compare (transformers for forms and Spam)")
     elif state.engine == "llama.cpp":
         engine = (f" · **engine:** transformers ⚠ {state.engine_note}" if state.engine_note else
-                  " · **engine:** llama.cpp for chat and free poems (transformers for forms, Compare, Spam)")
+                  " · **engine:** llama.cpp for chat, poems (forms, rhyme and tone as grammars) and Compare "
+                  "(transformers for Spam, and for an adapter llama.cpp cannot load, said with its answer)")
     return f"**Model:** `{shown}`{loaded} · **adapter:** {what} · {note}{engine}"
