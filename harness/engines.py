@@ -23,7 +23,6 @@ down or hung stops the run at once. The server applies its own chat template to 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -453,21 +452,12 @@ def _open_ollama(cfg: EngineConfig) -> Engine:
 
 
 def _open_local(cfg: EngineConfig, lm: Any = None) -> Engine:
-    from harness.models import load_model, resolve_base
+    from harness.models import load_model, model_fingerprint, resolve_base
 
     base = parse_engine_spec(cfg.spec)[1] or None
     if lm is None or (base and resolve_base(base).name != lm.name):
         lm = load_model(base)
-    spec = lm.spec
-    parts = {"name": spec.name, "source": spec.source, "location": str(spec.location), "file": str(spec.file)}
-    if spec.package:
-        from importlib import metadata
-        try:
-            parts["package"] = f"{spec.package}=={metadata.version(spec.package)}"
-        except metadata.PackageNotFoundError:
-            parts["package"] = spec.package
-    identity = "transformers:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return Engine(cfg, "transformers", lm.name, "in process", identity, lm=lm)
+    return Engine(cfg, "transformers", lm.name, "in process", "transformers:" + model_fingerprint(lm.spec), lm=lm)
 
 
 def prompt_text(req: EngineRequest) -> str:

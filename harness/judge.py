@@ -436,7 +436,7 @@ def _open_remote(cfg: JudgeConfig) -> Judge:
 
 def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
     from harness.generation import GenerationConfig, generate_batch
-    from harness.models import load_model, resolve_base
+    from harness.models import load_model, model_fingerprint, resolve_base
 
     _, base, adapter = parse_spec(cfg.spec)
     spec = resolve_base(base)
@@ -444,16 +444,7 @@ def _open_transformers(cfg: JudgeConfig, lm: Any = None) -> Judge:
         lm = load_model(base, adapters=[adapter] if adapter else None)
     elif adapter:
         lm.attach(adapter)
-    parts = {"name": spec.name, "source": spec.source, "location": spec.location, "file": spec.file}
-    if spec.package:
-        from importlib import metadata
-        try:
-            parts["package"] = f"{spec.package}=={metadata.version(spec.package)}"
-        except metadata.PackageNotFoundError:
-            parts["package"] = spec.package
-    if adapter:
-        parts["adapter_sha256"] = lm.adapters[adapter].sha256
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    digest = model_fingerprint(lm.spec) + (f"+{lm.adapters[adapter].sha256}" if adapter else "")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_answer_tokens, do_sample=False, seed=cfg.seed,
                                stop=("}",), batch_size=cfg.batch_size)
 

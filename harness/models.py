@@ -150,7 +150,8 @@ def embedded_gguf(spec: BaseSpec) -> Path | None:
 def model_fingerprint(spec: BaseSpec) -> str:
     """What identifies a base model's weights beyond its name: the embedded package's version, or a local
     model's weight files (size + mtime), so a replaced model never reuses stale generations or judgments.
-    The one definition, used by the generation cache and the in-process judge's digest."""
+    The one definition, used by the generation cache, the in-process engine's identity and the in-process judge's
+    digest."""
     from importlib import metadata
     spec = hub_fallback(spec)
 

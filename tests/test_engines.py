@@ -248,3 +248,17 @@ def test_the_ollama_engine_speaks_through_the_official_ollama_client():
     assert {r["path"] for r in fake.requests} == {"/api/tags", "/api/chat", "/api/show"}
     assert body["format"] == {"type": "object"} and body["stream"] is False
     assert info["llama.context_length"] == 8192
+
+
+def test_a_replaced_local_model_is_a_new_engine_identity(tmp_path):
+    """The in-process engine's identity is models.model_fingerprint: new weights in the same folder never reuse the
+    cached generations of the old ones (the identity was the folder's path only)."""
+    from tiny import build_llama
+    d = build_llama(tmp_path / "model")
+    ids = []
+    for seed in (0, 0, 1):
+        if seed:
+            build_llama(d, seed=seed)          # the same folder, other weights
+        with open_engine(EngineConfig(str(d))) as engine:
+            ids.append(engine.identity)
+    assert ids[0] == ids[1] != ids[2] and ids[0].startswith("transformers:")

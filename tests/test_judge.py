@@ -11,6 +11,7 @@ import pytest
 from harness.errors import UserError
 from harness.http import ItemsFailed
 from harness.testing.fake_ollama import FAKE_DIGEST, FakeOllama
+from harness.models import model_fingerprint
 from harness.judge import (SCORE_SCHEMA, JudgeConfig, JudgeRequest, judge_many, list_prompts, load_prompt,
                            open_judge, parse_score, parse_spec, render_prompt)
 
@@ -307,8 +308,23 @@ def test_openai_compatible_backend():
 def test_transformers_backend_in_process(tiny_llama_dir):
     cfg = JudgeConfig(f"transformers:{tiny_llama_dir}", max_answer_tokens=8, parse_retries=1)
     with open_judge(cfg) as judge:
-        assert judge.complete_batch is not None and len(judge.digest) == 64
+        assert judge.complete_batch is not None and judge.digest == model_fingerprint(judge.lm.spec)
         out = judge_many(judge, [_req(1), _req(2)], progress=False)
     assert len(out) == 2
     for j in out:       # a random tiny model: parsed or not, the raw answer is kept, primed with the JSON prefix
         assert j.raw.startswith('{"score": ') and j.parsed == (j.score is not None)
+
+
+def test_a_replaced_local_judge_model_gets_a_new_digest(tmp_path):
+    """The in-process judge's digest is models.model_fingerprint: new weights in the same folder are a new judge, so
+    its cached verdicts are never reused (the digest was the folder's path only)."""
+    from tiny import build_llama
+    d = build_llama(tmp_path / "judge-model")
+    cfg = JudgeConfig(f"transformers:{d}", max_answer_tokens=8)
+    digests = []
+    for seed in (0, 0, 1):
+        if seed:
+            build_llama(d, seed=seed)          # the same folder, other weights
+        with open_judge(cfg) as judge:
+            digests.append(judge.digest)
+    assert digests[0] == digests[1] != digests[2]
