@@ -195,3 +195,38 @@ def test_a_broken_folder_in_the_root_fails_in_one_sentence_without_the_servers_f
     with pytest.raises(UserError) as err:
         state.switch_base("broken-sft")
     assert str(root.resolve()) not in str(err.value) and "Still using" in str(err.value)
+
+
+def test_merge_sides_a_failing_side_halts_the_other_and_closing_joins_both():
+    """Compare's one merge loop (two models, a server, llama.cpp): a side's error halts the other side and is
+    raised once both threads ended; a stream closed half-way halts both and leaves no thread behind."""
+    import threading
+    import time
+    halted = threading.Event()
+
+    def slow():
+        text = ""
+        for _ in range(500):
+            if halted.is_set():
+                return
+            text += "x"
+            yield text
+            time.sleep(0.01)
+
+    def failing():
+        yield "a"
+        raise UserError("side B failed: one sentence")
+
+    seen = []
+    with pytest.raises(UserError, match="side B failed"):
+        for texts in K.merge_sides([slow, failing], halted.set):
+            seen.append(texts)
+    assert halted.is_set() and len(seen[-1][0]) < 100, "the slow side was halted, not finished"
+    assert any(t[1] == "a" for t in seen), "the failing side's text was shown before its error"
+
+    halted.clear()
+    gen = K.merge_sides([slow, slow], halted.set)
+    assert len(next(gen)) == 2
+    gen.close()
+    assert halted.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ftbench-compare-side")]
