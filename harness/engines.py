@@ -45,16 +45,20 @@ START_HINT = ("start one, e.g. `python -m llama_cpp.server --model FILE.gguf --h
               "`vllm serve MODEL` or `ollama serve`")
 
 
-def parse_engine_spec(spec: str) -> tuple[str, str, str]:
+def parse_engine_spec(spec: str, what: str = "engine") -> tuple[str, str, str]:
     """(kind, model, url): 'openai:m@http://h:8000' -> ('openai', 'm', 'http://h:8000/v1');
-    'ollama:llama3' -> ('ollama', 'llama3', ''); '' / 'smollm2-135m-instruct' / 'transformers:x' -> in process."""
+    'ollama:llama3' -> ('ollama', 'llama3', ''); '' / 'smollm2-135m-instruct' / 'transformers:x' -> in process.
+    The one spec parser (harness.judge.parse_spec adds the judge's defaults); `what` names the spec in errors."""
     spec = (spec or "").strip()
     kind, sep, rest = spec.partition(":")
     if kind == "openai":
         model, _, url = rest.partition("@")
-        if not model or not url.startswith(("http://", "https://")):
-            raise UserError(f"engine {spec!r}: write openai:<model>@<server url>, e.g. "
-                            "openai:smollm2@http://127.0.0.1:8080 (llama.cpp) or openai:MODEL@http://127.0.0.1:8000 (vLLM)")
+        if not model or not url:
+            raise UserError(f"{what} {spec!r}: write openai:<model>@<server url>, e.g. "
+                            "openai:smollm2@http://127.0.0.1:8080 (llama.cpp) or openai:llama3@http://127.0.0.1:8000 (vLLM)")
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"{what} {spec!r}: the server URL must start with http:// or https://, e.g. "
+                            f"openai:{model}@http://{url}")
         url = url.rstrip("/")
         parse_url(url, f"the server URL in {spec!r}")
         return kind, model, url if re.search(r"/v\d+$", url) else url + "/v1"

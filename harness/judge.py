@@ -67,30 +67,27 @@ ALPACA_HEADER = ("Below is an instruction that describes a task. "
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
     """'ollama:llama3' -> ('ollama', 'llama3', ''); 'openai:m@http://h:8000/v1' -> ('openai', 'm', url);
-    'transformers:base+adapter' -> ('transformers', 'base', 'adapter'). A bare backend takes its default model."""
+    'transformers:base+adapter' -> ('transformers', 'base', 'adapter'). A bare backend takes its default model.
+    The judge's grammar is the engines' (harness.engines.parse_engine_spec) with the backend always named."""
+    from harness.engines import parse_engine_spec
     spec = (spec or "").strip()
-    backend, _, rest = spec.partition(":")
+    backend, colon, rest = spec.partition(":")
     if backend not in BACKENDS:
         raise UserError(f"unknown judge {spec!r}: use one of ollama:<model> (e.g. {DEFAULT_JUDGE}), "
                         f"openai:<model>@<base_url> (e.g. openai:llama3@http://localhost:8000/v1), "
                         f"transformers:<base>[+adapter] (e.g. {DEFAULT_OFFLINE_JUDGE})")
-    if ":" in spec and not rest.strip():       # 'ollama:' names no model: never a silent default
+    if colon and not rest.strip():       # 'ollama:' names no model: never a silent default
         example = {"ollama": DEFAULT_JUDGE, "transformers": DEFAULT_OFFLINE_JUDGE}.get(
             backend, "openai:llama3@http://localhost:8000/v1")
         raise UserError(f"judge {spec!r} names no model after the colon: write e.g. {example} "
                         f"(or just {backend!r} for its default)" if backend != "openai" else
                         f"judge {spec!r} names no model: write e.g. {example}")
-    if backend == "ollama":
-        return backend, rest or "llama3", ""
-    if backend == "transformers":
-        base, _, adapter = (rest or DEFAULT_OFFLINE_JUDGE.split(":", 1)[1]).partition("+")
-        return backend, base, adapter
-    model, _, url = rest.partition("@")
-    if not model or not url.startswith(("http://", "https://")):
-        raise UserError(f"judge {spec!r}: the OpenAI-compatible backend needs a model and a server URL, "
-                        "e.g. openai:llama3@http://localhost:11434/v1 or openai:my-model@http://localhost:8000/v1")
-    from harness.engines import parse_engine_spec
-    return parse_engine_spec(f"openai:{model}@{url}")
+    default = {"ollama": DEFAULT_JUDGE, "transformers": DEFAULT_OFFLINE_JUDGE}.get(backend, spec)
+    kind, model, url = parse_engine_spec(spec if rest else default, what="judge")
+    if kind == "transformers":
+        base, _, adapter = model.partition("+")
+        return kind, base, adapter
+    return kind, model, url
 
 
 def canonical_spec(spec: str) -> str:

@@ -26,7 +26,7 @@ def test_openai_success_path_and_request_body():
             EngineRequest([{"role": "user", "content": "a b"}], adapter="smol-alpaca")]
         gens = engine_generate(engine, reqs, on_done=lambda i, g: done.append((i, threading.get_ident())))
         bodies = fake.chat_bodies()
-    assert [g.text for g in gens[:5]] == [f"world hello says" for _ in range(5)]
+    assert [g.text for g in gens[:5]] == ["world hello says" for _ in range(5)]
     assert all(g.finish_reason == "length" and g.new_tokens == 3 and g.prompt_tokens > 0 for g in gens[:5])
     assert gens[5].text == "b a" and gens[5].finish_reason == "stop"
     assert sorted(i for i, _ in done) == list(range(6)) and {t for _, t in done} == {main}
@@ -152,6 +152,8 @@ def test_bad_config_and_spec_are_one_sentence():
     with pytest.raises(UserError) as e:
         EngineConfig("openai:x")
     assert "openai:<model>@<server url>" in str(e.value)
+    with pytest.raises(UserError, match=r"server URL must start with http:// or https://, e.g. openai:x@http://h:8000"):
+        EngineConfig("openai:x@h:8000")
     with pytest.raises(UserError) as e:
         EngineConfig("vllm:x")
     assert "unknown engine" in str(e.value)
