@@ -173,10 +173,20 @@ class AppState:
         with self._load_lock:
             if self.lm is None:
                 self._free_models(keep={self.spec.name}, room=1)
-                self.lm = load_model(self.spec.name, adapters_folder=self.adapters_folder)
+                self.lm = self._load(self.spec.name)
             self._used[self.spec.name] = None
             self._used.move_to_end(self.spec.name)
             return self.lm
+
+    def _load(self, name: str) -> LoadedModel:
+        """load_model under the caller's _load_lock (transformers is imported there, never in two threads at
+        once), with torch on this app's threads: on llama.cpp app.py does not import torch at start, so the
+        transformers copy's first load sets them."""
+        if self.threads:
+            import torch
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+        return load_model(name, adapters_folder=self.adapters_folder)
 
     # ------------------------------------------------------------ any checkpoint: the root and the LRU of models
 
@@ -244,7 +254,7 @@ class AppState:
             lm = self._others.get(name)
             if lm is None:
                 self._free_models(keep={name, *keep}, room=1)
-                lm = load_model(name, adapters_folder=self.adapters_folder)
+                lm = self._load(name)
                 self._others[name] = lm
             self._used[name] = None
             self._used.move_to_end(name)
@@ -307,7 +317,7 @@ class AppState:
             held = self._others.pop(spec.name, None)    # already held for Compare: becomes the base in use
             gc.collect()
             try:
-                self.lm = held or load_model(spec.name, adapters_folder=self.adapters_folder)
+                self.lm = held or self._load(spec.name)
                 self.spec = spec
                 self._used[spec.name] = None
                 self._used.move_to_end(spec.name)
@@ -316,7 +326,7 @@ class AppState:
                 self.lm = None
                 gc.collect()
                 try:
-                    self.lm = load_model(old_name, adapters_folder=self.adapters_folder)
+                    self.lm = self._load(old_name)
                     now = f"Still using {short_name(old_name)}."
                 except Exception as again:  # noqa: BLE001 - reported in the message below
                     now = f"Reloading {short_name(old_name)} failed too ({type(again).__name__}): restart the app."
