@@ -315,13 +315,13 @@ def _generate_llamacpp(model: str, prompts: list[str], output: str, gen: Generat
     """`generate` on llama.cpp: batched (LlamaCppEngine.generate_many), resumable like the transformers path
     (OUT.partial, keys naming the engine). None = the GGUF or adapter cannot run there and auto falls back
     (the notice printed)."""
-    from harness.llamacpp import load_engine, poem_grammar
+    from harness.llamacpp import PARALLEL, batched_type, load_engine, poem_grammar
     from harness.models import resolve_base
     base = resolve_base(model).name
     sha = _local_adapter(adapter).sha256 if adapter else ""
-    cfg_key = {**gen.as_key(), "engine": "llama.cpp"}
     try:
-        eng = load_engine(model, adapters=[adapter] if adapter else None)
+        cfg_key = {**gen.as_key(), "engine": "llama.cpp", "weights": batched_type(model)}
+        eng = load_engine(model, adapters=[adapter] if adapter else None, batched=True)
     except UserError as e:
         why = str(e).splitlines()[0]
         if explicit:
@@ -335,13 +335,13 @@ def _generate_llamacpp(model: str, prompts: list[str], output: str, gen: Generat
         todo = prog.todo()
         _resuming(prog, len(prompts))
         grammar = poem_grammar(gen.form, gen.rhyme, gen.rhyme_group or None, gen.tone) if gen.form else None
-        step = max(8, gen.batch_size)
+        step = max(4 * PARALLEL, gen.batch_size)     # saved after each step (the resume point)
         try:
             for start in range(0, len(todo), step):
                 chunk = todo[start:start + step]
                 t0 = time.perf_counter()
                 got = eng.generate_many([[{"role": "user", "content": prompts[i]}] for i in chunk], adapter or None,
-                                        gen.max_new_tokens, parallel=min(8, gen.batch_size),
+                                        gen.max_new_tokens, parallel=PARALLEL,
                                         temperature=gen.temperature if gen.do_sample else 0.0, top_p=gen.top_p,
                                         seed=gen.seed, repeat_penalty=gen.repetition_penalty, grammar=grammar)
                 per = (time.perf_counter() - t0) / len(chunk)

@@ -683,9 +683,10 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
     the classical forms decode under harness.llamacpp.poem_grammar."""
     from dataclasses import replace
 
-    from harness.llamacpp import load_engine, poem_grammar
+    from harness.llamacpp import PARALLEL, batched_type, load_engine, poem_grammar
     from harness.metrics import FIXED_FORMS
     convs = [item_messages(task, it) for it in items]
+    weights = batched_type(base)
     groups: dict[str, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(it.get("form", "") if decoding != "free" else "", []).append(i)
@@ -695,20 +696,20 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
     try:
         for form, idx in groups.items():
             cfg = replace(gcfg, form=form, **DECODING_RULES.get(decoding, {})) if form in FIXED_FORMS else gcfg
-            cfg_key = {**cfg.as_key(), "engine": "llama.cpp"}
+            cfg_key = {**cfg.as_key(), "engine": "llama.cpp", "weights": weights}
             keys = [generation_key(base, adapter_sha, cfg_key, json.dumps(convs[i], ensure_ascii=False), ckpt)
                     for i in idx]
             have = store.get("generations", keys)
             todo = [j for j, k in enumerate(keys) if k not in have]
             if todo:
                 if eng is None:
-                    eng = load_engine(base, adapters=[adapter] if adapter else None)
+                    eng = load_engine(base, adapters=[adapter] if adapter else None, batched=True)
                 grammar = poem_grammar(cfg.form, cfg.rhyme, cfg.rhyme_group or None, cfg.tone) if cfg.form else None
                 bar = _bar(len(todo), "generating (llama.cpp)", progress)
                 t0 = time.perf_counter()
                 try:
                     got = eng.generate_many([convs[idx[j]] for j in todo], adapter, cfg.max_new_tokens,
-                                            parallel=max(1, min(cfg.batch_size, 8)), grammar=grammar,
+                                            parallel=PARALLEL, grammar=grammar,
                                             progress=lambda d, t: bar.update(1))
                 finally:
                     bar.close()
@@ -718,7 +719,7 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
                     "config": cfg_key, "prompt": json.dumps(convs[idx[j]], ensure_ascii=False),
                     "response": g["text"], "prompt_tokens": g["prompt_tokens"], "response_tokens": g["new_tokens"],
                     "seconds": per, "extra": {"finish_reason": g["finish_reason"], "model_digest": ckpt,
-                                              "engine": "llama.cpp"}}
+                                              "engine": "llama.cpp", "weights": weights}}
                     for j, g in zip(todo, got)])
                 generated += len(todo)
                 have = store.get("generations", keys)
@@ -882,18 +883,26 @@ def judge_file(responses: str | Path, output: str | Path, judge: str = DEFAULT_J
     finally:
         if own_store:
             store.close()
+    verdicts = [None if j is None else dict(score=j["score"], parsed=bool(j["parsed"]), judge_raw=j["raw"])
+                for j in judged]
+    return finish_judged(rows, verdicts, cfg, digest, output, lost, "responses were not judged")
+
+
+def finish_judged(rows: list[dict], verdicts: list[dict | None], cfg: JudgeConfig, digest: str, output,
+                  lost: ItemsFailed | None, missing: str) -> list[dict]:
+    """The judged rows (each row with its verdict's fields and the judge's identity; a row without a verdict is
+    left out), written to `output`; then, if the judge failed some, the one sentence saying what was saved."""
     out = []
-    for row, j in zip(rows, judged):
-        if j is None:
+    for row, v in zip(rows, verdicts):
+        if v is None:
             continue
-        row = {k: v for k, v in row.items() if k != "_line"}
-        row.update(score=j["score"], parsed=bool(j["parsed"]), judge_raw=j["raw"], judge=cfg.spec,
-                   judge_digest=digest, judge_prompt_version=cfg.prompt_version)
+        row = {k: val for k, val in row.items() if k != "_line"}
+        row.update(v, judge=cfg.spec, judge_digest=digest, judge_prompt_version=cfg.prompt_version)
         out.append(row)
     if out:
         write_jsonl(output, out)
     if lost is not None:
-        raise UserError(f"{len(lost.failed)} of {len(rows)} responses were not judged ({lost.reason.rstrip('.')}); "
+        raise UserError(f"{len(lost.failed)} of {len(rows)} {missing} ({lost.reason.rstrip('.')}); "
                         + (f"{output} holds the {len(out)} judged, " if out else "nothing was written, ")
                         + "and they are saved in the store: rerun the same command to ask only for the others")
     return out
@@ -943,20 +952,8 @@ def judge_pairwise_file(responses: str | Path, baseline: str | Path, output: str
         except ItemsFailed as e:         # no verdict for those items: left out, never cached
             res, lost = e.partial, e
     fields = row_fields(res, str(baseline))
-    out = []
-    for row, i in zip(rows, ids):
-        if i not in fields:
-            continue
-        row = {k: v for k, v in row.items() if k != "_line"}
-        row.update(fields[i], judge=judge_config.spec, judge_digest=digest,
-                   judge_prompt_version=judge_config.prompt_version)
-        out.append(row)
-    if out:
-        write_jsonl(output, out)
-    if lost is not None:
-        raise UserError(f"{len(lost.failed)} of {len(rows)} items got no pairwise verdict ({lost.reason.rstrip('.')}); "
-                        + (f"{output} holds the {len(out)} judged, " if out else "nothing was written, ")
-                        + "and they are saved in the store: rerun the same command to ask only for the others")
+    out = finish_judged(rows, [fields.get(i) for i in ids], judge_config, digest, output, lost,
+                        "items got no pairwise verdict")
     return out, res
 
 
