@@ -15,8 +15,11 @@ Every app figure is taken from outside, as a browser or gradio_client sees the a
   tokens, timed in this process right after (target >= 80%); time to first token at the client (target <= 0.5 s).
 - the poem grammar: a 五言绝句 under form + rhyme + tone vs free decoding, in process on the same engine code
   (harness/bench/llamacpp.py; target >= 70%).
+- RSS of the app process after the base and two adapters have answered (chat and a poem: on llama.cpp the
+  transformers copy of the base is not loaded), and again after Spam and Compare (Spam's classification head
+  loads the transformers copy);
 - classify latency alone and while a Compare of 256 tokens is writing; Compare wall time vs the slower side alone
-  (target <= 1.3x); RSS of the app process after the base and two adapters have answered.
+  (target <= 1.3x).
 - with --skip-transformers unset, the same chat speed and RSS of `python app.py --engine transformers` (the old
   default) for reference.
 """
@@ -267,6 +270,15 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
         default = {"tps": statistics.median(i["tokens_per_s"] for i in infos),
                    "new": int(statistics.median(i["new_tokens"] for i in infos)), "engine": infos[-1].get("engine"),
                    "prompt": speed[-1][1].get("prompt_tokens")}
+        # memory with the base and two adapters, before any job that needs the transformers copy (Spam's head)
+        try:
+            first_token(client, "写一首五言绝句，题目：春夜", 16, SECOND_ADAPTER)
+            second = SECOND_ADAPTER
+        except Exception as e:  # noqa: BLE001 - the second adapter is optional (not installed)
+            second = f"(second adapter unavailable: {str(e)[:60]})"
+        default["rss"] = app.rss_mb()
+        say(f"app memory (RSS) with the base, {adapter} and {second} loaded: {default['rss']:.0f} MB "
+            f"(engine {default['engine']}; chat and poems only)")
         # 5. a spam check alone, then while another tab's Compare is writing
         classify_seconds(client)                            # the classifier's first use (attach) not counted
         alone = statistics.median(classify_seconds(client) for _ in range(3))
@@ -297,15 +309,9 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
         say(f"compare wall {timings['compare']:5.2f} s vs the slower side alone {one:5.2f} s = {ratio:4.2f}x "
             f"(target <= {TARGETS['compare_ratio']}x, {_verdict(ratio <= TARGETS['compare_ratio'])}; base alone "
             f"{timings['base'][0]:.2f} s, {adapter} alone {timings[adapter][0]:.2f} s; same texts as alone: {same})")
-        # 7. memory with the base and two adapters
-        try:
-            first_token(client, "写一首五言绝句，题目：春夜", 16, SECOND_ADAPTER)
-            second = SECOND_ADAPTER
-        except Exception as e:  # noqa: BLE001 - the second adapter is optional (not installed)
-            second = f"(second adapter unavailable: {str(e)[:60]})"
-        default["rss"] = app.rss_mb()
-        say(f"app memory (RSS) with the base, {adapter} and {second} loaded: {default['rss']:.0f} MB "
-            f"(engine {default['engine']})")
+        # 7. memory once Spam (a classification head: the transformers copy of the base) and Compare have run
+        say(f"app memory (RSS) after Spam and Compare too: {app.rss_mb():.0f} MB (Spam's head loads the "
+            "transformers copy of the base)")
     finally:
         app.stop()
 
