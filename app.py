@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     def prepare():
         try:
             state.import_model_stack()          # under the model lock: a request loading a model waits for it
-            import torch
-            torch.set_num_threads(threads)
+            if engine != "llama.cpp":           # on llama.cpp torch is imported (its threads set) only when a job
+                import torch                    # needs the transformers copy (AppState's first load)
+                torch.set_num_threads(threads)
             log.info("torch threads: %d", threads)
             seconds = state.prepare(warmup=not args.no_warmup)
             if not args.no_warmup:

@@ -763,13 +763,16 @@ class LlamaCppEngine:
     def stream_compare(self, messages: list[dict], left: str | None, right: str | None, max_new_tokens: int = 256,
                        temperature: float = 0.0, top_p: float = 0.9, seed: int = 0, repeat_penalty: float = 1.0,
                        grammar: str | None = None, system: str | None = None,
-                       stop_event: threading.Event | None = None) -> Iterator[tuple[str, str]]:
+                       stop_event: threading.Event | None = None,
+                       stats: list[StreamStats] | None = None) -> Iterator[tuple[str, str]]:
         """Both sides of a Compare at once on one base: two contexts (an adapter is set per context), each
-        decoded by its own thread with half the cores; yields (left text, right text) as either grows."""
+        decoded by its own thread with half the cores; yields (left text, right text) as either grows. stats: two
+        StreamStats filled per side. Closing the generator (or a side's error) stops both threads and joins them."""
         import queue as queue_mod
 
         _check(max_new_tokens, repeat_penalty)
         stop_event = stop_event or threading.Event()
+        stats = stats if stats is not None else [StreamStats(), StreamStats()]
         with self.lock:
             ids = self.render(messages, max_new_tokens, system)
             for a in (left, right):
@@ -780,8 +783,8 @@ class LlamaCppEngine:
 
         def side(which: int, adapter: str | None) -> None:
             try:
-                for text in self._decode_alone(ids, adapter, max_new_tokens, temperature, top_p, seed,
-                                               repeat_penalty, grammar, threads_each, stop_event):
+                for text in self.decode_alone(ids, adapter, max_new_tokens, temperature, top_p, seed,
+                                              repeat_penalty, grammar, threads_each, stop_event, stats[which]):
                     q.put((which, text, None))
                 q.put((which, None, None))
             except Exception as e:  # noqa: BLE001 - handed to the caller's thread
@@ -791,44 +794,67 @@ class LlamaCppEngine:
                    for i, a in enumerate((left, right))]
         for w in workers:
             w.start()
-        texts, finished = ["", ""], 0
-        while finished < 2:
-            which, text, err = q.get()
-            if err is not None:
+        texts, finished, ended = ["", ""], 0, False
+        try:
+            while finished < 2:
+                which, text, err = q.get()
+                if err is not None:
+                    raise err
+                if text is None:
+                    finished += 1
+                    continue
+                texts[which] += text
+                yield texts[0], texts[1]
+            ended = True
+        finally:
+            if not ended:                   # closed half-way or a side failed: both halt, no thread outlives us
                 stop_event.set()
-                raise err
-            if text is None:
-                finished += 1
-                continue
-            texts[which] += text
-            yield texts[0], texts[1]
-        for w in workers:
-            w.join()
+            for w in workers:
+                w.join(timeout=30)
 
-    def _decode_alone(self, ids: list[int], adapter: str | None, max_new_tokens: int, temperature: float,
-                      top_p: float, seed: int, repeat_penalty: float, grammar: str | None, n_threads: int,
-                      stop_event: threading.Event) -> Iterator[str]:
-        """One sequence on a context of its own (Compare's sides)."""
+    def decode_alone(self, ids: list[int], adapter: str | None, max_new_tokens: int, temperature: float = 0.0,
+                     top_p: float = 0.9, seed: int = 0, repeat_penalty: float = 1.0, grammar: str | None = None,
+                     n_threads: int | None = None, stop_event: threading.Event | None = None,
+                     stats: StreamStats | None = None) -> Iterator[str]:
+        """One sequence (prompt token ids) on a context of its own, with the adapter set on it, so that two can
+        decode at once on one base (Compare's sides); yields text pieces. stats: filled as stream_chat fills it."""
         import llama_cpp
 
-        ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads, 1, max(len(ids), 8))
+        _check(max_new_tokens, repeat_penalty)
+        stop_event = stop_event or threading.Event()
+        st = stats if stats is not None else StreamStats()
+        st.prompt_tokens = len(ids)
+        st.extra.update(engine="llama.cpp", adapter=adapter if adapter not in (None, "", "base") else "base")
+        if grammar:
+            st.extra["grammar"] = True
+        ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads or self.n_threads, 1,
+                       max(len(ids), 8))
         batch = Batch(max(len(ids), 8))
         sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
                           self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None,
-                              grammar_text=grammar or "")
+                          grammar_text=grammar or "")
         eog, n_vocab = self.eog(), self.llm.n_vocab()
+        t0 = time.perf_counter()
         try:
             self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter)
             for j, t in enumerate(ids):
                 batch.add(t, j, 0, j == len(ids) - 1)
             batch.decode(ctx)
             pos, out, pending = len(ids), [], b""
-            while len(out) < max_new_tokens and not stop_event.is_set():
+            while True:
+                if stop_event.is_set():
+                    st.finish_reason = "cancelled"
+                    break
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
                 tok = sampler.choose(logits, eog)
+                if st.first_token_seconds is None:
+                    st.first_token_seconds = time.perf_counter() - t0
+                st.forward_passes += 1
                 if tok in eog:
+                    st.finish_reason = "stop"
                     break
                 out.append(tok)
+                st.new_tokens = len(out)
                 pending += self.llm.detokenize([tok], prev_tokens=out[:-1])
                 try:
                     text, pending = pending.decode("utf-8"), b""
@@ -836,6 +862,9 @@ class LlamaCppEngine:
                     text = ""
                 if text:
                     yield text
+                if len(out) >= max_new_tokens:
+                    st.finish_reason = "length"
+                    break
                 batch.clear()
                 batch.add(tok, pos, 0, True)
                 batch.decode(ctx)
@@ -847,6 +876,8 @@ class LlamaCppEngine:
                 sampler.grammar.close()
             batch.close()
             llama_cpp.llama_free(ctx)
+            st.seconds = time.perf_counter() - t0
+            st.finish_reason = st.finish_reason or "cancelled"
 
     def close(self) -> None:
         import llama_cpp

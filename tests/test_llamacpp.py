@@ -390,9 +390,26 @@ def test_batched_decoding_gives_the_single_stream_answers(real):
 
 
 def test_compare_runs_both_sides_on_one_base(real):
+    from harness.generation import StreamStats
     left, right = real.chat(HELLO, None, 24), real.chat(HELLO, "smollm2-135m-alpaca", 24)
-    *_, last = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 24)
+    stats = [StreamStats(), StreamStats()]
+    *_, last = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 24, stats=stats)
     assert last == (left, right)
+    alone = real.last_stats
+    for st, text in zip(stats, last):
+        assert 0 < st.new_tokens <= 24 and (st.new_tokens == 24) == (st.finish_reason == "length")
+        assert st.prompt_tokens == alone.prompt_tokens and st.seconds > 0 and st.first_token_seconds is not None
+        assert st.finish_reason in ("stop", "length") and st.extra["engine"] == "llama.cpp"
+    assert [st.extra["adapter"] for st in stats] == ["base", "smollm2-135m-alpaca"]
+
+
+def test_a_compare_closed_half_way_stops_and_joins_both_sides(real):
+    before = {t.name for t in threading.enumerate()}
+    gen = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 200)
+    next(gen)
+    gen.close()                                   # the page went away: no decoding thread may outlive it
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("ftbench-compare") and t.name not in before]
+    assert alive == []
 
 
 def test_runs_decode_on_a_q8_0_copy_written_once_and_reused(real, monkeypatch):
