@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import UserError
-from harness.models import AdapterInfo, BaseSpec, embedded_gguf, find_adapter, resolve_base
+from harness.models import AdapterInfo, BaseSpec, base_note, embedded_gguf, find_adapter, resolve_base
 from harness.paths import cache_dir
 
 # Architectures whose HF -> GGUF conversion permutes the rows of q/k (convert_hf_to_gguf.py LlamaModel.permute).
@@ -47,22 +47,31 @@ class BaseGGUF:
     chat_template: str
 
 
-def base_gguf_path(info: AdapterInfo) -> tuple[BaseSpec, Path]:
-    """The GGUF file of the adapter's base, or a UserError saying why there is none."""
-    spec = resolve_base(info.base)
+def base_gguf(base: str, adapter: str = "") -> Path:
+    """The GGUF file llama.cpp and Ollama load for a base (registry name or .gguf path), or a UserError saying why
+    there is none; `adapter` names the adapter that needs it (its error then says how to get a GGUF base). The one
+    road: harness.llamacpp loads this file, the export reads its architecture and chat template."""
+    spec = resolve_base(base)
+    whose = f" of adapter {adapter!r}" if adapter else ""
     if spec.source == "embedded":
         path = embedded_gguf(spec)
         if path is None:
-            from harness.models import base_note
-            raise UserError(f"the embedded base {spec.name!r} of adapter {info.name!r} is not installed: "
+            raise UserError(f"the embedded base {spec.name!r}{whose} is not installed: "
                             f"{base_note(spec, 'missing')} (it ships {spec.file})")
-        return spec, path
+        return Path(path)
     if spec.source == "gguf":
-        return spec, Path(spec.location)
-    raise UserError(f"adapter {info.name!r} was trained on {spec.name!r}, a {spec.source} base with no GGUF file "
+        return Path(spec.location)
+    if not adapter:
+        raise UserError(f"{spec.name} has no GGUF file for llama.cpp (a {spec.source} base).")
+    raise UserError(f"adapter {adapter!r} was trained on {spec.name!r}, a {spec.source} base with no GGUF file "
                     "that llama.cpp or Ollama could load: convert the base with llama.cpp's convert_hf_to_gguf.py and "
                     "train on that .gguf (--model path/to/base.gguf), or export with --to vllm, which loads the "
                     "peft folder itself")
+
+
+def base_gguf_path(info: AdapterInfo) -> tuple[BaseSpec, Path]:
+    """An adapter's base and its GGUF file (base_gguf)."""
+    return resolve_base(info.base), base_gguf(info.base, info.name)
 
 
 def read_base_gguf(path: Path) -> BaseGGUF:
@@ -128,7 +137,7 @@ def export_gguf(info: AdapterInfo, out: Path) -> Path:
 
     cfg = json.loads((info.path / "adapter_config.json").read_text(encoding="utf-8"))
     _refuse_unsupported(info, cfg)
-    _, base_path = base_gguf_path(info)
+    base_path = base_gguf(info.base, info.name)
     base = read_base_gguf(base_path)
     if base.arch not in PERMUTED_QK | PLAIN_QK:
         raise UserError(f"the base GGUF {base_path.name} has architecture {base.arch!r}; ftbench exports LoRA "
@@ -231,7 +240,7 @@ def ollama_template(chat_template: str) -> tuple[str, str, list[str]]:
 def write_modelfile(info: AdapterInfo, adapter_gguf: Path, out: Path) -> Path:
     from harness.io import atomic_write
 
-    _, base_path = base_gguf_path(info)
+    base_path = base_gguf(info.base, info.name)
     template, system, stops = ollama_template(read_base_gguf(base_path).chat_template)
     lines = [f"# ftbench export of adapter {info.name} (base {info.base})",
              f"FROM {base_path.resolve()}", f"ADAPTER {adapter_gguf.resolve()}"]
@@ -287,7 +296,7 @@ def export_cmd(adapter: str, /, to: Literal["gguf", "ollama", "vllm"] = "gguf", 
     if to == "gguf":
         target = check_writable_file(output) if output else default_export_path(info.name)
         path = export_gguf(info, target)
-        _, base_path = base_gguf_path(info)
+        base_path = base_gguf(info.base, info.name)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         # llama-cpp-python's /v1/models reports only the alias: a distinct one per base + adapter keeps the
         # generation cache of this adapter apart from the base's (harness.evaluate keys by the served identity)

