@@ -4,6 +4,9 @@
     from harness.testing.fake_openai import FakeOpenAI      # vLLM / llama.cpp server's /v1
     from harness.testing import HTML_PAGE, drip, cut
 
+Both fakes are built on harness.testing.fake_server (the threaded server, request log, answer queue and wire faults
+they share); each keeps only its protocol.
+
 Any chat answer of either fake may misbehave on the wire, as proxies and sick servers do:
     {"raw": HTML_PAGE}              a 200 whose body is a proxy's HTML error page, not JSON
     {"content": "x", **drip(1.0)}   headers at once, then the body one byte a second
