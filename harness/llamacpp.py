@@ -595,65 +595,73 @@ class LlamaCppEngine:
                 stats.extra["grammar"] = True
             ctx = self.llm.ctx
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            eog = self.eog()
             sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
                               self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None,
                               grammar_text=grammar or "")
-            n_vocab = self.llm.n_vocab()
-            batch = Batch(max(self.llm.n_batch, 1))
-            pending, out_ids = b"", []
-            t0 = time.perf_counter()
-            try:
-                pos = 0
-                for k in range(0, len(ids), batch.capacity):      # the prompt, in batches of n_batch
-                    batch.clear()
-                    chunk = ids[k:k + batch.capacity]
-                    for j, t in enumerate(chunk):
-                        batch.add(t, pos + j, 0, k + j == len(ids) - 1)
-                    batch.decode(ctx)
-                    pos += len(chunk)
-                while True:
-                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-                    tok = sampler.choose(logits, eog, ignore_eos)
-                    if stats.first_token_seconds is None:
-                        stats.first_token_seconds = time.perf_counter() - t0
-                    stats.forward_passes += 1
-                    if tok in eog:
-                        stats.finish_reason = "stop"
-                        break
-                    out_ids.append(tok)
-                    stats.new_tokens = len(out_ids)
-                    pending += self.llm.detokenize([tok], prev_tokens=out_ids[:-1])
-                    try:
-                        text, pending = pending.decode("utf-8"), b""
-                    except UnicodeDecodeError:      # a character split over tokens: wait for the rest
-                        text = ""
-                    if text:
-                        yield text
-                    if stop_event.is_set():
-                        stats.finish_reason = "cancelled"
-                        break
-                    if len(out_ids) >= max_new_tokens:
-                        stats.finish_reason = "length"
-                        break
-                    if pos >= self.llm.n_ctx():
-                        stats.finish_reason = "length"
-                        break
-                    batch.clear()
-                    batch.add(tok, pos, 0, True)
-                    batch.decode(ctx)
-                    pos += 1
-            except GeneratorExit:
-                stats.finish_reason = stats.finish_reason or "cancelled"
-                raise
-            finally:
-                batch.close()
-                if sampler.grammar is not None:
-                    sampler.grammar.close()
-                stats.seconds = time.perf_counter() - t0
-                stats.finish_reason = stats.finish_reason or "stop"
-            if pending:
-                yield pending.decode("utf-8", errors="replace")
+            yield from self._decode(ctx, ids, max_new_tokens, sampler, stats, stop_event, ignore_eos,
+                                    self.llm.n_batch, self.llm.n_ctx())
+
+    def _decode(self, ctx, ids: list[int], max_new_tokens: int, sampler: Sampler, stats: StreamStats,
+                stop_event: threading.Event, ignore_eos: bool, n_batch: int, n_ctx: int) -> Iterator[str]:
+        """One sequence on a context from an empty cache: the prompt in batches of n_batch, then a token per
+        llama_decode until an end-of-generation token, max_new_tokens, the context's end or stop_event (checked
+        after each token); yields text pieces (a character split over tokens waits for the rest). stats gets the
+        counts, seconds and the first token's time; the sampler's grammar is freed at the end."""
+        import llama_cpp
+
+        n_vocab = self.llm.n_vocab()
+        eog = self.eog()
+        batch = Batch(max(n_batch, 1))
+        pending, out_ids = b"", []
+        t0 = time.perf_counter()
+        try:
+            pos = 0
+            for k in range(0, len(ids), batch.capacity):      # the prompt, in batches of n_batch
+                batch.clear()
+                chunk = ids[k:k + batch.capacity]
+                for j, t in enumerate(chunk):
+                    batch.add(t, pos + j, 0, k + j == len(ids) - 1)
+                batch.decode(ctx)
+                pos += len(chunk)
+            while True:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                tok = sampler.choose(logits, eog, ignore_eos)
+                if stats.first_token_seconds is None:
+                    stats.first_token_seconds = time.perf_counter() - t0
+                stats.forward_passes += 1
+                if tok in eog:
+                    stats.finish_reason = "stop"
+                    break
+                out_ids.append(tok)
+                stats.new_tokens = len(out_ids)
+                pending += self.llm.detokenize([tok], prev_tokens=out_ids[:-1])
+                try:
+                    text, pending = pending.decode("utf-8"), b""
+                except UnicodeDecodeError:      # a character split over tokens: wait for the rest
+                    text = ""
+                if text:
+                    yield text
+                if stop_event.is_set():
+                    stats.finish_reason = "cancelled"
+                    break
+                if len(out_ids) >= max_new_tokens or pos >= n_ctx:
+                    stats.finish_reason = "length"
+                    break
+                batch.clear()
+                batch.add(tok, pos, 0, True)
+                batch.decode(ctx)
+                pos += 1
+        except GeneratorExit:
+            stats.finish_reason = stats.finish_reason or "cancelled"
+            raise
+        finally:
+            batch.close()
+            if sampler.grammar is not None:
+                sampler.grammar.close()
+            stats.seconds = time.perf_counter() - t0
+            stats.finish_reason = stats.finish_reason or "stop"
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
 
     def chat(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, **kw) -> str:
@@ -827,57 +835,19 @@ class LlamaCppEngine:
         st.extra.update(engine="llama.cpp", adapter=adapter if adapter not in (None, "", "base") else "base")
         if grammar:
             st.extra["grammar"] = True
-        ctx = _context(self.llm.model, len(ids) + max_new_tokens + 1, n_threads or self.n_threads, 1,
-                       max(len(ids), 8))
-        batch = Batch(max(len(ids), 8))
+        n_ctx = len(ids) + max_new_tokens + 1
+        ctx = _context(self.llm.model, n_ctx, n_threads or self.n_threads, 1, max(len(ids), 8))
         sampler = Sampler(temperature, top_p if temperature > 0 else 1.0, seed, repeat_penalty,
                           self._grammar(grammar), recent=list(ids), piece=self.piece if grammar else None,
                           grammar_text=grammar or "")
-        eog, n_vocab = self.eog(), self.llm.n_vocab()
-        t0 = time.perf_counter()
         try:
             self._set_adapter(ctx, None if adapter in (None, "", "base") else adapter)
-            for j, t in enumerate(ids):
-                batch.add(t, j, 0, j == len(ids) - 1)
-            batch.decode(ctx)
-            pos, out, pending = len(ids), [], b""
-            while True:
-                if stop_event.is_set():
-                    st.finish_reason = "cancelled"
-                    break
-                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-                tok = sampler.choose(logits, eog)
-                if st.first_token_seconds is None:
-                    st.first_token_seconds = time.perf_counter() - t0
-                st.forward_passes += 1
-                if tok in eog:
-                    st.finish_reason = "stop"
-                    break
-                out.append(tok)
-                st.new_tokens = len(out)
-                pending += self.llm.detokenize([tok], prev_tokens=out[:-1])
-                try:
-                    text, pending = pending.decode("utf-8"), b""
-                except UnicodeDecodeError:
-                    text = ""
-                if text:
-                    yield text
-                if len(out) >= max_new_tokens:
-                    st.finish_reason = "length"
-                    break
-                batch.clear()
-                batch.add(tok, pos, 0, True)
-                batch.decode(ctx)
-                pos += 1
-            if pending:
-                yield pending.decode("utf-8", errors="replace")
+            yield from self._decode(ctx, ids, max_new_tokens, sampler, st, stop_event, False, max(len(ids), 8),
+                                    n_ctx)
         finally:
-            if sampler.grammar is not None:
+            if sampler.grammar is not None:          # _decode frees it too; not if _set_adapter failed first
                 sampler.grammar.close()
-            batch.close()
             llama_cpp.llama_free(ctx)
-            st.seconds = time.perf_counter() - t0
-            st.finish_reason = st.finish_reason or "cancelled"
 
     def close(self) -> None:
         import llama_cpp
