@@ -8,11 +8,14 @@
 #
 # Generations and judgments are cached in the store ($FTBENCH_CACHE/store.sqlite): a rerun only recomputes rows.
 # On 2 CPU cores an empty cache takes about 40 minutes; a warm one about 3.
+# --engine transformers: the committed rows were written in process by transformers (float32, the GGUF
+# de-quantized), before `run` could use llama.cpp; llama.cpp's greedy texts differ where the next token is nearly
+# tied, so a rebuild names the engine that wrote them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=smollm2-135m-instruct
 JUDGE=transformers:smollm2-135m-instruct   # the offline judge (the embedded model); ollama:llama3 where Ollama runs
-run() { python -m harness run --model "$BASE" "$@"; }
+run() { python -m harness run --engine transformers --model "$BASE" "$@"; }
 
 # chat: the base and the alpaca adapter; ROUGE-L on both sets, the offline judge on the own set (its pointwise
 # scores are checked against the committed human labels in results/reports/judges/)
@@ -32,7 +35,7 @@ poem() {   # poem MODEL ADAPTER [run flags...]
   for adapter in "" "$tuned"; do
     for es in poems_own poems_zh:test_jueju; do
       for decoding in free form rhyme rhyme+tone; do
-        python -m harness run --model "$model" ${adapter:+--adapter "$adapter"} --eval-set "$es" \
+        python -m harness run --engine transformers --model "$model" ${adapter:+--adapter "$adapter"} --eval-set "$es" \
           --decoding "$decoding" --judge none "$@"
       done
     done
@@ -48,14 +51,14 @@ for adapter in "" smollm2-135m-spam smollm2-135m-spam-label-text; do
 done
 # spam and chat on the second base (Gemma-3-270M): its base zero-shot / with the Alpaca prompt, and its adapters
 for es in sms_own sms_spam:test sms_spam:natural_test; do
-  python -m harness run --model gemma3-270m --adapter gemma3-270m-spam --eval-set "$es" --judge none
+  python -m harness run --engine transformers --model gemma3-270m --adapter gemma3-270m-spam --eval-set "$es" --judge none
 done
 for es in sms_own sms_spam:test sms_spam:natural_test; do
-  python -m harness run --model gemma3-270m --eval-set "$es" --judge none
+  python -m harness run --engine transformers --model gemma3-270m --eval-set "$es" --judge none
 done
 # (ROUGE-L only: the offline judge agrees with the human labels no better than chance, results/reports/judges/)
 for adapter in "" gemma3-270m-alpaca; do
-  python -m harness run --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set instructions_own --judge none
+  python -m harness run --engine transformers --model gemma3-270m ${adapter:+--adapter "$adapter"} --eval-set instructions_own --judge none
 done
 python -m harness leaderboard
 # cross-base reports, SmolLM2-135M vs Gemma-3-270M: base vs base and adapter vs adapter, paired on the shared items
