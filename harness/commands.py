@@ -343,7 +343,8 @@ def _generate_llamacpp(model: str, prompts: list[str], output: str, gen: Generat
                 got = eng.generate_many([[{"role": "user", "content": prompts[i]}] for i in chunk], adapter or None,
                                         gen.max_new_tokens, parallel=PARALLEL,
                                         temperature=gen.temperature if gen.do_sample else 0.0, top_p=gen.top_p,
-                                        seed=gen.seed, repeat_penalty=gen.repetition_penalty, grammar=grammar)
+                                        seed=[gen.seed + i for i in chunk], repeat_penalty=gen.repetition_penalty,
+                                        grammar=grammar)
                 per = (time.perf_counter() - t0) / len(chunk)
                 prog.save_many([(i, {"text": g["text"], "prompt_tokens": g["prompt_tokens"],
                                      "new_tokens": g["new_tokens"], "seconds": per,

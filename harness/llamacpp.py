@@ -669,13 +669,15 @@ class LlamaCppEngine:
 
     # ------------------------------------------------------------ many sequences at once
     def generate_many(self, conversations: list[list[dict]], adapter: str | None = None, max_new_tokens: int = 256,
-                      parallel: int = PARALLEL, temperature: float = 0.0, top_p: float = 0.9, seed: int = 0,
+                      parallel: int = PARALLEL, temperature: float = 0.0, top_p: float = 0.9,
+                      seed: int | list[int] = 0,
                       repeat_penalty: float = 1.0, grammar: str | None = None, system: str | None = None,
                       ignore_eos: bool = False, scale: float = 1.0, progress=None) -> list[dict]:
         """Every conversation's reply, `parallel` sequences per llama_decode (continuous batching: a finished
         sequence leaves its slot to the next conversation at once). One context of parallel x the longest
         (prompt + max_new_tokens), with the adapter set on it. Returns, in order, {text, prompt_tokens,
-        new_tokens, finish_reason}; sequence k samples with seed + k. progress(done, total) after each reply."""
+        new_tokens, finish_reason}; sequence k samples with seed + k, or seed[k] when seed is a list (a caller that
+        splits one job into chunks keeps each prompt's seed). progress(done, total) after each reply."""
         import llama_cpp
 
         _check(max_new_tokens, repeat_penalty)
@@ -685,6 +687,7 @@ class LlamaCppEngine:
             prompts = [self.render(c, max_new_tokens, system) for c in conversations]
             if not prompts:
                 return []
+            seeds = list(seed) if isinstance(seed, list) else [seed + k for k in range(len(prompts))]
             per_seq = -(-(max(len(p) for p in prompts) + max_new_tokens + 1) // 256) * 256   # llama.cpp pads to 256
             n_par = min(parallel, len(prompts))
             ctx = _context(self.llm.model, per_seq * n_par, self.n_threads, n_par, max(512, n_par))
@@ -704,7 +707,7 @@ class LlamaCppEngine:
                             k = queue.pop(0)
                             llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
                             slots[s] = {"k": k, "todo": list(prompts[k]), "pos": 0, "out": [], "row": -1,
-                                        "sampler": Sampler(temperature, top_p if temperature > 0 else 1.0, seed + k,
+                                        "sampler": Sampler(temperature, top_p if temperature > 0 else 1.0, seeds[k],
                                                            repeat_penalty, self._grammar(grammar),
                                                            recent=list(prompts[k]),
                                                            piece=self.piece if grammar else None,

@@ -443,3 +443,12 @@ def test_a_q8_0_copy_that_cannot_be_written_is_one_sentence(real, tmp_path, monk
     with pytest.raises(UserError, match=r"could not write a Q8_0 copy .*--engine transformers") as e:
         batch_gguf(real.base_gguf)
     assert "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
+
+
+def test_a_sampled_prompt_keeps_its_seed_whichever_chunk_it_is_in(real):
+    """`generate` saves after each chunk and resumes with the rest: a prompt's seed must not depend on its chunk."""
+    convs = [[{"role": "user", "content": q}] for q in ("Name a color.", "Name an animal.", "Name a city.")]
+    whole = real.generate_many(convs, None, 16, temperature=1.0, seed=[7, 8, 9])
+    resumed = real.generate_many(convs[1:], None, 16, temperature=1.0, seed=[8, 9])
+    assert [r["text"] for r in resumed] == [r["text"] for r in whole[1:]]
+    assert real.generate_many(convs[1:], None, 16, temperature=1.0, seed=8)[0]["text"] == whole[1]["text"]
