@@ -341,32 +341,43 @@ def llama_route(state: AppState, rec: dict):
 
 
 def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[dict]:
-    """Both sides on llama.cpp (engine.stream_compare: two contexts of the one base, one adapter each, decoded at
-    once), streamed: yields view() dicts. A form chosen is kept by its grammar (harness.llamacpp.poem_grammar:
-    the form only, as the transformers path keeps it). No transformers model is loaded here."""
-    from harness.app.poem import form_token_budget
-    from harness.llamacpp import poem_grammar
+    """Both sides on llama.cpp: two contexts of the one base, one adapter each (engine.decode_alone), decoded at
+    once by merge_sides with half the engine's threads each, streamed: yields view() dicts. A form chosen is
+    kept by its grammar (state.form_grammar: the form only, as the transformers path keeps it). No
+    transformers model is loaded here. Stop (one event) halts both."""
+    from harness.app.state import engine_token_count, form_grammar, form_token_budget
+    from harness.generation import StreamStats
 
-    def tokens(text: str) -> list[int]:
-        return engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
-
+    count = engine_token_count(engine)
     sides = (rec["sides"]["base"], rec["sides"]["tuned"])
     s = rec["sampling"]
-    messages = [{"role": "user", "content": rec["prompt"]}]
     grammar, budget = None, s.max_new_tokens
     if rec["form"]:
-        grammar = poem_grammar(rec["form"])
-        budget = form_token_budget(lambda t, add_special_tokens=False: {"input_ids": tokens(t)}, rec["form"])
+        grammar = form_grammar(s, rec["form"])
+        budget = form_token_budget(count, rec["form"])
     with engine.lock:
-        ids = engine.render(messages, budget)
+        ids = engine.render([{"role": "user", "content": rec["prompt"]}], budget)
     rendered = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+    stats = [StreamStats(), StreamStats()]
+    threads = max(1, engine.n_threads // len(sides))
     rec["status"], rec["on_llama"] = "writing", True
     t0 = time.perf_counter()
     with state.running(session) as (event, _):
-        gen = engine.stream_compare(messages, sides[0]["adapter"], sides[1]["adapter"], budget, s.temperature,
-                                    s.top_p, s.seed, s.repetition_penalty, grammar, None, event)
+        def producer(i: int):
+            def texts() -> Iterator[str]:
+                text = ""
+                for piece in engine.decode_alone(ids, sides[i]["adapter"], budget, s.temperature, s.top_p, s.seed,
+                                                 s.repetition_penalty, grammar, threads, event, stats[i]):
+                    text += piece
+                    yield text
+            return texts
+
+        def halt() -> None:
+            event.requested = True
+            event.set()
+
         try:
-            for base, tuned in gen:
+            for base, tuned in merge_sides([producer(0), producer(1)], halt):
                 rec["texts"] = {"base": base, "tuned": tuned}
                 yield view(state, rec)
         except UserError:
@@ -374,24 +385,20 @@ def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[
         except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
             raise UserError(f"the comparison failed on llama.cpp ({type(e).__name__}: "
                             f"{(str(e).splitlines() or [''])[0][:200]})") from None
-        finally:
-            gen.close()
-            event.set()            # a closed stream: both contexts stop at their next token
         stopped = getattr(event, "requested", False)
-    seconds = time.perf_counter() - t0
     rec["status"] = "stopped" if stopped else "done"
     rec["texts"] = {k: v.rstrip("\ufffd") for k, v in rec["texts"].items()}
-    rec["figures"] = {k: figures(rec["texts"][k], rec, lambda t: len(tokens(t))) for k in ("base", "tuned")}
-    counts = {k: {"prompt_tokens": len(ids), "new_tokens": len(tokens(rec["texts"][k]))} for k in ("base", "tuned")}
+    rec["figures"] = {k: figures(rec["texts"][k], rec, count) for k in ("base", "tuned")}
     rec["info"] = {"engine": "llama.cpp", "model": engine.base, "adapter": rec["adapter"],
                    "adapters": [side["adapter"] for side in sides], "prompt": rendered, "one_batch": False,
-                   "contexts": 2, "form_constrained": rec["form"] or False, "grammar": bool(grammar),
-                   "seconds": round(seconds, 3), **counts, "sampling": s.as_dict()}
+                   "contexts": 2, "threads_per_side": threads, "form_constrained": rec["form"] or False,
+                   "grammar": bool(grammar), "seconds": round(time.perf_counter() - t0, 3),
+                   "base": stats_info(stats[0]), "tuned": stats_info(stats[1]), "sampling": s.as_dict()}
 
 
 def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict]:
     """Both sides in one mixed-adapter batch in process (peft adapter_names), streamed: yields view() dicts."""
-    from harness.app.poem import form_token_budget
+    from harness.app.state import form_token_budget
     from harness.app.streaming import stream_rows
     from harness.generation import StreamStats
 
@@ -469,7 +476,7 @@ def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterato
     """Two different models (bases, or a full fine-tune and its base), each with its own prompt rendering, written
     at the same time in two threads (torch releases the GIL: on 2 cores the pair costs about the slower side),
     merged as they stream (merge_sides): yields view() dicts. Stop (one event) halts both."""
-    from harness.app.poem import form_token_budget
+    from harness.app.state import form_token_budget
     from harness.app.streaming import stream_rows
     from harness.generation import StreamStats
     sides = [rec["sides"]["base"], rec["sides"]["tuned"]]
