@@ -107,3 +107,24 @@ def test_start_warm_up_chat_and_poems_on_llama_cpp_import_no_transformers(fast, 
     assert got["modules"] == [] and got["lm"] is False, got
     assert got["engines"] == ["llama.cpp", "llama.cpp"] and got["form"].startswith("**Form check: OK.**"), got
     assert got["model"] == fast.spec.name and got["prompt_style"] == fast.spec.prompt_style
+
+
+def test_with_adapt_threads_llama_cpp_takes_the_cores_not_busy_at_each_request(fast, monkeypatch):
+    """app.py without --threads: the threads are chosen per request (idle: every core, 2x the speed on 2 cores;
+    busy: fewer, where every core would crawl), not once at start; --threads N stays N."""
+    import llama_cpp
+
+    from harness.app import state as S
+    from harness.app.state import chat_stream
+    ctx = fast.llama.llm.ctx
+    hi = [{"role": "user", "content": "Hi"}]
+    quick = Sampling(temperature=0.0, max_new_tokens=2)
+    monkeypatch.setattr(fast, "adapt_threads", True)
+    for cores in (2, 1):
+        monkeypatch.setattr(S, "auto_threads", lambda: cores)
+        *_, last = chat_stream(fast, hi, "", None, quick, "t")
+        assert last[3] == "llama.cpp" and llama_cpp.llama_n_threads(ctx) == cores
+    monkeypatch.setattr(fast, "adapt_threads", False)
+    monkeypatch.setattr(S, "auto_threads", lambda: 2)
+    *_, last = chat_stream(fast, hi, "", None, quick, "t")
+    assert llama_cpp.llama_n_threads(ctx) == fast.threads == 1, "a fixed --threads is kept"

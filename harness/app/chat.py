@@ -283,7 +283,10 @@ def chat_turn(state: AppState, message: Any, history: Any, system: Any = "", ada
     name = state.resolve_adapter(adapter, "causal")
     msgs = past + [{"role": "user", "content": text}]
     out = msgs + [{"role": "assistant", "content": ""}]
-    for reply, stats, prompt, engine, notice in chat_stream(state, msgs, system, name, sampling, session):
+    for i, (reply, stats, prompt, engine, notice) in enumerate(chat_stream(state, msgs, system, name, sampling,
+                                                                           session)):
+        if i == 0 and not reply:
+            continue     # the empty answer before the model runs: its trip through Gradio would delay the first token
         trimmed = bool(past) and past[0]["content"] not in prompt      # the oldest turns are dropped first
         out[-1] = {"role": "assistant", "content": reply}
         yield [dict(m) for m in out], run_info(shown_model(state), name, prompt, stats, sampling, history_trimmed=trimmed,
