@@ -128,3 +128,19 @@ def test_with_adapt_threads_llama_cpp_takes_the_cores_not_busy_at_each_request(f
     monkeypatch.setattr(S, "auto_threads", lambda: 2)
     *_, last = chat_stream(fast, hi, "", None, quick, "t")
     assert llama_cpp.llama_n_threads(ctx) == fast.threads == 1, "a fixed --threads is kept"
+
+
+def test_a_sonnet_on_llama_cpp_keeps_its_14_lines_by_the_grammar(fast, tiny_llama_dir, tmp_path):
+    from harness.app.poem import SONNET_MAX_NEW_TOKENS, poem_stream
+    # greedy without a repetition penalty (with the tab's 1.1 the base writes lines of ~60 tokens: the grammar
+    # bounds the lines' number, not their length, so 320 tokens end after 5 lines; /work/team/requests/B.md 4)
+    tab = Sampling(temperature=0.0, max_new_tokens=SONNET_MAX_NEW_TOKENS, repetition_penalty=1.0)
+    *_, (poem, report, info) = poem_stream(fast, "the sea", "English", "sonnet", None, tab)
+    assert info["engine"] == "llama.cpp" and info["form_constrained"] is True, info
+    assert report["summary"].startswith("**Form check: OK.**") and info["finish_reason"] == "stop", (poem, info)
+    assert len([x for x in poem.splitlines() if x.strip()]) == 14
+    # a base without GGUF: transformers writes it free, and the one-line notice says the 14 lines are not kept
+    state = AppState(model=str(tiny_llama_dir), engine="llama.cpp", adapters_folder=tmp_path)
+    *_, (_, _, info) = poem_stream(state, "the sea", "English", "sonnet", None, Sampling(max_new_tokens=16))
+    assert info["engine"] == "transformers" and info["form_constrained"] is False
+    assert info["engine_notice"].endswith("using transformers; the sonnet's 14 lines are kept only on llama.cpp")

@@ -6,8 +6,9 @@
         pass
     check["summary"]     # "Form check: OK. 4 lines × 5 characters, as a 五言绝句 needs."
 
-Under the form constraint (绝句/律诗) max new tokens is derived from the form (form_token_budget), so the poem
-always ends complete; a free poem is cut at a character boundary (never a broken "�"). A poem adapter trained on
+Under the form constraint (绝句/律诗: on llama.cpp a GBNF grammar, on transformers harness/forms.py) max new tokens
+is derived from the form (form_token_budget), so the poem always ends complete; on llama.cpp a sonnet keeps its 14
+lines by a grammar too; a free poem is cut at a character boundary (never a broken "�"). A poem adapter trained on
 another language than the one asked for, or a poem in the wrong language, gets a warning.
 """
 
@@ -243,8 +244,10 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
                 ) -> Iterator[tuple[str, dict, dict]]:
     """Write a poem, streamed: yields (poem so far, form check, transparency info).
 
-    enforce_form: for 五言/七言 绝句/律诗, decode under the form constraint (harness/forms.py) with max new
-    tokens derived from the form; off (or any other form), the model alone decides the shape.
+    enforce_form: for 五言/七言 绝句/律诗, decode under the form constraint (llama.cpp: its GBNF grammar;
+    transformers: harness/forms.py) with max new tokens derived from the form; a sonnet on llama.cpp under its
+    grammar (14 non-empty lines; on transformers it is written free, and the notice says so); off (or any other
+    form), the model alone decides the shape.
     rhyme / tone / rhyme_group: with the form constraint on a Chinese 近体 form, also keep the 平水韵 rhyme (in
     the group given, or the one the first rhyme line sets) and the 平仄 template (rule_options); the report's
     "rules_line" gives the rule checks (rules_report) and "rule_check" their fields."""
@@ -254,6 +257,8 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
     opts = rule_options(lang, form, enforce_form, rhyme, tone, rhyme_group)      # an unknown group: UserError
     name = state.resolve_adapter(adapter, "causal")
     enforced = form if enforce_form and has_fixed_form(form) else ""
+    if form == "sonnet" and enforce_form and state.engine == "llama.cpp":
+        enforced = "sonnet"     # 14 lines as a grammar on llama.cpp (transformers has no sonnet constraint)
     warning = language_warning(state, name, lang)
     extra = {"form_constrained": bool(enforced), "max_new_tokens_used": sampling.max_new_tokens,
              **({"rules_constrained": rules_words(opts)} if opts else {})}
@@ -264,13 +269,14 @@ def poem_stream(state: AppState, topic: Any, lang: Any, form: Any, adapter: str 
                                                            sampling, session, enforced, None, instruction=True,
                                                            rules=opts):
         extra.update(engine=engine, **({"engine_notice": notice} if notice else {}))
+        extra["form_constrained"] = bool(enforced) and (enforced != "sonnet" or engine == "llama.cpp")
         extra["max_new_tokens_used"] = stats.extra.get("max_new_tokens_used", sampling.max_new_tokens)
         lm = shown_model(state)
         yield poem, {"summary": "…writing", "warning": warning}, run_info(lm, name, prompt, stats, sampling, **extra)
     report = form_report(poem, form, lang)
     report["rules_line"], report["rule_check"] = rules_report(poem, form, lang, opts)
     report["warning"] = " ".join(w for w in (warning, output_warning(poem, lang)) if w)
-    if stats is not None and stats.finish_reason == "length" and not enforced:
+    if stats is not None and stats.finish_reason == "length" and not has_fixed_form(enforced):
         report["summary"] += f" (stopped at max new tokens, {sampling.max_new_tokens}: raise it for a longer poem)"
     yield poem.strip(), report, run_info(shown_model(state), name, prompt, stats, sampling, **extra)
 

@@ -861,7 +861,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
             with engine.lock:
                 if adapter:
                     engine.add_adapter(adapter)        # exports the adapter's GGUF once
-                if grammar is not None and not max_new_tokens:
+                if grammar is not None and not max_new_tokens and form != "sonnet":
                     max_new_tokens = form_token_budget(engine_token_count(engine), form)
                 state.llama_threads(engine)
                 ids = engine.render(messages, max_new_tokens or sampling.max_new_tokens, system or None)
@@ -874,7 +874,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
         with state.running(session) as (event, stats):
             text = ""
             if form:
-                stats.extra["max_new_tokens_used"] = max_new_tokens
+                stats.extra["max_new_tokens_used"] = max_new_tokens or sampling.max_new_tokens
             yield text, stats, prompt, "llama.cpp", ""
             gen = engine.stream_chat(messages, adapter, max_new_tokens=max_new_tokens or sampling.max_new_tokens,
                                      temperature=sampling.temperature, stop_event=event, stats=stats,
@@ -898,6 +898,8 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
 def _transformers_chat(state: AppState, messages: list[dict], system: str, adapter: str | None, sampling: Sampling,
                        session: str, form: str, max_new_tokens: int | None, instruction: bool, notice: str,
                        rules: dict | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
+    if form == "sonnet":            # its 14 lines are a llama.cpp grammar; transformers writes it free
+        form, notice = "", "; ".join(x for x in (notice, "the sonnet's 14 lines are kept only on llama.cpp") if x)
     lm = state.get_model()
     if form and not max_new_tokens:
         max_new_tokens = form_token_budget(lm.tokenizer, form)
@@ -922,6 +924,8 @@ def form_grammar(sampling: Sampling, form: str, rules: dict | None = None) -> st
     from dataclasses import replace
 
     from harness.llamacpp import poem_grammar
+    if form == "sonnet":          # 14 non-empty lines; rhyme and metre are not a grammar's (harness/grammars.py)
+        return poem_grammar("sonnet", **(rules or {}))
     cfg = replace(sampling.config(), form=form, **(rules or {}))
     return poem_grammar(cfg.form, rhyme=bool(cfg.rhyme), rhyme_group=cfg.rhyme_group or None, tone=cfg.tone or False)
 
