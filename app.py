@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.paths import votes_store_path
         state = AppState(model=args.model, judge=args.judge, judge_timeout=args.judge_timeout, engine=engine,
-                         threads=threads, spaces=on_spaces(), store=str(votes_store_path()), start_note=note,
+                         threads=threads, adapt_threads=args.threads <= 0, spaces=on_spaces(),
+                         store=str(votes_store_path()), start_note=note,
                          checkpoints=Path(args.checkpoints).resolve(), max_models=max(1, args.max_models))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

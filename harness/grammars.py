@@ -3,7 +3,7 @@
     from harness.grammars import gbnf
     text = gbnf("五言绝句", rhyme=True, tone=True)       # any 平声 group, any of the four 平仄 templates
     text = gbnf("七言律诗", rhyme_group="东")             # rhyme in 东
-    text = gbnf("sonnet")                                 # 14 non-empty lines
+    text = gbnf("sonnet")                                 # 14 non-empty lines of <= 60 characters
 
     python -m harness.grammars 五言绝句 --rhyme --tone     # print one grammar (and its size)
 
@@ -17,7 +17,7 @@ What a grammar says, position by position, exactly as harness.forms.FormConstrai
 - tone: the constrained positions (一三五不论, harness.rules.constrained_positions) follow one of the four
   templates (or the named one): 平 positions take characters that can be 平, 仄 positions characters that can be
   仄 (a 多音字 fits both, as the checks count it); characters not in the rhyme table are never allowed there.
-- sonnet: 14 non-empty lines. Its rhyme (ABAB CDCD EFEF GG) and metre are not said: they are properties of
+- sonnet: 14 non-empty lines of at most 60 characters (a pentameter line is 40-55). Its rhyme (ABAB CDCD EFEF GG) and metre are not said: they are properties of
   pronunciations (CMUdict), not of characters; a grammar would need one branch per rhyming word family for every
   pair of lines. The rule checks measure them on the output.
 
@@ -34,7 +34,7 @@ import json
 from harness.errors import UserError
 from harness.metrics import FIXED_FORMS
 
-GRAMMAR_VERSION = 1
+GRAMMAR_VERSION = 2
 SONNET_LINES = 14
 PUNCT_ODD, PUNCT_EVEN, PUNCT_LAST = "，\n", "。\n", "。"
 
@@ -115,7 +115,7 @@ def _cached(form: str, rhyme: bool, group: str | None, tone: bool | str, first_l
 
 
 def sonnet() -> str:
-    line = "line ::= [^\\n\\t ] [^\\n]*"
+    line = "line ::= [^\\n\\t ] [^\\n]{0,59}"       # <= 60 characters: 14 lines fit the Poem tab's 320 tokens
     return "root ::= " + " ".join(["line \"\\n\""] * (SONNET_LINES - 1)) + " line \"\\n\"?\n" + line + "\n"
 
 

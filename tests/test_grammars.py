@@ -38,7 +38,7 @@ DATASETS = Path(os.environ.get("FTBENCH_DATASETS", Path(__file__).resolve().pare
 # ------------------------------------------------------------------------------------------ a GBNF matcher
 
 _TOKEN = re.compile(r'\s*(?:(?P<name>[A-Za-z0-9-]+)|(?P<lit>"(?:\\.|[^"\\])*")|(?P<cls>\[(?:\\.|[^\]\\])*\])'
-                    r'|(?P<op>[()|*+?]))')
+                    r'|(?P<op>[()|*+?]|\{\d+,\d*\}))')
 _ESC = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "]": "]", "[": "[", "-": "-", "^": "^"}
 
 
@@ -110,8 +110,13 @@ def _seq(toks):
             toks = toks[1:]
         else:
             raise AssertionError(f"unexpected {val}")
-        while toks and toks[0][0] == "op" and toks[0][1] in "*+?":
-            node = ("rep", node, 0 if toks[0][1] in "*?" else 1, 1 if toks[0][1] == "?" else None)
+        while toks and toks[0][0] == "op" and (toks[0][1] in "*+?" or toks[0][1].startswith("{")):
+            op = toks[0][1]
+            if op.startswith("{"):                                  # {m,n} / {m,}
+                lo, hi = op[1:-1].split(",")
+                node = ("rep", node, int(lo), int(hi) if hi else None)
+            else:
+                node = ("rep", node, 0 if op in "*?" else 1, 1 if op == "?" else None)
             toks = toks[1:]
         items.append(node)
     return ("seq", items), toks
@@ -162,6 +167,8 @@ def test_the_matcher_itself():
     g = parse_gbnf('root ::= "a" ( b | [x-z]+ ) c? [^\\n]* "\\n"\nb ::= "b" "b"*\nc ::= [0-9]\n')
     assert accepts(g, "abbb1?\n") and accepts(g, "axyz\n") and accepts(g, "ab\n")
     assert not accepts(g, "a\n") and not accepts(g, "abq\nx") and not accepts(g, "bb\n")
+    g = parse_gbnf('root ::= "a" [0-9]{1,3}\n')
+    assert accepts(g, "a1") and accepts(g, "a123") and not accepts(g, "a") and not accepts(g, "a1234")
 
 
 # ------------------------------------------------------------------------------------------ poems
@@ -253,6 +260,7 @@ def test_sonnet_is_fourteen_lines():
     assert not accepts(g, SONNET_18.rsplit("\n", 1)[0])                 # 13 lines
     assert not accepts(g, SONNET_18 + "\nA fifteenth line.")
     assert not accepts(g, SONNET_18.replace("\n", "\n\n", 1))            # an empty line
+    assert not accepts(g, SONNET_18.replace("\n", " and on and on, a line that never ends at all\n", 1))  # > 60
 
 
 def test_grammars_are_cached_on_disk(tmp_path, monkeypatch):
