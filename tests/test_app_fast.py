@@ -132,9 +132,8 @@ def test_with_adapt_threads_llama_cpp_takes_the_cores_not_busy_at_each_request(f
 
 def test_a_sonnet_on_llama_cpp_keeps_its_14_lines_by_the_grammar(fast, tiny_llama_dir, tmp_path):
     from harness.app.poem import SONNET_MAX_NEW_TOKENS, poem_stream
-    # greedy without a repetition penalty (with the tab's 1.1 the base writes lines of ~60 tokens: the grammar
-    # bounds the lines' number, not their length, so 320 tokens end after 5 lines; /work/team/requests/B.md 4)
-    tab = Sampling(temperature=0.0, max_new_tokens=SONNET_MAX_NEW_TOKENS, repetition_penalty=1.0)
+    # the tab's settings (repetition penalty 1.1): the grammar's lines are at most 60 characters, so 14 fit
+    tab = Sampling(temperature=0.0, max_new_tokens=SONNET_MAX_NEW_TOKENS, repetition_penalty=1.1)
     *_, (poem, report, info) = poem_stream(fast, "the sea", "English", "sonnet", None, tab)
     assert info["engine"] == "llama.cpp" and info["form_constrained"] is True, info
     assert report["summary"].startswith("**Form check: OK.**") and info["finish_reason"] == "stop", (poem, info)
