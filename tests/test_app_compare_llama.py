@@ -178,3 +178,35 @@ def test_a_blind_vote_on_llama_cpp_names_both_checkpoints(state):
     assert (row["model_b"], row["adapter_b"]) == ("smollm2-135m-instruct", "")
     assert row["checkpoint_a"] == checkpoint_hash("smollm2-135m-instruct", ALPACA) != row["checkpoint_b"]
     assert row["winner"] == ("a" if tuned_left else "b") and state.held_models() == []
+
+
+def test_short_work_runs_between_two_tokens_of_both_sides(state):
+    """A classify (AppState.short_work) while Compare writes on llama.cpp: both sides wait for it at their next
+    token, as the transformers path does, and go on after it."""
+    K.start(state, "s6", "Write a long story about a dragon who learns to cook, with many chapters.", ALPACA,
+            Sampling(temperature=0.0, max_new_tokens=400, repetition_penalty=1.0))
+    lengths: list = []
+
+    def consume():
+        for v in K.stream(state, "s6"):
+            lengths.append(len(v["left"]) + len(v["right"]))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (lengths and lengths[-1] > 20) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with state.short_work():
+            time.sleep(0.4)                  # each side finishes the token it was on, then waits
+            held = lengths[-1]
+            time.sleep(1.0)
+            assert lengths[-1] == held, "no side wrote while short work waited"
+        deadline = time.monotonic() + 30
+        while lengths[-1] == held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lengths[-1] > held, "both sides went on after it"
+    finally:
+        state.stop("s6")                     # never leave decoding threads behind the module's engine
+        t.join(30)
+    assert state.session_data("s6")["compare"]["info"]["engine"] == "llama.cpp"

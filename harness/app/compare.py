@@ -344,7 +344,8 @@ def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[
     """Both sides on llama.cpp: two contexts of the one base, one adapter each (engine.decode_alone), decoded at
     once by merge_sides with half the engine's threads each, streamed: yields view() dicts. A form chosen is
     kept by its grammar (state.form_grammar: the form only, as the transformers path keeps it). No
-    transformers model is loaded here. Stop (one event) halts both."""
+    transformers model is loaded here. Stop (one event) halts both; short work (a classify) runs between two
+    tokens, as on the transformers path."""
     from harness.app.state import engine_token_count, form_grammar, form_token_budget
     from harness.generation import StreamStats
 
@@ -370,6 +371,8 @@ def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[
                                                  s.repetition_penalty, grammar, threads, event, stats[i]):
                     text += piece
                     yield text
+                    if state.short_waiting:           # short work (classify) first, as on transformers
+                        state.wait_for_short_work()
             return texts
 
         def halt() -> None:
