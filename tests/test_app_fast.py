@@ -115,7 +115,7 @@ def test_with_adapt_threads_llama_cpp_takes_the_cores_not_busy_at_each_request(f
     import llama_cpp
 
     from harness.app import state as S
-    from harness.app.state import chat_stream
+    from harness.app.state import chat_stream, stats_info
     ctx = fast.llama.llm.ctx
     hi = [{"role": "user", "content": "Hi"}]
     quick = Sampling(temperature=0.0, max_new_tokens=2)
@@ -124,6 +124,7 @@ def test_with_adapt_threads_llama_cpp_takes_the_cores_not_busy_at_each_request(f
         monkeypatch.setattr(S, "auto_threads", lambda: cores)
         *_, last = chat_stream(fast, hi, "", None, quick, "t")
         assert last[3] == "llama.cpp" and llama_cpp.llama_n_threads(ctx) == cores
+        assert stats_info(last[1])["threads"] == cores, "the transparency info says the threads used"
     monkeypatch.setattr(fast, "adapt_threads", False)
     monkeypatch.setattr(S, "auto_threads", lambda: 2)
     *_, last = chat_stream(fast, hi, "", None, quick, "t")

@@ -769,7 +769,8 @@ def stats_info(stats) -> dict | None:
     return {"prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens, "seconds": round(stats.seconds, 3),
             "first_token_s": None if stats.first_token_seconds is None else round(stats.first_token_seconds, 3),
             "tokens_per_s": round(stats.tokens_per_s, 1), "forward_passes": stats.forward_passes,
-            "finish_reason": stats.finish_reason or "running"}
+            "finish_reason": stats.finish_reason or "running",
+            **({"threads": stats.extra["threads"]} if "threads" in getattr(stats, "extra", {}) else {})}
 
 
 def run_info(lm, adapter: str | None, prompt: str, stats, sampling: Sampling, **extra) -> dict:
@@ -863,7 +864,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
                     engine.add_adapter(adapter)        # exports the adapter's GGUF once
                 if grammar is not None and not max_new_tokens and form != "sonnet":
                     max_new_tokens = form_token_budget(engine_token_count(engine), form)
-                state.llama_threads(engine)
+                threads = state.llama_threads(engine)
                 ids = engine.render(messages, max_new_tokens or sampling.max_new_tokens, system or None)
             prompt = engine.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
         except (UserError, RuntimeError, OSError, ValueError) as e:
@@ -873,6 +874,7 @@ def chat_stream(state: AppState, messages: list[dict], system: str, adapter: str
     if engine is not None:
         with state.running(session) as (event, stats):
             text = ""
+            stats.extra["threads"] = threads          # llama.cpp's threads for this answer (adapt_threads)
             if form:
                 stats.extra["max_new_tokens_used"] = max_new_tokens or sampling.max_new_tokens
             yield text, stats, prompt, "llama.cpp", ""

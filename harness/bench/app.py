@@ -273,7 +273,8 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
         infos = [r[1] for r in speed[1:]]
         default = {"tps": statistics.median(i["tokens_per_s"] for i in infos),
                    "new": int(statistics.median(i["new_tokens"] for i in infos)), "engine": infos[-1].get("engine"),
-                   "prompt": speed[-1][1].get("prompt_tokens")}
+                   "prompt": speed[-1][1].get("prompt_tokens"),
+                   "threads": statistics.median_low(i.get("threads") or app.threads or 1 for i in infos)}
         # memory with the base and two adapters, before any job that needs the transformers copy (Spam's head)
         try:
             first_token(client, "写一首五言绝句，题目：春夜", 16, SECOND_ADAPTER)
@@ -328,10 +329,13 @@ def bench_app(model: str | None = None, port: int = 7861, adapter: str = "smollm
             ids = eng.render([{"role": "user", "content": SPEED_PROMPT}], SPEED_TOKENS)
         finally:
             eng.close()
-        own = own_speed(gguf, ids, default["new"], app.threads or os.cpu_count() or 1)
+        # the app picks llama.cpp's threads per request (the cores not busy): the reference runs with the same
+        threads = default.get("threads") or app.threads or os.cpu_count() or 1
+        own = own_speed(gguf, ids, default["new"], threads)
         ratio = default["tps"] / own
         say(f"chat speed, one greedy stream of {default['new']} tokens on the base: the app ({default['engine']}) "
-            f"{default['tps']:6.1f} tokens/s vs llama_cpp.Llama's own {own:6.1f} on the same GGUF = {ratio:.0%} "
+            f"{default['tps']:6.1f} tokens/s vs llama_cpp.Llama's own {own:6.1f} on the same GGUF, {threads} "
+            f"thread(s) each = {ratio:.0%} "
             f"(target >= {TARGETS['own_ratio']:.0%}, {_verdict(ratio >= TARGETS['own_ratio'])})")
         from harness.bench.llamacpp import grammar_cost
         eng = load_engine(model, n_threads=app.threads or None)
