@@ -9,7 +9,7 @@ exported GGUF LoRA adapters hot-swapped per request, the poem constraints as gra
     eng.chat([{"role": "user", "content": "写一首五言绝句，题目：春夜"}], "smollm2-135m-poem-zh",
              grammar=poem_grammar("五言绝句", rhyme=True, tone=True))
     eng.generate_many([[{"role": "user", "content": q}] for q in questions], None, max_new_tokens=128)  # batched
-    for left, right in eng.stream_compare(messages, None, "smollm2-135m-alpaca"): ...   # two contexts, one base
+    for piece in eng.decode_alone(eng.render(messages), "smollm2-135m-alpaca", 128, n_threads=1): ...  # own context
 
     python -m harness bench llamacpp        # harness/bench/llamacpp.py: tokens/s vs transformers, grammar cost
 
@@ -756,64 +756,13 @@ class LlamaCppEngine:
             return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------ Compare: two adapters, one base
-    def stream_compare(self, messages: list[dict], left: str | None, right: str | None, max_new_tokens: int = 256,
-                       temperature: float = 0.0, top_p: float = 0.9, seed: int = 0, repeat_penalty: float = 1.0,
-                       grammar: str | None = None, system: str | None = None,
-                       stop_event: threading.Event | None = None,
-                       stats: list[StreamStats] | None = None) -> Iterator[tuple[str, str]]:
-        """Both sides of a Compare at once on one base: two contexts (an adapter is set per context), each
-        decoded by its own thread with half the cores; yields (left text, right text) as either grows. stats: two
-        StreamStats filled per side. Closing the generator (or a side's error) stops both threads and joins them."""
-        import queue as queue_mod
-
-        _check(max_new_tokens, repeat_penalty)
-        stop_event = stop_event or threading.Event()
-        stats = stats if stats is not None else [StreamStats(), StreamStats()]
-        with self.lock:
-            ids = self.render(messages, max_new_tokens, system)
-            for a in (left, right):
-                if a not in (None, "", "base"):
-                    self.add_adapter(a)
-        q: queue_mod.Queue = queue_mod.Queue()
-        threads_each = max(1, self.n_threads // 2)
-
-        def side(which: int, adapter: str | None) -> None:
-            try:
-                for text in self.decode_alone(ids, adapter, max_new_tokens, temperature, top_p, seed,
-                                              repeat_penalty, grammar, threads_each, stop_event, stats[which]):
-                    q.put((which, text, None))
-                q.put((which, None, None))
-            except Exception as e:  # noqa: BLE001 - handed to the caller's thread
-                q.put((which, None, e))
-
-        workers = [threading.Thread(target=side, args=(i, a), daemon=True, name=f"ftbench-compare-{i}")
-                   for i, a in enumerate((left, right))]
-        for w in workers:
-            w.start()
-        texts, finished, ended = ["", ""], 0, False
-        try:
-            while finished < 2:
-                which, text, err = q.get()
-                if err is not None:
-                    raise err
-                if text is None:
-                    finished += 1
-                    continue
-                texts[which] += text
-                yield texts[0], texts[1]
-            ended = True
-        finally:
-            if not ended:                   # closed half-way or a side failed: both halt, no thread outlives us
-                stop_event.set()
-            for w in workers:
-                w.join(timeout=30)
-
     def decode_alone(self, ids: list[int], adapter: str | None, max_new_tokens: int, temperature: float = 0.0,
                      top_p: float = 0.9, seed: int = 0, repeat_penalty: float = 1.0, grammar: str | None = None,
                      n_threads: int | None = None, stop_event: threading.Event | None = None,
                      stats: StreamStats | None = None) -> Iterator[str]:
         """One sequence (prompt token ids) on a context of its own, with the adapter set on it, so that two can
-        decode at once on one base (Compare's sides); yields text pieces. stats: filled as stream_chat fills it."""
+        decode at once on one base (the app's Compare: harness/app/compare.py runs one per side in a thread and
+        merges them); yields text pieces. stats: filled as stream_chat fills it."""
         import llama_cpp
 
         _check(max_new_tokens, repeat_penalty)

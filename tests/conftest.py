@@ -39,3 +39,30 @@ def _isolated_dirs(tmp_path, monkeypatch):
 def closed_port() -> int:
     """A loopback port nothing listens on: a server that is down."""
     return tiny.free_port()
+
+
+@pytest.fixture(scope="module")
+def embedded_llama(tmp_path_factory, request):
+    """(engine, cache): one harness.llamacpp engine on the real embedded SmolLM2 GGUF for the test module, its
+    adapters (the project's adapters/) exported into a module cache. Threads: the module's LLAMA_THREADS (1).
+    Skipped where llama-cpp-python or the embedded GGUF is not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.skip('llama-cpp-python is not installed: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install '
+                    '"llama-cpp-python[server]"')
+    from harness.llamacpp import load_engine
+    from harness.models import embedded_gguf, resolve_base
+    from harness.paths import PROJECT_ROOT
+    if embedded_gguf(resolve_base("smollm2-135m-instruct")) is None:
+        pytest.skip("the embedded GGUF is not installed")
+    cache = tmp_path_factory.mktemp("llama-cache")
+    saved = {k: os.environ.get(k) for k in ("FTBENCH_CACHE", "FTBENCH_ADAPTERS")}
+    os.environ.update(FTBENCH_CACHE=str(cache), FTBENCH_ADAPTERS=str(PROJECT_ROOT / "adapters"))
+    try:
+        eng = load_engine("smollm2-135m-instruct", n_threads=getattr(request.module, "LLAMA_THREADS", 1), n_ctx=1024)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    yield eng, cache
+    eng.close()

@@ -33,30 +33,12 @@ PROMPT = "Name three colors."
 REAL_CACHE = os.environ.get("FTBENCH_REAL_CACHE", str(Path.home() / ".cache" / "ftbench"))
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    """One llama.cpp engine on the embedded GGUF for the module (adapters exported into a module cache)."""
-    if not HAVE_LLAMA:
-        pytest.skip("llama-cpp-python is not installed")
-    from harness.llamacpp import load_engine
-    from harness.models import embedded_gguf, resolve_base
-    if embedded_gguf(resolve_base("smollm2-135m-instruct")) is None:
-        pytest.skip("the embedded GGUF is not installed")
-    cache = tmp_path_factory.mktemp("llama-cache")
-    saved = {k: os.environ.get(k) for k in ("FTBENCH_CACHE", "FTBENCH_ADAPTERS")}
-    os.environ.update(FTBENCH_CACHE=str(cache), FTBENCH_ADAPTERS=str(PROJECT_ROOT / "adapters"))
-    try:
-        eng = load_engine("smollm2-135m-instruct", n_threads=2, n_ctx=1024)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    yield eng, cache
-    eng.close()
+LLAMA_THREADS = 2          # Compare gives each side half: one thread each
 
 
 @pytest.fixture
-def eng(engine, monkeypatch):
-    eng, cache = engine
+def eng(embedded_llama, monkeypatch):
+    eng, cache = embedded_llama
     monkeypatch.setenv("FTBENCH_CACHE", str(cache))
     monkeypatch.setenv("FTBENCH_ADAPTERS", str(PROJECT_ROOT / "adapters"))
     return eng

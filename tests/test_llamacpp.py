@@ -1,5 +1,5 @@
 """llama.cpp: the in-process engine (harness/llamacpp.py: engine choice, greedy decoding as llama.cpp's own,
-poem grammars, adapters switched on one base, batched decoding, Compare on two contexts), and a real engine that
+poem grammars, adapters switched on one base, batched decoding; Compare's two contexts are tested through the app in tests/test_app_compare_llama.py), and a real engine that
 nobody on the team wrote: llama-cpp-python's OpenAI-compatible server on 127.0.0.1, serving the embedded SmolLM2
 GGUF with the smollm2-135m-alpaca adapter exported by harness/export.py.
 
@@ -294,29 +294,9 @@ def test_a_gguf_llama_cpp_cannot_open_names_the_transformers_fallback(tmp_path):
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    if not HAVE_LLAMA:
-        pytest.skip(INSTALL)
-    from harness.llamacpp import load_engine
-    from harness.models import embedded_gguf, resolve_base
-    if embedded_gguf(resolve_base("smollm2-135m-instruct")) is None:
-        pytest.skip("the embedded GGUF is not installed")
-    cache = tmp_path_factory.mktemp("llama-cache")
-    saved = {k: os.environ.get(k) for k in ("FTBENCH_CACHE", "FTBENCH_ADAPTERS")}
-    os.environ.update(FTBENCH_CACHE=str(cache), FTBENCH_ADAPTERS=str(PROJECT_ROOT / "adapters"))
-    try:
-        eng = load_engine("smollm2-135m-instruct", n_threads=1, n_ctx=1024)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    yield eng, cache
-    eng.close()
-
-
 @pytest.fixture
-def real(engine, monkeypatch):
-    eng, cache = engine
+def real(embedded_llama, monkeypatch):
+    eng, cache = embedded_llama
     monkeypatch.setenv("FTBENCH_CACHE", str(cache))
     monkeypatch.setenv("FTBENCH_ADAPTERS", str(PROJECT_ROOT / "adapters"))
     return eng
@@ -387,29 +367,6 @@ def test_batched_decoding_gives_the_single_stream_answers(real):
     many = real.generate_many(convs, "smollm2-135m-alpaca", 20, parallel=3, progress=lambda d, n: seen.append(d))
     assert [m["text"] for m in many] == alone
     assert seen == [1, 2, 3, 4, 5] and all(0 < m["new_tokens"] <= 20 and m["prompt_tokens"] > 0 for m in many)
-
-
-def test_compare_runs_both_sides_on_one_base(real):
-    from harness.generation import StreamStats
-    left, right = real.chat(HELLO, None, 24), real.chat(HELLO, "smollm2-135m-alpaca", 24)
-    stats = [StreamStats(), StreamStats()]
-    *_, last = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 24, stats=stats)
-    assert last == (left, right)
-    alone = real.last_stats
-    for st, text in zip(stats, last):
-        assert 0 < st.new_tokens <= 24 and (st.new_tokens == 24) == (st.finish_reason == "length")
-        assert st.prompt_tokens == alone.prompt_tokens and st.seconds > 0 and st.first_token_seconds is not None
-        assert st.finish_reason in ("stop", "length") and st.extra["engine"] == "llama.cpp"
-    assert [st.extra["adapter"] for st in stats] == ["base", "smollm2-135m-alpaca"]
-
-
-def test_a_compare_closed_half_way_stops_and_joins_both_sides(real):
-    before = {t.name for t in threading.enumerate()}
-    gen = real.stream_compare(HELLO, None, "smollm2-135m-alpaca", 200)
-    next(gen)
-    gen.close()                                   # the page went away: no decoding thread may outlive it
-    alive = [t.name for t in threading.enumerate() if t.name.startswith("ftbench-compare") and t.name not in before]
-    assert alive == []
 
 
 def test_runs_decode_on_a_q8_0_copy_written_once_and_reused(real, monkeypatch):
