@@ -315,13 +315,13 @@ def _generate_llamacpp(model: str, prompts: list[str], output: str, gen: Generat
     """`generate` on llama.cpp: batched (LlamaCppEngine.generate_many), resumable like the transformers path
     (OUT.partial, keys naming the engine). None = the GGUF or adapter cannot run there and auto falls back
     (the notice printed)."""
-    from harness.llamacpp import PARALLEL, batched_type, load_engine, poem_grammar
+    from harness.llamacpp import PARALLEL, load_engine, poem_grammar
     from harness.models import resolve_base
     base = resolve_base(model).name
     sha = _local_adapter(adapter).sha256 if adapter else ""
+    cfg_key = {**gen.as_key(), "engine": "llama.cpp"}
     try:
-        cfg_key = {**gen.as_key(), "engine": "llama.cpp", "weights": batched_type(model)}
-        eng = load_engine(model, adapters=[adapter] if adapter else None, batched=True)
+        eng = load_engine(model, adapters=[adapter] if adapter else None)
     except UserError as e:
         why = str(e).splitlines()[0]
         if explicit:

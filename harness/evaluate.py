@@ -651,9 +651,12 @@ def _checkpoint_hash(base: str, adapter_path: str) -> str:
         return ""
 
 
-# the engine `run` / `generate` use under --engine auto, picked by measurement (issue 26 part 5): 64 chat prompts,
-# greedy, 128 new tokens, 2026-12-06: llama.cpp generate_many (parallel 8) 18.6 tokens/s (2 threads) / 43.1 (1 thread)
-# vs transformers generate_batch (batch 16) 91.4 / 57.6. Set to "llama.cpp" once generate_many measures faster.
+# the engine `run` / `generate` use under --engine auto, picked by measurement (issue 26 part 5; python -m harness
+# bench generation --skip-load --no-fixed --max-new-tokens 128 --server-prompts 64, idle, 2026-12-06 09:17): 64 chat
+# prompts, greedy, natural length: transformers continuous batching (batch 16) 98.7 tokens/s vs llama.cpp
+# generate_many 73.6 (parallel 16, the shipped Q4_1 GGUF). llama.cpp's CPU kernels here process ~180 tokens/s
+# (prompt + new) at any batch size; a Q8_0 / F16 / F32 copy gave 82 / 82 / 75, a Q4_0 one 139 but another model
+# (its answers 58% longer). --engine llama.cpp still runs it (parallel 16).
 BATCHED_AUTO = "transformers"
 
 
@@ -683,10 +686,9 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
     the classical forms decode under harness.llamacpp.poem_grammar."""
     from dataclasses import replace
 
-    from harness.llamacpp import PARALLEL, batched_type, load_engine, poem_grammar
+    from harness.llamacpp import PARALLEL, load_engine, poem_grammar
     from harness.metrics import FIXED_FORMS
     convs = [item_messages(task, it) for it in items]
-    weights = batched_type(base)
     groups: dict[str, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(it.get("form", "") if decoding != "free" else "", []).append(i)
@@ -696,14 +698,14 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
     try:
         for form, idx in groups.items():
             cfg = replace(gcfg, form=form, **DECODING_RULES.get(decoding, {})) if form in FIXED_FORMS else gcfg
-            cfg_key = {**cfg.as_key(), "engine": "llama.cpp", "weights": weights}
+            cfg_key = {**cfg.as_key(), "engine": "llama.cpp"}
             keys = [generation_key(base, adapter_sha, cfg_key, json.dumps(convs[i], ensure_ascii=False), ckpt)
                     for i in idx]
             have = store.get("generations", keys)
             todo = [j for j, k in enumerate(keys) if k not in have]
             if todo:
                 if eng is None:
-                    eng = load_engine(base, adapters=[adapter] if adapter else None, batched=True)
+                    eng = load_engine(base, adapters=[adapter] if adapter else None)
                 grammar = poem_grammar(cfg.form, cfg.rhyme, cfg.rhyme_group or None, cfg.tone) if cfg.form else None
                 bar = _bar(len(todo), "generating (llama.cpp)", progress)
                 t0 = time.perf_counter()
@@ -719,7 +721,7 @@ def generate_llamacpp_items(base: str, adapter: str | None, adapter_sha: str, ck
                     "config": cfg_key, "prompt": json.dumps(convs[idx[j]], ensure_ascii=False),
                     "response": g["text"], "prompt_tokens": g["prompt_tokens"], "response_tokens": g["new_tokens"],
                     "seconds": per, "extra": {"finish_reason": g["finish_reason"], "model_digest": ckpt,
-                                              "engine": "llama.cpp", "weights": weights}}
+                                              "engine": "llama.cpp"}}
                     for j, g in zip(todo, got)])
                 generated += len(todo)
                 have = store.get("generations", keys)

@@ -96,71 +96,6 @@ def pick_engine(requested: str = "", *, needs_head: bool = False, base: str | No
     return "llama.cpp", ""
 
 
-# The GGUF types llama.cpp's CPU matrix kernels batch well (tinyBLAS / repacked blocks); Q4_1 (the embedded SmolLM2)
-# and the k-quants do not: measured on 2 cores, 32 sequences per llama_decode gave 101 tokens/s on the Q4_1 file vs
-# 133 on a Q8_0 copy of it, and the single stream is the same speed on both (58 tokens/s).
-BATCH_TYPES = {"ALL_F32": "F32", "MOSTLY_F16": "F16", "MOSTLY_BF16": "BF16", "MOSTLY_Q8_0": "Q8_0"}
-
-
-def gguf_type(path: Path) -> str:
-    """A GGUF's weight type as llama.cpp names it (general.file_type: "MOSTLY_Q4_1", ...), "" when unknown."""
-    import gguf
-
-    try:
-        f = gguf.GGUFReader(path).fields.get("general.file_type")
-        return gguf.LlamaFileType(int(f.contents())).name if f is not None else ""
-    except (ValueError, OSError, KeyError):
-        return ""
-
-
-def batched_type(base: str) -> str:
-    """The weight type load_engine(base, batched=True) decodes with ("Q8_0" for a Q4_1 base), without loading it."""
-    from harness.models import resolve_base
-
-    spec = resolve_base(base)
-    return BATCH_TYPES.get(gguf_type(base_gguf(spec.name if spec.source != "gguf" else spec.location)), "Q8_0")
-
-
-def batch_gguf(path: Path) -> tuple[Path, str]:
-    """(the GGUF batched decoding loads, its type): the file itself when its type batches well (BATCH_TYPES), else
-    a Q8_0 copy of it, written once by llama_model_quantize and cached by the source's sha256 (Q8_0 keeps a Q4_1
-    weight to within 1/17 of its step; greedy answers still differ where the next token is nearly tied, so `run`
-    records the type in its cache keys and rows)."""
-    import ctypes as ct
-
-    import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    from harness.io import hide_paths
-    from harness.paths import cache_dir, sha256_file
-
-    kind = gguf_type(path)
-    if kind in BATCH_TYPES:
-        return path, BATCH_TYPES[kind]
-    out = cache_dir() / "gguf" / f"{sha256_file(path)[:16]}-q8_0.gguf"
-    if gguf_type(out) == "MOSTLY_Q8_0":
-        return out, "Q8_0"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with suppress_stdout_stderr(disable=False):      # llama.cpp prints a line per tensor
-            rc = llama_cpp.llama_model_quantize(str(path).encode("utf-8"), str(tmp).encode("utf-8"),
-                                                ct.byref(params))
-        if rc != 0:
-            raise OSError(f"llama_model_quantize returned {rc}")
-        os.replace(tmp, out)
-    except OSError as e:
-        if tmp.is_file():
-            tmp.unlink()
-        raise UserError(hide_paths(f"could not write a Q8_0 copy of {path.name} for batched decoding into {out.parent} "
-                                   f"({e}): free disk space there or pass --engine transformers")) from None
-    return out, "Q8_0"
-
-
 def exported_gguf(name: str) -> Path:
     """The adapter's GGUF export (harness.export), cached by the adapter's sha256: written again when the peft
     weights changed."""
@@ -460,7 +395,6 @@ class LlamaCppEngine:
     _formatter: Any = field(default=None, repr=False)
     n_threads: int = 1
     notices: dict[str, str] = field(default_factory=dict)        # adapter -> why it cannot run here
-    weights: str = ""                                            # the loaded GGUF's type: "Q4_1", "Q8_0", ...
 
     # ------------------------------------------------------------ adapters
     def add_adapter(self, name: str) -> None:
@@ -807,10 +741,9 @@ def _check(max_new_tokens: int, repeat_penalty: float) -> None:
 
 
 def load_engine(base: str | None = None, adapters: list[str] | None = None, n_ctx: int | None = None,
-                n_threads: int | None = None, batched: bool = False) -> LlamaCppEngine:
+                n_threads: int | None = None) -> LlamaCppEngine:
     """Load the base's GGUF into llama.cpp (once) and the named adapters' GGUF exports onto it. A GGUF llama.cpp
-    cannot open: one UserError sentence naming the transformers fallback. batched: for generate_many over many
-    prompts (`run`, `generate`): the GGUF in a type whose kernels batch well (batch_gguf: a Q8_0 copy of a Q4_1)."""
+    cannot open: one UserError sentence naming the transformers fallback."""
     ok, why = is_available()
     if not ok:
         raise UserError(why)
@@ -821,10 +754,6 @@ def load_engine(base: str | None = None, adapters: list[str] | None = None, n_ct
 
     spec = resolve_base(base or default_base())
     path = base_gguf(spec.name if spec.source != "gguf" else spec.location)
-    kind = gguf_type(path)
-    kind = BATCH_TYPES.get(kind, kind.replace("MOSTLY_", ""))
-    if batched:
-        path, kind = batch_gguf(path)
     threads = n_threads or os.cpu_count() or 1
     try:
         with open(path, "rb") as f:
@@ -844,7 +773,7 @@ def load_engine(base: str | None = None, adapters: list[str] | None = None, n_ct
     eos = vocab.token_get_text(llm.token_eos()) if hasattr(vocab, "token_get_text") else ""
     bos = vocab.token_get_text(llm.token_bos()) if hasattr(vocab, "token_get_text") else ""
     engine = LlamaCppEngine(llm, spec.name, path, _formatter=Jinja2ChatFormatter(template, eos, bos),
-                            n_threads=threads, weights=kind)
+                            n_threads=threads)
     for name in adapters or []:
         engine.add_adapter(name)
     return engine

@@ -369,39 +369,6 @@ def test_batched_decoding_gives_the_single_stream_answers(real):
     assert seen == [1, 2, 3, 4, 5] and all(0 < m["new_tokens"] <= 20 and m["prompt_tokens"] > 0 for m in many)
 
 
-def test_runs_decode_on_a_q8_0_copy_written_once_and_reused(real, monkeypatch):
-    """`run`/`generate` load the base with batched=True: a Q4_1 GGUF (whose kernels do not batch) becomes a Q8_0
-    copy in the cache, written once (keyed by the source's sha256); a type that batches well is loaded as is."""
-    from harness.llamacpp import batch_gguf, batched_type, gguf_type, load_engine
-    assert real.weights == "Q4_1" and gguf_type(real.base_gguf) == "MOSTLY_Q4_1"
-    assert batched_type("smollm2-135m-instruct") == "Q8_0"
-    path, kind = batch_gguf(real.base_gguf)
-    assert kind == "Q8_0" and gguf_type(path) == "MOSTLY_Q8_0" and path.parent == real_cache(real) / "gguf"
-    stamp = path.stat().st_mtime_ns
-    assert batch_gguf(real.base_gguf) == (path, "Q8_0") and path.stat().st_mtime_ns == stamp     # reused
-    assert batch_gguf(path) == (path, "Q8_0")                     # already a batching type: itself
-    eng = load_engine("smollm2-135m-instruct", n_threads=1, n_ctx=512, batched=True)
-    try:
-        assert eng.weights == "Q8_0" and eng.base_gguf == path
-        convs = [[{"role": "user", "content": q}] for q in ("Name three colors.", "What is 2 + 2?", "Say hi.")]
-        many = eng.generate_many(convs, "smollm2-135m-alpaca", 16, parallel=2)
-        assert [m["text"] for m in many] == [eng.chat(c, "smollm2-135m-alpaca", 16) for c in convs]
-    finally:
-        eng.close()
-    assert not list(path.parent.glob(".*.tmp"))
-
-
-def test_a_q8_0_copy_that_cannot_be_written_is_one_sentence(real, tmp_path, monkeypatch):
-    from harness.llamacpp import batch_gguf
-    blocked = tmp_path / "cache"
-    blocked.mkdir()
-    (blocked / "gguf").write_text("a file where the folder should be", encoding="utf-8")
-    monkeypatch.setenv("FTBENCH_CACHE", str(blocked))
-    with pytest.raises(UserError, match=r"could not write a Q8_0 copy .*--engine transformers") as e:
-        batch_gguf(real.base_gguf)
-    assert "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
-
-
 def test_a_sampled_prompt_keeps_its_seed_whichever_chunk_it_is_in(real):
     """`generate` saves after each chunk and resumes with the rest: a prompt's seed must not depend on its chunk."""
     convs = [[{"role": "user", "content": q}] for q in ("Name a color.", "Name an animal.", "Name a city.")]
