@@ -20,12 +20,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import re
 import time
 from dataclasses import dataclass, field
-from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError

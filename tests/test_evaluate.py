@@ -370,7 +370,6 @@ def _pairwise_setup(tiny_lm, tiny_gpt2_lm, fake, monkeypatch, limit=4):
 
 def test_a_pairwise_run_asks_both_orders_writes_verdicts_and_pw_columns_and_reruns_from_the_cache(
         tiny_lm, tiny_gpt2_lm, tmp_path, monkeypatch):
-    import csv
 
     from harness.pairwise import combine
     from harness.testing import fake_pairwise_answer

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.errors import UserError
-from harness.io import (atomic_write, atomic_writer, check_writable_dir, csv_escape, csv_unescape, read_table,
+from harness.io import (atomic_write, check_writable_dir, csv_escape, csv_unescape, read_table,
                         write_csv)
 
 ROOT = Path(__file__).resolve().parents[1]

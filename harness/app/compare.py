@@ -375,19 +375,7 @@ def _llama_stream(state: AppState, session: str, rec: dict, engine) -> Iterator[
                         state.wait_for_short_work()
             return texts
 
-        def halt() -> None:
-            event.requested = True
-            event.set()
-
-        try:
-            for base, tuned in merge_sides([producer(0), producer(1)], halt):
-                rec["texts"] = {"base": base, "tuned": tuned}
-                yield view(state, rec)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
-            raise UserError(f"the comparison failed on llama.cpp ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:200]})") from None
+        yield from merged_views(state, rec, [producer(0), producer(1)], event, "the comparison failed on llama.cpp")
         stopped = getattr(event, "requested", False)
     rec["status"] = "stopped" if stopped else "done"
     rec["texts"] = {k: v.rstrip("\ufffd") for k, v in rec["texts"].items()}
@@ -428,6 +416,24 @@ def _batch_stream(state: AppState, session: str, rec: dict, lm) -> Iterator[dict
                    "form_constrained": rec["form"] or False, "seconds": round(seconds, 3),
                    "base": stats_info(stats[0]), "tuned": stats_info(stats[1]),
                    "sampling": rec["sampling"].as_dict()}
+
+
+def merged_views(state: AppState, rec: dict, producers: list, event, failed: str) -> Iterator[dict]:
+    """Both sides through merge_sides under the session's Stop event (a side's error halts the other): yields
+    view() dicts as either grows; an error that is not already one sentence becomes "<failed> (<kind>: <first
+    line>)", never a traceback."""
+    def halt() -> None:
+        event.requested = True
+        event.set()
+
+    try:
+        for base, tuned in merge_sides(producers, halt):
+            rec["texts"] = {"base": base, "tuned": tuned}
+            yield view(state, rec)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
+        raise UserError(f"{failed} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
 
 
 def merge_sides(producers: list, halt) -> Iterator[list[str]]:
@@ -504,18 +510,7 @@ def _pair_stream(state: AppState, session: str, rec: dict, lms: list) -> Iterato
                     gen.close()
             return texts
 
-        def halt() -> None:
-            event.requested = True
-            event.set()
-
-        try:
-            for base, tuned in merge_sides([producer(0), producer(1)], halt):
-                rec["texts"] = {"base": base, "tuned": tuned}
-                yield view(state, rec)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
-            raise UserError(f"the comparison failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        yield from merged_views(state, rec, [producer(0), producer(1)], event, "the comparison failed")
         stopped = getattr(event, "requested", False)
     rec["status"] = "stopped" if stopped else "done"
     rec["memory"] = model_memory(lms)
