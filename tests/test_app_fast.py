@@ -144,3 +144,35 @@ def test_a_sonnet_on_llama_cpp_keeps_its_14_lines_by_the_grammar(fast, tiny_llam
     *_, (_, _, info) = poem_stream(state, "the sea", "English", "sonnet", None, Sampling(max_new_tokens=16))
     assert info["engine"] == "transformers" and info["form_constrained"] is False
     assert info["engine_notice"].endswith("using transformers; the sonnet's 14 lines are kept only on llama.cpp")
+
+
+def test_switching_the_base_on_llama_cpp_loads_no_transformers_copy_and_a_failure_keeps_the_old(fast, tmp_path):
+    """"Load this base" on llama.cpp: a checkpoint GGUF with a chat template opens in llama.cpp and nothing else (it
+    used to load the new base's transformers copy too); a GGUF llama.cpp and transformers both refuse leaves the
+    old base in use, answering. (Gemma-3-270M's GGUF has no chat template: it falls back to transformers.)"""
+    import shutil
+
+    from harness.app.state import chat_stream
+    roots = tmp_path / "checkpoints"
+    roots.mkdir()
+    shutil.copy(fast.llama.base_gguf, roots / "smol-copy.gguf")
+    (roots / "broken.gguf").write_bytes(b"GGUF" + bytes(4000))
+    state = AppState(engine="llama.cpp", threads=1, adapters_folder=tmp_path / "none", checkpoints=roots)
+    turn = [{"role": "user", "content": "Say hi."}]
+    sampling = Sampling(temperature=0.0, max_new_tokens=8)
+    try:
+        state.prepare(warmup=False)
+        *_, first = chat_stream(state, turn, "", None, sampling, "s")
+        assert state.switch_base("smol-copy.gguf") is None
+        assert state.llama is not None and state.llama.base_gguf == (roots / "smol-copy.gguf").resolve()
+        assert state.lm is None and not state.held_models(), "no transformers copy of the new base"
+        *_, last = chat_stream(state, turn, "", None, sampling, "s")
+        assert last[3] == "llama.cpp" and last[0] == first[0], last       # the same weights, the same answer
+        with pytest.raises(UserError, match="could not load base 'broken.gguf'.*Still using") as e:
+            state.switch_base("broken.gguf")
+        assert str(roots) not in str(e.value)
+        assert state.spec.location.endswith("smol-copy.gguf") and state.lm is None
+        *_, again = chat_stream(state, turn, "", None, sampling, "s")
+        assert again[3] == "llama.cpp" and again[0] == last[0]
+    finally:
+        state.close_llama()

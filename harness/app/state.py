@@ -114,7 +114,7 @@ class AppState:
     limits: Limits = field(default_factory=Limits)
     lm: LoadedModel | None = field(default=None, repr=False)
     last_stats: OrderedDict = field(default_factory=OrderedDict, repr=False)   # session -> StreamStats
-    _load_lock: Any = field(default_factory=threading.Lock, repr=False)
+    _load_lock: Any = field(default_factory=threading.RLock, repr=False)   # switch_base -> llama_engine re-enters
     _lock: Any = field(default_factory=threading.Lock, repr=False)
     _running: dict = field(default_factory=dict, repr=False)                   # session -> set[Event]
     _adapters_cache: Any = field(default=None, repr=False)
@@ -283,8 +283,10 @@ class AppState:
         if freed:
             gc.collect()
 
-    def switch_base(self, name: str) -> LoadedModel:
-        """Load another base; the old one is freed first (del + gc.collect). On failure the old one comes back."""
+    def switch_base(self, name: str) -> LoadedModel | None:
+        """Load another base; the old one is freed first (del + gc.collect). On failure the old one comes back. On
+        llama.cpp a base with a GGUF is loaded there only (the transformers copy waits for a job that needs it:
+        returns None); without one, or if llama.cpp cannot open it, its transformers copy loads."""
         if not name or not str(name).strip():
             raise UserError("choose a base model first")
         name = str(name).strip()
@@ -299,6 +301,8 @@ class AppState:
                             "app's checkpoints folder. Other local models load at start-up: python app.py --model DIR")
         if self.lm is not None and self.lm.name == spec.name:
             return self.lm
+        if self.engine == "llama.cpp" and self.llama is not None and self.spec.name == spec.name:
+            return self.lm
         status = base_status(spec)                # refuse what cannot load offline before freeing anything
         if status == "downloadable":
             raise UserError(f"{spec.name} is not downloaded (hub id {spec.location}); the app does not download "
@@ -310,7 +314,8 @@ class AppState:
         with self._load_lock:
             if self.lm is not None and self.lm.name == spec.name:
                 return self.lm
-            old_name, old = self.spec.name, self.lm
+            old_name, old_spec, old = self.spec.name, self.spec, self.lm
+            had_copy = old is not None
             self.close_llama()
             if old is not None:
                 with old.lock:                      # a generation still finishing keeps its model until done
@@ -320,16 +325,21 @@ class AppState:
             held = self._others.pop(spec.name, None)    # already held for Compare: becomes the base in use
             gc.collect()
             try:
-                self.lm = held or self._load(spec.name)
                 self.spec = spec
+                if held is None and self.engine == "llama.cpp" and self.llama_engine() is not None:
+                    self.lm = None                  # on llama.cpp only: no transformers copy until a job needs it
+                else:
+                    self.lm = held or self._load(spec.name)
                 self._used[spec.name] = None
                 self._used.move_to_end(spec.name)
             except Exception as e:
                 reason = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-                self.lm = None
+                self.lm, self.spec = None, old_spec
+                self.close_llama()
                 gc.collect()
                 try:
-                    self.lm = self._load(old_name)
+                    if had_copy or self.engine != "llama.cpp":
+                        self.lm = self._load(old_name)
                     now = f"Still using {short_name(old_name)}."
                 except Exception as again:  # noqa: BLE001 - reported in the message below
                     now = f"Reloading {short_name(old_name)} failed too ({type(again).__name__}): restart the app."
